@@ -1,0 +1,388 @@
+//! AdmissionReview v1 decoding, dispatch to an extension, and response encoding.
+//!
+//! Decoding is two-staged: the review envelope first (a failure is an HTTP 400), then the
+//! object as a Pod (a failure is a denial carrying the request uid and the decode error;
+//! a pod that does not decode is never passed on as an empty pod).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures::FutureExt as _;
+use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::Instrument as _;
+
+use crate::extension::{Context, Extension, Mutation, Request, Verdict};
+use crate::metrics::{Metrics, Outcome};
+use crate::options::FailurePolicy;
+
+/// The only AdmissionReview version served.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// A request body that is not a usable AdmissionReview: answered with HTTP 400 and this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or JSON of the wrong shape.
+    #[error("request body is not a valid AdmissionReview: {0}")]
+    Malformed(serde_json::Error),
+    /// An AdmissionReview of another version (e.g. v1beta1).
+    #[error("unsupported AdmissionReview apiVersion {0:?}: only admission.k8s.io/v1 is served (set admissionReviewVersions: [v1])")]
+    UnsupportedVersion(String),
+    /// Some other kind of object.
+    #[error("expected kind AdmissionReview, got {0:?}")]
+    WrongKind(String),
+    /// An AdmissionReview without a request.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    /// A request without a uid (the response could not be matched to it).
+    #[error("AdmissionReview request has an empty uid")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    request_kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    request_resource: Option<GroupVersionResource>,
+    #[serde(default)]
+    request_sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    user_info: UserInfo,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    options: Option<RawExtension>,
+}
+
+/// A decoded review: the request metadata and the pod (or why it is not one).
+#[derive(Debug)]
+pub struct DecodedReview {
+    /// The request; `object` is left `None` (the pod is in [`DecodedReview::pod`]).
+    pub request: Request,
+    /// The pod, or the reason the request carries no usable pod.
+    pub pod: Result<Pod, String>,
+}
+
+fn is_null(raw: Option<&RawValue>) -> bool {
+    raw.is_none_or(|r| r.get() == "null")
+}
+
+/// Decode an AdmissionReview v1 body.
+pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+    if review.api_version != API_VERSION {
+        return Err(ReviewError::UnsupportedVersion(review.api_version));
+    }
+    if review.kind != "AdmissionReview" {
+        return Err(ReviewError::WrongKind(review.kind));
+    }
+    let raw = review.request.filter(|r| r.get() != "null").ok_or(ReviewError::NoRequest)?;
+    let req: RequestIn<'_> = serde_json::from_str(raw.get()).map_err(ReviewError::Malformed)?;
+    if req.uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
+    let pod = if !is_pod {
+        Err(format!(
+            "object is a {}, not a Pod",
+            if req.kind.group.is_empty() {
+                req.kind.kind.clone()
+            } else {
+                format!("{}.{}", req.kind.kind, req.kind.group)
+            }
+        ))
+    } else if is_null(req.object) {
+        Err(format!("{:?} request carries no object", req.operation))
+    } else {
+        let raw = req.object.map(RawValue::get).unwrap_or("null");
+        serde_json::from_str::<Pod>(raw).map_err(|e| format!("object does not decode as a Pod: {e}"))
+    };
+    let old_object = match req.old_object {
+        Some(raw) if is_pod && raw.get() != "null" => serde_json::from_str::<Pod>(raw.get()).ok(),
+        _ => None,
+    };
+    let request = AdmissionRequest {
+        types: TypeMeta {
+            api_version: review.api_version,
+            kind: review.kind,
+        },
+        uid: req.uid,
+        kind: req.kind,
+        resource: req.resource,
+        sub_resource: req.sub_resource,
+        request_kind: req.request_kind,
+        request_resource: req.request_resource,
+        request_sub_resource: req.request_sub_resource,
+        name: req.name,
+        namespace: req.namespace,
+        operation: req.operation,
+        user_info: req.user_info,
+        object: None,
+        old_object,
+        dry_run: req.dry_run,
+        options: req.options,
+    };
+    Ok(DecodedReview { request, pod })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    status: &'static str,
+    code: u16,
+    message: &'a str,
+}
+
+/// The answer to one review, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Whether the object is admitted.
+    pub allowed: bool,
+    /// Status code and message of a denial.
+    pub denial: Option<(u16, String)>,
+    /// JSON patch to apply when admitted.
+    pub patch: Option<json_patch::Patch>,
+    /// Warnings for the client.
+    pub warnings: Vec<String>,
+}
+
+impl Answer {
+    fn allow(warnings: Vec<String>) -> Self {
+        Self {
+            allowed: true,
+            denial: None,
+            patch: None,
+            warnings,
+        }
+    }
+
+    fn deny(code: u16, message: String) -> Self {
+        Self {
+            allowed: false,
+            denial: Some((code, message)),
+            patch: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Encode as an AdmissionReview v1 response for request `uid` (patch base64-encoded, as the apiserver expects).
+    pub fn encode(&self, uid: &str) -> Vec<u8> {
+        let patch = self.patch.as_ref().map(|p| {
+            // Serializing a json_patch::Patch cannot fail: it is plain JSON values.
+            let bytes = serde_json::to_vec(p).unwrap_or_default();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        });
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response: ResponseOut {
+                uid,
+                allowed: self.allowed,
+                status: self.denial.as_ref().map(|(code, message)| StatusOut {
+                    status: "Failure",
+                    code: *code,
+                    message,
+                }),
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+                warnings: &self.warnings,
+            },
+        };
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+/// Dispatches decoded reviews to one extension, applying its failure policy and recording metrics.
+pub struct ExtensionHandler {
+    extension: Arc<dyn Extension>,
+    failure_policy: FailurePolicy,
+    timeout: Duration,
+    index: usize,
+    name: String,
+}
+
+impl ExtensionHandler {
+    /// A handler for `extension`, registered at position `index` in the manager's metrics.
+    pub fn new(
+        extension: Arc<dyn Extension>,
+        failure_policy: FailurePolicy,
+        timeout: Duration,
+        index: usize,
+    ) -> Self {
+        let name = extension.name().to_owned();
+        Self {
+            extension,
+            failure_policy,
+            timeout,
+            index,
+            name,
+        }
+    }
+
+    /// The extension's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Answer one raw review body: `Err` is an HTTP 400, `Ok` the encoded response.
+    pub async fn handle_body(
+        &self,
+        ctx: &Context,
+        metrics: &Metrics,
+        body: &[u8],
+    ) -> Result<Vec<u8>, ReviewError> {
+        let decoded = match decode(body) {
+            Ok(d) => d,
+            Err(e) => {
+                metrics.bad_request();
+                return Err(e);
+            }
+        };
+        let start = Instant::now();
+        let pod_name = match &decoded.pod {
+            Ok(p) => p
+                .metadata
+                .name
+                .clone()
+                .or_else(|| p.metadata.generate_name.clone())
+                .unwrap_or_default(),
+            Err(_) => decoded.request.name.clone(),
+        };
+        let span = tracing::info_span!(
+            "review",
+            extension = %self.name,
+            uid = %decoded.request.uid,
+            namespace = decoded.request.namespace.as_deref().unwrap_or(""),
+            pod = %pod_name,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let (answer, outcome) = self.answer(ctx, &decoded).instrument(span.clone()).await;
+        let elapsed = start.elapsed();
+        span.record("outcome", outcome.as_str());
+        span.record("duration_us", elapsed.as_micros() as u64);
+        span.in_scope(|| tracing::debug!("review answered"));
+        if let Some(m) = metrics.extension(self.index) {
+            m.observe(outcome, elapsed);
+        }
+        Ok(answer.encode(&decoded.request.uid))
+    }
+
+    /// Decide the answer to a decoded review.
+    pub async fn answer(&self, ctx: &Context, decoded: &DecodedReview) -> (Answer, Outcome) {
+        let req = &decoded.request;
+        if matches!(req.operation, Operation::Delete | Operation::Connect) {
+            return (Answer::allow(Vec::new()), Outcome::Skipped);
+        }
+        let pod = match &decoded.pod {
+            Ok(pod) => pod,
+            Err(reason) => {
+                tracing::info!(%reason, "rejecting review whose object is not a usable Pod");
+                return (Answer::deny(400, reason.clone()), Outcome::Invalid);
+            }
+        };
+        let call = AssertUnwindSafe(self.extension.mutate(ctx, req, pod)).catch_unwind();
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(Ok(mutation))) => Ok(mutation),
+            Ok(Ok(Err(e))) => Err(e.message()),
+            Ok(Err(_panic)) => Err(format!("extension {} panicked", self.name)),
+            Err(_) => Err(format!(
+                "extension {} did not answer within {:?}",
+                self.name, self.timeout
+            )),
+        };
+        match result {
+            Ok(Mutation { verdict, warnings }) => match verdict {
+                Verdict::Unchanged => (Answer::allow(warnings), Outcome::Skipped),
+                Verdict::Patch(p) if p.0.is_empty() => (Answer::allow(warnings), Outcome::Skipped),
+                Verdict::Patch(p) => (
+                    Answer {
+                        allowed: true,
+                        denial: None,
+                        patch: Some(p),
+                        warnings,
+                    },
+                    Outcome::Patched,
+                ),
+                Verdict::Deny { message, code } => {
+                    tracing::info!(%message, "extension denied the pod");
+                    let mut a = Answer::deny(code, message);
+                    a.warnings = warnings;
+                    (a, Outcome::Denied)
+                }
+            },
+            Err(message) => {
+                let message = format!("{}: {message}", self.name);
+                match self.failure_policy {
+                    FailurePolicy::Fail => {
+                        tracing::warn!(%message, "extension failed; denying (failure policy Fail)");
+                        (Answer::deny(500, message), Outcome::Errored)
+                    }
+                    FailurePolicy::Ignore => {
+                        tracing::warn!(%message, "extension failed; admitting unmutated (failure policy Ignore)");
+                        (
+                            Answer::allow(vec![format!("{message} (admitted unmutated)")]),
+                            Outcome::Errored,
+                        )
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The extension contract: what an extension author implements.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::admissionregistration::v1::MatchCondition;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::admission::AdmissionRequest;
+
+use crate::options::{FailurePolicy, Operation, ReinvocationPolicy, Settings};
+
+/// The admission request an extension sees (operation, namespace, user info, dry run...).
+pub type Request = AdmissionRequest<Pod>;
+
+/// A pod-mutating admission extension.
+///
+/// Implementations are registered with [`crate::Manager`]; each gets its own webhook path
+/// and its own entry in the MutatingWebhookConfiguration, both derived from [`Extension::name`].
+#[async_trait]
+pub trait Extension: Send + Sync + 'static {
+    /// Stable name (a DNS-1123 label): the webhook path `/<name>` and the webhook `<name>.<fingerprint>.org`.
+    fn name(&self) -> &str;
+
+    /// Decide what to do with `pod` on its way into the cluster.
+    async fn mutate(
+        &self,
+        ctx: &Context,
+        request: &Request,
+        pod: &Pod,
+    ) -> Result<Mutation, ExtensionError>;
+
+    /// Per-extension registration overrides (failure policy, match conditions...).
+    fn webhook(&self) -> WebhookOverrides {
+        WebhookOverrides::default()
+    }
+}
+
+/// Registration settings an extension may override; `None` keeps the manager's default.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookOverrides {
+    /// Failure policy of this extension's webhook.
+    pub failure_policy: Option<FailurePolicy>,
+    /// Operations this extension's webhook intercepts.
+    pub operations: Option<Vec<Operation>>,
+    /// Reinvocation policy of this extension's webhook.
+    pub reinvocation_policy: Option<ReinvocationPolicy>,
+    /// Object selector replacing the manager's (the Eirini-app filter included).
+    pub object_selector: Option<LabelSelector>,
+    /// CEL conditions evaluated by the apiserver: pods that fail them never reach the webhook.
+    pub match_conditions: Vec<MatchCondition>,
+    /// Timeout of this extension's webhook, in seconds (1 to 30).
+    pub timeout_seconds: Option<i32>,
+}
+
+/// What the extension decided for one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mutation {
+    /// The decision itself.
+    pub verdict: Verdict,
+    /// Warnings returned to the API client (shown by kubectl).
+    pub warnings: Vec<String>,
+}
+
+/// The decision part of a [`Mutation`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Admit the pod unchanged.
+    Unchanged,
+    /// Admit the pod with this JSON patch applied (an empty patch means unchanged).
+    Patch(json_patch::Patch),
+    /// Reject the pod with this message and HTTP-style status code.
+    Deny {
+        /// Message shown to the client that created the pod.
+        message: String,
+        /// Status code (403 by default).
+        code: u16,
+    },
+}
+
+impl Mutation {
+    /// Admit the pod unchanged.
+    pub fn unchanged() -> Self {
+        Self {
+            verdict: Verdict::Unchanged,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Admit the pod with `patch` applied; an empty patch admits it unchanged.
+    pub fn patch(patch: json_patch::Patch) -> Self {
+        let verdict = if patch.0.is_empty() {
+            Verdict::Unchanged
+        } else {
+            Verdict::Patch(patch)
+        };
+        Self {
+            verdict,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Reject the pod with `message` (status 403).
+    pub fn deny(message: impl Into<String>) -> Self {
+        Self::deny_with_code(message, 403)
+    }
+
+    /// Reject the pod with `message` and a specific status code.
+    pub fn deny_with_code(message: impl Into<String>, code: u16) -> Self {
+        Self {
+            verdict: Verdict::Deny {
+                message: message.into(),
+                code,
+            },
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Add a warning for the API client.
+    pub fn with_warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// The patch, if this mutation changes the pod.
+    pub fn as_patch(&self) -> Option<&json_patch::Patch> {
+        match &self.verdict {
+            Verdict::Patch(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// An extension failure; the extension's failure policy decides whether the pod is denied or admitted.
+pub struct ExtensionError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl ExtensionError {
+    /// An error with a message for the API client.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The message returned to the API client.
+    pub fn message(&self) -> String {
+        match &self.source {
+            Some(source) if self.message.is_empty() => source.to_string(),
+            Some(source) => format!("{}: {source}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for ExtensionError {
+    fn from(err: E) -> Self {
+        Self {
+            message: String::new(),
+            source: Some(Box::new(err)),
+        }
+    }
+}
+
+impl fmt::Debug for ExtensionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl fmt::Display for ExtensionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// What an extension, watcher or reconciler may use: the API client and the manager settings.
+#[derive(Clone)]
+pub struct Context {
+    client: Option<kube::Client>,
+    settings: Arc<Settings>,
+}
+
+impl Context {
+    /// A context with a client (inside a running manager).
+    pub fn new(client: kube::Client, settings: Arc<Settings>) -> Self {
+        Self {
+            client: Some(client),
+            settings,
+        }
+    }
+
+    /// A context with no cluster (offline review, unit tests).
+    pub fn offline(settings: Arc<Settings>) -> Self {
+        Self {
+            client: None,
+            settings,
+        }
+    }
+
+    /// The Kubernetes client, or an error when running offline.
+    pub fn client(&self) -> Result<&kube::Client, ExtensionError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| ExtensionError::new("no Kubernetes client (offline review)"))
+    }
+
+    /// The manager's settings (fingerprint, namespace, ...).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("online", &self.client.is_some())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Whether `name` can be an extension name (a DNS-1123 label of at most 63 characters).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

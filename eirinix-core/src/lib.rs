@@ -1,0 +1,36 @@
+//! eirinix-core: build Kubernetes mutating admission webhook extensions for pods.
+//!
+//! Implement [`Extension`], add it to a [`Manager`], and get a TLS webhook server, self-signed
+//! certificates that rotate on their own, the MutatingWebhookConfiguration registered and kept
+//! right, pod watchers and reconcilers, health and metrics. Each piece is a module of its own.
+
+#![warn(missing_docs)]
+
+pub mod admission;
+pub mod certs;
+pub mod extension;
+pub mod manager;
+pub mod metrics;
+pub mod options;
+pub mod patch;
+pub mod reconciler;
+pub mod registration;
+pub mod review;
+pub mod rotation;
+pub mod server;
+pub mod tls;
+pub mod watcher;
+
+pub use async_trait::async_trait;
+pub use extension::{Context, Extension, ExtensionError, Mutation, Request, Verdict, WebhookOverrides};
+pub use manager::{Manager, ManagerBuilder, RunningManager};
+pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
+pub use patch::{ContainerRef, PodPatch};
+pub use watcher::{PodEvent, PodWatcher};
+
+/// Re-exports extension authors need, at the versions eirinix uses.
+pub mod deps {
+    pub use json_patch;
+    pub use k8s_openapi;
+    pub use kube;
+}

@@ -1,0 +1,775 @@
+//! The manager: builds settings, then wires the server, certificates, registration and
+//! watchers together. Each piece lives in its own module and can be used alone.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::ExtensionHandler;
+use crate::certs::{CertPolicy, Clock, SubjectNames, SystemClock};
+use crate::extension::{Context, Extension, is_valid_name};
+use crate::metrics::Metrics;
+use crate::options::{
+    CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
+};
+use crate::reconciler::{Reconciler, run_reconciler};
+use crate::registration::{Registrar, RegistrationError, WebhookSpec, desired_configuration};
+use crate::rotation::{FileSource, Published, RotationError, Rotator, SecretStore};
+use crate::server::{AppState, Health, ServeOptions};
+use crate::tls::CertResolver;
+use crate::watcher::{PodWatcher, run_pod_watcher};
+
+/// Invalid manager configuration, reported by [`ManagerBuilder::build`] before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An extension name is not a DNS-1123 label.
+    #[error("extension name {0:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)")]
+    InvalidName(String),
+    /// Two extensions share a name (and so a path).
+    #[error("two extensions are named {0:?}")]
+    DuplicateName(String),
+    /// Nothing to run.
+    #[error("no extension, watcher or reconciler was added")]
+    Empty,
+    /// The fingerprint cannot prefix Kubernetes names.
+    #[error("fingerprint {0:?} is not a DNS-1123 label")]
+    InvalidFingerprint(String),
+    /// Timeout outside what the apiserver accepts.
+    #[error("timeoutSeconds must be between 1 and 30, got {0}")]
+    InvalidTimeout(i32),
+    /// URL mode without a host, or service mode without a name/namespace.
+    #[error("webhook endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// Certificate policy out of range.
+    #[error("certificate policy: {0}")]
+    InvalidCertPolicy(String),
+}
+
+/// A failure while starting or running the manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates could not be set up.
+    #[error("certificates: {0}")]
+    Certificates(#[from] RotationError),
+    /// The configuration could not be written.
+    #[error("registration: {0}")]
+    Registration(#[from] RegistrationError),
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// Configures a [`Manager`]: EiriniX's options plus the modern ones, with safe defaults.
+pub struct ManagerBuilder {
+    settings: Settings,
+    extensions: Vec<Arc<dyn Extension>>,
+    watchers: Vec<Arc<dyn PodWatcher>>,
+    tasks: Vec<(String, Task)>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for ManagerBuilder {
+    fn default() -> Self {
+        Self {
+            settings: Settings::default(),
+            extensions: Vec::new(),
+            watchers: Vec::new(),
+            tasks: Vec::new(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.settings.$name = value;
+            self
+        }
+    };
+}
+
+impl ManagerBuilder {
+    /// Operator fingerprint (default `eirini-x`): prefixes configuration, Secret and webhook names.
+    pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.settings.fingerprint = fingerprint.into();
+        self
+    }
+
+    /// Mutate and watch only pods in `namespace` (default: all namespaces).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let ns: String = namespace.into();
+        self.settings.namespace = (!ns.is_empty()).then_some(ns);
+        self
+    }
+
+    /// URL mode: the apiserver dials `https://host:port/<extension>` (host is also a certificate SAN).
+    pub fn url_mode(mut self, host: impl Into<String>) -> Self {
+        self.settings.endpoint = Endpoint::Url { host: host.into() };
+        self
+    }
+
+    /// Service mode: the apiserver dials Service `name` in `namespace` on `service_port`.
+    pub fn service(mut self, name: impl Into<String>, namespace: impl Into<String>, service_port: u16) -> Self {
+        let namespace = namespace.into();
+        self.settings.webhook_namespace = namespace.clone();
+        self.settings.endpoint = Endpoint::Service {
+            name: name.into(),
+            namespace,
+            port: service_port,
+        };
+        self
+    }
+
+    /// Namespace of the certificate Secret (set by [`Self::service`] in service mode).
+    pub fn webhook_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.settings.webhook_namespace = namespace.into();
+        self
+    }
+
+    /// Serve certificates from files (cert-manager) instead of the self-managed Secret.
+    pub fn cert_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: Option<PathBuf>) -> Self {
+        self.settings.cert_source = CertSource::Files {
+            cert: cert.into(),
+            key: key.into(),
+            ca,
+        };
+        self
+    }
+
+    /// Extra object selector, merged with the Eirini-app filter.
+    pub fn object_selector(mut self, selector: LabelSelector) -> Self {
+        self.settings.object_selector = Some(selector);
+        self
+    }
+
+    /// Extra namespace selector, merged with the namespace restriction and the exclusions.
+    pub fn namespace_selector(mut self, selector: LabelSelector) -> Self {
+        self.settings.namespace_selector = Some(selector);
+        self
+    }
+
+    /// Namespaces whose pods never reach the webhook (default: kube-system and the webhook's own).
+    pub fn excluded_namespaces<I: IntoIterator<Item = S>, S: Into<String>>(mut self, namespaces: I) -> Self {
+        self.settings.excluded_namespaces = namespaces.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Field manager used for server-side apply (default `eirinix`).
+    pub fn field_manager(mut self, manager: impl Into<String>) -> Self {
+        self.settings.field_manager = manager.into();
+        self
+    }
+
+    setter!(
+        /// Address to bind (default 0.0.0.0).
+        bind_address: IpAddr);
+    setter!(
+        /// Port to listen on (default 2999; 0 picks a free port, registered as bound).
+        port: u16);
+    setter!(
+        /// Default failure policy (default Fail).
+        failure_policy: FailurePolicy);
+    setter!(
+        /// Only pods labelled `cloudfoundry.org/source_type=APP` reach the webhook (default on).
+        filter_eirini_apps: bool);
+    setter!(
+        /// Write and repair the MutatingWebhookConfiguration (default on; off for split mode).
+        register_webhook: bool);
+    setter!(
+        /// Validity and renewal points of self-managed certificates.
+        cert_policy: CertPolicy);
+    setter!(
+        /// Webhook timeout in seconds (default 10).
+        timeout_seconds: i32);
+    setter!(
+        /// Reinvocation policy (default Never).
+        reinvocation_policy: ReinvocationPolicy);
+    setter!(
+        /// Declared side effects (default None).
+        side_effects: SideEffects);
+    setter!(
+        /// Intercepted operations (default CREATE).
+        operations: Vec<Operation>);
+    setter!(
+        /// Drift-repair interval of the configuration (default 30 s).
+        repair_interval: Duration);
+    setter!(
+        /// Certificate check interval (default 60 s; renewals due earlier happen earlier).
+        cert_check_interval: Duration);
+    setter!(
+        /// Largest request body (default 4 MiB; 413 above).
+        body_limit: usize);
+    setter!(
+        /// Time allowed to read one request (default 15 s).
+        request_timeout: Duration);
+    setter!(
+        /// Serve HTTP/2 too (default off).
+        http2: bool);
+    setter!(
+        /// Concurrent connections at most (default 1024).
+        max_connections: usize);
+    setter!(
+        /// Time allowed for in-flight reviews at shutdown (default 30 s).
+        shutdown_timeout: Duration);
+    setter!(
+        /// Plain-HTTP port for health, readiness and metrics (default none).
+        admin_port: Option<u16>);
+
+    /// Replace all settings at once (CLIs that parse their own options).
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Use `clock` for certificate decisions (tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Add a pod-mutating extension.
+    pub fn extension(mut self, extension: impl Extension) -> Self {
+        self.extensions.push(Arc::new(extension));
+        self
+    }
+
+    /// Add an already shared extension.
+    pub fn extension_arc(mut self, extension: Arc<dyn Extension>) -> Self {
+        self.extensions.push(extension);
+        self
+    }
+
+    /// Add a pod watcher.
+    pub fn watcher(mut self, watcher: impl PodWatcher) -> Self {
+        self.watchers.push(Arc::new(watcher));
+        self
+    }
+
+    /// Add a reconciler running on a kube-runtime Controller.
+    pub fn reconciler<R: Reconciler>(mut self, reconciler: R) -> Self {
+        let r = Arc::new(reconciler);
+        let name = r.name().to_owned();
+        self.tasks.push((
+            name,
+            Box::new(move |ctx, cancel| Box::pin(run_reconciler(r, ctx, cancel))),
+        ));
+        self
+    }
+
+    /// Add any background task that runs with the manager and stops when it stops.
+    pub fn task<F, Fut>(mut self, name: impl Into<String>, task: F) -> Self
+    where
+        F: FnOnce(Context, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .push((name.into(), Box::new(move |ctx, cancel| Box::pin(task(ctx, cancel)))));
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<Manager, ConfigError> {
+        let s = &self.settings;
+        if !is_valid_name(&s.fingerprint) {
+            return Err(ConfigError::InvalidFingerprint(s.fingerprint.clone()));
+        }
+        let mut seen = HashSet::new();
+        for e in &self.extensions {
+            let name = e.name();
+            if !is_valid_name(name) {
+                return Err(ConfigError::InvalidName(name.to_owned()));
+            }
+            if !seen.insert(name.to_owned()) {
+                return Err(ConfigError::DuplicateName(name.to_owned()));
+            }
+            if let Some(t) = e.webhook().timeout_seconds {
+                if !(1..=30).contains(&t) {
+                    return Err(ConfigError::InvalidTimeout(t));
+                }
+            }
+        }
+        if self.extensions.is_empty() && self.watchers.is_empty() && self.tasks.is_empty() {
+            return Err(ConfigError::Empty);
+        }
+        if !(1..=30).contains(&s.timeout_seconds) {
+            return Err(ConfigError::InvalidTimeout(s.timeout_seconds));
+        }
+        match &s.endpoint {
+            Endpoint::Url { host } if host.is_empty() => {
+                return Err(ConfigError::InvalidEndpoint("URL mode needs a host".into()));
+            }
+            Endpoint::Service { name, namespace, port } if name.is_empty() || namespace.is_empty() || *port == 0 => {
+                return Err(ConfigError::InvalidEndpoint(
+                    "service mode needs a service name, a namespace and a port".into(),
+                ));
+            }
+            _ => {}
+        }
+        let p = &s.cert_policy;
+        if !(p.renew_fraction > 0.0 && p.renew_fraction < 1.0) {
+            return Err(ConfigError::InvalidCertPolicy(format!(
+                "renew fraction must be in (0, 1), got {}",
+                p.renew_fraction
+            )));
+        }
+        if p.serving_validity.is_zero() || p.ca_validity < p.serving_validity {
+            return Err(ConfigError::InvalidCertPolicy(
+                "serving validity must be positive and not longer than the CA's".into(),
+            ));
+        }
+        Ok(Manager {
+            settings: Arc::new(self.settings),
+            extensions: self.extensions,
+            watchers: self.watchers,
+            tasks: self.tasks,
+            clock: self.clock,
+        })
+    }
+}
+
+/// A configured set of extensions, watchers and reconcilers, ready to run against a cluster.
+pub struct Manager {
+    settings: Arc<Settings>,
+    extensions: Vec<Arc<dyn Extension>>,
+    watchers: Vec<Arc<dyn PodWatcher>>,
+    tasks: Vec<(String, Task)>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A running manager: its address, state and a way to stop it.
+pub struct RunningManager {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    published: watch::Receiver<Option<Published>>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl Manager {
+    /// Start configuring a manager.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn webhook_specs(&self) -> Vec<WebhookSpec> {
+        self.extensions
+            .iter()
+            .map(|e| WebhookSpec {
+                name: e.name().to_owned(),
+                overrides: e.webhook(),
+            })
+            .collect()
+    }
+
+    /// The configuration this manager registers, for `ca_bundle` and `port` (charts compare against it).
+    pub fn webhook_configuration(&self, ca_bundle: &[u8], port: u16) -> MutatingWebhookConfiguration {
+        desired_configuration(&self.settings, &self.webhook_specs(), ca_bundle, port)
+    }
+
+    /// Names the serving certificate must cover.
+    pub fn subject_names(&self) -> SubjectNames {
+        match &self.settings.endpoint {
+            Endpoint::Service { name, namespace, .. } => SubjectNames::for_service(name, namespace),
+            Endpoint::Url { host } => SubjectNames::for_host(host),
+        }
+    }
+
+    fn secret_store(&self, client: &kube::Client) -> SecretStore {
+        SecretStore::new(client.clone(), &self.settings.webhook_namespace, &self.settings.secret_name())
+    }
+
+    /// One-shot registration (split mode): certificates and configuration, then return.
+    pub async fn register(&self, client: kube::Client) -> Result<(), ManagerError> {
+        let metrics = Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())));
+        let health = Arc::new(Health::new(false));
+        let ca_bundle = match &self.settings.cert_source {
+            CertSource::Secret => {
+                let rotator = Rotator::new(
+                    self.secret_store(&client),
+                    self.subject_names(),
+                    self.settings.cert_policy.clone(),
+                    self.clock.clone(),
+                    Arc::new(CertResolver::new()),
+                    metrics,
+                    health,
+                    true,
+                );
+                rotator.tick().await?.ca_bundle_pem()
+            }
+            CertSource::Files { cert, key, ca } => {
+                let source = FileSource::new(cert.clone(), key.clone(), ca.clone(), Arc::new(CertResolver::new()), metrics, health);
+                source.tick()?;
+                let ca = source.subscribe().borrow().as_ref().map(|p| p.ca_bundle.clone());
+                ca.unwrap_or_default()
+            }
+        };
+        let registered_port = self.settings.port;
+        let desired = self.webhook_configuration(ca_bundle.as_bytes(), registered_port);
+        Registrar::new(client, &self.settings.field_manager)
+            .apply(&desired)
+            .await?;
+        tracing::info!(configuration = %self.settings.configuration_name(), "webhook configuration registered");
+        Ok(())
+    }
+
+    /// Remove the configuration and the certificate Secret (uninstall).
+    pub async fn unregister(&self, client: kube::Client) -> Result<(), ManagerError> {
+        Registrar::new(client.clone(), &self.settings.field_manager)
+            .delete(&self.settings.configuration_name())
+            .await?;
+        if self.settings.cert_source == CertSource::Secret {
+            self.secret_store(&client).delete().await?;
+        }
+        tracing::info!(configuration = %self.settings.configuration_name(), "webhook configuration and certificate secret removed");
+        Ok(())
+    }
+
+    /// Run until SIGTERM or SIGINT, then shut down gracefully.
+    pub async fn run(self, client: kube::Client) -> Result<(), ManagerError> {
+        self.run_until(client, shutdown_signal()).await
+    }
+
+    /// Run until `shutdown` completes, then shut down gracefully.
+    pub async fn run_until(self, client: kube::Client, shutdown: impl Future<Output = ()>) -> Result<(), ManagerError> {
+        let running = self.start(client).await?;
+        tracing::info!(addr = %running.local_addr(), "eirinix manager running");
+        shutdown.await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    }
+
+    /// Start everything in the background and return a handle (tests use port 0 and short lifetimes).
+    pub async fn start(self, client: kube::Client) -> Result<RunningManager, ManagerError> {
+        crate::tls::install_default_provider();
+        let settings = self.settings.clone();
+        let bind = SocketAddr::new(settings.bind_address, settings.port);
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| ManagerError::Bind { addr: bind, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ManagerError::Bind { addr: bind, source })?;
+        let cancel = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())));
+        let health = Arc::new(Health::new(settings.register_webhook));
+        let resolver = Arc::new(CertResolver::new());
+        let ctx = Context::new(client.clone(), settings.clone());
+        let mut background = Vec::new();
+
+        // Certificates first: nothing is served or registered without them.
+        let published = match &settings.cert_source {
+            CertSource::Secret => {
+                let rotator = Arc::new(Rotator::new(
+                    self.secret_store(&client),
+                    self.subject_names(),
+                    settings.cert_policy.clone(),
+                    self.clock.clone(),
+                    resolver.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                    true,
+                ));
+                rotator.tick().await?;
+                let rx = rotator.subscribe();
+                background.push(tokio::spawn(rotator.run(settings.cert_check_interval, cancel.clone())));
+                rx
+            }
+            CertSource::Files { cert, key, ca } => {
+                let source = Arc::new(FileSource::new(
+                    cert.clone(),
+                    key.clone(),
+                    ca.clone(),
+                    resolver.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                ));
+                source.tick()?;
+                let rx = source.subscribe();
+                background.push(tokio::spawn(source.run(settings.cert_check_interval.min(Duration::from_secs(10)), cancel.clone())));
+                rx
+            }
+        };
+
+        // The server.
+        let timeout = Duration::from_secs(u64::try_from(settings.timeout_seconds.max(1)).unwrap_or(10));
+        let handlers = self
+            .extensions
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let policy = e.webhook().failure_policy.unwrap_or(settings.failure_policy);
+                ExtensionHandler::new(e.clone(), policy, timeout, i)
+            })
+            .collect();
+        let state = Arc::new(AppState {
+            handlers,
+            ctx: ctx.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        });
+        let tls = crate::tls::server_config(resolver.clone(), settings.http2)?;
+        let serve_opts = ServeOptions {
+            max_connections: settings.max_connections,
+            handshake_timeout: settings.request_timeout,
+            http2: settings.http2,
+            shutdown_timeout: settings.shutdown_timeout,
+        };
+        let router = crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
+        let server = tokio::spawn(crate::server::serve_tls(listener, tls, router, serve_opts.clone(), cancel.clone()));
+        if let Some(port) = settings.admin_port {
+            let admin_addr = SocketAddr::new(settings.bind_address, port);
+            let admin = TcpListener::bind(admin_addr)
+                .await
+                .map_err(|source| ManagerError::Bind { addr: admin_addr, source })?;
+            background.push(tokio::spawn(crate::server::serve_plain(
+                admin,
+                crate::server::admin_router(state),
+                serve_opts,
+                cancel.clone(),
+            )));
+        }
+
+        // Readiness: a real handshake to ourselves with the CA the apiserver is given.
+        let self_addr = SocketAddr::new(
+            match settings.bind_address {
+                IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                a => a,
+            },
+            addr.port(),
+        );
+        let names = self.subject_names();
+        let server_name = names
+            .dns
+            .first()
+            .cloned()
+            .or_else(|| names.ips.first().map(ToString::to_string))
+            .unwrap_or_else(|| "localhost".into());
+        background.push(tokio::spawn(readiness_loop(
+            self_addr,
+            server_name,
+            published.clone(),
+            health.clone(),
+            cancel.clone(),
+        )));
+
+        // Registration and drift repair.
+        if settings.register_webhook {
+            let registrar = Registrar::new(client.clone(), &settings.field_manager).with_metrics(metrics.clone());
+            let specs = self.webhook_specs();
+            let registered_port = addr.port();
+            let desired_for = {
+                let settings = settings.clone();
+                move |ca: &str| desired_configuration(&settings, &specs, ca.as_bytes(), registered_port)
+            };
+            let initial = published.borrow().as_ref().map(|p| p.ca_bundle.clone()).unwrap_or_default();
+            registrar.apply(&desired_for(&initial)).await?;
+            health.set_configuration_ok(true);
+            tracing::info!(configuration = %settings.configuration_name(), "webhook configuration applied");
+            background.push(tokio::spawn(registration_loop(
+                registrar,
+                desired_for,
+                published.clone(),
+                health.clone(),
+                settings.repair_interval,
+                cancel.clone(),
+            )));
+        }
+
+        for w in self.watchers {
+            background.push(tokio::spawn(run_pod_watcher(w, ctx.clone(), metrics.clone(), cancel.clone())));
+        }
+        for (name, task) in self.tasks {
+            tracing::debug!(task = %name, "starting background task");
+            background.push(tokio::spawn(task(ctx.clone(), cancel.clone())));
+        }
+
+        Ok(RunningManager {
+            addr,
+            cancel,
+            health,
+            metrics,
+            published,
+            server,
+            background,
+            shutdown_timeout: settings.shutdown_timeout,
+        })
+    }
+}
+
+async fn readiness_loop(
+    addr: SocketAddr,
+    server_name: String,
+    mut published: watch::Receiver<Option<Published>>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let ca = published.borrow().as_ref().map(|p| p.ca_bundle.clone());
+        let ok = match ca {
+            Some(ca) if !ca.is_empty() => match crate::server::self_handshake(addr, &server_name, &ca).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness self-check failed");
+                    false
+                }
+            },
+            // Certificates from files without a CA: the loaded certificate is all we can check.
+            Some(_) => true,
+            None => false,
+        };
+        health.set_handshake_ok(ok);
+        let wait = if ok { Duration::from_secs(10) } else { Duration::from_millis(500) };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = published.changed() => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn registration_loop(
+    registrar: Registrar,
+    desired_for: impl Fn(&str) -> MutatingWebhookConfiguration + Send,
+    mut published: watch::Receiver<Option<Published>>,
+    health: Arc<Health>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let ca = published.borrow().as_ref().map(|p| p.ca_bundle.clone()).unwrap_or_default();
+        match registrar.repair(&desired_for(&ca)).await {
+            Ok(_) => health.set_configuration_ok(true),
+            Err(e) => {
+                health.set_configuration_ok(false);
+                tracing::warn!(error = %e, "webhook configuration check failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            changed = published.changed() => {
+                if changed.is_err() {
+                    // The certificate source stopped: only the timer drives repairs now.
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                }
+            }
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+impl RunningManager {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Readiness state.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The currently served certificates (CA bundle and chain).
+    pub fn published(&self) -> Option<Published> {
+        self.published.borrow().clone()
+    }
+
+    /// Wait until ready (certificates, self handshake, configuration), up to `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.health.readiness() {
+                Ok(()) => return Ok(()),
+                Err(why) if tokio::time::Instant::now() >= deadline => return Err(why),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Stop accepting, finish in-flight reviews, stop background tasks.
+    pub async fn shutdown(self) {
+        self.health.set_shutting_down();
+        self.cancel.cancel();
+        let deadline = self.shutdown_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(deadline, self.server).await.is_err() {
+            tracing::warn!("server did not stop in time");
+        }
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Stop abruptly, as a killed process would (tests of failure policies).
+    pub fn abort(self) {
+        self.cancel.cancel();
+        self.server.abort();
+        for task in self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

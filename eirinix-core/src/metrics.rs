@@ -1,0 +1,213 @@
+//! Prometheus metrics: per-extension review outcomes and latency, certificate expiry, repairs.
+//!
+//! Plain atomics rendered in the text exposition format: no registry, no locks on the hot path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the review latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// How one review ended, as counted in `eirinix_reviews_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A patch was returned.
+    Patched,
+    /// Admitted unchanged.
+    Skipped,
+    /// Denied by the extension.
+    Denied,
+    /// The extension failed (denied or admitted per failure policy).
+    Errored,
+    /// The review or its object was malformed.
+    Invalid,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Patched,
+        Outcome::Skipped,
+        Outcome::Denied,
+        Outcome::Errored,
+        Outcome::Invalid,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Patched => "patched",
+            Outcome::Skipped => "skipped",
+            Outcome::Denied => "denied",
+            Outcome::Errored => "errored",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// Counters and latency histogram of one extension.
+#[derive(Debug, Default)]
+pub struct ExtensionMetrics {
+    outcomes: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl ExtensionMetrics {
+    /// Record one review.
+    pub fn observe(&self, outcome: Outcome, elapsed: Duration) {
+        let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[idx].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Reviews counted with `outcome` so far.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[idx].load(Ordering::Relaxed)
+    }
+}
+
+/// All metrics of one manager.
+#[derive(Debug)]
+pub struct Metrics {
+    extensions: Vec<(String, ExtensionMetrics)>,
+    bad_requests: AtomicU64,
+    cert_expiry: AtomicI64,
+    cert_rotations: AtomicU64,
+    config_repairs: AtomicU64,
+    watch_restarts: AtomicU64,
+}
+
+impl Metrics {
+    /// Metrics for the named extensions.
+    pub fn new<'a>(extensions: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            extensions: extensions
+                .into_iter()
+                .map(|n| (n.to_owned(), ExtensionMetrics::default()))
+                .collect(),
+            bad_requests: AtomicU64::new(0),
+            cert_expiry: AtomicI64::new(0),
+            cert_rotations: AtomicU64::new(0),
+            config_repairs: AtomicU64::new(0),
+            watch_restarts: AtomicU64::new(0),
+        }
+    }
+
+    /// The metrics of the extension at `index` (registration order).
+    pub fn extension(&self, index: usize) -> Option<&ExtensionMetrics> {
+        self.extensions.get(index).map(|(_, m)| m)
+    }
+
+    /// The metrics of the extension named `name`.
+    pub fn extension_named(&self, name: &str) -> Option<&ExtensionMetrics> {
+        self.extensions.iter().find(|(n, _)| n == name).map(|(_, m)| m)
+    }
+
+    /// Count a request rejected before reaching an extension (HTTP 400/413).
+    pub fn bad_request(&self) {
+        self.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record the serving certificate's expiry (Unix seconds).
+    pub fn set_cert_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.store(unix_seconds, Ordering::Relaxed);
+    }
+
+    /// Count a certificate rotation performed or picked up.
+    pub fn cert_rotated(&self) {
+        self.cert_rotations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a webhook configuration repair.
+    pub fn config_repaired(&self) {
+        self.config_repairs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a restarted watch.
+    pub fn watch_restarted(&self) {
+        self.watch_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Configuration repairs so far.
+    pub fn config_repairs(&self) -> u64 {
+        self.config_repairs.load(Ordering::Relaxed)
+    }
+
+    /// Render in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP eirinix_reviews_total Admission reviews by extension and outcome.\n# TYPE eirinix_reviews_total counter\n");
+        for (name, m) in &self.extensions {
+            for (i, o) in Outcome::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "eirinix_reviews_total{{extension=\"{name}\",outcome=\"{}\"}} {}",
+                    o.as_str(),
+                    m.outcomes[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP eirinix_review_duration_seconds Time to answer one admission review.\n# TYPE eirinix_review_duration_seconds histogram\n");
+        for (name, m) in &self.extensions {
+            let mut cumulative = 0;
+            for (i, le) in BUCKETS.iter().enumerate() {
+                cumulative += m.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "eirinix_review_duration_seconds_bucket{{extension=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let count = m.count.load(Ordering::Relaxed);
+            let sum = m.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "eirinix_review_duration_seconds_bucket{{extension=\"{name}\",le=\"+Inf\"}} {count}\neirinix_review_duration_seconds_sum{{extension=\"{name}\"}} {sum}\neirinix_review_duration_seconds_count{{extension=\"{name}\"}} {count}"
+            );
+        }
+        let scalars = [
+            ("eirinix_bad_requests_total", "counter", "Requests rejected before reaching an extension.", self.bad_requests.load(Ordering::Relaxed) as i64),
+            ("eirinix_certificate_expiry_timestamp_seconds", "gauge", "Expiry of the served certificate (Unix time).", self.cert_expiry.load(Ordering::Relaxed)),
+            ("eirinix_certificate_rotations_total", "counter", "Serving certificates loaded after a rotation.", self.cert_rotations.load(Ordering::Relaxed) as i64),
+            ("eirinix_webhook_configuration_repairs_total", "counter", "Webhook configuration drift repairs.", self.config_repairs.load(Ordering::Relaxed) as i64),
+            ("eirinix_watch_restarts_total", "counter", "Watches restarted after an error or end.", self.watch_restarts.load(Ordering::Relaxed) as i64),
+        ];
+        for (name, kind, help, value) in scalars {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_cumulative_buckets() {
+        let m = Metrics::new(["persi"]);
+        let e = m.extension(0).unwrap();
+        e.observe(Outcome::Patched, Duration::from_micros(80));
+        e.observe(Outcome::Patched, Duration::from_millis(3));
+        e.observe(Outcome::Denied, Duration::from_secs(10));
+        m.set_cert_expiry(1_900_000_000);
+        let text = m.render();
+        assert!(text.contains("eirinix_reviews_total{extension=\"persi\",outcome=\"patched\"} 2"));
+        assert!(text.contains("eirinix_reviews_total{extension=\"persi\",outcome=\"denied\"} 1"));
+        assert!(text.contains("eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.0001\"} 1"));
+        assert!(text.contains("eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.005\"} 2"));
+        assert!(text.contains("eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"+Inf\"} 3"));
+        assert!(text.contains("eirinix_certificate_expiry_timestamp_seconds 1900000000"));
+        assert_eq!(e.count(Outcome::Patched), 2);
+    }
+}

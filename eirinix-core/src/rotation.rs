@@ -1,0 +1,358 @@
+//! Certificates at run time: the shared Secret (create-if-absent, compare-and-swap updates),
+//! the rotation loop driven by the wall clock, and the file source for cert-manager.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::core::ObjectMeta;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::{CertBundle, CertError, CertPolicy, Clock, FileCerts, Renewal, SubjectNames};
+use crate::metrics::Metrics;
+use crate::server::Health;
+use crate::tls::CertResolver;
+
+/// Errors of the certificate runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The API server refused or failed a request on the Secret.
+    #[error("certificate secret {namespace}/{name}: {source}")]
+    Api {
+        /// Secret namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Underlying error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Certificate material was invalid or could not be made.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// Read-only mode and the Secret does not exist yet.
+    #[error("certificate secret does not exist (run `register` first)")]
+    SecretMissing,
+    /// Another writer kept winning; retried later.
+    #[error("certificate secret kept changing under us; will retry")]
+    Contended,
+}
+
+/// What the rest of the manager needs to know about the current certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// PEM CA bundle for the webhook configuration's `caBundle`.
+    pub ca_bundle: String,
+    /// PEM of the served chain (leaf first).
+    pub serving_chain: String,
+}
+
+/// The certificate Secret `<fingerprint>-setupcertificate`, shared by all replicas.
+#[derive(Clone)]
+pub struct SecretStore {
+    api: Api<Secret>,
+    namespace: String,
+    name: String,
+}
+
+fn secret_data(bundle: &CertBundle) -> BTreeMap<String, ByteString> {
+    bundle
+        .to_secret_data()
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v)))
+        .collect()
+}
+
+fn bundle_from(secret: &Secret) -> Result<CertBundle, CertError> {
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .as_ref()
+        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+        .unwrap_or_default();
+    CertBundle::from_secret_data(&data)
+}
+
+impl SecretStore {
+    /// The store for Secret `name` in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn err(&self, source: kube::Error) -> RotationError {
+        RotationError::Api {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Read the Secret: `None` if absent; the bundle (or why it is unusable) and its resourceVersion.
+    pub async fn load(&self) -> Result<Option<(Result<CertBundle, CertError>, String)>, RotationError> {
+        let secret = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))?;
+        Ok(secret.map(|s| {
+            let rv = s.metadata.resource_version.clone().unwrap_or_default();
+            (bundle_from(&s), rv)
+        }))
+    }
+
+    /// Create the Secret with `bundle` unless it exists; when another replica won, return its bundle.
+    pub async fn create_if_absent(&self, bundle: &CertBundle) -> Result<(CertBundle, String), RotationError> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    crate::registration::MANAGED_BY_LABEL.to_owned(),
+                    "eirinix".to_owned(),
+                )])),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(secret_data(bundle)),
+            ..Default::default()
+        };
+        match self.api.create(&PostParams::default(), &secret).await {
+            Ok(created) => {
+                tracing::info!(secret = %self.name, "created certificate secret");
+                Ok((bundle.clone(), created.metadata.resource_version.unwrap_or_default()))
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::info!(secret = %self.name, "certificate secret already exists; using it");
+                match self.load().await? {
+                    Some((Ok(b), rv)) => Ok((b, rv)),
+                    Some((Err(e), _)) => Err(e.into()),
+                    None => Err(RotationError::Contended),
+                }
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Replace the Secret's data if it is still at `resource_version`; `None` on conflict.
+    pub async fn replace(&self, bundle: &CertBundle, resource_version: &str) -> Result<Option<String>, RotationError> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                resource_version: Some(resource_version.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    crate::registration::MANAGED_BY_LABEL.to_owned(),
+                    "eirinix".to_owned(),
+                )])),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(secret_data(bundle)),
+            ..Default::default()
+        };
+        match self.api.replace(&self.name, &PostParams::default(), &secret).await {
+            Ok(s) => Ok(Some(s.metadata.resource_version.unwrap_or_default())),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Delete the Secret; absent is fine.
+    pub async fn delete(&self) -> Result<(), RotationError> {
+        match self.api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
+
+/// Keeps the served certificate valid: loads or creates the shared Secret, renews by the wall clock,
+/// and swaps new certificates into the running server.
+pub struct Rotator {
+    store: SecretStore,
+    names: SubjectNames,
+    policy: CertPolicy,
+    clock: Arc<dyn Clock>,
+    resolver: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    tx: watch::Sender<Option<Published>>,
+    may_write: bool,
+}
+
+impl Rotator {
+    /// A rotator; `may_write` false only reads the Secret (a server in split mode without write rights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: SecretStore,
+        names: SubjectNames,
+        policy: CertPolicy,
+        clock: Arc<dyn Clock>,
+        resolver: Arc<CertResolver>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        may_write: bool,
+    ) -> Self {
+        let (tx, _) = watch::channel(None);
+        Self {
+            store,
+            names,
+            policy,
+            clock,
+            resolver,
+            metrics,
+            health,
+            tx,
+            may_write,
+        }
+    }
+
+    /// Updates whenever the served certificates change.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Published>> {
+        self.tx.subscribe()
+    }
+
+    /// One pass: load (or create), renew what is due, serve the result. Returns the bundle served.
+    pub async fn tick(&self) -> Result<CertBundle, RotationError> {
+        for _ in 0..8 {
+            let (bundle, rv) = match self.store.load().await? {
+                Some((Ok(b), rv)) => (b, rv),
+                Some((Err(e), rv)) if self.may_write => {
+                    tracing::error!(error = %e, "certificate secret is unusable; replacing it with new certificates");
+                    let fresh = CertBundle::generate(&self.names, &self.policy, self.clock.now())?;
+                    match self.store.replace(&fresh, &rv).await? {
+                        Some(rv) => (fresh, rv),
+                        None => continue,
+                    }
+                }
+                Some((Err(e), _)) => return Err(e.into()),
+                None if self.may_write => {
+                    let fresh = CertBundle::generate(&self.names, &self.policy, self.clock.now())?;
+                    self.store.create_if_absent(&fresh).await?
+                }
+                None => return Err(RotationError::SecretMissing),
+            };
+            let action = bundle.plan(&self.names, &self.policy, self.clock.now());
+            if matches!(action, Renewal::None) || !self.may_write {
+                self.serve(&bundle)?;
+                return Ok(bundle);
+            }
+            tracing::info!(?action, "renewing certificates");
+            let next = bundle.apply(&action, &self.names, &self.policy, self.clock.now())?;
+            if self.store.replace(&next, &rv).await?.is_none() {
+                tracing::debug!("certificate secret changed concurrently; re-reading");
+            }
+            // Loop: re-read so every replica converges on what the Secret holds.
+        }
+        Err(RotationError::Contended)
+    }
+
+    fn serve(&self, bundle: &CertBundle) -> Result<(), RotationError> {
+        let published = Published {
+            ca_bundle: bundle.ca_bundle_pem(),
+            serving_chain: bundle.serving_chain_pem(),
+        };
+        let changed = self.tx.borrow().as_ref() != Some(&published);
+        if changed {
+            let key = crate::certs::certified_key(&published.serving_chain, &bundle.serving.key_pem)?;
+            self.resolver.set(key);
+            self.health.set_cert_loaded(true);
+            self.metrics.set_cert_expiry(bundle.serving.not_after.unix_timestamp());
+            self.metrics.cert_rotated();
+            tracing::info!(not_after = %bundle.serving.not_after, "serving certificate loaded");
+            self.tx.send_replace(Some(published));
+        }
+        Ok(())
+    }
+
+    /// Run until cancelled: tick at least every `interval`, earlier when a renewal is due.
+    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        loop {
+            let wait = match self.tick().await {
+                Ok(bundle) => {
+                    let due = bundle.next_action_at(&self.policy) - self.clock.now();
+                    let due = Duration::try_from(due).unwrap_or(Duration::ZERO);
+                    due.clamp(Duration::from_millis(200), interval)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate check failed; retrying");
+                    interval.min(Duration::from_secs(5))
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Serves certificates from PEM files (cert-manager), reloading them when they change.
+pub struct FileSource {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: Option<PathBuf>,
+    resolver: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    tx: watch::Sender<Option<Published>>,
+}
+
+impl FileSource {
+    /// A file source for `cert`, `key` and the optional `ca` bundle.
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        ca: Option<PathBuf>,
+        resolver: Arc<CertResolver>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        let (tx, _) = watch::channel(None);
+        Self { cert, key, ca, resolver, metrics, health, tx }
+    }
+
+    /// Updates whenever the files' content changes.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Published>> {
+        self.tx.subscribe()
+    }
+
+    /// Load the files and serve them if they changed.
+    pub fn tick(&self) -> Result<(), RotationError> {
+        let files = FileCerts::load(&self.cert, &self.key, self.ca.as_deref())?;
+        let published = Published {
+            ca_bundle: files.ca_pem.clone().unwrap_or_default(),
+            serving_chain: files.cert_chain_pem.clone(),
+        };
+        if self.tx.borrow().as_ref() != Some(&published) {
+            let key = crate::certs::certified_key(&files.cert_chain_pem, &files.key_pem)?;
+            self.resolver.set(key);
+            self.health.set_cert_loaded(true);
+            if let Ok(not_after) = files.leaf_not_after() {
+                self.metrics.set_cert_expiry(not_after.unix_timestamp());
+            }
+            self.metrics.cert_rotated();
+            tracing::info!(cert = %self.cert.display(), "serving certificate loaded from file");
+            self.tx.send_replace(Some(published));
+        }
+        Ok(())
+    }
+
+    /// Poll the files every `interval` until cancelled.
+    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        loop {
+            if let Err(e) = self.tick() {
+                tracing::warn!(error = %e, "reloading certificate files failed; keeping the current certificate");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The webhook HTTPS server: one path per extension, health, readiness and metrics.
+//!
+//! Lean by design: a TLS accept loop with bounded connections and handshake/header timeouts,
+//! axum routing, a body limit answered with 413, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::admission::ExtensionHandler;
+use crate::extension::Context;
+use crate::metrics::Metrics;
+
+/// Readiness conditions, each set by the component that owns it.
+#[derive(Debug)]
+pub struct Health {
+    cert_loaded: AtomicBool,
+    handshake_ok: AtomicBool,
+    configuration_ok: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    /// Fresh state; `registering` says whether the configuration must be confirmed before ready.
+    pub fn new(registering: bool) -> Self {
+        Self {
+            cert_loaded: AtomicBool::new(false),
+            handshake_ok: AtomicBool::new(false),
+            configuration_ok: AtomicBool::new(!registering),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// A serving certificate is loaded.
+    pub fn set_cert_loaded(&self, v: bool) {
+        self.cert_loaded.store(v, Ordering::Relaxed);
+    }
+
+    /// The last TLS handshake to ourselves succeeded.
+    pub fn set_handshake_ok(&self, v: bool) {
+        self.handshake_ok.store(v, Ordering::Relaxed);
+    }
+
+    /// The registered configuration carries our current CA.
+    pub fn set_configuration_ok(&self, v: bool) {
+        self.configuration_ok.store(v, Ordering::Relaxed);
+    }
+
+    /// Shutdown started: report not ready so load balancers drain us.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else the reasons it is not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut why = Vec::new();
+        if !self.cert_loaded.load(Ordering::Relaxed) {
+            why.push("no serving certificate loaded");
+        }
+        if !self.handshake_ok.load(Ordering::Relaxed) {
+            why.push("TLS handshake to self not confirmed");
+        }
+        if !self.configuration_ok.load(Ordering::Relaxed) {
+            why.push("webhook configuration does not carry the current CA");
+        }
+        if self.shutting_down.load(Ordering::Relaxed) {
+            why.push("shutting down");
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+}
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    /// One handler per extension.
+    pub handlers: Vec<ExtensionHandler>,
+    /// Context passed to extensions.
+    pub ctx: Context,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
+/// The webhook path of an extension: stable across restarts because it is derived from the name.
+pub fn extension_path(name: &str) -> String {
+    format!("/{name}")
+}
+
+async fn review(state: Arc<AppState>, index: usize, body: Bytes) -> Response {
+    let Some(handler) = state.handlers.get(index) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match handler
+        .handle_body(&state.ctx, &state.metrics, &body)
+        .await
+    {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => {
+            tracing::info!(error = %e, extension = handler.name(), "bad admission request");
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+    }
+}
+
+/// Routes for health, readiness and metrics (also served on the optional admin port).
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Arc<AppState>>| async move {
+                match s.health.readiness() {
+                    Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+/// The full router: one POST path per extension plus the admin routes.
+pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration) -> Router {
+    let mut webhooks = Router::new();
+    for (index, handler) in state.handlers.iter().enumerate() {
+        let path = extension_path(handler.name());
+        let st = state.clone();
+        webhooks = webhooks.route(
+            &path,
+            post(move |body: Bytes| review(st.clone(), index, body)),
+        );
+    }
+    webhooks
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .merge(admin_router(state))
+}
+
+/// Connection-level limits of [`serve_tls`].
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Concurrent connections at most; further accepts wait.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake and for request headers.
+    pub handshake_timeout: Duration,
+    /// Serve HTTP/2 as well as HTTP/1.1.
+    pub http2: bool,
+    /// Time allowed for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Serve `router` over TLS on `listener` until `shutdown` is cancelled, then drain gracefully.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    serve_loop(listener, Some(acceptor), router, opts, shutdown).await
+}
+
+/// Serve `router` over plain HTTP (the optional admin port).
+pub async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    serve_loop(listener, None, router, opts, shutdown).await
+}
+
+async fn serve_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    router: Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.handshake_timeout)
+        .keep_alive(true);
+    if !opts.http2 {
+        builder = builder.http1_only();
+    }
+    let builder = Arc::new(builder);
+    let service = TowerToHyperService::new(router);
+    // Cancelled when this loop is dropped (task aborted) or the drain times out:
+    // connection tasks then end too, as they would if the process died.
+    let kill = CancellationToken::new();
+    let _kill_on_drop = kill.clone().drop_guard();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let service = service.clone();
+        let acceptor = acceptor.clone();
+        let handshake_timeout = opts.handshake_timeout;
+        let kill = kill.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let serve = async move {
+            match acceptor {
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = kill.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("all connections drained"),
+        _ = tokio::time::sleep(opts.shutdown_timeout) => tracing::warn!("shutdown timeout: closing remaining connections"),
+    }
+}
+
+/// Perform a real TLS handshake to `addr`, verifying the chain against `ca_pem` for `server_name`.
+pub async fn self_handshake(addr: SocketAddr, server_name: &str, ca_pem: &str) -> Result<(), String> {
+    let config = crate::tls::client_config(ca_pem)?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("bad server name {server_name}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+        Ok::<_, String>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| format!("TLS handshake with {addr} timed out"))?
+}

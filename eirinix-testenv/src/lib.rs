@@ -1,0 +1,56 @@
+//! A real Kubernetes control plane (etcd + kube-apiserver) and a scriptable fake
+//! kubelet, for integration tests of eirinix extensions.
+//!
+//! The binaries are not downloaded: they are built from Go modules by
+//! `scripts/provision.sh` in the eirinix repository (see [`assets_dir`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), eirinix_testenv::Error> {
+//! use eirinix_testenv::ControlPlane;
+//!
+//! let plane = ControlPlane::shared().await?; // one plane per test binary
+//! let client = plane.client().await?;         // a fresh client for this runtime
+//! let ns = plane.namespace("my-test").await?;  // a fresh namespace
+//! # let _ = (client, ns);
+//! # Ok(())
+//! # }
+//! ```
+
+mod assets;
+mod certs;
+mod control_plane;
+mod error;
+mod kubelet;
+mod process;
+
+pub use assets::{
+    ETCD_VERSION, KUBE_VERSION, PROVISION_HINT, assets_dir, check_assets, default_assets_dir,
+};
+pub use control_plane::{ControlPlane, ControlPlaneBuilder};
+pub use error::Error;
+pub use kubelet::{ContainerLog, FakeKubelet};
+
+/// Result alias used throughout this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A fresh DNS-1123 label `<prefix>-<6 random chars>` (prefix sanitised), for namespaces,
+/// node names and other objects that must not collide between tests.
+pub fn unique_name(prefix: &str) -> String {
+    let mut base: String = prefix
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() { c } else { '-' }
+        })
+        .collect();
+    base.truncate(50);
+    let base = base.trim_matches('-');
+    let base = if base.is_empty() { "test" } else { base };
+    let suffix: String = (0..6)
+        .map(|_| {
+            let n = fastrand::u8(0..36);
+            char::from_digit(u32::from(n), 36).unwrap_or('x')
+        })
+        .collect();
+    format!("{base}-{suffix}")
+}
