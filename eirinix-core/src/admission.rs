@@ -33,7 +33,9 @@ pub enum ReviewError {
     #[error("request body is not a valid AdmissionReview: {0}")]
     Malformed(serde_json::Error),
     /// An AdmissionReview of another version (e.g. v1beta1).
-    #[error("unsupported AdmissionReview apiVersion {0:?}: only admission.k8s.io/v1 is served (set admissionReviewVersions: [v1])")]
+    #[error(
+        "unsupported AdmissionReview apiVersion {0:?}: only admission.k8s.io/v1 is served (set admissionReviewVersions: [v1])"
+    )]
     UnsupportedVersion(String),
     /// Some other kind of object.
     #[error("expected kind AdmissionReview, got {0:?}")]
@@ -110,7 +112,10 @@ pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     if review.kind != "AdmissionReview" {
         return Err(ReviewError::WrongKind(review.kind));
     }
-    let raw = review.request.filter(|r| r.get() != "null").ok_or(ReviewError::NoRequest)?;
+    let raw = review
+        .request
+        .filter(|r| r.get() != "null")
+        .ok_or(ReviewError::NoRequest)?;
     let req: RequestIn<'_> = serde_json::from_str(raw.get()).map_err(ReviewError::Malformed)?;
     if req.uid.is_empty() {
         return Err(ReviewError::NoUid);
@@ -129,7 +134,8 @@ pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
         Err(format!("{:?} request carries no object", req.operation))
     } else {
         let raw = req.object.map(RawValue::get).unwrap_or("null");
-        serde_json::from_str::<Pod>(raw).map_err(|e| format!("object does not decode as a Pod: {e}"))
+        serde_json::from_str::<Pod>(raw)
+            .map_err(|e| format!("object does not decode as a Pod: {e}"))
     };
     let old_object = match req.old_object {
         Some(raw) if is_pod && raw.get() != "null" => serde_json::from_str::<Pod>(raw.get()).ok(),

@@ -22,7 +22,9 @@ pub mod tls;
 pub mod watcher;
 
 pub use async_trait::async_trait;
-pub use extension::{Context, Extension, ExtensionError, Mutation, Request, Verdict, WebhookOverrides};
+pub use extension::{
+    Context, Extension, ExtensionError, Mutation, Request, Verdict, WebhookOverrides,
+};
 pub use manager::{Manager, ManagerBuilder, RunningManager};
 pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 pub use patch::{ContainerRef, PodPatch};

@@ -34,7 +34,9 @@ use crate::watcher::{PodWatcher, run_pod_watcher};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// An extension name is not a DNS-1123 label.
-    #[error("extension name {0:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)")]
+    #[error(
+        "extension name {0:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)"
+    )]
     InvalidName(String),
     /// Two extensions share a name (and so a path).
     #[error("two extensions are named {0:?}")]
@@ -133,7 +135,12 @@ impl ManagerBuilder {
     }
 
     /// Service mode: the apiserver dials Service `name` in `namespace` on `service_port`.
-    pub fn service(mut self, name: impl Into<String>, namespace: impl Into<String>, service_port: u16) -> Self {
+    pub fn service(
+        mut self,
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+        service_port: u16,
+    ) -> Self {
         let namespace = namespace.into();
         self.settings.webhook_namespace = namespace.clone();
         self.settings.endpoint = Endpoint::Service {
@@ -151,7 +158,12 @@ impl ManagerBuilder {
     }
 
     /// Serve certificates from files (cert-manager) instead of the self-managed Secret.
-    pub fn cert_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: Option<PathBuf>) -> Self {
+    pub fn cert_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> Self {
         self.settings.cert_source = CertSource::Files {
             cert: cert.into(),
             key: key.into(),
@@ -173,7 +185,10 @@ impl ManagerBuilder {
     }
 
     /// Namespaces whose pods never reach the webhook (default: kube-system and the webhook's own).
-    pub fn excluded_namespaces<I: IntoIterator<Item = S>, S: Into<String>>(mut self, namespaces: I) -> Self {
+    pub fn excluded_namespaces<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        namespaces: I,
+    ) -> Self {
         self.settings.excluded_namespaces = namespaces.into_iter().map(Into::into).collect();
         self
     }
@@ -286,8 +301,10 @@ impl ManagerBuilder {
         F: FnOnce(Context, CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.tasks
-            .push((name.into(), Box::new(move |ctx, cancel| Box::pin(task(ctx, cancel)))));
+        self.tasks.push((
+            name.into(),
+            Box::new(move |ctx, cancel| Box::pin(task(ctx, cancel))),
+        ));
         self
     }
 
@@ -322,25 +339,20 @@ impl ManagerBuilder {
             Endpoint::Url { host } if host.is_empty() => {
                 return Err(ConfigError::InvalidEndpoint("URL mode needs a host".into()));
             }
-            Endpoint::Service { name, namespace, port } if name.is_empty() || namespace.is_empty() || *port == 0 => {
+            Endpoint::Service {
+                name,
+                namespace,
+                port,
+            } if name.is_empty() || namespace.is_empty() || *port == 0 => {
                 return Err(ConfigError::InvalidEndpoint(
                     "service mode needs a service name, a namespace and a port".into(),
                 ));
             }
             _ => {}
         }
-        let p = &s.cert_policy;
-        if !(p.renew_fraction > 0.0 && p.renew_fraction < 1.0) {
-            return Err(ConfigError::InvalidCertPolicy(format!(
-                "renew fraction must be in (0, 1), got {}",
-                p.renew_fraction
-            )));
-        }
-        if p.serving_validity.is_zero() || p.ca_validity < p.serving_validity {
-            return Err(ConfigError::InvalidCertPolicy(
-                "serving validity must be positive and not longer than the CA's".into(),
-            ));
-        }
+        s.cert_policy
+            .validate()
+            .map_err(|e| ConfigError::InvalidCertPolicy(e.to_string()))?;
         Ok(Manager {
             settings: Arc::new(self.settings),
             extensions: self.extensions,
@@ -394,20 +406,30 @@ impl Manager {
     }
 
     /// The configuration this manager registers, for `ca_bundle` and `port` (charts compare against it).
-    pub fn webhook_configuration(&self, ca_bundle: &[u8], port: u16) -> MutatingWebhookConfiguration {
+    pub fn webhook_configuration(
+        &self,
+        ca_bundle: &[u8],
+        port: u16,
+    ) -> MutatingWebhookConfiguration {
         desired_configuration(&self.settings, &self.webhook_specs(), ca_bundle, port)
     }
 
     /// Names the serving certificate must cover.
     pub fn subject_names(&self) -> SubjectNames {
         match &self.settings.endpoint {
-            Endpoint::Service { name, namespace, .. } => SubjectNames::for_service(name, namespace),
+            Endpoint::Service {
+                name, namespace, ..
+            } => SubjectNames::for_service(name, namespace),
             Endpoint::Url { host } => SubjectNames::for_host(host),
         }
     }
 
     fn secret_store(&self, client: &kube::Client) -> SecretStore {
-        SecretStore::new(client.clone(), &self.settings.webhook_namespace, &self.settings.secret_name())
+        SecretStore::new(
+            client.clone(),
+            &self.settings.webhook_namespace,
+            &self.settings.secret_name(),
+        )
     }
 
     /// One-shot registration (split mode): certificates and configuration, then return.
@@ -426,12 +448,23 @@ impl Manager {
                     health,
                     true,
                 );
-                rotator.tick().await?.ca_bundle_pem()
+                rotator.tick().await?.ca_bundle_pem_at(self.clock.now())
             }
             CertSource::Files { cert, key, ca } => {
-                let source = FileSource::new(cert.clone(), key.clone(), ca.clone(), Arc::new(CertResolver::new()), metrics, health);
+                let source = FileSource::new(
+                    cert.clone(),
+                    key.clone(),
+                    ca.clone(),
+                    Arc::new(CertResolver::new()),
+                    metrics,
+                    health,
+                );
                 source.tick()?;
-                let ca = source.subscribe().borrow().as_ref().map(|p| p.ca_bundle.clone());
+                let ca = source
+                    .subscribe()
+                    .borrow()
+                    .as_ref()
+                    .map(|p| p.ca_bundle.clone());
                 ca.unwrap_or_default()
             }
         };
@@ -462,7 +495,11 @@ impl Manager {
     }
 
     /// Run until `shutdown` completes, then shut down gracefully.
-    pub async fn run_until(self, client: kube::Client, shutdown: impl Future<Output = ()>) -> Result<(), ManagerError> {
+    pub async fn run_until(
+        self,
+        client: kube::Client,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ManagerError> {
         let running = self.start(client).await?;
         tracing::info!(addr = %running.local_addr(), "eirinix manager running");
         shutdown.await;
@@ -504,7 +541,9 @@ impl Manager {
                 ));
                 rotator.tick().await?;
                 let rx = rotator.subscribe();
-                background.push(tokio::spawn(rotator.run(settings.cert_check_interval, cancel.clone())));
+                background.push(tokio::spawn(
+                    rotator.run(settings.cert_check_interval, cancel.clone()),
+                ));
                 rx
             }
             CertSource::Files { cert, key, ca } => {
@@ -518,19 +557,26 @@ impl Manager {
                 ));
                 source.tick()?;
                 let rx = source.subscribe();
-                background.push(tokio::spawn(source.run(settings.cert_check_interval.min(Duration::from_secs(10)), cancel.clone())));
+                background.push(tokio::spawn(source.run(
+                    settings.cert_check_interval.min(Duration::from_secs(10)),
+                    cancel.clone(),
+                )));
                 rx
             }
         };
 
         // The server.
-        let timeout = Duration::from_secs(u64::try_from(settings.timeout_seconds.max(1)).unwrap_or(10));
+        let timeout =
+            Duration::from_secs(u64::try_from(settings.timeout_seconds.max(1)).unwrap_or(10));
         let handlers = self
             .extensions
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let policy = e.webhook().failure_policy.unwrap_or(settings.failure_policy);
+                let policy = e
+                    .webhook()
+                    .failure_policy
+                    .unwrap_or(settings.failure_policy);
                 ExtensionHandler::new(e.clone(), policy, timeout, i)
             })
             .collect();
@@ -547,13 +593,24 @@ impl Manager {
             http2: settings.http2,
             shutdown_timeout: settings.shutdown_timeout,
         };
-        let router = crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
-        let server = tokio::spawn(crate::server::serve_tls(listener, tls, router, serve_opts.clone(), cancel.clone()));
+        let router =
+            crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
+        let server = tokio::spawn(crate::server::serve_tls(
+            listener,
+            tls,
+            router,
+            serve_opts.clone(),
+            cancel.clone(),
+        ));
         if let Some(port) = settings.admin_port {
             let admin_addr = SocketAddr::new(settings.bind_address, port);
-            let admin = TcpListener::bind(admin_addr)
-                .await
-                .map_err(|source| ManagerError::Bind { addr: admin_addr, source })?;
+            let admin =
+                TcpListener::bind(admin_addr)
+                    .await
+                    .map_err(|source| ManagerError::Bind {
+                        addr: admin_addr,
+                        source,
+                    })?;
             background.push(tokio::spawn(crate::server::serve_plain(
                 admin,
                 crate::server::admin_router(state),
@@ -588,14 +645,21 @@ impl Manager {
 
         // Registration and drift repair.
         if settings.register_webhook {
-            let registrar = Registrar::new(client.clone(), &settings.field_manager).with_metrics(metrics.clone());
+            let registrar = Registrar::new(client.clone(), &settings.field_manager)
+                .with_metrics(metrics.clone());
             let specs = self.webhook_specs();
             let registered_port = addr.port();
             let desired_for = {
                 let settings = settings.clone();
-                move |ca: &str| desired_configuration(&settings, &specs, ca.as_bytes(), registered_port)
+                move |ca: &str| {
+                    desired_configuration(&settings, &specs, ca.as_bytes(), registered_port)
+                }
             };
-            let initial = published.borrow().as_ref().map(|p| p.ca_bundle.clone()).unwrap_or_default();
+            let initial = published
+                .borrow()
+                .as_ref()
+                .map(|p| p.ca_bundle.clone())
+                .unwrap_or_default();
             registrar.apply(&desired_for(&initial)).await?;
             health.set_configuration_ok(true);
             tracing::info!(configuration = %settings.configuration_name(), "webhook configuration applied");
@@ -610,7 +674,12 @@ impl Manager {
         }
 
         for w in self.watchers {
-            background.push(tokio::spawn(run_pod_watcher(w, ctx.clone(), metrics.clone(), cancel.clone())));
+            background.push(tokio::spawn(run_pod_watcher(
+                w,
+                ctx.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            )));
         }
         for (name, task) in self.tasks {
             tracing::debug!(task = %name, "starting background task");
@@ -640,19 +709,25 @@ async fn readiness_loop(
     loop {
         let ca = published.borrow().as_ref().map(|p| p.ca_bundle.clone());
         let ok = match ca {
-            Some(ca) if !ca.is_empty() => match crate::server::self_handshake(addr, &server_name, &ca).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "readiness self-check failed");
-                    false
+            Some(ca) if !ca.is_empty() => {
+                match crate::server::self_handshake(addr, &server_name, &ca).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "readiness self-check failed");
+                        false
+                    }
                 }
-            },
+            }
             // Certificates from files without a CA: the loaded certificate is all we can check.
             Some(_) => true,
             None => false,
         };
         health.set_handshake_ok(ok);
-        let wait = if ok { Duration::from_secs(10) } else { Duration::from_millis(500) };
+        let wait = if ok {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_millis(500)
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = published.changed() => {}
@@ -669,10 +744,34 @@ async fn registration_loop(
     interval: Duration,
     cancel: CancellationToken,
 ) {
+    // The caBundle applied last: a new one is an update, anything else found wrong is drift.
+    let mut applied_ca = published
+        .borrow()
+        .as_ref()
+        .map(|p| p.ca_bundle.clone())
+        .unwrap_or_default();
     loop {
-        let ca = published.borrow().as_ref().map(|p| p.ca_bundle.clone()).unwrap_or_default();
-        match registrar.repair(&desired_for(&ca)).await {
-            Ok(_) => health.set_configuration_ok(true),
+        let ca = published
+            .borrow()
+            .as_ref()
+            .map(|p| p.ca_bundle.clone())
+            .unwrap_or_default();
+        let desired = desired_for(&ca);
+        let result = if ca != applied_ca {
+            registrar.apply(&desired).await.map(|()| {
+                tracing::info!(
+                    certificates = pem_count(&ca),
+                    "caBundle updated in the webhook configuration"
+                );
+            })
+        } else {
+            registrar.repair(&desired).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => {
+                applied_ca = ca;
+                health.set_configuration_ok(true);
+            }
             Err(e) => {
                 health.set_configuration_ok(false);
                 tracing::warn!(error = %e, "webhook configuration check failed; retrying");
@@ -692,6 +791,10 @@ async fn registration_loop(
             _ = cancel.cancelled() => return,
         }
     }
+}
+
+fn pem_count(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
 }
 
 impl RunningManager {

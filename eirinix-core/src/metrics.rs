@@ -111,7 +111,10 @@ impl Metrics {
 
     /// The metrics of the extension named `name`.
     pub fn extension_named(&self, name: &str) -> Option<&ExtensionMetrics> {
-        self.extensions.iter().find(|(n, _)| n == name).map(|(_, m)| m)
+        self.extensions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m)
     }
 
     /// Count a request rejected before reaching an extension (HTTP 400/413).
@@ -176,14 +179,42 @@ impl Metrics {
             );
         }
         let scalars = [
-            ("eirinix_bad_requests_total", "counter", "Requests rejected before reaching an extension.", self.bad_requests.load(Ordering::Relaxed) as i64),
-            ("eirinix_certificate_expiry_timestamp_seconds", "gauge", "Expiry of the served certificate (Unix time).", self.cert_expiry.load(Ordering::Relaxed)),
-            ("eirinix_certificate_rotations_total", "counter", "Serving certificates loaded after a rotation.", self.cert_rotations.load(Ordering::Relaxed) as i64),
-            ("eirinix_webhook_configuration_repairs_total", "counter", "Webhook configuration drift repairs.", self.config_repairs.load(Ordering::Relaxed) as i64),
-            ("eirinix_watch_restarts_total", "counter", "Watches restarted after an error or end.", self.watch_restarts.load(Ordering::Relaxed) as i64),
+            (
+                "eirinix_bad_requests_total",
+                "counter",
+                "Requests rejected before reaching an extension.",
+                self.bad_requests.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "eirinix_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "Expiry of the served certificate (Unix time).",
+                self.cert_expiry.load(Ordering::Relaxed),
+            ),
+            (
+                "eirinix_certificate_rotations_total",
+                "counter",
+                "Serving certificates loaded after a rotation.",
+                self.cert_rotations.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "eirinix_webhook_configuration_repairs_total",
+                "counter",
+                "Webhook configuration drift repairs.",
+                self.config_repairs.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "eirinix_watch_restarts_total",
+                "counter",
+                "Watches restarted after an error or end.",
+                self.watch_restarts.load(Ordering::Relaxed) as i64,
+            ),
         ];
         for (name, kind, help, value) in scalars {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         out
     }
@@ -204,9 +235,17 @@ mod tests {
         let text = m.render();
         assert!(text.contains("eirinix_reviews_total{extension=\"persi\",outcome=\"patched\"} 2"));
         assert!(text.contains("eirinix_reviews_total{extension=\"persi\",outcome=\"denied\"} 1"));
-        assert!(text.contains("eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.0001\"} 1"));
-        assert!(text.contains("eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.005\"} 2"));
-        assert!(text.contains("eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"+Inf\"} 3"));
+        assert!(text.contains(
+            "eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.0001\"} 1"
+        ));
+        assert!(text.contains(
+            "eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.005\"} 2"
+        ));
+        assert!(
+            text.contains(
+                "eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"+Inf\"} 3"
+            )
+        );
         assert!(text.contains("eirinix_certificate_expiry_timestamp_seconds 1900000000"));
         assert_eq!(e.count(Outcome::Patched), 2);
     }

@@ -173,7 +173,12 @@ impl<'a> PodPatch<'a> {
         let (list, i, _) = c.list();
         let value = Self::to_value(mount)?;
         self.append(
-            vec!["spec".into(), list.into(), i.to_string(), "volumeMounts".into()],
+            vec![
+                "spec".into(),
+                list.into(),
+                i.to_string(),
+                "volumeMounts".into(),
+            ],
             exists,
             value,
         );
@@ -299,7 +304,10 @@ pub fn pod_value(pod: &Pod) -> Result<Value, PatchError> {
 
 /// Fallback: the patch turning `original` into `mutated`, ignoring `managedFields`.
 pub fn diff(original: &Pod, mutated: &Pod) -> Result<Patch, PatchError> {
-    Ok(json_patch::diff(&pod_value(original)?, &pod_value(mutated)?))
+    Ok(json_patch::diff(
+        &pod_value(original)?,
+        &pod_value(mutated)?,
+    ))
 }
 
 /// Apply `patch` to `pod` and decode the result, as the apiserver would.

@@ -18,7 +18,13 @@ use crate::extension::{Context, ExtensionError};
 #[async_trait]
 pub trait Reconciler: Send + Sync + 'static {
     /// The reconciled kind.
-    type Object: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static;
+    type Object: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static;
 
     /// Name, for logs.
     fn name(&self) -> &str;
@@ -32,7 +38,11 @@ pub trait Reconciler: Send + Sync + 'static {
     }
 
     /// Bring `object` to its desired state.
-    async fn reconcile(&self, object: Arc<Self::Object>, ctx: &Context) -> Result<Action, ExtensionError>;
+    async fn reconcile(
+        &self,
+        object: Arc<Self::Object>,
+        ctx: &Context,
+    ) -> Result<Action, ExtensionError>;
 
     /// What to do after a failed reconcile (default: retry in 30 s).
     fn on_error(&self, _object: &Self::Object, _error: &ExtensionError) -> Action {

@@ -101,7 +101,12 @@ pub fn namespace_selector(settings: &Settings) -> LabelSelector {
     merge_selectors(Some(base), settings.namespace_selector.as_ref()).unwrap_or_default()
 }
 
-fn client_config(settings: &Settings, path: &str, port: u16, ca_bundle: &[u8]) -> WebhookClientConfig {
+fn client_config(
+    settings: &Settings,
+    path: &str,
+    port: u16,
+    ca_bundle: &[u8],
+) -> WebhookClientConfig {
     let ca = (!ca_bundle.is_empty()).then(|| ByteString(ca_bundle.to_vec()));
     match &settings.endpoint {
         Endpoint::Service {
@@ -166,7 +171,10 @@ pub fn desired_configuration(
                 match_conditions: (!o.match_conditions.is_empty())
                     .then(|| o.match_conditions.clone()),
                 namespace_selector: Some(ns_selector.clone()),
-                object_selector: o.object_selector.clone().or_else(|| default_selector.clone()),
+                object_selector: o
+                    .object_selector
+                    .clone()
+                    .or_else(|| default_selector.clone()),
                 reinvocation_policy: Some(
                     o.reinvocation_policy
                         .unwrap_or(settings.reinvocation_policy)
@@ -216,7 +224,10 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
 }
 
 /// Whether `live` differs from `desired` in any field eirinix sets.
-pub fn drifted(desired: &MutatingWebhookConfiguration, live: &MutatingWebhookConfiguration) -> bool {
+pub fn drifted(
+    desired: &MutatingWebhookConfiguration,
+    live: &MutatingWebhookConfiguration,
+) -> bool {
     let d = serde_json::to_value(&desired.webhooks).unwrap_or(Value::Null);
     let l = serde_json::to_value(&live.webhooks).unwrap_or(Value::Null);
     !is_subset(&d, &l)
@@ -254,7 +265,10 @@ impl Registrar {
     }
 
     /// Apply `desired` (create or update in place, taking ownership of our fields).
-    pub async fn apply(&self, desired: &MutatingWebhookConfiguration) -> Result<(), RegistrationError> {
+    pub async fn apply(
+        &self,
+        desired: &MutatingWebhookConfiguration,
+    ) -> Result<(), RegistrationError> {
         let name = desired.metadata.name.clone().unwrap_or_default();
         let params = PatchParams::apply(&self.field_manager).force();
         self.api
@@ -265,7 +279,10 @@ impl Registrar {
     }
 
     /// Compare the live configuration with `desired` and re-apply if it is missing or drifted; true if repaired.
-    pub async fn repair(&self, desired: &MutatingWebhookConfiguration) -> Result<bool, RegistrationError> {
+    pub async fn repair(
+        &self,
+        desired: &MutatingWebhookConfiguration,
+    ) -> Result<bool, RegistrationError> {
         let name = desired.metadata.name.clone().unwrap_or_default();
         let live = self
             .api
@@ -289,7 +306,10 @@ impl Registrar {
     }
 
     /// The live configuration, if any.
-    pub async fn get(&self, name: &str) -> Result<Option<MutatingWebhookConfiguration>, RegistrationError> {
+    pub async fn get(
+        &self,
+        name: &str,
+    ) -> Result<Option<MutatingWebhookConfiguration>, RegistrationError> {
         self.api.get_opt(name).await.map_err(|e| Self::err(name, e))
     }
 

@@ -96,8 +96,14 @@ impl SecretStore {
     }
 
     /// Read the Secret: `None` if absent; the bundle (or why it is unusable) and its resourceVersion.
-    pub async fn load(&self) -> Result<Option<(Result<CertBundle, CertError>, String)>, RotationError> {
-        let secret = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))?;
+    pub async fn load(
+        &self,
+    ) -> Result<Option<(Result<CertBundle, CertError>, String)>, RotationError> {
+        let secret = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(secret.map(|s| {
             let rv = s.metadata.resource_version.clone().unwrap_or_default();
             (bundle_from(&s), rv)
@@ -105,7 +111,10 @@ impl SecretStore {
     }
 
     /// Create the Secret with `bundle` unless it exists; when another replica won, return its bundle.
-    pub async fn create_if_absent(&self, bundle: &CertBundle) -> Result<(CertBundle, String), RotationError> {
+    pub async fn create_if_absent(
+        &self,
+        bundle: &CertBundle,
+    ) -> Result<(CertBundle, String), RotationError> {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
@@ -123,7 +132,10 @@ impl SecretStore {
         match self.api.create(&PostParams::default(), &secret).await {
             Ok(created) => {
                 tracing::info!(secret = %self.name, "created certificate secret");
-                Ok((bundle.clone(), created.metadata.resource_version.unwrap_or_default()))
+                Ok((
+                    bundle.clone(),
+                    created.metadata.resource_version.unwrap_or_default(),
+                ))
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 tracing::info!(secret = %self.name, "certificate secret already exists; using it");
@@ -138,7 +150,11 @@ impl SecretStore {
     }
 
     /// Replace the Secret's data if it is still at `resource_version`; `None` on conflict.
-    pub async fn replace(&self, bundle: &CertBundle, resource_version: &str) -> Result<Option<String>, RotationError> {
+    pub async fn replace(
+        &self,
+        bundle: &CertBundle,
+        resource_version: &str,
+    ) -> Result<Option<String>, RotationError> {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
@@ -154,7 +170,11 @@ impl SecretStore {
             data: Some(secret_data(bundle)),
             ..Default::default()
         };
-        match self.api.replace(&self.name, &PostParams::default(), &secret).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &secret)
+            .await
+        {
             Ok(s) => Ok(Some(s.metadata.resource_version.unwrap_or_default())),
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
             Err(e) => Err(self.err(e)),
@@ -254,15 +274,17 @@ impl Rotator {
 
     fn serve(&self, bundle: &CertBundle) -> Result<(), RotationError> {
         let published = Published {
-            ca_bundle: bundle.ca_bundle_pem(),
+            ca_bundle: bundle.ca_bundle_pem_at(self.clock.now()),
             serving_chain: bundle.serving_chain_pem(),
         };
         let changed = self.tx.borrow().as_ref() != Some(&published);
         if changed {
-            let key = crate::certs::certified_key(&published.serving_chain, &bundle.serving.key_pem)?;
+            let key =
+                crate::certs::certified_key(&published.serving_chain, &bundle.serving.key_pem)?;
             self.resolver.set(key);
             self.health.set_cert_loaded(true);
-            self.metrics.set_cert_expiry(bundle.serving.not_after.unix_timestamp());
+            self.metrics
+                .set_cert_expiry(bundle.serving.not_after.unix_timestamp());
             self.metrics.cert_rotated();
             tracing::info!(not_after = %bundle.serving.not_after, "serving certificate loaded");
             self.tx.send_replace(Some(published));
@@ -314,7 +336,15 @@ impl FileSource {
         health: Arc<Health>,
     ) -> Self {
         let (tx, _) = watch::channel(None);
-        Self { cert, key, ca, resolver, metrics, health, tx }
+        Self {
+            cert,
+            key,
+            ca,
+            resolver,
+            metrics,
+            health,
+            tx,
+        }
     }
 
     /// Updates whenever the files' content changes.

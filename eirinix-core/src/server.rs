@@ -113,10 +113,7 @@ async fn review(state: Arc<AppState>, index: usize, body: Bytes) -> Response {
     let Some(handler) = state.handlers.get(index) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    match handler
-        .handle_body(&state.ctx, &state.metrics, &body)
-        .await
-    {
+    match handler.handle_body(&state.ctx, &state.metrics, &body).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => {
             tracing::info!(error = %e, extension = handler.name(), "bad admission request");
@@ -257,31 +254,34 @@ async fn serve_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let serve = async move {
-            match acceptor {
-                Some(acceptor) => {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+                match acceptor {
+                    Some(acceptor) => {
+                        let tls =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
+                    }
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(tls), service);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-            }
             };
             tokio::select! {
                 _ = serve => {}
@@ -297,7 +297,11 @@ async fn serve_loop(
 }
 
 /// Perform a real TLS handshake to `addr`, verifying the chain against `ca_pem` for `server_name`.
-pub async fn self_handshake(addr: SocketAddr, server_name: &str, ca_pem: &str) -> Result<(), String> {
+pub async fn self_handshake(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+) -> Result<(), String> {
     let config = crate::tls::client_config(ca_pem)?;
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
         .map_err(|e| format!("bad server name {server_name}: {e}"))?;

@@ -90,7 +90,9 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> 
     let mut roots = rustls::RootCertStore::empty();
     for block in pem::parse_many(ca_pem).map_err(|e| e.to_string())? {
         roots
-            .add(rustls::pki_types::CertificateDer::from(block.into_contents()))
+            .add(rustls::pki_types::CertificateDer::from(
+                block.into_contents(),
+            ))
             .map_err(|e| e.to_string())?;
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())

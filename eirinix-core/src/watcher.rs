@@ -100,7 +100,10 @@ impl EventTracker {
         if let Some(listing) = &mut self.listing {
             listing.insert(uid.clone());
         }
-        match self.known.insert(uid, (rv.clone(), slim_meta(&pod.metadata))) {
+        match self
+            .known
+            .insert(uid, (rv.clone(), slim_meta(&pod.metadata)))
+        {
             None => Some(PodEvent::Added(pod)),
             Some((old_rv, _)) if old_rv != rv => Some(PodEvent::Modified(pod)),
             Some(_) => None,
@@ -218,7 +221,12 @@ mod tests {
     fn relist_delivers_what_was_missed() {
         let mut t = EventTracker::default();
         let mut out = Vec::new();
-        for e in [Event::Init, Event::InitApply(pod("a", "1")), Event::InitApply(pod("b", "1")), Event::InitDone] {
+        for e in [
+            Event::Init,
+            Event::InitApply(pod("a", "1")),
+            Event::InitApply(pod("b", "1")),
+            Event::InitDone,
+        ] {
             out.extend(t.translate(e));
         }
         assert_eq!(kinds(&out), ["added:a", "added:b"]);
@@ -228,7 +236,12 @@ mod tests {
         assert_eq!(kinds(&out), ["modified:a"]);
         out.clear();
         // Watch broke: during the outage b was deleted, a changed, c was created.
-        for e in [Event::Init, Event::InitApply(pod("a", "3")), Event::InitApply(pod("c", "1")), Event::InitDone] {
+        for e in [
+            Event::Init,
+            Event::InitApply(pod("a", "3")),
+            Event::InitApply(pod("c", "1")),
+            Event::InitDone,
+        ] {
             out.extend(t.translate(e));
         }
         assert_eq!(kinds(&out), ["modified:a", "added:c", "deleted:b"]);

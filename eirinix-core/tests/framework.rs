@@ -8,7 +8,7 @@ use base64::Engine as _;
 use eirinix_core::admission::{ExtensionHandler, ReviewError, decode};
 use eirinix_core::metrics::{Metrics, Outcome};
 use eirinix_core::options::Endpoint;
-use eirinix_core::registration::{desired_configuration, drifted, WebhookSpec};
+use eirinix_core::registration::{WebhookSpec, desired_configuration, drifted};
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Manager, Mutation, PodPatch,
     Request, Settings, WebhookOverrides, async_trait, patch,
@@ -46,13 +46,23 @@ impl Extension for Sticky {
     fn name(&self) -> &str {
         "sticky"
     }
-    async fn mutate(&self, _: &Context, _: &Request, pod: &Pod) -> Result<Mutation, ExtensionError> {
+    async fn mutate(
+        &self,
+        _: &Context,
+        _: &Request,
+        pod: &Pod,
+    ) -> Result<Mutation, ExtensionError> {
         if patch::is_marked(pod, "sticky") {
             return Ok(Mutation::unchanged());
         }
         let mut p = PodPatch::new(pod);
-        let env = EnvVar { name: "STICKY".into(), value: Some("yes".into()), ..Default::default() };
-        p.add_env(ContainerRef::App(0), &env)?.add_env(ContainerRef::App(0), &env)?;
+        let env = EnvVar {
+            name: "STICKY".into(),
+            value: Some("yes".into()),
+            ..Default::default()
+        };
+        p.add_env(ContainerRef::App(0), &env)?
+            .add_env(ContainerRef::App(0), &env)?;
         p.mark("sticky");
         Ok(Mutation::patch(p.build()).with_warning("sticky was here"))
     }
@@ -84,7 +94,11 @@ fn ctx() -> Context {
     Context::offline(Arc::new(Settings::default()))
 }
 
-async fn run(ext: impl Extension, policy: FailurePolicy, body: &[u8]) -> (Result<Value, ReviewError>, Arc<Metrics>) {
+async fn run(
+    ext: impl Extension,
+    policy: FailurePolicy,
+    body: &[u8],
+) -> (Result<Value, ReviewError>, Arc<Metrics>) {
     let ext: Arc<dyn Extension> = Arc::new(ext);
     let metrics = Arc::new(Metrics::new([ext.name()]));
     let h = ExtensionHandler::new(ext, policy, Duration::from_secs(2), 0);
@@ -109,7 +123,9 @@ async fn patch_is_base64_json_patch_and_uid_is_echoed() {
     assert_eq!(resp["allowed"], true);
     assert_eq!(resp["patchType"], "JSONPatch");
     assert_eq!(resp["warnings"][0], "sticky was here");
-    let raw = base64::engine::general_purpose::STANDARD.decode(resp["patch"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(resp["patch"].as_str().unwrap())
+        .unwrap();
     let ops: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(
         ops,
@@ -136,18 +152,47 @@ async fn already_injected_pod_gets_no_patch() {
 async fn malformed_bodies_are_http_400_with_a_reason() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not json at all".to_vec(), "not a valid AdmissionReview"),
-        (body(&json!({"hello": "world"})), "unsupported AdmissionReview apiVersion"),
-        (body(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}})), "v1beta1"),
-        (body(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "Pod"})), "expected kind AdmissionReview"),
-        (body(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})), "has no request"),
-        (body(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"operation": "CREATE"}})), "missing field `uid`"),
-        ({ let mut v = review_json(pod_json()); v["request"]["uid"] = json!(""); body(&v) }, "empty uid"),
+        (
+            body(&json!({"hello": "world"})),
+            "unsupported AdmissionReview apiVersion",
+        ),
+        (
+            body(
+                &json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}}),
+            ),
+            "v1beta1",
+        ),
+        (
+            body(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "Pod"})),
+            "expected kind AdmissionReview",
+        ),
+        (
+            body(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})),
+            "has no request",
+        ),
+        (
+            body(
+                &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"operation": "CREATE"}}),
+            ),
+            "missing field `uid`",
+        ),
+        (
+            {
+                let mut v = review_json(pod_json());
+                v["request"]["uid"] = json!("");
+                body(&v)
+            },
+            "empty uid",
+        ),
         (vec![0xff, 0xfe, b'{'], "not a valid AdmissionReview"),
     ];
     for (input, expected) in cases {
         let (out, metrics) = run(Sticky, FailurePolicy::Fail, &input).await;
         let err = out.expect_err("must be rejected").to_string();
-        assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+        assert!(
+            err.contains(expected),
+            "{err:?} should mention {expected:?}"
+        );
         assert_eq!(metrics.extension(0).unwrap().count(Outcome::Patched), 0);
     }
 }
@@ -155,9 +200,20 @@ async fn malformed_bodies_are_http_400_with_a_reason() {
 #[tokio::test]
 async fn object_that_is_not_a_pod_is_denied_with_400_and_uid() {
     let cases = vec![
-        (review_json(json!({"spec": {"containers": "not a list"}})), "does not decode as a Pod"),
+        (
+            review_json(json!({"spec": {"containers": "not a list"}})),
+            "does not decode as a Pod",
+        ),
         (review_json(Value::Null), "carries no object"),
-        ({ let mut v = review_json(pod_json()); v["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"}); v }, "Deployment.apps, not a Pod"),
+        (
+            {
+                let mut v = review_json(pod_json());
+                v["request"]["kind"] =
+                    json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+                v
+            },
+            "Deployment.apps, not a Pod",
+        ),
     ];
     for (input, expected) in cases {
         let (out, metrics) = run(Sticky, FailurePolicy::Fail, &body(&input)).await;
@@ -165,7 +221,13 @@ async fn object_that_is_not_a_pod_is_denied_with_400_and_uid() {
         assert_eq!(resp["uid"], "7f0b2891-916f-4ed6-b7cd-27bff1815a8c");
         assert_eq!(resp["allowed"], false);
         assert_eq!(resp["status"]["code"], 400);
-        assert!(resp["status"]["message"].as_str().unwrap().contains(expected), "{resp}");
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(expected),
+            "{resp}"
+        );
         assert_eq!(metrics.extension(0).unwrap().count(Outcome::Invalid), 1);
     }
 }
@@ -188,22 +250,42 @@ async fn failure_policy_decides_what_an_extension_error_means() {
     let (out, m) = run(Failing, FailurePolicy::Fail, &input).await;
     let resp = &out.unwrap()["response"];
     assert_eq!(resp["allowed"], false);
-    assert!(resp["status"]["message"].as_str().unwrap().contains("failing: VCAP_SERVICES is broken"));
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failing: VCAP_SERVICES is broken")
+    );
     assert_eq!(m.extension(0).unwrap().count(Outcome::Errored), 1);
 
     let (out, _) = run(Failing, FailurePolicy::Ignore, &input).await;
     let resp = &out.unwrap()["response"];
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("patch").is_none());
-    assert!(resp["warnings"][0].as_str().unwrap().contains("VCAP_SERVICES is broken"));
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("VCAP_SERVICES is broken")
+    );
 }
 
 #[tokio::test]
 async fn a_panicking_extension_is_an_error_not_a_dead_connection() {
-    let (out, _) = run(Panicking, FailurePolicy::Fail, &body(&review_json(pod_json()))).await;
+    let (out, _) = run(
+        Panicking,
+        FailurePolicy::Fail,
+        &body(&review_json(pod_json())),
+    )
+    .await;
     let resp = &out.unwrap()["response"];
     assert_eq!(resp["allowed"], false);
-    assert!(resp["status"]["message"].as_str().unwrap().contains("panicked"));
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("panicked")
+    );
 }
 
 #[test]
@@ -221,32 +303,68 @@ fn decode_keeps_request_fields() {
 fn pod_patch_creates_missing_maps_and_arrays_and_escapes_keys() {
     let pod: Pod = serde_json::from_value(pod_json()).unwrap();
     let mut p = PodPatch::new(&pod);
-    p.add_volume(&Volume { name: "v1".into(), ..Default::default() }).unwrap();
-    p.add_volume(&Volume { name: "v2".into(), ..Default::default() }).unwrap();
-    let mount = VolumeMount { name: "v1".into(), mount_path: "/data".into(), ..Default::default() };
+    p.add_volume(&Volume {
+        name: "v1".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    p.add_volume(&Volume {
+        name: "v2".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mount = VolumeMount {
+        name: "v1".into(),
+        mount_path: "/data".into(),
+        ..Default::default()
+    };
     p.add_volume_mount(ContainerRef::App(1), &mount).unwrap();
-    p.add_env(ContainerRef::App(1), &EnvVar { name: "B".into(), ..Default::default() }).unwrap();
+    p.add_env(
+        ContainerRef::App(1),
+        &EnvVar {
+            name: "B".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     p.set_label("cloudfoundry.org/rootfs-version", "v2");
     p.set_annotation("a/b~c", "x");
     assert!(matches!(
         p.add_env(ContainerRef::App(5), &EnvVar::default()),
         Err(patch::PatchError::NoSuchContainer { index: 5, .. })
     ));
-    assert!(p.add_env(ContainerRef::Init(0), &EnvVar::default()).is_err());
+    assert!(
+        p.add_env(ContainerRef::Init(0), &EnvVar::default())
+            .is_err()
+    );
     let built = p.build();
     let ops = serde_json::to_value(&built).unwrap();
-    let paths: Vec<&str> = ops.as_array().unwrap().iter().map(|o| o["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
     assert_eq!(
         paths,
-        ["/spec/volumes", "/spec/volumes/-", "/spec/containers/1/volumeMounts", "/spec/containers/1/env/-",
-         "/metadata/labels/cloudfoundry.org~1rootfs-version", "/metadata/annotations"]
+        [
+            "/spec/volumes",
+            "/spec/volumes/-",
+            "/spec/containers/1/volumeMounts",
+            "/spec/containers/1/env/-",
+            "/metadata/labels/cloudfoundry.org~1rootfs-version",
+            "/metadata/annotations"
+        ]
     );
     let out = patch::apply(&pod, &built).unwrap();
     let spec = out.spec.unwrap();
     assert_eq!(spec.volumes.unwrap().len(), 2);
     assert_eq!(spec.containers[1].env.as_ref().unwrap().len(), 2);
     assert_eq!(out.metadata.annotations.unwrap()["a/b~c"], "x");
-    assert_eq!(out.metadata.labels.unwrap()["cloudfoundry.org/rootfs-version"], "v2");
+    assert_eq!(
+        out.metadata.labels.unwrap()["cloudfoundry.org/rootfs-version"],
+        "v2"
+    );
 }
 
 #[test]
@@ -257,21 +375,44 @@ fn diff_fallback_ignores_managed_fields() {
     mutated.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
     let d = patch::diff(&pod, &mutated).unwrap();
     let ops = serde_json::to_value(&d).unwrap();
-    assert_eq!(ops, json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "app:2"}]));
+    assert_eq!(
+        ops,
+        json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "app:2"}])
+    );
     let applied = patch::apply(&pod, &d).unwrap();
-    assert_eq!(applied.spec.unwrap().containers[0].image.as_deref(), Some("app:2"));
+    assert_eq!(
+        applied.spec.unwrap().containers[0].image.as_deref(),
+        Some("app:2")
+    );
 }
 
 fn settings() -> Settings {
-    Settings { endpoint: Endpoint::Service { name: "eirinix".into(), namespace: "eirinix-system".into(), port: 443 }, webhook_namespace: "eirinix-system".into(), ..Default::default() }
+    Settings {
+        endpoint: Endpoint::Service {
+            name: "eirinix".into(),
+            namespace: "eirinix-system".into(),
+            port: 443,
+        },
+        webhook_namespace: "eirinix-system".into(),
+        ..Default::default()
+    }
 }
 
 #[test]
 fn configuration_has_modern_fields_and_safe_selectors() {
     let s = settings();
     let hooks = [
-        WebhookSpec { name: "persi".into(), overrides: WebhookOverrides::default() },
-        WebhookSpec { name: "ssh".into(), overrides: WebhookOverrides { failure_policy: Some(FailurePolicy::Ignore), ..Default::default() } },
+        WebhookSpec {
+            name: "persi".into(),
+            overrides: WebhookOverrides::default(),
+        },
+        WebhookSpec {
+            name: "ssh".into(),
+            overrides: WebhookOverrides {
+                failure_policy: Some(FailurePolicy::Ignore),
+                ..Default::default()
+            },
+        },
     ];
     let cfg = desired_configuration(&s, &hooks, b"PEM", 2999);
     assert_eq!(cfg.metadata.name.as_deref(), Some("eirini-x-mutating-hook"));
@@ -283,24 +424,51 @@ fn configuration_has_modern_fields_and_safe_selectors() {
     assert_eq!(w["sideEffects"], "None");
     assert_eq!(w["timeoutSeconds"], 10);
     assert_eq!(w["failurePolicy"], "Fail");
-    assert_eq!(w["clientConfig"]["service"], json!({"name": "eirinix", "namespace": "eirinix-system", "path": "/persi", "port": 443}));
-    assert_eq!(w["clientConfig"]["caBundle"], base64::engine::general_purpose::STANDARD.encode("PEM"));
+    assert_eq!(
+        w["clientConfig"]["service"],
+        json!({"name": "eirinix", "namespace": "eirinix-system", "path": "/persi", "port": 443})
+    );
+    assert_eq!(
+        w["clientConfig"]["caBundle"],
+        base64::engine::general_purpose::STANDARD.encode("PEM")
+    );
     assert_eq!(w["rules"][0]["operations"], json!(["CREATE"]));
-    assert_eq!(w["objectSelector"]["matchLabels"], json!({"cloudfoundry.org/source_type": "APP"}));
-    assert_eq!(w["namespaceSelector"]["matchExpressions"][0], json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["eirinix-system", "kube-system"]}));
+    assert_eq!(
+        w["objectSelector"]["matchLabels"],
+        json!({"cloudfoundry.org/source_type": "APP"})
+    );
+    assert_eq!(
+        w["namespaceSelector"]["matchExpressions"][0],
+        json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["eirinix-system", "kube-system"]})
+    );
     assert_eq!(v["webhooks"][1]["failurePolicy"], "Ignore");
     assert_eq!(v["webhooks"][1]["clientConfig"]["service"]["path"], "/ssh");
 
-    let url = Settings { endpoint: Endpoint::Url { host: "127.0.0.1".into() }, namespace: Some("eirini".into()), ..Default::default() };
+    let url = Settings {
+        endpoint: Endpoint::Url {
+            host: "127.0.0.1".into(),
+        },
+        namespace: Some("eirini".into()),
+        ..Default::default()
+    };
     let v = serde_json::to_value(desired_configuration(&url, &hooks, b"", 4443)).unwrap();
-    assert_eq!(v["webhooks"][0]["clientConfig"]["url"], "https://127.0.0.1:4443/persi");
-    assert_eq!(v["webhooks"][0]["namespaceSelector"]["matchExpressions"][1]["values"], json!(["eirini"]));
+    assert_eq!(
+        v["webhooks"][0]["clientConfig"]["url"],
+        "https://127.0.0.1:4443/persi"
+    );
+    assert_eq!(
+        v["webhooks"][0]["namespaceSelector"]["matchExpressions"][1]["values"],
+        json!(["eirini"])
+    );
 }
 
 #[test]
 fn drift_detection_ignores_server_defaults_but_sees_edits() {
     let s = settings();
-    let hooks = [WebhookSpec { name: "persi".into(), overrides: WebhookOverrides::default() }];
+    let hooks = [WebhookSpec {
+        name: "persi".into(),
+        overrides: WebhookOverrides::default(),
+    }];
     let desired = desired_configuration(&s, &hooks, b"PEM", 2999);
     let mut live = desired.clone();
     // Server-side defaults added by the apiserver are not drift.
@@ -309,23 +477,37 @@ fn drift_detection_ignores_server_defaults_but_sees_edits() {
     live.webhooks.as_mut().unwrap()[0].failure_policy = Some("Ignore".into());
     assert!(drifted(&desired, &live));
     let mut stale = desired.clone();
-    stale.webhooks.as_mut().unwrap()[0].client_config.ca_bundle = Some(k8s_openapi::ByteString(b"OLD".to_vec()));
+    stale.webhooks.as_mut().unwrap()[0].client_config.ca_bundle =
+        Some(k8s_openapi::ByteString(b"OLD".to_vec()));
     assert!(drifted(&desired, &stale));
 }
 
 #[test]
 fn builder_rejects_bad_configuration_up_front() {
-    let err = |b: eirinix_core::ManagerBuilder| b.build().err().map(|e| e.to_string()).unwrap_or_default();
+    let err = |b: eirinix_core::ManagerBuilder| {
+        b.build().err().map(|e| e.to_string()).unwrap_or_default()
+    };
     assert!(err(Manager::builder()).contains("no extension"));
     struct Bad;
     #[async_trait]
     impl Extension for Bad {
-        fn name(&self) -> &str { "Bad_Name" }
-        async fn mutate(&self, _: &Context, _: &Request, _: &Pod) -> Result<Mutation, ExtensionError> { Ok(Mutation::unchanged()) }
+        fn name(&self) -> &str {
+            "Bad_Name"
+        }
+        async fn mutate(
+            &self,
+            _: &Context,
+            _: &Request,
+            _: &Pod,
+        ) -> Result<Mutation, ExtensionError> {
+            Ok(Mutation::unchanged())
+        }
     }
     assert!(err(Manager::builder().extension(Bad)).contains("DNS-1123"));
     assert!(err(Manager::builder().extension(Sticky).extension(Sticky)).contains("two extensions"));
-    assert!(err(Manager::builder().extension(Sticky).timeout_seconds(31)).contains("between 1 and 30"));
+    assert!(
+        err(Manager::builder().extension(Sticky).timeout_seconds(31)).contains("between 1 and 30")
+    );
     assert!(err(Manager::builder().extension(Sticky).url_mode("")).contains("needs a host"));
     assert!(Manager::builder().extension(Sticky).build().is_ok());
 }

@@ -46,7 +46,11 @@ pub fn default_assets_dir() -> Option<PathBuf> {
     let etcd = env_nonempty("EIRINIX_ETCD_VERSION")
         .map(|v| v.to_string_lossy().into_owned())
         .unwrap_or_else(|| ETCD_VERSION.to_owned());
-    Some(cache_root.join("assets").join(format!("kube-{kube}-etcd-{etcd}")))
+    Some(
+        cache_root
+            .join("assets")
+            .join(format!("kube-{kube}-etcd-{etcd}")),
+    )
 }
 
 /// The directory holding `etcd` and `kube-apiserver`, checked to contain both.

@@ -208,12 +208,7 @@ impl ControlPlane {
 
         let etcd_args = etcd_args(&file("etcd-data"), etcd_port, peer_port, &opts.etcd_flags);
         let apiserver_args = apiserver_args(&dir, api_port, etcd_port, &opts.apiserver_flags);
-        let etcd = Proc::new(
-            "etcd",
-            assets.join("etcd"),
-            etcd_args,
-            file("etcd.log"),
-        );
+        let etcd = Proc::new("etcd", assets.join("etcd"), etcd_args, file("etcd.log"));
         let apiserver = Proc::new(
             "kube-apiserver",
             assets.join("kube-apiserver"),

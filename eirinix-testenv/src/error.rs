@@ -90,7 +90,7 @@ pub enum Error {
     },
 
     /// The shared control plane of this test binary failed to start (earlier, in another test).
-    #[error("eirinix-testenv: the shared control plane failed to start: {0}")]
+    #[error("{0} (this test binary's shared control plane failed to start)")]
     Shared(String),
 }
 

@@ -170,8 +170,7 @@ impl ContainerLog {
             .into_iter()
             .map(|l| make_line(now, l.as_ref()))
             .collect();
-        self.state
-            .update(|inner| inner.current.lines.extend(lines));
+        self.state.update(|inner| inner.current.lines.extend(lines));
     }
 
     /// Marks the current container instance as terminated: follow streams end after the last line.
@@ -215,10 +214,11 @@ impl ContainerLog {
         self.state.followers.load(Ordering::SeqCst)
     }
 
-    /// Waits until at least `n` follow streams are open; `false` on timeout.
+    /// Waits until exactly `n` follow streams are open (e.g. 1 after opening one, 0 after a
+    /// break); `false` on timeout.
     pub async fn wait_for_followers(&self, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.followers() < n {
+        while self.followers() != n {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -331,7 +331,11 @@ impl FakeKubelet {
         // Create may drop the status, and an existing node has a stale port: set it explicitly.
         let patch = serde_json::json!({ "status": status });
         nodes
-            .patch_status(&self.node_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         Ok(())
     }
@@ -434,8 +438,7 @@ async fn serve(
                     }
                 },
             };
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn =
                 builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
             tokio::select! {
@@ -492,7 +495,10 @@ fn parse_int(name: &str, v: &Option<String>) -> std::result::Result<Option<i64>,
 
 impl LogOptions {
     fn parse(q: &LogQuery) -> std::result::Result<Self, String> {
-        let since = match (q.since_time.as_deref(), parse_int("sinceSeconds", &q.since_seconds)?) {
+        let since = match (
+            q.since_time.as_deref(),
+            parse_int("sinceSeconds", &q.since_seconds)?,
+        ) {
             (Some(t), _) if !t.is_empty() => Some(SystemTime::from(
                 OffsetDateTime::parse(t, &Rfc3339)
                     .map_err(|e| format!("invalid sinceTime {t:?}: {e}"))?,
@@ -507,7 +513,8 @@ impl LogOptions {
             previous: parse_bool("previous", &q.previous)?,
             timestamps: parse_bool("timestamps", &q.timestamps)?,
             // Negative means "all lines", as in the kubelet.
-            tail_lines: parse_int("tailLines", &q.tail_lines)?.and_then(|n| usize::try_from(n).ok()),
+            tail_lines: parse_int("tailLines", &q.tail_lines)?
+                .and_then(|n| usize::try_from(n).ok()),
             limit_bytes: parse_int("limitBytes", &q.limit_bytes)?
                 .and_then(|n| u64::try_from(n).ok())
                 .filter(|n| *n > 0),
@@ -731,5 +738,83 @@ impl Follow {
         } else {
             Step::Wait
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> LogOptions {
+        let q: LogQuery = serde_json::from_value(serde_json::Value::Object(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect(),
+        ))
+        .unwrap();
+        LogOptions::parse(&q).unwrap()
+    }
+
+    #[test]
+    fn timestamps_use_the_kubelet_fixed_nano_format() {
+        let ts = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5_000);
+        assert_eq!(format_ts(ts), "2023-11-14T22:13:20.000005000Z");
+    }
+
+    #[test]
+    fn query_parameters() {
+        let o = query(&[
+            ("follow", "true"),
+            ("timestamps", "1"),
+            ("tailLines", "-1"),
+            ("limitBytes", "10"),
+            ("sinceTime", "2024-01-01T00:00:00Z"),
+        ]);
+        assert!(o.follow && o.timestamps && !o.previous);
+        assert_eq!(o.tail_lines, None);
+        assert_eq!(o.limit_bytes, Some(10));
+        assert_eq!(
+            o.since,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200))
+        );
+        let q: LogQuery = serde_json::from_value(serde_json::json!({"tailLines": "x"})).unwrap();
+        assert!(LogOptions::parse(&q).is_err());
+    }
+
+    #[test]
+    fn since_is_inclusive_and_limit_truncates() {
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let o = LogOptions {
+            since: Some(since),
+            ..query(&[])
+        };
+        let mut out = BytesMut::new();
+        o.render(
+            &make_line(since - Duration::from_nanos(1), b"old"),
+            &mut out,
+        );
+        o.render(&make_line(since, b"new"), &mut out);
+        assert_eq!(&out[..], b"new\n");
+
+        let mut remaining = Some(2);
+        assert!(apply_limit(&mut out, &mut remaining));
+        assert_eq!(&out[..], b"ne");
+        assert_eq!(tail_start(10, Some(3)), 7);
+        assert_eq!(tail_start(2, Some(3)), 0);
+    }
+
+    #[test]
+    fn unique_names_are_dns_labels() {
+        let a = crate::unique_name("My_Test!");
+        let b = crate::unique_name("My_Test!");
+        assert_ne!(a, b);
+        assert!(a.starts_with("my-test-"), "{a}");
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+        assert!(crate::unique_name(&"x".repeat(100)).len() <= 57);
+        assert!(crate::unique_name("--").starts_with("test-"));
     }
 }

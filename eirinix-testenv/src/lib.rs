@@ -1,20 +1,5 @@
-//! A real Kubernetes control plane (etcd + kube-apiserver) and a scriptable fake
-//! kubelet, for integration tests of eirinix extensions.
-//!
-//! The binaries are not downloaded: they are built from Go modules by
-//! `scripts/provision.sh` in the eirinix repository (see [`assets_dir`]).
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), eirinix_testenv::Error> {
-//! use eirinix_testenv::ControlPlane;
-//!
-//! let plane = ControlPlane::shared().await?; // one plane per test binary
-//! let client = plane.client().await?;         // a fresh client for this runtime
-//! let ns = plane.namespace("my-test").await?;  // a fresh namespace
-//! # let _ = (client, ns);
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 mod assets;
 mod certs;
@@ -29,6 +14,13 @@ pub use assets::{
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use error::Error;
 pub use kubelet::{ContainerLog, FakeKubelet};
+
+/// Removes `eirinix-testenv-*` temp dirs whose owning test process is dead (e.g. SIGKILLed).
+///
+/// Every [`ControlPlane`] start does this already; exposed for custom harnesses.
+pub fn remove_stale_dirs() {
+    process::remove_stale_dirs();
+}
 
 /// Result alias used throughout this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

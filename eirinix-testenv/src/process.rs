@@ -56,7 +56,14 @@ pub(crate) fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
     // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl: then nobody would kill us.
@@ -249,7 +256,9 @@ fn register_at_exit(res: &Arc<Resources>) {
         // SAFETY: registering a plain `extern "C"` function without arguments.
         let rc = unsafe { libc::atexit(cleanup_all_at_exit) };
         if rc != 0 {
-            tracing::warn!("atexit registration failed; shared control planes rely on PDEATHSIG only");
+            tracing::warn!(
+                "atexit registration failed; shared control planes rely on PDEATHSIG only"
+            );
         }
     });
     let mut live = lock(&LIVE);

@@ -39,7 +39,12 @@ async fn namespace_and_config_map_round_trip() {
     // The kubeconfig on disk is usable too.
     let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig_path()).unwrap();
     assert_eq!(
-        kubeconfig.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+        kubeconfig.clusters[0]
+            .cluster
+            .as_ref()
+            .unwrap()
+            .server
+            .as_deref(),
         Some(plane.api_url().as_str())
     );
 }
@@ -70,7 +75,10 @@ async fn dropping_a_dedicated_plane_kills_processes_and_removes_its_dir() {
     );
 
     drop(plane);
-    assert!(!pid_alive(apiserver), "kube-apiserver {apiserver} still alive");
+    assert!(
+        !pid_alive(apiserver),
+        "kube-apiserver {apiserver} still alive"
+    );
     assert!(!pid_alive(etcd), "etcd {etcd} still alive");
     assert!(!dir.exists(), "{} still exists", dir.display());
 }
@@ -143,4 +151,84 @@ async fn data_survives_restart_etcd() {
     cms.create(&PostParams::default(), &config_map("new", "ok"))
         .await
         .unwrap();
+}
+
+/// Re-runs this test binary as a child that starts a plane, SIGKILLs it, and checks that the
+/// plane's processes die with it and that its temp dir is reclaimed afterwards.
+#[tokio::test]
+async fn processes_die_with_a_killed_test_process() {
+    const CHILD_ENV: &str = "EIRINIX_TESTENV_KILLED_CHILD";
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let plane = ControlPlane::start().await.unwrap();
+        println!(
+            "READY {} {} {}",
+            plane.apiserver_pid().unwrap(),
+            plane.etcd_pid().unwrap(),
+            plane.dir().display()
+        );
+        std::future::pending::<()>().await;
+    }
+
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "processes_die_with_a_killed_test_process",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let ready = tokio::task::spawn_blocking(move || {
+        stdout
+            .lines()
+            .map(Result::unwrap)
+            .find(|l| l.starts_with("READY "))
+    })
+    .await
+    .unwrap()
+    .expect("child exited before its plane was ready");
+    let fields: Vec<&str> = ready.split_whitespace().collect();
+    let (apiserver, etcd): (u32, u32) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    let dir = std::path::PathBuf::from(fields[3]);
+    assert!(pid_alive(apiserver) && pid_alive(etcd));
+
+    child.kill().unwrap(); // SIGKILL: no destructor, no atexit
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (pid_alive(apiserver) || pid_alive(etcd)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!pid_alive(apiserver), "kube-apiserver {apiserver} leaked");
+    assert!(!pid_alive(etcd), "etcd {etcd} leaked");
+
+    assert!(
+        dir.exists(),
+        "the killed child could not have removed its dir"
+    );
+    eirinix_testenv::remove_stale_dirs();
+    assert!(!dir.exists(), "stale dir {} not reclaimed", dir.display());
+}
+
+#[tokio::test]
+async fn startup_failure_reports_the_apiserver_log() {
+    let err = ControlPlane::builder()
+        .apiserver_flag("--no-such-flag-for-eirinix")
+        .start()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            eirinix_testenv::Error::Exited {
+                name: "kube-apiserver",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("no-such-flag-for-eirinix"), "{msg}");
 }

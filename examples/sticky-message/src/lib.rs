@@ -18,11 +18,20 @@ impl Extension for StickyMessage {
         "sticky-message"
     }
 
-    async fn mutate(&self, _: &Context, _: &Request, pod: &Pod) -> Result<Mutation, ExtensionError> {
+    async fn mutate(
+        &self,
+        _: &Context,
+        _: &Request,
+        pod: &Pod,
+    ) -> Result<Mutation, ExtensionError> {
         if patch::is_marked(pod, self.name()) {
             return Ok(Mutation::unchanged());
         }
-        let env = EnvVar { name: "STICKY_MESSAGE".into(), value: Some(self.message.clone()), ..Default::default() };
+        let env = EnvVar {
+            name: "STICKY_MESSAGE".into(),
+            value: Some(self.message.clone()),
+            ..Default::default()
+        };
         let mut p = PodPatch::new(pod);
         for i in 0..pod.spec.as_ref().map_or(0, |s| s.containers.len()) {
             p.add_env(ContainerRef::App(i), &env)?;

@@ -18,14 +18,43 @@ spec:
 #[tokio::test]
 async fn injects_into_every_container_once() {
     let pod = parse_pod(POD).unwrap();
-    let first = review(StickyMessage { message: "hi".into() }, &pod).await.unwrap();
+    let first = review(
+        StickyMessage {
+            message: "hi".into(),
+        },
+        &pod,
+    )
+    .await
+    .unwrap();
     for c in &first.pod.spec.as_ref().unwrap().containers {
         let env = c.env.as_ref().unwrap();
-        assert_eq!(env.iter().filter(|e| e.name == "STICKY_MESSAGE").count(), 1, "{}", c.name);
+        assert_eq!(
+            env.iter().filter(|e| e.name == "STICKY_MESSAGE").count(),
+            1,
+            "{}",
+            c.name
+        );
         assert_eq!(env.last().unwrap().value.as_deref(), Some("hi"));
     }
     // The original env is kept in front.
-    assert_eq!(first.pod.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap()[0].name, "PORT");
-    let again = review(StickyMessage { message: "hi".into() }, &first.pod).await.unwrap();
-    assert!(again.mutation.as_patch().is_none(), "a marked pod must not be patched twice");
+    assert_eq!(
+        first.pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .as_ref()
+            .unwrap()[0]
+            .name,
+        "PORT"
+    );
+    let again = review(
+        StickyMessage {
+            message: "hi".into(),
+        },
+        &first.pod,
+    )
+    .await
+    .unwrap();
+    assert!(
+        again.mutation.as_patch().is_none(),
+        "a marked pod must not be patched twice"
+    );
 }

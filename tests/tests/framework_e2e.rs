@@ -1,0 +1,505 @@
+//! End-to-end tests of eirinix-core against a real kube-apiserver (URL mode, https://127.0.0.1:PORT).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use eirinix_core::FailurePolicy;
+use eirinix_core::certs::CertPolicy;
+use eirinix_testenv::{ControlPlane, unique_name};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+async fn plane() -> &'static ControlPlane {
+    init_tracing();
+    ControlPlane::shared()
+        .await
+        .expect("control plane (see eirinix-testenv README)")
+}
+
+fn pem_count(pem: &str) -> usize {
+    pem.matches("BEGIN CERTIFICATE").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_pods_are_mutated_and_others_are_not() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let fp = unique_name("e2e-basic");
+    let (ns, excluded, system) = (
+        unique_name("apps"),
+        unique_name("excluded"),
+        unique_name("sys"),
+    );
+    for n in [&ns, &excluded, &system] {
+        labelled_namespace(&client, n, &[("e2e-run", &fp)]).await;
+    }
+    let mut selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default();
+    selector.match_labels = Some([("e2e-run".to_owned(), fp.clone())].into());
+    let running = manager(&fp, &system, &ns)
+        .namespace("")
+        .namespace_selector(selector)
+        .excluded_namespaces([excluded.clone(), system.clone(), "kube-system".into()])
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+
+    let cfg = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(&format!("{fp}-mutating-hook"))
+        .await
+        .unwrap();
+    let hook = &cfg.webhooks.as_ref().unwrap()[0];
+    assert_eq!(hook.name, format!("sticky.{fp}.org"));
+    assert_eq!(
+        hook.client_config.url.as_deref(),
+        Some(format!("https://127.0.0.1:{}/sticky", running.local_addr().port()).as_str())
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let created = pods
+        .create(&PostParams::default(), &app_pod("app-0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sticky(&created).as_deref(),
+        Some("hello"),
+        "app pod must be mutated"
+    );
+    assert_eq!(
+        created.metadata.annotations.unwrap()["eirinix.org/sticky"],
+        "injected"
+    );
+    let plain = pods
+        .create(&PostParams::default(), &plain_pod("not-an-app"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sticky(&plain),
+        None,
+        "a pod without source_type=APP is untouched"
+    );
+    let other: Api<Pod> = Api::namespaced(client.clone(), &excluded);
+    let untouched = other
+        .create(&PostParams::default(), &app_pod("app-0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sticky(&untouched),
+        None,
+        "an app pod in an excluded namespace is untouched"
+    );
+    let own: Api<Pod> = Api::namespaced(client.clone(), &system);
+    let own_pod = own
+        .create(&PostParams::default(), &app_pod("app-0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sticky(&own_pod),
+        None,
+        "the webhook's own namespace is excluded"
+    );
+
+    // Metrics and readiness over the same TLS port.
+    let metrics = running.metrics().render();
+    assert!(
+        metrics.contains("eirinix_reviews_total{extension=\"sticky\",outcome=\"patched\"} 1"),
+        "{metrics}"
+    );
+    assert!(running.health().readiness().is_ok());
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_policy_applies_when_the_webhook_is_down() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    for (policy, expect_admitted) in [(FailurePolicy::Fail, false), (FailurePolicy::Ignore, true)] {
+        let (sys, ns) = namespaces(cp, "fp").await;
+        let fp = unique_name("e2e-fp");
+        let running = manager(&fp, &sys, &ns)
+            .failure_policy(policy)
+            .extension(Sticky)
+            .build()
+            .unwrap()
+            .start(client.clone())
+            .await
+            .unwrap();
+        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            sticky(
+                &pods
+                    .create(&PostParams::default(), &app_pod("before"))
+                    .await
+                    .unwrap()
+            )
+            .is_some()
+        );
+        running.abort();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let result = pods.create(&PostParams::default(), &app_pod("after")).await;
+        match (expect_admitted, result) {
+            (true, Ok(pod)) => assert_eq!(sticky(&pod), None, "Ignore admits the pod unmutated"),
+            (false, Err(kube::Error::Api(s))) => {
+                assert!(
+                    s.message.contains("failed calling webhook"),
+                    "apiserver's webhook error expected, got {s:?}"
+                );
+                assert!(
+                    s.message.contains(&format!("sticky.{fp}.org")),
+                    "{}",
+                    s.message
+                );
+            }
+            (want, got) => panic!("policy {policy:?}: expected admitted={want}, got {got:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_reuse_the_secret_and_concurrent_starts_share_one_ca() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let (sys, ns) = namespaces(cp, "restart").await;
+    let fp = unique_name("e2e-restart");
+    let first = manager(&fp, &sys, &ns)
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+    let published = first.published().unwrap();
+    first.shutdown().await;
+    let second = manager(&fp, &sys, &ns)
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        second.published().unwrap(),
+        published,
+        "a restart serves the same chain and CA"
+    );
+    second.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        sticky(
+            &pods
+                .create(&PostParams::default(), &app_pod("after-restart"))
+                .await
+                .unwrap()
+        )
+        .is_some()
+    );
+    second.shutdown().await;
+
+    // Two managers racing on a fresh fingerprint converge on one Secret and one CA.
+    let fp2 = unique_name("e2e-race");
+    let (a, b) = tokio::join!(
+        manager(&fp2, &sys, &ns)
+            .extension(Sticky)
+            .build()
+            .unwrap()
+            .start(client.clone()),
+        manager(&fp2, &sys, &ns)
+            .extension(Sticky)
+            .build()
+            .unwrap()
+            .start(client.clone()),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.published().unwrap().ca_bundle,
+        b.published().unwrap().ca_bundle
+    );
+    assert_eq!(
+        a.published().unwrap().serving_chain,
+        b.published().unwrap().serving_chain
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &sys);
+    let secret = secrets
+        .get(&format!("{fp2}-setupcertificate"))
+        .await
+        .unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let data = secret.data.unwrap();
+    for key in ["tls.crt", "tls.key", "ca.crt", "ca.key"] {
+        assert!(data.contains_key(key), "secret lacks {key}");
+    }
+    assert_eq!(
+        String::from_utf8(data["ca.crt"].0.clone()).unwrap().trim(),
+        a.published().unwrap().ca_bundle.trim()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_fails_no_admission() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let (sys, ns) = namespaces(cp, "rotate").await;
+    let fp = unique_name("e2e-rotate");
+    let policy = CertPolicy {
+        ca_validity: Duration::from_secs(24),
+        serving_validity: Duration::from_secs(6),
+        renew_fraction: 0.5,
+        ca_promote_delay: Duration::from_secs(2),
+        previous_ca_retention: Duration::from_secs(4),
+        ..CertPolicy::default()
+    };
+    let running = manager(&fp, &sys, &ns)
+        .cert_policy(policy)
+        .cert_check_interval(Duration::from_millis(500))
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let initial = running.published().unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let created = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for worker in 0..2 {
+        let (pods, stop, created) = (
+            Api::<Pod>::namespaced(client.clone(), &ns),
+            stop.clone(),
+            created.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match pods
+                    .create(&PostParams::default(), &app_pod(&format!("w{worker}-{i}")))
+                    .await
+                {
+                    Ok(p) if sticky(&p).is_some() => {
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(p) => failures.push(format!("{:?} admitted unmutated", p.metadata.name)),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                i += 1;
+            }
+            failures
+        }));
+    }
+    // Watch the served chain and the registered caBundle change while the load runs.
+    let cfgs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let mut chains = std::collections::HashSet::new();
+    let mut cas = std::collections::HashSet::new();
+    let mut max_bundle = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let p = running.published().unwrap();
+        chains.insert(p.serving_chain.clone());
+        cas.insert(
+            p.ca_bundle
+                .split("-----END CERTIFICATE-----")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if let Some(cfg) = cfgs.get_opt(&format!("{fp}-mutating-hook")).await.unwrap() {
+            let bundle = cfg.webhooks.unwrap()[0]
+                .client_config
+                .ca_bundle
+                .clone()
+                .unwrap();
+            max_bundle = max_bundle.max(pem_count(&String::from_utf8_lossy(&bundle.0)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for l in load {
+        failures.extend(l.await.unwrap());
+    }
+    let n = created.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {} admissions failed during rotation: {:?}",
+        failures.len(),
+        n + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(n > 50, "the load generator created only {n} pods");
+    assert!(
+        chains.len() >= 4,
+        "expected several serving-cert rotations in 30 s, saw {} chains",
+        chains.len()
+    );
+    assert!(cas.len() >= 2, "expected a CA rotation in 30 s");
+    assert!(
+        max_bundle >= 2,
+        "the caBundle never carried old and new CA together"
+    );
+    assert_ne!(running.published().unwrap(), initial);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let (sys, ns) = namespaces(cp, "drift").await;
+    let fp = unique_name("e2e-drift");
+    let running = manager(&fp, &sys, &ns)
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+    let cfgs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let name = format!("{fp}-mutating-hook");
+
+    cfgs.delete(&name, &DeleteParams::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "deleted configuration to be recreated",
+        || async { cfgs.get_opt(&name).await.unwrap() },
+    )
+    .await;
+
+    let edit = serde_json::json!({"webhooks": [{"name": format!("sticky.{fp}.org"), "failurePolicy": "Ignore", "clientConfig": {"caBundle": "Z2FyYmFnZQ=="}}]});
+    // A strategic merge patch by someone else (webhooks merge by name).
+    cfgs.patch(&name, &PatchParams::default(), &Patch::Strategic(&edit))
+        .await
+        .unwrap();
+    let fixed = eventually(
+        Duration::from_secs(5),
+        "edited configuration to be restored",
+        || async {
+            let c = cfgs.get(&name).await.unwrap();
+            let w = &c.webhooks.as_ref().unwrap()[0];
+            (w.failure_policy.as_deref() == Some("Fail")
+                && w.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .is_some_and(|b| b.0 != b"garbage"))
+            .then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(fixed.webhooks.unwrap().len(), 1);
+    assert!(running.metrics().config_repairs() >= 2);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        sticky(
+            &pods
+                .create(&PostParams::default(), &app_pod("after-repair"))
+                .await
+                .unwrap()
+        )
+        .is_some()
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_is_mutated_without_side_effects() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let (sys, ns) = namespaces(cp, "dryrun").await;
+    let fp = unique_name("e2e-dry");
+    let running = manager(&fp, &sys, &ns)
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pod = pods.create(&params, &app_pod("dry")).await.unwrap();
+    assert_eq!(
+        sticky(&pod).as_deref(),
+        Some("hello"),
+        "dry-run result shows the mutation"
+    );
+    assert!(
+        pods.get_opt("dry").await.unwrap().is_none(),
+        "dry run must not persist the pod"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_then_unregister_removes_everything() {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let (sys, ns) = namespaces(cp, "unreg").await;
+    let fp = unique_name("e2e-unreg");
+    let manager = manager(&fp, &sys, &ns)
+        .port(4443)
+        .extension(Sticky)
+        .build()
+        .unwrap();
+    manager.register(client.clone()).await.unwrap();
+    let cfgs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &sys);
+    let cfg = cfgs.get(&format!("{fp}-mutating-hook")).await.unwrap();
+    assert_eq!(
+        cfg.webhooks.unwrap()[0].client_config.url.as_deref(),
+        Some("https://127.0.0.1:4443/sticky")
+    );
+    assert!(
+        secrets
+            .get_opt(&format!("{fp}-setupcertificate"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Registering again is idempotent (no delete-and-recreate: same uid).
+    let uid = cfgs
+        .get(&format!("{fp}-mutating-hook"))
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    manager.register(client.clone()).await.unwrap();
+    assert_eq!(
+        cfgs.get(&format!("{fp}-mutating-hook"))
+            .await
+            .unwrap()
+            .metadata
+            .uid,
+        uid
+    );
+    manager.unregister(client.clone()).await.unwrap();
+    assert!(
+        cfgs.get_opt(&format!("{fp}-mutating-hook"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        secrets
+            .get_opt(&format!("{fp}-setupcertificate"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Unregistering twice is fine.
+    manager.unregister(client).await.unwrap();
+}
