@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::admission::AdmissionRequest;
 
-use crate::options::{FailurePolicy, Operation, ReinvocationPolicy, Settings};
+use crate::options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 
 /// The admission request an extension sees (operation, namespace, user info, dry run...).
 pub type Request = AdmissionRequest<Pod>;
@@ -52,6 +52,8 @@ pub struct WebhookOverrides {
     pub match_conditions: Vec<MatchCondition>,
     /// Timeout of this extension's webhook, in seconds (1 to 30).
     pub timeout_seconds: Option<i32>,
+    /// Side effects of this extension (e.g. `NoneOnDryRun` when it creates Secrets).
+    pub side_effects: Option<SideEffects>,
 }
 
 /// What the extension decided for one pod.

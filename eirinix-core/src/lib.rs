@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod certs;
 pub mod extension;
+pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod options;

@@ -188,7 +188,11 @@ pub fn desired_configuration(
                     resources: Some(vec!["pods".into()]),
                     scope: Some("Namespaced".into()),
                 }]),
-                side_effects: settings.side_effects.as_str().into(),
+                side_effects: o
+                    .side_effects
+                    .unwrap_or(settings.side_effects)
+                    .as_str()
+                    .into(),
                 timeout_seconds: Some(
                     o.timeout_seconds
                         .unwrap_or(settings.timeout_seconds)

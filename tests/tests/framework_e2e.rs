@@ -503,3 +503,73 @@ async fn register_then_unregister_removes_everything() {
     // Unregistering twice is fine.
     manager.unregister(client).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_hands_over_on_release_and_on_expiry() {
+    use eirinix_core::leader::{LeaseLock, run_while_leader};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("lease").await.unwrap();
+    let lock = |id: &str| {
+        LeaseLock::new(client.clone(), &ns, "rootfs-leader", id)
+            .lease_duration(Duration::from_secs(2))
+    };
+    let (a_tx, a_rx) = watch::channel(false);
+    let (b_tx, b_rx) = watch::channel(false);
+    let (a_cancel, b_cancel) = (CancellationToken::new(), CancellationToken::new());
+    let a = tokio::spawn(run_while_leader(
+        lock("a"),
+        a_cancel.clone(),
+        Some(a_tx),
+        |t| async move { t.cancelled().await },
+    ));
+    eventually(Duration::from_secs(5), "a to lead", || async {
+        a_rx.borrow().then_some(())
+    })
+    .await;
+    let b = tokio::spawn(run_while_leader(
+        lock("b"),
+        b_cancel.clone(),
+        Some(b_tx),
+        |t| async move { t.cancelled().await },
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!*b_rx.borrow(), "b must not lead while a renews");
+    // Graceful: a releases, b takes over well before the lease would expire.
+    a_cancel.cancel();
+    a.await.unwrap();
+    eventually(
+        Duration::from_secs(3),
+        "b to take over after release",
+        || async { b_rx.borrow().then_some(()) },
+    )
+    .await;
+    // Crash: b stops renewing without releasing; a fresh contender waits for expiry, then leads.
+    b.abort();
+    let (c_tx, c_rx) = watch::channel(false);
+    let c_cancel = CancellationToken::new();
+    let c = tokio::spawn(run_while_leader(
+        lock("c"),
+        c_cancel.clone(),
+        Some(c_tx),
+        |t| async move { t.cancelled().await },
+    ));
+    eventually(
+        Duration::from_secs(8),
+        "c to take over an expired lease",
+        || async { c_rx.borrow().then_some(()) },
+    )
+    .await;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns)
+        .get("rootfs-leader")
+        .await
+        .unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("c"));
+    assert_eq!(spec.lease_transitions, Some(2));
+    c_cancel.cancel();
+    c.await.unwrap();
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: provision the real control plane (cached after the
+# first run), install the Debian servers tests talk to, check lints, run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
+
+step "provisioning kube-apiserver and etcd (cached; a cold build takes 10-25 minutes)"
+scripts/provision.sh >/dev/null
+step "installing Debian packages the tests use"
+scripts/install-deps.sh
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "cargo test"
+cargo test --workspace --no-fail-fast "$@"
+step "done"
