@@ -346,11 +346,14 @@ impl ExtensionHandler {
         let call = AssertUnwindSafe(self.extension.mutate(ctx, req, pod)).catch_unwind();
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(Ok(mutation))) => Ok(mutation),
-            Ok(Ok(Err(e))) => Err(e.message()),
-            Ok(Err(_panic)) => Err(format!("extension {} panicked", self.name)),
-            Err(_) => Err(format!(
-                "extension {} did not answer within {:?}",
-                self.name, self.timeout
+            Ok(Ok(Err(e))) => Err((e.code(), e.message())),
+            Ok(Err(_panic)) => Err((500, format!("extension {} panicked", self.name))),
+            Err(_) => Err((
+                500,
+                format!(
+                    "extension {} did not answer within {:?}",
+                    self.name, self.timeout
+                ),
             )),
         };
         match result {
@@ -373,12 +376,12 @@ impl ExtensionHandler {
                     (a, Outcome::Denied)
                 }
             },
-            Err(message) => {
+            Err((code, message)) => {
                 let message = format!("{}: {message}", self.name);
                 match self.failure_policy {
                     FailurePolicy::Fail => {
                         tracing::warn!(%message, "extension failed; denying (failure policy Fail)");
-                        (Answer::deny(500, message), Outcome::Errored)
+                        (Answer::deny(code, message), Outcome::Errored)
                     }
                     FailurePolicy::Ignore => {
                         tracing::warn!(%message, "extension failed; admitting unmutated (failure policy Ignore)");

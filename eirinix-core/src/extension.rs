@@ -137,16 +137,37 @@ impl Mutation {
 /// An extension failure; the extension's failure policy decides whether the pod is denied or admitted.
 pub struct ExtensionError {
     message: String,
+    code: Option<u16>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl ExtensionError {
-    /// An error with a message for the API client.
+    /// An error with a message for the API client (a denial carries code 500 under `Fail`).
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            code: None,
             source: None,
         }
+    }
+
+    /// The pod itself is at fault (bad VCAP_SERVICES...): a denial under `Fail` carries code 400.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: Some(400),
+            ..Self::new(message)
+        }
+    }
+
+    /// Set the status code of the denial this error causes under `Fail`.
+    pub fn with_code(mut self, code: u16) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// The status code of the denial (500 unless set).
+    pub fn code(&self) -> u16 {
+        self.code.unwrap_or(500)
     }
 
     /// The message returned to the API client.
@@ -163,6 +184,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for ExtensionError {
     fn from(err: E) -> Self {
         Self {
             message: String::new(),
+            code: None,
             source: Some(Box::new(err)),
         }
     }

@@ -33,10 +33,10 @@ pub struct LeaseLock {
 
 /// A replica identity: `POD_NAME` when set (in a pod), else the host name plus a random suffix.
 pub fn default_identity() -> String {
-    if let Ok(pod) = std::env::var("POD_NAME") {
-        if !pod.is_empty() {
-            return pod;
-        }
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        return pod;
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

@@ -90,7 +90,11 @@ pub struct ManagerBuilder {
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
     clock: Arc<dyn Clock>,
+    metric_sources: Vec<MetricSource>,
 }
+
+/// Renders extra Prometheus text (an extension's own metrics) appended to `/metrics`.
+pub type MetricSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for ManagerBuilder {
     fn default() -> Self {
@@ -100,6 +104,7 @@ impl Default for ManagerBuilder {
             watchers: Vec::new(),
             tasks: Vec::new(),
             clock: Arc::new(SystemClock),
+            metric_sources: Vec::new(),
         }
     }
 }
@@ -295,6 +300,12 @@ impl ManagerBuilder {
         self
     }
 
+    /// Append an extension's own metrics (Prometheus text) to the manager's `/metrics`.
+    pub fn metrics_source(mut self, source: MetricSource) -> Self {
+        self.metric_sources.push(source);
+        self
+    }
+
     /// Add any background task that runs with the manager and stops when it stops.
     pub fn task<F, Fut>(mut self, name: impl Into<String>, task: F) -> Self
     where
@@ -323,10 +334,10 @@ impl ManagerBuilder {
             if !seen.insert(name.to_owned()) {
                 return Err(ConfigError::DuplicateName(name.to_owned()));
             }
-            if let Some(t) = e.webhook().timeout_seconds {
-                if !(1..=30).contains(&t) {
-                    return Err(ConfigError::InvalidTimeout(t));
-                }
+            if let Some(t) = e.webhook().timeout_seconds
+                && !(1..=30).contains(&t)
+            {
+                return Err(ConfigError::InvalidTimeout(t));
             }
         }
         if self.extensions.is_empty() && self.watchers.is_empty() && self.tasks.is_empty() {
@@ -359,6 +370,7 @@ impl ManagerBuilder {
             watchers: self.watchers,
             tasks: self.tasks,
             clock: self.clock,
+            metric_sources: self.metric_sources,
         })
     }
 }
@@ -370,6 +382,7 @@ pub struct Manager {
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
     clock: Arc<dyn Clock>,
+    metric_sources: Vec<MetricSource>,
 }
 
 /// A running manager: its address, state and a way to stop it.
@@ -520,7 +533,10 @@ impl Manager {
             .local_addr()
             .map_err(|source| ManagerError::Bind { addr: bind, source })?;
         let cancel = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())));
+        let metrics = Arc::new(
+            Metrics::new(self.extensions.iter().map(|e| e.name()))
+                .with_sources(self.metric_sources.clone()),
+        );
         let health = Arc::new(Health::new(settings.register_webhook));
         let resolver = Arc::new(CertResolver::new());
         let ctx = Context::new(client.clone(), settings.clone());

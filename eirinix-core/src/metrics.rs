@@ -78,7 +78,6 @@ impl ExtensionMetrics {
 }
 
 /// All metrics of one manager.
-#[derive(Debug)]
 pub struct Metrics {
     extensions: Vec<(String, ExtensionMetrics)>,
     bad_requests: AtomicU64,
@@ -86,6 +85,16 @@ pub struct Metrics {
     cert_rotations: AtomicU64,
     config_repairs: AtomicU64,
     watch_restarts: AtomicU64,
+    sources: Vec<crate::manager::MetricSource>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("extensions", &self.extensions.len())
+            .field("sources", &self.sources.len())
+            .finish()
+    }
 }
 
 impl Metrics {
@@ -101,7 +110,14 @@ impl Metrics {
             cert_rotations: AtomicU64::new(0),
             config_repairs: AtomicU64::new(0),
             watch_restarts: AtomicU64::new(0),
+            sources: Vec::new(),
         }
+    }
+
+    /// Also render these extra sources (extensions' own metrics) on `/metrics`.
+    pub fn with_sources(mut self, sources: Vec<crate::manager::MetricSource>) -> Self {
+        self.sources = sources;
+        self
     }
 
     /// The metrics of the extension at `index` (registration order).

@@ -1,0 +1,539 @@
+//! The persi webhook: mount the PVCs that `VCAP_SERVICES` volume bindings name.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use eirinix_core::patch::{self, PatchError};
+use eirinix_core::{
+    ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, PodPatch,
+    Request, WebhookOverrides, async_trait,
+};
+use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EnvVar, PersistentVolumeClaimVolumeSource, Pod, Secret, Volume, VolumeMount,
+};
+use kube::Api;
+use kube::core::admission::Operation as AdmissionOperation;
+use serde_json::{Value, json};
+
+use crate::names;
+use crate::vcap::{self, BindingRef, Labels, VcapError, VolumeRequest};
+
+/// The extension's name: webhook path `/persi`, marker annotation `eirinix.org/persi`.
+pub const NAME: &str = "persi";
+
+/// Group of the `vcap` user in Eirini app images (uid 2000, gid 2000).
+pub const VCAP_GROUP: i64 = 2000;
+
+/// What persi can be told; `Default` is what Eirini app pods need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersiOptions {
+    /// `fsGroup` given to pods that get a volume and have no `fsGroup` (a pod-level `runAsGroup`
+    /// is used instead when set), so the app user can write; `None` leaves the security context alone.
+    pub fs_group: Option<i64>,
+    /// `fsGroupChangePolicy` set along with `fs_group` (default `OnRootMismatch`: no recursive
+    /// chown of big volumes at every start).
+    pub fs_group_change_policy: Option<String>,
+    /// Failure policy of persi's webhook; `None` keeps the manager's (Fail by default).
+    pub failure_policy: Option<FailurePolicy>,
+    /// Service labels whose bindings are read; empty means all (EiriniX read only `eirini-persi`).
+    pub service_labels: Vec<String>,
+    /// Read `VCAP_SERVICES` given through `valueFrom` (Secret or ConfigMap key) from the API;
+    /// when off, such pods are admitted unchanged with a warning.
+    pub resolve_references: bool,
+}
+
+impl Default for PersiOptions {
+    fn default() -> Self {
+        Self {
+            fs_group: Some(VCAP_GROUP),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            failure_policy: None,
+            service_labels: Vec::new(),
+            resolve_references: true,
+        }
+    }
+}
+
+/// Why persi cannot mutate a pod; the message names container, binding and problem.
+#[derive(Debug, thiserror::Error)]
+pub enum PersiError {
+    /// `VCAP_SERVICES` of a container is unusable.
+    #[error(transparent)]
+    Vcap(#[from] VcapError),
+    /// The pod already mounts something else at a binding's `container_dir`.
+    #[error(
+        "container {container:?}, binding {binding}: container_dir {dir:?} is already mounted from volume {volume:?}"
+    )]
+    DirInUse {
+        /// Container name.
+        container: String,
+        /// The binding asking for the path (boxed: keeps the error small).
+        binding: Box<BindingRef>,
+        /// The path.
+        dir: String,
+        /// The volume already mounted there.
+        volume: String,
+    },
+    /// `VCAP_SERVICES` comes from a Secret or ConfigMap that cannot be read.
+    #[error(
+        "container {container:?}: cannot read VCAP_SERVICES from {kind} {name:?} key {key:?}: {reason}"
+    )]
+    Reference {
+        /// Container name.
+        container: String,
+        /// `Secret` or `ConfigMap`.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// Key in the object.
+        key: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Several of the above, across containers.
+    #[error("{}", join(.0))]
+    Several(Vec<PersiError>),
+    /// The patch could not be built.
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+}
+
+fn join(errors: &[PersiError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl PersiError {
+    fn collect(mut errors: Vec<PersiError>) -> Result<(), PersiError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(PersiError::Several(errors)),
+        }
+    }
+}
+
+/// The volume requests of one app container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRequests {
+    /// Index in `spec.containers`.
+    pub index: usize,
+    /// Container name.
+    pub name: String,
+    /// What its `VCAP_SERVICES` asks for.
+    pub requests: Vec<VolumeRequest>,
+}
+
+/// What reading the pod's `VCAP_SERVICES` produced.
+struct Found {
+    containers: Vec<ContainerRequests>,
+    errors: Vec<PersiError>,
+    warnings: Vec<String>,
+}
+
+/// The persi extension: every volume binding of an app container becomes a PVC volume and mount.
+#[derive(Clone, Debug, Default)]
+pub struct Persi {
+    options: PersiOptions,
+}
+
+impl Persi {
+    /// Persi with `options`.
+    pub fn new(options: PersiOptions) -> Self {
+        Self { options }
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> &PersiOptions {
+        &self.options
+    }
+
+    fn labels(&self) -> Labels<'_> {
+        if self.options.service_labels.is_empty() {
+            Labels::Any
+        } else {
+            Labels::Only(&self.options.service_labels)
+        }
+    }
+
+    /// The volume requests of containers whose `VCAP_SERVICES` is a plain value, the
+    /// `VCAP_SERVICES` env vars that are references (`valueFrom`), and the problems found.
+    #[allow(clippy::type_complexity)]
+    fn requests_of(
+        &self,
+        pod: &Pod,
+    ) -> (
+        Vec<ContainerRequests>,
+        Vec<(usize, EnvVar)>,
+        Vec<PersiError>,
+    ) {
+        let mut out = Vec::new();
+        let mut refs = Vec::new();
+        let mut errors = Vec::new();
+        let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
+        for (index, c) in containers.iter().enumerate() {
+            // The last definition wins, as in the kubelet.
+            let Some(env) = c
+                .env
+                .as_ref()
+                .and_then(|e| e.iter().rev().find(|v| v.name == vcap::VCAP_SERVICES))
+            else {
+                continue;
+            };
+            match (&env.value, &env.value_from) {
+                (_, Some(_)) => refs.push((index, env.clone())),
+                (Some(value), None) => match vcap::volume_requests(&c.name, value, self.labels()) {
+                    Ok(requests) if requests.is_empty() => {}
+                    Ok(requests) => out.push(ContainerRequests {
+                        index,
+                        name: c.name.clone(),
+                        requests,
+                    }),
+                    Err(e) => errors.push(e.into()),
+                },
+                (None, None) => {}
+            }
+        }
+        (out, refs, errors)
+    }
+
+    /// Read referenced `VCAP_SERVICES` values and parse them, adding to `found`.
+    async fn resolve(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        pod: &Pod,
+        refs: Vec<(usize, EnvVar)>,
+        found: &mut Found,
+    ) {
+        let Found {
+            containers: out,
+            errors,
+            warnings,
+        } = found;
+        let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
+        let mut cache: HashMap<(&'static str, String), Option<BTreeMap<String, String>>> =
+            HashMap::new();
+        for (index, env) in refs {
+            let Some(container) = containers.get(index) else {
+                continue;
+            };
+            let from = env.value_from.unwrap_or_default();
+            let (kind, name, key, optional) = if let Some(r) = from.secret_key_ref {
+                ("Secret", r.name, r.key, r.optional.unwrap_or(false))
+            } else if let Some(r) = from.config_map_key_ref {
+                ("ConfigMap", r.name, r.key, r.optional.unwrap_or(false))
+            } else {
+                warnings.push(format!(
+                    "persi: container {:?}: VCAP_SERVICES from a field reference is not read",
+                    container.name
+                ));
+                continue;
+            };
+            if !self.options.resolve_references {
+                warnings.push(format!(
+                    "persi: container {:?}: VCAP_SERVICES from {kind} {name:?} is not read (references are off); no volumes mounted",
+                    container.name
+                ));
+                continue;
+            }
+            let fail = |reason: String| PersiError::Reference {
+                container: container.name.clone(),
+                kind,
+                name: name.clone(),
+                key: key.clone(),
+                reason,
+            };
+            let data = match cache.get(&(kind, name.clone())) {
+                Some(d) => d.clone(),
+                None => match fetch(ctx, namespace, kind, &name).await {
+                    Ok(d) => {
+                        cache.insert((kind, name.clone()), d.clone());
+                        d
+                    }
+                    Err(reason) => {
+                        errors.push(fail(reason));
+                        continue;
+                    }
+                },
+            };
+            let value = match data {
+                None if optional => continue,
+                None => {
+                    errors.push(fail("it does not exist".into()));
+                    continue;
+                }
+                Some(map) => match map.get(&key) {
+                    Some(v) => v.clone(),
+                    None if optional => continue,
+                    None => {
+                        errors.push(fail("the key does not exist".into()));
+                        continue;
+                    }
+                },
+            };
+            match vcap::volume_requests(&container.name, &value, self.labels()) {
+                Ok(requests) if requests.is_empty() => {}
+                Ok(requests) => out.push(ContainerRequests {
+                    index,
+                    name: container.name.clone(),
+                    requests,
+                }),
+                Err(e) => errors.push(e.into()),
+            }
+        }
+        out.sort_by_key(|c| c.index);
+    }
+}
+
+/// The string data of a Secret or ConfigMap (`None` when it does not exist).
+async fn fetch(
+    ctx: &Context,
+    namespace: &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
+    let client = ctx.client().map_err(|e| e.message())?.clone();
+    match kind {
+        "Secret" => {
+            let secret = Api::<Secret>::namespaced(client, namespace)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(secret.map(|s| {
+                let mut map: BTreeMap<String, String> = s.string_data.unwrap_or_default();
+                for (k, v) in s.data.unwrap_or_default() {
+                    map.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                }
+                map
+            }))
+        }
+        _ => {
+            let cm = Api::<ConfigMap>::namespaced(client, namespace)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(cm.map(|c| c.data.unwrap_or_default()))
+        }
+    }
+}
+
+/// The patch mounting what `containers` ask for into `pod` (empty when everything is there).
+///
+/// Volumes are shared per claim (an existing volume of the claim is reused), mounts already
+/// present are skipped, and nothing is emitted unless every request can be honoured.
+pub fn build_patch(
+    pod: &Pod,
+    containers: &[ContainerRequests],
+    options: &PersiOptions,
+) -> Result<json_patch::Patch, PersiError> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(json_patch::Patch(Vec::new()));
+    };
+    let existing = spec.volumes.as_deref().unwrap_or(&[]);
+    let mut claim_volume: HashMap<String, String> = existing
+        .iter()
+        .filter_map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|pvc| (pvc.claim_name.clone(), v.name.clone()))
+        })
+        .collect();
+    let mut used: HashSet<String> = existing.iter().map(|v| v.name.clone()).collect();
+    let mut new_volumes: Vec<Volume> = Vec::new();
+    let mut new_mounts: Vec<(usize, VolumeMount)> = Vec::new();
+    let mut errors = Vec::new();
+
+    for c in containers {
+        let Some(container) = spec.containers.get(c.index) else {
+            continue;
+        };
+        let mut mounted: HashMap<String, String> = container
+            .volume_mounts
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|m| (normalized(&m.mount_path), m.name.clone()))
+            .collect();
+        for req in &c.requests {
+            let known = claim_volume.get(&req.claim).cloned();
+            let volume = known.clone().unwrap_or_else(|| {
+                (0u32..)
+                    .map(|salt| names::volume_name(&req.claim, salt))
+                    .find(|n| !used.contains(n))
+                    .unwrap_or_default()
+            });
+            match mounted.get(&req.container_dir) {
+                Some(v) if *v == volume => continue,
+                Some(v) => {
+                    errors.push(PersiError::DirInUse {
+                        container: c.name.clone(),
+                        binding: Box::new(req.binding.clone()),
+                        dir: req.container_dir.clone(),
+                        volume: v.clone(),
+                    });
+                    continue;
+                }
+                None => {}
+            }
+            if known.is_none() {
+                used.insert(volume.clone());
+                claim_volume.insert(req.claim.clone(), volume.clone());
+                new_volumes.push(Volume {
+                    name: volume.clone(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: req.claim.clone(),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                });
+            }
+            mounted.insert(req.container_dir.clone(), volume.clone());
+            new_mounts.push((
+                c.index,
+                VolumeMount {
+                    name: volume,
+                    mount_path: req.container_dir.clone(),
+                    read_only: req.read_only.then_some(true),
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    PersiError::collect(errors)?;
+    if new_mounts.is_empty() {
+        return Ok(json_patch::Patch(Vec::new()));
+    }
+
+    let mut p = PodPatch::new(pod);
+    for v in &new_volumes {
+        p.add_volume(v)?;
+    }
+    for (index, m) in &new_mounts {
+        p.add_volume_mount(ContainerRef::App(*index), m)?;
+    }
+    for op in fs_group_ops(pod, containers, options) {
+        p.push(op);
+    }
+    p.mark(NAME);
+    Ok(p.build())
+}
+
+fn normalized(path: &str) -> String {
+    let t = path.trim_end_matches('/');
+    if t.is_empty() { "/".into() } else { t.into() }
+}
+
+/// The operations giving the pod an `fsGroup`, unless it has one (or fs groups are off).
+fn fs_group_ops(
+    pod: &Pod,
+    containers: &[ContainerRequests],
+    options: &PersiOptions,
+) -> Vec<PatchOperation> {
+    let (Some(default), Some(spec)) = (options.fs_group, pod.spec.as_ref()) else {
+        return Vec::new();
+    };
+    let sc = spec.security_context.as_ref();
+    if sc.is_some_and(|sc| sc.fs_group.is_some()) {
+        return Vec::new();
+    }
+    // Prefer the group the app already runs as: the pod's, else the one all mounting containers share.
+    let container_groups: HashSet<Option<i64>> = containers
+        .iter()
+        .filter_map(|c| spec.containers.get(c.index))
+        .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_group))
+        .collect();
+    let shared_container_group = match container_groups.into_iter().collect::<Vec<_>>()[..] {
+        [Some(g)] => Some(g),
+        _ => None,
+    };
+    let group = sc
+        .and_then(|sc| sc.run_as_group)
+        .or(shared_container_group)
+        .unwrap_or(default);
+    let policy = options
+        .fs_group_change_policy
+        .as_ref()
+        .filter(|_| sc.is_none_or(|sc| sc.fs_group_change_policy.is_none()));
+    let add = |tokens: &[&str], value: Value| {
+        PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(tokens.iter().copied()),
+            value,
+        })
+    };
+    match sc {
+        None => {
+            let mut value = json!({ "fsGroup": group });
+            if let Some(policy) = policy {
+                value["fsGroupChangePolicy"] = Value::String(policy.clone());
+            }
+            vec![add(&["spec", "securityContext"], value)]
+        }
+        Some(_) => {
+            let mut ops = vec![add(&["spec", "securityContext", "fsGroup"], json!(group))];
+            if let Some(policy) = policy {
+                ops.push(add(
+                    &["spec", "securityContext", "fsGroupChangePolicy"],
+                    Value::String(policy.clone()),
+                ));
+            }
+            ops
+        }
+    }
+}
+
+#[async_trait]
+impl Extension for Persi {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn mutate(
+        &self,
+        ctx: &Context,
+        request: &Request,
+        pod: &Pod,
+    ) -> Result<Mutation, ExtensionError> {
+        // Volumes and mounts of a pod cannot change after creation: an UPDATE patch would
+        // make the apiserver reject the update, so only CREATE is ever mutated.
+        if request.operation != AdmissionOperation::Create || patch::is_marked(pod, NAME) {
+            return Ok(Mutation::unchanged());
+        }
+        let (containers, refs, errors) = self.requests_of(pod);
+        let mut found = Found {
+            containers,
+            errors,
+            warnings: Vec::new(),
+        };
+        if !refs.is_empty() {
+            match request
+                .namespace
+                .as_deref()
+                .or(pod.metadata.namespace.as_deref())
+            {
+                Some(ns) => self.resolve(ctx, ns, pod, refs, &mut found).await,
+                None => found.warnings.push(
+                    "persi: the pod has no namespace; VCAP_SERVICES references are not read".into(),
+                ),
+            }
+        }
+        // Bad input is the pod's fault: a 400 denial (under Fail), not an internal error.
+        PersiError::collect(found.errors).map_err(|e| ExtensionError::invalid(e.to_string()))?;
+        let patch = build_patch(pod, &found.containers, &self.options)?;
+        let mut mutation = Mutation::patch(patch);
+        mutation.warnings = found.warnings;
+        Ok(mutation)
+    }
+
+    fn webhook(&self) -> WebhookOverrides {
+        WebhookOverrides {
+            failure_policy: self.options.failure_policy,
+            // Pod volumes are immutable: UPDATE reviews could only fail.
+            operations: Some(vec![Operation::Create]),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! eirinix persi: persistent volumes for Eirini apps.
+//!
+//! * [`Persi`], an eirinix [`Extension`](eirinix_core::Extension): every volume binding in an
+//!   app container's `VCAP_SERVICES` becomes a PVC volume and a mount at its `container_dir`.
+//! * [`broker`], an Open Service Broker API server that provisions those PVCs and hands out
+//!   the bindings (`cf create-service`, `cf bind-service`).
+//! * [`vcap`], the `VCAP_SERVICES` reader, with errors that name container, binding and problem.
+
+#![warn(missing_docs)]
+
+pub mod broker;
+mod extension;
+pub mod names;
+pub mod vcap;
+
+pub use broker::{BrokerConfig, broker_router, serve_broker};
+pub use extension::{
+    ContainerRequests, NAME, Persi, PersiError, PersiOptions, VCAP_GROUP, build_patch,
+};

@@ -1,0 +1,176 @@
+//! Kubernetes names derived from claim and instance ids: readable, valid, collision-resistant.
+
+/// Longest DNS-1123 label Kubernetes accepts (volume names, PVC names here).
+pub const MAX_LABEL: usize = 63;
+
+/// Hex digits of the hash suffix (48 bits).
+const HASH_HEX: usize = 12;
+
+/// FNV-1a, 64 bits: stable across versions and platforms (names must not change on upgrade).
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Separator, so that ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A short stable hash of `key` (12 lowercase hex digits).
+pub fn short_hash(key: &str) -> String {
+    short_hash_salted(key, 0)
+}
+
+fn short_hash_salted(key: &str, salt: u32) -> String {
+    let h = fnv1a64(&[key.as_bytes(), &salt.to_be_bytes()]);
+    let hex = format!("{h:016x}");
+    hex[..HASH_HEX].to_owned()
+}
+
+/// `s` lowercased with every run of characters outside `[a-z0-9]` turned into one `-`,
+/// trimmed of `-` at both ends.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_owned()
+}
+
+/// Whether `s` is a DNS-1123 label (lowercase alphanumerics and `-`, at most 63 characters).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `<prefix>-<readable part of key>-<hash of key and salt>`, a DNS-1123 label of at most 63
+/// characters. Two different keys give different names unless their 48-bit hashes collide;
+/// callers that must rule that out retry with another `salt`.
+pub fn hashed_label(prefix: &str, key: &str, salt: u32) -> String {
+    let hash = short_hash_salted(key, salt);
+    let prefix = sanitize(prefix);
+    let budget = MAX_LABEL.saturating_sub(prefix.len() + HASH_HEX + 2);
+    let mut readable = sanitize(key);
+    readable.truncate(budget);
+    let readable = readable.trim_end_matches('-');
+    let parts: Vec<&str> = [prefix.as_str(), readable, hash.as_str()]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.join("-")
+}
+
+/// The pod volume name persi uses for claim `claim` (`persi-<claim>-<hash>`), with `salt` 0
+/// unless that name is already taken by another volume of the pod.
+pub fn volume_name(claim: &str, salt: u32) -> String {
+    hashed_label("persi", claim, salt)
+}
+
+/// A label value standing for `value`: itself when it is a valid label value, else a hash.
+pub fn label_value(value: &str) -> String {
+    let valid = value.len() <= MAX_LABEL
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && value
+            .bytes()
+            .next()
+            .is_none_or(|b| b.is_ascii_alphanumeric())
+        && value
+            .bytes()
+            .last()
+            .is_none_or(|b| b.is_ascii_alphanumeric());
+    if valid {
+        value.to_owned()
+    } else {
+        format!("h-{}", short_hash(value))
+    }
+}
+
+/// The PVC name of service instance `instance_id`: `persi-<id>` for ids that are DNS labels
+/// (Cloud Foundry GUIDs are), a hashed name otherwise.
+pub fn claim_name(instance_id: &str) -> String {
+    let direct = format!("persi-{instance_id}");
+    if is_dns_label(&direct) {
+        direct
+    } else {
+        hashed_label("persi", instance_id, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_are_valid_and_readable() {
+        let n = volume_name("my-data", 0);
+        assert!(n.starts_with("persi-my-data-"), "{n}");
+        assert!(is_dns_label(&n));
+        assert_eq!(n, volume_name("my-data", 0), "stable");
+    }
+
+    #[test]
+    fn long_and_odd_claims_give_valid_distinct_names() {
+        let long_a = format!("{}a", "x".repeat(300));
+        let long_b = format!("{}b", "x".repeat(300));
+        let odd = [
+            "",
+            "---",
+            "Data",
+            "data",
+            "DATA_1",
+            "data.1",
+            "data-1",
+            "ünïcödé/päth",
+            "a b",
+            long_a.as_str(),
+            long_b.as_str(),
+        ];
+        let names: Vec<String> = odd.iter().map(|c| volume_name(c, 0)).collect();
+        for (claim, name) in odd.iter().zip(&names) {
+            assert!(is_dns_label(name), "{claim:?} -> {name:?}");
+            assert!(name.len() <= 63);
+        }
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_ne!(
+            volume_name("data", 0),
+            volume_name("data", 1),
+            "salt changes the name"
+        );
+    }
+
+    #[test]
+    fn claim_names_of_guids_are_direct() {
+        let guid = "1c9c3d3e-7f2a-4b55-9d4e-2f3c8a1b0e77";
+        assert_eq!(claim_name(guid), format!("persi-{guid}"));
+        let odd = claim_name("Instance With Spaces");
+        assert!(is_dns_label(&odd) && odd.starts_with("persi-instance-with-spaces-"));
+        let long = claim_name(&"a".repeat(70));
+        assert!(is_dns_label(&long), "{long}");
+    }
+
+    #[test]
+    fn label_values() {
+        assert_eq!(label_value("abc-123"), "abc-123");
+        assert_eq!(label_value(""), "");
+        let h = label_value("not valid!");
+        assert!(h.starts_with("h-") && h.len() == 14, "{h}");
+        assert!(label_value(&"a".repeat(64)).starts_with("h-"));
+    }
+}

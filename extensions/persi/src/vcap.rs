@@ -1,0 +1,479 @@
+//! Reading volume bindings out of `VCAP_SERVICES`.
+//!
+//! `VCAP_SERVICES` maps service labels to lists of bindings. A binding that carries
+//! `volume_mounts` asks for volumes: each mount names a claim (`credentials.volume_id`, else
+//! the mount's `device.volume_id`), a `container_dir` and a `mode` (`r` or `rw`).
+//! Bindings without `volume_mounts` are none of persi's business and are skipped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Name of the environment variable holding the bindings.
+pub const VCAP_SERVICES: &str = "VCAP_SERVICES";
+
+/// Which binding of `VCAP_SERVICES` something came from, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingRef {
+    /// Service label (the key of `VCAP_SERVICES`).
+    pub label: String,
+    /// Position of the binding in the label's list.
+    pub index: usize,
+    /// The binding's `name` (else `binding_name`, else `instance_name`), when it has one.
+    pub name: Option<String>,
+}
+
+impl fmt::Display for BindingRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name:?} (service {:?})", self.label),
+            None => write!(f, "#{} of service {:?}", self.index, self.label),
+        }
+    }
+}
+
+/// One volume a binding asks to mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRequest {
+    /// The binding asking for it.
+    pub binding: BindingRef,
+    /// Name of the PersistentVolumeClaim to mount.
+    pub claim: String,
+    /// Absolute mount path in the container (trailing slashes removed).
+    pub container_dir: String,
+    /// Mount read-only (`mode: "r"`).
+    pub read_only: bool,
+}
+
+/// What is wrong with one binding.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindingProblem {
+    /// The binding is not a JSON object.
+    #[error("the binding is not a JSON object")]
+    NotAnObject,
+    /// `volume_mounts` is neither a list nor null.
+    #[error("volume_mounts is not a list")]
+    VolumeMountsNotAList,
+    /// A `volume_mounts` entry is not an object.
+    #[error("volume_mounts[{0}] is not an object")]
+    MountNotAnObject(usize),
+    /// Neither `credentials.volume_id` nor `device.volume_id` names a claim.
+    #[error(
+        "volume_mounts[{0}] names no claim: neither credentials.volume_id nor device.volume_id is set"
+    )]
+    NoClaim(usize),
+    /// A field that must be a string is something else.
+    #[error("volume_mounts[{index}]: {field} is not a string")]
+    NotAString {
+        /// Mount index.
+        index: usize,
+        /// The field, e.g. `credentials.volume_id`.
+        field: &'static str,
+    },
+    /// The mount has no `container_dir`.
+    #[error("volume_mounts[{0}] has no container_dir")]
+    NoContainerDir(usize),
+    /// `container_dir` is relative.
+    #[error("volume_mounts[{index}]: container_dir {dir:?} is not an absolute path")]
+    RelativeContainerDir {
+        /// Mount index.
+        index: usize,
+        /// The offending path.
+        dir: String,
+    },
+    /// `container_dir` is absolute but unusable.
+    #[error("volume_mounts[{index}]: container_dir {dir:?} is not allowed: {why}")]
+    InvalidContainerDir {
+        /// Mount index.
+        index: usize,
+        /// The offending path.
+        dir: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// Two mounts of the same container share a `container_dir`.
+    #[error(
+        "volume_mounts[{index}]: container_dir {dir:?} is also the container_dir of binding {other}"
+    )]
+    DuplicateContainerDir {
+        /// Mount index.
+        index: usize,
+        /// The shared path.
+        dir: String,
+        /// The binding that had it first.
+        other: String,
+    },
+    /// `mode` is neither `r` nor `rw`.
+    #[error("volume_mounts[{index}]: mode {mode:?} is neither \"r\" nor \"rw\"")]
+    InvalidMode {
+        /// Mount index.
+        index: usize,
+        /// The offending mode.
+        mode: String,
+    },
+}
+
+/// `VCAP_SERVICES` of a container cannot be used; the message names container, binding and problem.
+#[derive(Debug, thiserror::Error)]
+pub enum VcapError {
+    /// Not JSON at all.
+    #[error("container {container:?}: VCAP_SERVICES is not valid JSON: {source}")]
+    NotJson {
+        /// Container name.
+        container: String,
+        /// Parser error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// JSON, but not the `label -> [binding]` shape.
+    #[error("container {container:?}: VCAP_SERVICES {problem}")]
+    Malformed {
+        /// Container name.
+        container: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// One binding is unusable.
+    #[error("container {container:?}, binding {binding}: {problem}")]
+    Binding {
+        /// Container name.
+        container: String,
+        /// The binding (boxed: keeps the error small).
+        binding: Box<BindingRef>,
+        /// What is wrong with it.
+        problem: BindingProblem,
+    },
+}
+
+/// Which service labels to read.
+#[derive(Clone, Copy, Debug)]
+pub enum Labels<'a> {
+    /// Every label (persi's default).
+    Any,
+    /// Only these (EiriniX read only `eirini-persi`).
+    Only(&'a [String]),
+}
+
+impl Labels<'_> {
+    fn accepts(&self, label: &str) -> bool {
+        match self {
+            Labels::Any => true,
+            Labels::Only(list) => list.iter().any(|l| l == label),
+        }
+    }
+}
+
+/// The volumes `vcap` (the `VCAP_SERVICES` of container `container`) asks for.
+///
+/// Empty or blank input means no services. The first problem found is returned.
+pub fn volume_requests(
+    container: &str,
+    vcap: &str,
+    labels: Labels<'_>,
+) -> Result<Vec<VolumeRequest>, VcapError> {
+    if vcap.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let value: Value = serde_json::from_str(vcap).map_err(|source| VcapError::NotJson {
+        container: container.to_owned(),
+        source,
+    })?;
+    let services = value.as_object().ok_or_else(|| VcapError::Malformed {
+        container: container.to_owned(),
+        problem: format!("is a JSON {}, not an object", kind(&value)),
+    })?;
+    let mut out = Vec::new();
+    // Normalized container_dir -> the binding that mounts there first.
+    let mut dirs: BTreeMap<String, BindingRef> = BTreeMap::new();
+    for (label, bindings) in services {
+        if !labels.accepts(label) {
+            continue;
+        }
+        let bindings = match bindings {
+            Value::Array(list) => list,
+            Value::Null => continue,
+            other => {
+                return Err(VcapError::Malformed {
+                    container: container.to_owned(),
+                    problem: format!(
+                        "service {label:?} is a JSON {}, not a list of bindings",
+                        kind(other)
+                    ),
+                });
+            }
+        };
+        for (index, binding) in bindings.iter().enumerate() {
+            let binding_ref = BindingRef {
+                label: label.clone(),
+                index,
+                name: binding.as_object().and_then(binding_name),
+            };
+            let fail = |problem| VcapError::Binding {
+                container: container.to_owned(),
+                binding: Box::new(binding_ref.clone()),
+                problem,
+            };
+            let Some(obj) = binding.as_object() else {
+                return Err(fail(BindingProblem::NotAnObject));
+            };
+            for (req, index) in binding_requests(obj, &binding_ref).map_err(fail)? {
+                if let Some(other) = dirs.get(&req.container_dir) {
+                    return Err(fail(BindingProblem::DuplicateContainerDir {
+                        index,
+                        dir: req.container_dir,
+                        other: other.to_string(),
+                    }));
+                }
+                dirs.insert(req.container_dir.clone(), binding_ref.clone());
+                out.push(req);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn binding_name(obj: &Map<String, Value>) -> Option<String> {
+    ["name", "binding_name", "instance_name"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn binding_requests(
+    obj: &Map<String, Value>,
+    binding: &BindingRef,
+) -> Result<Vec<(VolumeRequest, usize)>, BindingProblem> {
+    let mounts = match obj.get("volume_mounts") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(m)) => m,
+        Some(_) => return Err(BindingProblem::VolumeMountsNotAList),
+    };
+    let credential_claim = obj.get("credentials").and_then(|c| c.get("volume_id"));
+    let mut out = Vec::with_capacity(mounts.len());
+    for (index, mount) in mounts.iter().enumerate() {
+        let Some(mount) = mount.as_object() else {
+            return Err(BindingProblem::MountNotAnObject(index));
+        };
+        let claim = match credential_claim {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(_) | Value::Null) | None => {
+                match mount.get("device").and_then(|d| d.get("volume_id")) {
+                    Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                    Some(Value::String(_) | Value::Null) | None => {
+                        return Err(BindingProblem::NoClaim(index));
+                    }
+                    Some(_) => {
+                        return Err(BindingProblem::NotAString {
+                            index,
+                            field: "device.volume_id",
+                        });
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(BindingProblem::NotAString {
+                    index,
+                    field: "credentials.volume_id",
+                });
+            }
+        };
+        let dir = match mount.get("container_dir") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::String(_) | Value::Null) | None => {
+                return Err(BindingProblem::NoContainerDir(index));
+            }
+            Some(_) => {
+                return Err(BindingProblem::NotAString {
+                    index,
+                    field: "container_dir",
+                });
+            }
+        };
+        let container_dir = normalize_dir(dir, index)?;
+        let read_only = match mount.get("mode") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(m)) if m == "rw" => false,
+            Some(Value::String(m)) if m == "r" => true,
+            Some(Value::String(m)) => {
+                return Err(BindingProblem::InvalidMode {
+                    index,
+                    mode: m.clone(),
+                });
+            }
+            Some(_) => {
+                return Err(BindingProblem::NotAString {
+                    index,
+                    field: "mode",
+                });
+            }
+        };
+        let req = VolumeRequest {
+            binding: binding.clone(),
+            claim,
+            container_dir,
+            read_only,
+        };
+        out.push((req, index));
+    }
+    Ok(out)
+}
+
+/// `dir` without trailing slashes, if it is an absolute path persi can mount at.
+pub(crate) fn normalize_dir(dir: &str, index: usize) -> Result<String, BindingProblem> {
+    if !dir.starts_with('/') {
+        return Err(BindingProblem::RelativeContainerDir {
+            index,
+            dir: dir.to_owned(),
+        });
+    }
+    let invalid = |why| BindingProblem::InvalidContainerDir {
+        index,
+        dir: dir.to_owned(),
+        why,
+    };
+    if dir.split('/').any(|seg| seg == "..") {
+        return Err(invalid("it contains \"..\""));
+    }
+    if dir.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters"));
+    }
+    let trimmed = dir.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(invalid(
+            "mounting at / would hide the container's filesystem",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: &Value) -> Result<Vec<VolumeRequest>, VcapError> {
+        volume_requests("opi", &v.to_string(), Labels::Any)
+    }
+
+    fn binding(name: &str, claim: Option<&str>, mounts: Value) -> Value {
+        let mut b = json!({"name": name, "label": "eirini-persi", "volume_mounts": mounts});
+        if let Some(c) = claim {
+            b["credentials"] = json!({"volume_id": c});
+        }
+        b
+    }
+
+    #[test]
+    fn reads_claims_dirs_and_modes_under_any_label() {
+        let v = json!({
+            "eirini-persi": [binding("data", Some("pvc-data"), json!([{"container_dir": "/var/vcap/data/x/", "mode": "rw"}]))],
+            "nfs": [binding("ro", None, json!([{"container_dir": "/ro", "mode": "r", "device": {"volume_id": "pvc-ro"}}]))],
+            "user-provided": [{"name": "db", "credentials": {"uri": "postgres://"}}],
+            "empty": null
+        });
+        let reqs = parse(&v).unwrap();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].claim, "pvc-data");
+        assert_eq!(reqs[0].container_dir, "/var/vcap/data/x");
+        assert!(!reqs[0].read_only);
+        assert_eq!(reqs[1].claim, "pvc-ro");
+        assert!(reqs[1].read_only);
+        assert_eq!(reqs[1].binding.to_string(), "\"ro\" (service \"nfs\")");
+        let only = volume_requests("opi", &v.to_string(), Labels::Only(&["nfs".into()])).unwrap();
+        assert_eq!(only.len(), 1);
+    }
+
+    #[test]
+    fn credentials_volume_id_wins_over_device() {
+        let v = json!({"s": [binding("b", Some("cred"), json!([{"container_dir": "/d", "device": {"volume_id": "dev"}}]))]});
+        assert_eq!(parse(&v).unwrap()[0].claim, "cred");
+    }
+
+    #[test]
+    fn blank_means_no_services() {
+        assert!(
+            volume_requests("opi", "  ", Labels::Any)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(parse(&json!({})).unwrap().is_empty());
+    }
+
+    fn problem(v: &Value) -> String {
+        parse(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_input_names_container_binding_and_problem() {
+        let e = volume_requests("opi", "{not json", Labels::Any).unwrap_err();
+        assert!(matches!(e, VcapError::NotJson { .. }));
+        assert!(
+            e.to_string()
+                .starts_with("container \"opi\": VCAP_SERVICES is not valid JSON")
+        );
+
+        assert_eq!(
+            problem(&json!([1])),
+            "container \"opi\": VCAP_SERVICES is a JSON array, not an object"
+        );
+        assert_eq!(
+            problem(&json!({"s": {"name": "x"}})),
+            "container \"opi\": VCAP_SERVICES service \"s\" is a JSON object, not a list of bindings"
+        );
+        assert_eq!(
+            problem(&json!({"s": [binding("b", None, json!([{"container_dir": "/d"}]))]})),
+            "container \"opi\", binding \"b\" (service \"s\"): volume_mounts[0] names no claim: neither credentials.volume_id nor device.volume_id is set"
+        );
+        assert_eq!(
+            problem(&json!({"s": [binding("b", Some("c"), json!([{"mode": "rw"}]))]})),
+            "container \"opi\", binding \"b\" (service \"s\"): volume_mounts[0] has no container_dir"
+        );
+        assert_eq!(
+            problem(&json!({"s": [binding("b", Some("c"), json!([{"container_dir": "data"}]))]})),
+            "container \"opi\", binding \"b\" (service \"s\"): volume_mounts[0]: container_dir \"data\" is not an absolute path"
+        );
+        assert_eq!(
+            problem(&json!({"s": [
+                binding("a", Some("c1"), json!([{"container_dir": "/d"}])),
+                binding("b", Some("c2"), json!([{"container_dir": "/d/"}]))
+            ]})),
+            "container \"opi\", binding \"b\" (service \"s\"): volume_mounts[0]: container_dir \"/d\" is also the container_dir of binding \"a\" (service \"s\")"
+        );
+        assert!(
+            problem(&json!({"s": [binding("b", Some("c"), json!([{"container_dir": "/d", "mode": "rwx"}]))]}))
+                .ends_with("volume_mounts[0]: mode \"rwx\" is neither \"r\" nor \"rw\"")
+        );
+        assert!(
+            problem(
+                &json!({"s": [binding("b", Some("c"), json!([{"container_dir": "/a/../etc"}]))]})
+            )
+            .contains("contains \"..\"")
+        );
+        assert!(
+            problem(&json!({"s": [binding("b", Some("c"), json!([{"container_dir": "///"}]))]}))
+                .contains("would hide")
+        );
+        assert!(
+            problem(&json!({"s": [binding("b", Some("c"), json!({"container_dir": "/d"}))]}))
+                .ends_with("volume_mounts is not a list")
+        );
+        assert!(
+            problem(&json!({"s": [{"credentials": {"volume_id": 7}, "volume_mounts": [{"container_dir": "/d"}]}]}))
+                .ends_with("binding #0 of service \"s\": volume_mounts[0]: credentials.volume_id is not a string")
+        );
+        assert!(problem(&json!({"s": ["x"]})).ends_with("the binding is not a JSON object"));
+    }
+}

@@ -1,0 +1,411 @@
+//! The persi webhook behind a real kube-apiserver.
+
+use eirinix_core::FailurePolicy;
+use eirinix_persi::PersiOptions;
+use eirinix_persi::names::volume_name;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ObjectMeta, PostParams};
+use serde_json::{Value, json};
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_two_and_read_only_bindings_across_two_containers() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let hook = Webhook::start(&client, PersiOptions::default()).await;
+    let ns = hook.apps.clone();
+    // A valid PVC name that is no valid volume name (dots, longer than 63).
+    let odd = "odd.claim.name-with-a-very-long-suffix-that-goes-on-and-on-and-on-and-on";
+    for claim in ["uploads", "config", odd] {
+        pvc(&client, &ns, claim).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    // One binding, one container.
+    let one = vcap(vec![binding(
+        "uploads",
+        "uploads",
+        "/var/vcap/data/uploads",
+        None,
+    )]);
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &app_pod("one-0", vec![container("opi", Some(&one))]),
+        )
+        .await
+        .expect("pod admitted");
+    let up = volume_name("uploads", 0);
+    assert_eq!(
+        volumes(&created),
+        json!([{"name": up, "persistentVolumeClaim": {"claimName": "uploads"}}])
+    );
+    assert_eq!(
+        mounts(&created, 0),
+        json!([{"name": up, "mountPath": "/var/vcap/data/uploads"}])
+    );
+    assert_eq!(
+        security(&created),
+        json!({"fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})
+    );
+    assert_eq!(
+        created.metadata.annotations.as_ref().expect("annotations")["eirinix.org/persi"],
+        "injected"
+    );
+
+    // Two bindings in one container (one read-only), one read-only binding of the same claim
+    // in a second container: one volume per claim, mounts where each binding says.
+    let opi = vcap(vec![
+        binding("uploads", "uploads", "/var/vcap/data/uploads", Some("rw")),
+        binding("config", "config", "/etc/app-config", Some("r")),
+        binding("odd", odd, "/var/vcap/data/odd", None),
+    ]);
+    let sidecar = vcap(vec![binding(
+        "uploads",
+        "uploads",
+        "/srv/uploads",
+        Some("r"),
+    )]);
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &app_pod(
+                "two-0",
+                vec![
+                    container("opi", Some(&opi)),
+                    container("sidecar", Some(&sidecar)),
+                ],
+            ),
+        )
+        .await
+        .expect("pod admitted");
+    let (cfg, oddv) = (volume_name("config", 0), volume_name(odd, 0));
+    assert!(
+        oddv.len() <= 63 && oddv.starts_with("persi-odd-claim-name-with"),
+        "{oddv}"
+    );
+    assert_eq!(
+        volumes(&created),
+        json!([
+            {"name": up, "persistentVolumeClaim": {"claimName": "uploads"}},
+            {"name": cfg, "persistentVolumeClaim": {"claimName": "config"}},
+            {"name": oddv, "persistentVolumeClaim": {"claimName": odd}},
+        ])
+    );
+    assert_eq!(
+        mounts(&created, 0),
+        json!([
+            {"name": up, "mountPath": "/var/vcap/data/uploads"},
+            {"name": cfg, "mountPath": "/etc/app-config", "readOnly": true},
+            {"name": oddv, "mountPath": "/var/vcap/data/odd"},
+        ])
+    );
+    assert_eq!(
+        mounts(&created, 1),
+        json!([{"name": up, "mountPath": "/srv/uploads", "readOnly": true}])
+    );
+    assert_eq!(
+        security(&created),
+        json!({"fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})
+    );
+
+    // Existing groups are kept: the pod's fsGroup, or its runAsGroup as fsGroup.
+    let mut grouped = app_pod("grouped-0", vec![container("opi", Some(&one))]);
+    grouped.spec.as_mut().expect("spec").security_context =
+        Some(serde_json::from_value(json!({"runAsUser": 2000, "fsGroup": 3000})).expect("valid"));
+    let created = pods
+        .create(&PostParams::default(), &grouped)
+        .await
+        .expect("pod admitted");
+    assert_eq!(
+        security(&created),
+        json!({"runAsUser": 2000, "fsGroup": 3000})
+    );
+    let mut grouped = app_pod("grouped-1", vec![container("opi", Some(&one))]);
+    grouped.spec.as_mut().expect("spec").security_context = Some(
+        serde_json::from_value(json!({"runAsUser": 1000, "runAsGroup": 1000})).expect("valid"),
+    );
+    let created = pods
+        .create(&PostParams::default(), &grouped)
+        .await
+        .expect("pod admitted");
+    assert_eq!(
+        security(&created),
+        json!({"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "fsGroupChangePolicy": "OnRootMismatch"})
+    );
+
+    // A pod without volume bindings is not touched.
+    let plain = pods
+        .create(
+            &PostParams::default(),
+            &app_pod("plain-0", vec![container("opi", None)]),
+        )
+        .await
+        .expect("pod admitted");
+    assert_eq!(volumes(&plain), Value::Null);
+    assert_eq!(security(&plain), json!({}), "only the apiserver's default");
+    assert_eq!(hook.reviews("patched"), 4);
+    assert_eq!(hook.reviews("skipped"), 1);
+    hook.stop().await;
+}
+
+/// `pod` as a new object named `name` (what a controller re-creating it would send).
+fn recreate(pod: &Pod, name: &str) -> Pod {
+    let mut p = pod.clone();
+    p.metadata = ObjectMeta {
+        name: Some(name.into()),
+        labels: p.metadata.labels.clone(),
+        annotations: p.metadata.annotations.clone(),
+        ..Default::default()
+    };
+    p.status = None;
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_admission_of_a_mutated_pod_yields_no_patch() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let hook = Webhook::start(&client, PersiOptions::default()).await;
+    pvc(&client, &hook.apps, "data").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &hook.apps);
+    let v = vcap(vec![binding("data", "data", "/data", None)]);
+    let first = pods
+        .create(
+            &PostParams::default(),
+            &app_pod(
+                "first-0",
+                vec![container("opi", Some(&v)), container("two", Some(&v))],
+            ),
+        )
+        .await
+        .expect("admitted");
+    assert_eq!(hook.reviews("patched"), 1);
+
+    // The mutated pod admitted again (marker present): the webhook answers without a patch.
+    let second = pods
+        .create(&PostParams::default(), &recreate(&first, "second-0"))
+        .await
+        .expect("admitted");
+    assert_eq!(hook.reviews("patched"), 1, "no second patch");
+    assert_eq!(hook.reviews("skipped"), 1);
+    assert_eq!(volumes(&second), volumes(&first));
+    assert_eq!(mounts(&second, 0), mounts(&first, 0));
+    assert_eq!(mounts(&second, 1), mounts(&first, 1));
+
+    // Without the marker, the existing volume and mounts are recognised: still no patch.
+    let mut unmarked = recreate(&first, "third-0");
+    unmarked.metadata.annotations = None;
+    let third = pods
+        .create(&PostParams::default(), &unmarked)
+        .await
+        .expect("admitted");
+    assert_eq!(
+        hook.reviews("patched"),
+        1,
+        "no patch for volumes that are there"
+    );
+    assert_eq!(hook.reviews("skipped"), 2);
+    assert_eq!(volumes(&third), volumes(&first));
+    assert_eq!(third.metadata.annotations, None);
+    hook.stop().await;
+}
+
+/// The bad-input cases of the issue: (pod name, VCAP_SERVICES, what the message must say).
+fn bad_inputs() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    vec![
+        (
+            "not-json-0",
+            "{\"eirini-persi\": [{\"name\": \"data\"".to_owned(),
+            vec!["container \"opi\": VCAP_SERVICES is not valid JSON"],
+        ),
+        (
+            "no-claim-0",
+            json!({"eirini-persi": [{"name": "data", "credentials": {}, "volume_mounts": [{"container_dir": "/data", "mode": "rw", "device": {}}]}]}).to_string(),
+            vec![
+                "container \"opi\", binding \"data\" (service \"eirini-persi\")",
+                "names no claim: neither credentials.volume_id nor device.volume_id is set",
+            ],
+        ),
+        (
+            "no-dir-0",
+            vcap(vec![json!({"name": "data", "credentials": {"volume_id": "data"}, "volume_mounts": [{"mode": "rw"}]})]),
+            vec![
+                "container \"opi\", binding \"data\" (service \"eirini-persi\")",
+                "volume_mounts[0] has no container_dir",
+            ],
+        ),
+        (
+            "relative-0",
+            vcap(vec![binding("data", "data", "var/vcap/data", None)]),
+            vec![
+                "container \"opi\", binding \"data\" (service \"eirini-persi\")",
+                "container_dir \"var/vcap/data\" is not an absolute path",
+            ],
+        ),
+        (
+            "duplicate-0",
+            vcap(vec![
+                binding("data", "data", "/var/vcap/data", None),
+                binding("more", "more", "/var/vcap/data/", None),
+            ]),
+            vec![
+                "container \"opi\", binding \"more\" (service \"eirini-persi\")",
+                "container_dir \"/var/vcap/data\" is also the container_dir of binding \"data\" (service \"eirini-persi\")",
+            ],
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_denied_with_our_message() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let hook = Webhook::start(&client, PersiOptions::default()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &hook.apps);
+    let prefix = format!(
+        "admission webhook \"{}\" denied the request: persi: ",
+        hook.webhook_name()
+    );
+    for (name, bad, expected) in bad_inputs() {
+        // Container "ok" is fine; only "opi" is broken: the whole pod is denied, no half patch.
+        let good = vcap(vec![binding("fine", "fine", "/fine", None)]);
+        let pod = app_pod(
+            name,
+            vec![container("ok", Some(&good)), container("opi", Some(&bad))],
+        );
+        match pods.create(&PostParams::default(), &pod).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(
+                    status.code, 400,
+                    "{name}: bad input is the pod's fault, not a 500"
+                );
+                assert!(
+                    status.message.starts_with(&prefix),
+                    "{name}: {:?}",
+                    status.message
+                );
+                for part in expected {
+                    assert!(
+                        status.message.contains(part),
+                        "{name}: {part:?} missing in {:?}",
+                        status.message
+                    );
+                }
+            }
+            other => panic!("{name}: expected a denial, got {other:?}"),
+        }
+        assert!(
+            pods.get_opt(name).await.expect("get").is_none(),
+            "{name}: nothing was created"
+        );
+    }
+    assert_eq!(hook.reviews("errored"), 5);
+    hook.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_admitted_unmutated_with_a_warning_under_ignore() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let options = PersiOptions {
+        failure_policy: Some(FailurePolicy::Ignore),
+        ..Default::default()
+    };
+    let hook = Webhook::start(&client, options).await;
+    for (name, bad, expected) in bad_inputs() {
+        let good = vcap(vec![binding("fine", "fine", "/fine", None)]);
+        let pod = app_pod(
+            name,
+            vec![container("ok", Some(&good)), container("opi", Some(&bad))],
+        );
+        // A raw request, to see the Warning headers the apiserver relays.
+        let request = http::Request::post(format!("/api/v1/namespaces/{}/pods", hook.apps))
+            .header("content-type", "application/json")
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&pod).expect("json"),
+            ))
+            .expect("request");
+        let response = client.send(request).await.expect("response");
+        assert_eq!(response.status(), 201, "{name}: admitted");
+        let warnings: Vec<String> = response
+            .headers()
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        let created: Pod =
+            serde_json::from_slice(&response.into_body().collect_bytes().await.expect("body"))
+                .expect("a pod");
+        assert_eq!(volumes(&created), Value::Null, "{name}: unmutated");
+        assert_eq!(mounts(&created, 0), Value::Null, "{name}: no half patch");
+        let warning = warnings.join("\n");
+        assert!(warning.contains("admitted unmutated"), "{name}: {warning}");
+        for part in expected {
+            // The apiserver escapes quotes in Warning headers.
+            let escaped = part.replace('"', "\\\"");
+            assert!(
+                warning.contains(part) || warning.contains(&escaped),
+                "{name}: {part:?} missing in {warning}"
+            );
+        }
+    }
+    hook.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcap_services_from_a_secret_is_read() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let hook = Webhook::start(&client, PersiOptions::default()).await;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("app-env".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [(
+                "VCAP_SERVICES".to_owned(),
+                vcap(vec![binding("data", "data", "/data", Some("r"))]),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), &hook.apps)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &hook.apps);
+    let env_from = |secret: &str| {
+        let mut c = container("opi", None);
+        c["env"] = json!([{"name": "VCAP_SERVICES", "valueFrom": {"secretKeyRef": {"name": secret, "key": "VCAP_SERVICES"}}}]);
+        c
+    };
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &app_pod("ref-0", vec![env_from("app-env")]),
+        )
+        .await
+        .expect("admitted");
+    assert_eq!(
+        mounts(&created, 0),
+        json!([{"name": volume_name("data", 0), "mountPath": "/data", "readOnly": true}])
+    );
+    match pods
+        .create(&PostParams::default(), &app_pod("ref-1", vec![env_from("missing")]))
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message.contains(
+                "container \"opi\": cannot read VCAP_SERVICES from Secret \"missing\" key \"VCAP_SERVICES\": it does not exist"
+            ),
+            "{}",
+            s.message
+        ),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    hook.stop().await;
+}

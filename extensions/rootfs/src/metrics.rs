@@ -1,0 +1,274 @@
+//! Prometheus metrics of the rootfs extension, rendered in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::plan::Plan;
+
+/// Why a roll counts as failed in `eirinix_rootfs_roll_failures_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The rollout did not finish within the roll timeout.
+    Timeout,
+    /// The patch was rejected or could not be sent.
+    Patch,
+}
+
+impl FailureReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Patch => "patch",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Gauges {
+    desired: Option<String>,
+    versions: BTreeMap<String, usize>,
+    in_flight: usize,
+    waiting: usize,
+    opted_out: usize,
+    gate_open: Option<bool>,
+}
+
+/// Rootfs metrics: desired version, apps per version, rolls in progress, failures.
+#[derive(Debug, Default)]
+pub struct RootfsMetrics {
+    gauges: Mutex<Gauges>,
+    started: AtomicU64,
+    completed: AtomicU64,
+    conflicts: AtomicU64,
+    timeouts: AtomicU64,
+    patch_failures: AtomicU64,
+    config_errors: AtomicU64,
+    webhook_mutations: AtomicU64,
+}
+
+impl RootfsMetrics {
+    fn gauges(&self) -> std::sync::MutexGuard<'_, Gauges> {
+        // A panic while holding this lock cannot leave the gauges inconsistent: keep going.
+        self.gauges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record the desired version (`None`: nothing desired).
+    pub fn set_desired(&self, version: Option<&str>) {
+        self.gauges().desired = version.map(str::to_owned);
+    }
+
+    /// Record the counts of a fresh plan.
+    pub fn observe_plan(&self, plan: &Plan) {
+        let mut g = self.gauges();
+        g.versions = plan.versions();
+        g.in_flight = plan.in_flight();
+        g.waiting = plan.pending();
+        g.opted_out = plan.opted_out();
+    }
+
+    /// Record the gate state.
+    pub fn set_gate(&self, open: bool) {
+        self.gauges().gate_open = Some(open);
+    }
+
+    /// Count a roll started.
+    pub fn roll_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a roll completed (all replicas updated and ready).
+    pub fn roll_completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a patch refused because the StatefulSet changed since it was read.
+    pub fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a failed roll.
+    pub fn failure(&self, reason: FailureReason) {
+        match reason {
+            FailureReason::Timeout => &self.timeouts,
+            FailureReason::Patch => &self.patch_failures,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count an unusable ConfigMap value.
+    pub fn config_error(&self) {
+        self.config_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count an app pod mutated by the webhook.
+    pub fn webhook_mutation(&self) {
+        self.webhook_mutations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rolls started so far.
+    pub fn rolls_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Failed rolls so far, by reason.
+    pub fn failures(&self, reason: FailureReason) -> u64 {
+        match reason {
+            FailureReason::Timeout => &self.timeouts,
+            FailureReason::Patch => &self.patch_failures,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Render in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let g = self.gauges();
+        let mut out = String::with_capacity(1024);
+        out.push_str("# HELP eirinix_rootfs_desired_version_info The desired rootfs version.\n# TYPE eirinix_rootfs_desired_version_info gauge\n");
+        if let Some(v) = &g.desired {
+            let _ = writeln!(
+                out,
+                "eirinix_rootfs_desired_version_info{{version=\"{}\"}} 1",
+                escape(v)
+            );
+        }
+        out.push_str("# HELP eirinix_rootfs_apps App StatefulSets by rootfs version of their pod template.\n# TYPE eirinix_rootfs_apps gauge\n");
+        for (v, n) in &g.versions {
+            let _ = writeln!(out, "eirinix_rootfs_apps{{version=\"{}\"}} {n}", escape(v));
+        }
+        let gate = match g.gate_open {
+            Some(true) => 1,
+            Some(false) => 0,
+            None => -1,
+        };
+        let lines: [(&str, &str, &str, i128); 11] = [
+            (
+                "eirinix_rootfs_rolls_in_progress",
+                "gauge",
+                "StatefulSets rolling now.",
+                g.in_flight as i128,
+            ),
+            (
+                "eirinix_rootfs_rolls_pending",
+                "gauge",
+                "StatefulSets waiting to roll.",
+                g.waiting as i128,
+            ),
+            (
+                "eirinix_rootfs_opted_out",
+                "gauge",
+                "StatefulSets carrying the opt-out annotation.",
+                g.opted_out as i128,
+            ),
+            (
+                "eirinix_rootfs_gate_open",
+                "gauge",
+                "Whether the image source is ready (1), not (0), or not checked yet (-1).",
+                gate,
+            ),
+            (
+                "eirinix_rootfs_rolls_started_total",
+                "counter",
+                "Rolls started.",
+                self.started.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "eirinix_rootfs_rolls_completed_total",
+                "counter",
+                "Rolls finished with all replicas updated and ready.",
+                self.completed.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "eirinix_rootfs_patch_conflicts_total",
+                "counter",
+                "Patches refused because the StatefulSet changed meanwhile (retried).",
+                self.conflicts.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "eirinix_rootfs_roll_failures_total{reason=\"timeout\"}",
+                "counter",
+                "Failed rolls by reason.",
+                self.timeouts.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "eirinix_rootfs_roll_failures_total{reason=\"patch\"}",
+                "",
+                "",
+                self.patch_failures.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "eirinix_rootfs_config_errors_total",
+                "counter",
+                "Unusable values in the rootfs ConfigMap.",
+                self.config_errors.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "eirinix_rootfs_webhook_mutations_total",
+                "counter",
+                "App pods given the desired rootfs by the webhook.",
+                self.webhook_mutations.load(Ordering::Relaxed).into(),
+            ),
+        ];
+        for (name, kind, help, value) in lines {
+            if !kind.is_empty() {
+                let base = name.split('{').next().unwrap_or(name);
+                let _ = writeln!(out, "# HELP {base} {help}\n# TYPE {base} {kind}");
+            }
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::{desired, limits, sts};
+    use std::collections::HashMap;
+
+    #[test]
+    fn renders_gauges_and_counters() {
+        let m = RootfsMetrics::default();
+        m.set_desired(Some("2.0"));
+        let sets = [sts("a", "1.0"), sts("b", "2.0"), sts("c", "1.0")];
+        let now = "2026-11-01T12:00:00Z".parse().unwrap();
+        m.observe_plan(&crate::plan::plan(
+            &sets,
+            &desired("2.0"),
+            &limits(1),
+            now,
+            &HashMap::new(),
+        ));
+        m.roll_started();
+        m.failure(FailureReason::Timeout);
+        m.set_gate(false);
+        let text = m.render();
+        for line in [
+            "eirinix_rootfs_desired_version_info{version=\"2.0\"} 1",
+            "eirinix_rootfs_apps{version=\"1.0\"} 2",
+            "eirinix_rootfs_apps{version=\"2.0\"} 1",
+            "eirinix_rootfs_rolls_pending 2",
+            "eirinix_rootfs_rolls_in_progress 0",
+            "eirinix_rootfs_rolls_started_total 1",
+            "eirinix_rootfs_roll_failures_total{reason=\"timeout\"} 1",
+            "eirinix_rootfs_roll_failures_total{reason=\"patch\"} 0",
+            "eirinix_rootfs_gate_open 0",
+            "# TYPE eirinix_rootfs_roll_failures_total counter",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE eirinix_rootfs_roll_failures_total")
+                .count(),
+            1
+        );
+    }
+}
