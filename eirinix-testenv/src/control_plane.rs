@@ -395,21 +395,52 @@ impl ControlPlane {
     }
 
     async fn wait_apiserver_ready(&self) -> Result<()> {
-        let mut config = self.config().await?;
-        config.default_retry = false;
-        config.connect_timeout = Some(Duration::from_secs(2));
-        let client = kube::Client::try_from(config)?;
+        // A plain HTTPS GET (anonymous users may read /readyz): a kube client would log every
+        // 500 of a starting apiserver as an error.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(
+            self.ca_der().to_vec(),
+        ))?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tls = Arc::new(tls);
+        let port = self.api_port();
         let probe = || {
-            let client = client.clone();
+            let tls = tls.clone();
             async move {
-                let req = http::Request::get("/readyz?verbose")
-                    .body(Vec::new())
-                    .map_err(|e| e.to_string())?;
-                client
-                    .request_text(req)
+                let fut = async {
+                    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")
+                        .map_err(|e| e.to_string())?;
+                    let mut stream = tokio_rustls::TlsConnector::from(tls)
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    stream
+                        .write_all(
+                            b"GET /readyz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut head = [0u8; 16];
+                    let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+                    let line = String::from_utf8_lossy(&head[..n]).to_string();
+                    if line.starts_with("HTTP/1.1 200") {
+                        Ok(())
+                    } else {
+                        Err(format!("/readyz: {line}"))
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(2), fut)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|_| "/readyz timed out".to_owned())?
             }
         };
         wait_ready(&self.res.apiserver, self.startup_timeout, probe).await

@@ -1,0 +1,209 @@
+//! Command-line interface: flags, `EIRINIX_*` variables and the EiriniX variable names.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// EiriniX environment names accepted for migration, and the eirinix names they map to.
+const LEGACY_ENV: [(&str, &str); 6] = [
+    ("NAMESPACE", "EIRINIX_NAMESPACE"),
+    ("OPERATOR_WEBHOOK_HOST", "EIRINIX_WEBHOOK_HOST"),
+    ("OPERATOR_WEBHOOK_PORT", "EIRINIX_WEBHOOK_PORT"),
+    ("OPERATOR_SERVICE_NAME", "EIRINIX_SERVICE_NAME"),
+    ("OPERATOR_WEBHOOK_NAMESPACE", "EIRINIX_WEBHOOK_NAMESPACE"),
+    ("EIRINI_EXTENSION_REGISTER", "EIRINIX_REGISTER"),
+];
+
+/// Copy EiriniX variables to their eirinix names when those are unset (before any thread starts).
+pub fn apply_legacy_env() {
+    for (legacy, new) in LEGACY_ENV {
+        if std::env::var_os(new).is_none() {
+            if let Some(v) = std::env::var_os(legacy) {
+                // SAFETY: called first thing in main, before the runtime or any other thread exists.
+                unsafe { std::env::set_var(new, v) };
+            }
+        }
+    }
+}
+
+/// eirinix: Kubernetes mutating-webhook extensions for Eirini app pods.
+#[derive(Parser, Debug)]
+#[command(name = "eirinix", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log format: text on a terminal, JSON otherwise (auto), or forced.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, env = "EIRINIX_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the chosen stock extensions (webhook server, certificates, registration, watchers).
+    Run(ServeArgs),
+    /// One-shot: create the certificates and the webhook configuration, then exit (split mode).
+    Register(ServeArgs),
+    /// Remove the webhook configuration and the certificate Secret (uninstall).
+    Unregister(ServeArgs),
+    /// persi's Open Service Broker (creates PVCs for `cf create-service`).
+    Broker(BrokerArgs),
+    /// rootfs one-shot (Helm hook): roll app StatefulSets onto the desired version, then exit; non-zero if anything failed.
+    RootfsRoll(ServeArgs),
+    /// Run one extension on a pod from a YAML/JSON file, offline; print the patch and the result.
+    Review(ReviewArgs),
+    /// Start a local control plane (real etcd + kube-apiserver) and print its kubeconfig.
+    Dev(DevArgs),
+    /// Show every stock extension at work on a local control plane (or a cluster), then clean up.
+    Demo(DemoArgs),
+}
+
+/// Options shared by `run`, `register` and `unregister`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Stock extensions to serve, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "all",
+        env = "EIRINIX_EXTENSIONS"
+    )]
+    pub extensions: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub stock: crate::stock::StockArgs,
+}
+
+/// Framework options (the EiriniX names are accepted as environment variables too).
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Namespace whose pods are mutated and watched (empty: all) [env NAMESPACE].
+    #[arg(long, env = "EIRINIX_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// Host the apiserver dials in URL mode, also a certificate SAN [env OPERATOR_WEBHOOK_HOST].
+    #[arg(long, env = "EIRINIX_WEBHOOK_HOST")]
+    pub host: Option<String>,
+    /// Port the webhook server listens on [env OPERATOR_WEBHOOK_PORT].
+    #[arg(long, env = "EIRINIX_WEBHOOK_PORT", default_value_t = 2999)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "EIRINIX_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Service the apiserver dials in service mode [env OPERATOR_SERVICE_NAME].
+    #[arg(long, env = "EIRINIX_SERVICE_NAME", conflicts_with = "host")]
+    pub service_name: Option<String>,
+    /// Port of that Service (must equal the Service's port; default: --port).
+    #[arg(long, env = "EIRINIX_SERVICE_PORT")]
+    pub service_port: Option<u16>,
+    /// Namespace of the Service and the certificate Secret [env OPERATOR_WEBHOOK_NAMESPACE].
+    #[arg(long, env = "EIRINIX_WEBHOOK_NAMESPACE", default_value = "default")]
+    pub webhook_namespace: String,
+    /// Operator fingerprint: prefixes the configuration, Secret and webhook names.
+    #[arg(long, env = "EIRINIX_FINGERPRINT", default_value = "eirini-x")]
+    pub fingerprint: String,
+    /// Default failure policy.
+    #[arg(
+        long,
+        value_enum,
+        env = "EIRINIX_FAILURE_POLICY",
+        default_value = "fail"
+    )]
+    pub failure_policy: FailurePolicyArg,
+    /// Send all pods to the webhook, not only `cloudfoundry.org/source_type=APP` ones.
+    #[arg(long, env = "EIRINIX_ALL_PODS")]
+    pub all_pods: bool,
+    /// Write and repair the webhook configuration (false in split mode) [env EIRINI_EXTENSION_REGISTER].
+    #[arg(long, env = "EIRINIX_REGISTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub register: bool,
+    /// Serving certificate chain file (e.g. from cert-manager) instead of the self-managed Secret.
+    #[arg(long, env = "EIRINIX_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Serving key file (with --cert-file).
+    #[arg(long, env = "EIRINIX_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle file registered as caBundle (with --cert-file).
+    #[arg(long, env = "EIRINIX_CA_FILE", requires = "cert_file")]
+    pub ca_file: Option<PathBuf>,
+    /// Webhook timeout in seconds (1-30).
+    #[arg(long, env = "EIRINIX_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=30))]
+    pub timeout_seconds: i32,
+    /// Also intercept pod UPDATE (default: CREATE only).
+    #[arg(long, env = "EIRINIX_INTERCEPT_UPDATE")]
+    pub intercept_update: bool,
+    /// Namespaces never sent to the webhook (default: kube-system and the webhook namespace).
+    #[arg(long, value_delimiter = ',', env = "EIRINIX_EXCLUDED_NAMESPACES")]
+    pub excluded_namespaces: Vec<String>,
+    /// Seconds between configuration drift checks.
+    #[arg(long, env = "EIRINIX_REPAIR_INTERVAL", default_value_t = 30)]
+    pub repair_interval: u64,
+    /// Plain-HTTP port for /healthz, /readyz and /metrics (in addition to the TLS port).
+    #[arg(long, env = "EIRINIX_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Serve HTTP/2 too (off by default).
+    #[arg(long, env = "EIRINIX_HTTP2")]
+    pub http2: bool,
+}
+
+/// Failure policy values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FailurePolicyArg {
+    /// Reject pods when the webhook fails.
+    Fail,
+    /// Admit pods unmutated when the webhook fails.
+    Ignore,
+}
+
+/// `review` options.
+#[derive(Args, Debug)]
+pub struct ReviewArgs {
+    /// The extension to run.
+    #[arg(long, short)]
+    pub extension: String,
+    /// Pod manifest (YAML or JSON); `-` reads standard input.
+    pub pod: PathBuf,
+    #[command(flatten)]
+    pub stock: crate::stock::StockArgs,
+}
+
+/// `broker` options.
+#[derive(Args, Debug)]
+pub struct BrokerArgs {
+    /// Broker configuration (YAML or JSON: credentials, catalog, plans, namespace).
+    #[arg(long, env = "EIRINIX_BROKER_CONFIG")]
+    pub config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "EIRINIX_BROKER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+}
+
+/// `dev` options.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where to write the kubeconfig.
+    #[arg(long, env = "EIRINIX_DEV_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `demo` options.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Run against the cluster of KUBECONFIG (in a throwaway namespace) instead of a local control plane.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Keep the local control plane running at the end (prints its kubeconfig).
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,285 @@
+//! `eirinix demo`: every stock extension at work on an Eirini-shaped app pod, shown as a diff.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use eirinix_testenv::unique_name;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+
+use crate::cli::DemoArgs;
+use crate::stock::{self, StockArgs};
+
+const ROOTFS_PATTERN: &str = "demo.registry.local/cloudfoundry/cflinuxfs4";
+
+fn step(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+/// The app pod Eirini would create for `cf push dora` with a bound volume service.
+fn app_pod(claim: &str) -> anyhow::Result<Pod> {
+    let vcap = serde_json::json!({
+        "eirini-persi": [{
+            "name": "dora-data", "label": "eirini-persi", "plan": "default",
+            "credentials": {"volume_id": claim},
+            "volume_mounts": [{"container_dir": "/var/vcap/data/dora", "mode": "rw", "device_type": "shared",
+                               "device": {"volume_id": claim, "mount_config": {}}}]
+        }]
+    });
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "dora-dev-7f3a9c2e1b-0",
+            "labels": {
+                "cloudfoundry.org/source_type": "APP", "cloudfoundry.org/process_type": "web",
+                "cloudfoundry.org/guid": "4e7c8f2a-9d1b-4f3e-8a6c-2b5d7e9f1a3c",
+                "cloudfoundry.org/app_guid": "4e7c8f2a-9d1b-4f3e-8a6c-2b5d7e9f1a3c",
+                "cloudfoundry.org/version": "b2e6f1d0-5c3a-4e7b-9f8d-1a2c3e4f5a6b",
+                "cloudfoundry.org/rootfs-version": "v1.0"
+            }
+        },
+        "spec": {"containers": [{
+            "name": "opi", "image": format!("{ROOTFS_PATTERN}:v1.0"),
+            "command": ["/lifecycle/launch"],
+            "env": [{"name": "VCAP_SERVICES", "value": vcap.to_string()}, {"name": "PORT", "value": "8080"}]
+        }]}
+    }))?)
+}
+
+fn yaml(pod: &Pod) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(pod)?;
+    // Show what matters: metadata labels/annotations and the spec, not server bookkeeping.
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "labels" | "annotations"));
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        // Defaults the apiserver fills in (not ours): left out so the diff shows only the extensions.
+        for k in [
+            "dnsPolicy",
+            "enableServiceLinks",
+            "preemptionPolicy",
+            "priority",
+            "restartPolicy",
+            "schedulerName",
+            "terminationGracePeriodSeconds",
+            "tolerations",
+        ] {
+            spec.remove(k);
+        }
+        if let Some(cs) = spec.get_mut("containers").and_then(|c| c.as_array_mut()) {
+            for c in cs.iter_mut().filter_map(|c| c.as_object_mut()) {
+                for k in [
+                    "imagePullPolicy",
+                    "terminationMessagePath",
+                    "terminationMessagePolicy",
+                    "resources",
+                ] {
+                    c.remove(k);
+                }
+            }
+        }
+    }
+    Ok(serde_yaml::to_string(&v)?)
+}
+
+fn print_diff(before: &str, after: &str) {
+    let diff = similar::TextDiff::from_lines(before, after);
+    for group in diff.grouped_ops(2) {
+        println!("\x1b[2m   ...\x1b[0m");
+        for op in group {
+            for change in diff.iter_changes(&op) {
+                let (sign, color) = match change.tag() {
+                    similar::ChangeTag::Delete => ("-", "\x1b[31m"),
+                    similar::ChangeTag::Insert => ("+", "\x1b[32m"),
+                    similar::ChangeTag::Equal => (" ", ""),
+                };
+                print!("{color}{sign} {change}\x1b[0m");
+            }
+        }
+    }
+}
+
+/// Run the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let plane = if args.cluster {
+        None
+    } else {
+        step("starting a local control plane (real etcd + kube-apiserver on 127.0.0.1)");
+        Some(crate::dev::start_plane().await?)
+    };
+    let client = match &plane {
+        Some(cp) => cp.client().await?,
+        None => kube::Client::try_default()
+            .await
+            .context("--cluster needs KUBECONFIG")?,
+    };
+    let system = unique_name("eirinix-demo-system");
+    let apps = unique_name("eirini-demo");
+    for ns in [&system, &apps] {
+        let n = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &n)
+            .await?;
+    }
+    println!("   system namespace {system}, app namespace {apps}");
+
+    step("starting eirinix with every stock extension (URL mode, https://127.0.0.1:<port>)");
+    let fingerprint = unique_name("demo");
+    let common = crate::cli::CommonArgs {
+        namespace: apps.clone(),
+        host: Some("127.0.0.1".into()),
+        port: 0,
+        bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        service_name: None,
+        service_port: None,
+        webhook_namespace: system.clone(),
+        fingerprint: fingerprint.clone(),
+        failure_policy: crate::cli::FailurePolicyArg::Fail,
+        all_pods: false,
+        register: true,
+        cert_file: None,
+        key_file: None,
+        ca_file: None,
+        timeout_seconds: 10,
+        intercept_update: false,
+        excluded_namespaces: Vec::new(),
+        repair_interval: 5,
+        admin_port: None,
+        http2: false,
+    };
+    let stock_args = StockArgs {
+        persi_fs_group: 2000,
+        rootfs_version: Some("v2.0".into()),
+        rootfs_image_pattern: Some(ROOTFS_PATTERN.into()),
+        rootfs_max_in_flight: 2,
+        rootfs_roll_timeout: 60,
+        rootfs_opt_out_annotation: "eirinix.org/rootfs-opt-out".into(),
+        ..Default::default()
+    };
+    let names = stock::selected(&["all".to_owned()])?;
+    let manager =
+        stock::install(stock::framework(&common)?, &names, &common, &stock_args)?.build()?;
+    let running = manager.start(client.clone()).await?;
+    running
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "   serving {} on {}; configuration {fingerprint}-mutating-hook registered, ready",
+        names.join(", "),
+        running.local_addr()
+    );
+
+    step("persi: a volume service instance (a PVC, as the broker creates it)");
+    let claim = "dora-data-7f3a";
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))?;
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &apps)
+        .create(&PostParams::default(), &pvc)
+        .await?;
+    println!("   PersistentVolumeClaim {apps}/{claim}");
+
+    step(
+        "creating an Eirini app pod (StatefulSet-style name, cloudfoundry.org labels, VCAP_SERVICES with a volume binding)",
+    );
+    let pod = app_pod(claim)?;
+    let created = Api::<Pod>::namespaced(client.clone(), &apps)
+        .create(&PostParams::default(), &pod)
+        .await?;
+    step("what the extensions changed (submitted pod -> stored pod)");
+    print_diff(&yaml(&pod)?, &yaml(&created)?);
+
+    step("summary");
+    let spec = created.spec.clone().unwrap_or_default();
+    let volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| format!("{} -> pvc {}", v.name, c.claim_name))
+        })
+        .collect();
+    let mounts: Vec<String> = spec
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.volume_mounts.iter().flatten().map(move |m| {
+                format!(
+                    "{}:{} ({})",
+                    c.name,
+                    m.mount_path,
+                    if m.read_only == Some(true) {
+                        "ro"
+                    } else {
+                        "rw"
+                    }
+                )
+            })
+        })
+        .collect();
+    let labels: BTreeMap<String, String> = created.metadata.labels.clone().unwrap_or_default();
+    println!(
+        "   persi:  volumes {volumes:?}, mounts {mounts:?}, fsGroup {:?}",
+        spec.security_context.as_ref().and_then(|s| s.fs_group)
+    );
+    println!(
+        "   rootfs: label cloudfoundry.org/rootfs-version={:?}, image {:?}",
+        labels.get("cloudfoundry.org/rootfs-version"),
+        spec.containers.first().and_then(|c| c.image.clone())
+    );
+    println!(
+        "   metrics: {}",
+        running
+            .metrics()
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("eirinix_reviews_total") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+
+    if args.keep {
+        if let Some(cp) = &plane {
+            step("keeping the control plane (Ctrl-C stops it)");
+            println!("export KUBECONFIG={}", cp.kubeconfig_path().display());
+            eirinix_core::manager::shutdown_signal().await;
+        }
+    }
+    step("cleaning up");
+    running.shutdown().await;
+    manager_cleanup(&client, &common, &stock_args).await?;
+    for ns in [&apps, &system] {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+    drop(plane);
+    println!("   done");
+    Ok(())
+}
+
+async fn manager_cleanup(
+    client: &kube::Client,
+    common: &crate::cli::CommonArgs,
+    stock_args: &StockArgs,
+) -> anyhow::Result<()> {
+    let names = stock::selected(&["all".to_owned()])?;
+    let manager = stock::install(stock::framework(common)?, &names, common, stock_args)?.build()?;
+    manager.unregister(client.clone()).await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! `eirinix`: the operator binary. Serves the stock extensions, registers them (split mode),
+//! runs a local control plane for development, and a one-command demo.
+
+mod cli;
+mod demo;
+mod dev;
+mod stock;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use cli::{Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    // In a pod: the in-cluster config; elsewhere: KUBECONFIG / ~/.kube/config.
+    kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration found (in-cluster or KUBECONFIG); `eirinix dev` starts a local control plane")
+}
+
+fn main() -> std::process::ExitCode {
+    cli::apply_legacy_env();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    eirinix_core::tls::install_default_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("eirinix: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("eirinix: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
+            manager.run(client().await?).await?;
+        }
+        Command::Register(args) => {
+            let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
+            manager.register(client().await?).await?;
+            println!("registered {}", manager.settings().configuration_name());
+        }
+        Command::Unregister(args) => {
+            let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
+            manager.unregister(client().await?).await?;
+            println!(
+                "removed {} and {}",
+                manager.settings().configuration_name(),
+                manager.settings().secret_name()
+            );
+        }
+        Command::Broker(args) => {
+            let text = std::fs::read_to_string(&args.config)
+                .with_context(|| format!("reading {}", args.config.display()))?;
+            let config = eirinix_persi::BrokerConfig::from_yaml(&text)?;
+            config.validate()?;
+            eirinix_persi::serve_broker(
+                config,
+                client().await?,
+                args.listen,
+                eirinix_core::manager::shutdown_signal(),
+            )
+            .await?;
+        }
+        Command::RootfsRoll(args) => {
+            let options = stock::rootfs_for(&args.common, &args.stock)?;
+            let report = eirinix_rootfs::roll_once(options, client().await?).await?;
+            println!("{report}");
+            if !report.is_clean() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Review(args) => return stock::review(args).await,
+        Command::Dev(args) => dev::run(args).await?,
+        Command::Demo(args) => demo::run(args).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

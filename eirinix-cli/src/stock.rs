@@ -1,0 +1,282 @@
+//! The stock extensions: their flags, and how `run`/`register`/`review` assemble them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use eirinix_core::{FailurePolicy, Manager, ManagerBuilder, Operation};
+
+use crate::cli::{CommonArgs, FailurePolicyArg, ReviewArgs};
+
+/// Every stock extension, in the order they are registered.
+pub const ALL: [&str; 2] = ["persi", "rootfs"];
+
+/// Flags of the stock extensions (prefixed by the extension name).
+#[derive(Args, Debug, Clone, Default)]
+pub struct StockArgs {
+    /// persi: failure policy of its webhook (default: --failure-policy).
+    #[arg(long, value_enum, env = "EIRINIX_PERSI_FAILURE_POLICY")]
+    pub persi_failure_policy: Option<FailurePolicyArg>,
+    /// persi: fsGroup given to pods that mount a volume (0 leaves the security context alone).
+    #[arg(long, env = "EIRINIX_PERSI_FS_GROUP", default_value_t = 2000)]
+    pub persi_fs_group: i64,
+
+    /// rootfs: failure policy of its webhook (default Ignore: a rootfs label is never worth a failed pod).
+    #[arg(long, value_enum, env = "EIRINIX_ROOTFS_FAILURE_POLICY")]
+    pub rootfs_failure_policy: Option<FailurePolicyArg>,
+    /// rootfs: the desired rootfs version (the ConfigMap, when given, wins at run time).
+    #[arg(long, env = "EIRINIX_ROOTFS_VERSION")]
+    pub rootfs_version: Option<String>,
+    /// rootfs: image reference pattern whose tag is rewritten to the version (e.g. `registry/cflinuxfs*`).
+    #[arg(long, env = "EIRINIX_ROOTFS_IMAGE_PATTERN")]
+    pub rootfs_image_pattern: Option<String>,
+    /// rootfs: ConfigMap `namespace/name` holding the desired version (key `version`), watched at run time.
+    #[arg(long, env = "EIRINIX_ROOTFS_CONFIG_MAP")]
+    pub rootfs_config_map: Option<String>,
+    /// rootfs: StatefulSets rolling at once at most.
+    #[arg(long, env = "EIRINIX_ROOTFS_MAX_IN_FLIGHT", default_value_t = 2)]
+    pub rootfs_max_in_flight: usize,
+    /// rootfs: seconds a roll may take before its slot is freed and the timeout recorded.
+    #[arg(long, env = "EIRINIX_ROOTFS_ROLL_TIMEOUT", default_value_t = 600)]
+    pub rootfs_roll_timeout: u64,
+    /// rootfs: gate on a Deployment `namespace/name` being ready before rolling anything.
+    #[arg(
+        long,
+        env = "EIRINIX_ROOTFS_GATE_DEPLOYMENT",
+        conflicts_with = "rootfs_gate_url"
+    )]
+    pub rootfs_gate_deployment: Option<String>,
+    /// rootfs: gate on an HTTP health URL answering 2xx before rolling anything.
+    #[arg(long, env = "EIRINIX_ROOTFS_GATE_URL")]
+    pub rootfs_gate_url: Option<String>,
+    /// rootfs: annotation that opts a StatefulSet out.
+    #[arg(
+        long,
+        env = "EIRINIX_ROOTFS_OPT_OUT_ANNOTATION",
+        default_value = "eirinix.org/rootfs-opt-out"
+    )]
+    pub rootfs_opt_out_annotation: String,
+    /// rootfs: print the plan, change nothing.
+    #[arg(long, env = "EIRINIX_ROOTFS_DRY_RUN")]
+    pub rootfs_dry_run: bool,
+}
+
+fn policy(p: FailurePolicyArg) -> FailurePolicy {
+    match p {
+        FailurePolicyArg::Fail => FailurePolicy::Fail,
+        FailurePolicyArg::Ignore => FailurePolicy::Ignore,
+    }
+}
+
+fn namespaced(value: &str, what: &str) -> anyhow::Result<eirinix_rootfs::NamespacedName> {
+    let (namespace, name) = value
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .with_context(|| format!("{what} must be namespace/name, got {value:?}"))?;
+    Ok(eirinix_rootfs::NamespacedName {
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+/// The persi extension from flags.
+pub fn persi(stock: &StockArgs) -> eirinix_persi::Persi {
+    eirinix_persi::Persi::new(eirinix_persi::PersiOptions {
+        fs_group: (stock.persi_fs_group > 0).then_some(stock.persi_fs_group),
+        failure_policy: stock.persi_failure_policy.map(policy),
+        ..Default::default()
+    })
+}
+
+/// rootfs options from flags, for app pods in `namespace` (None: all), leader-elected on `lease`.
+pub fn rootfs_options(
+    stock: &StockArgs,
+    namespace: Option<String>,
+    lease: Option<eirinix_rootfs::NamespacedName>,
+) -> anyhow::Result<eirinix_rootfs::RootfsOptions> {
+    let gate = match (&stock.rootfs_gate_deployment, &stock.rootfs_gate_url) {
+        (Some(d), _) => {
+            let n = namespaced(d, "--rootfs-gate-deployment")?;
+            eirinix_rootfs::Gate::Deployment {
+                namespace: n.namespace,
+                name: n.name,
+            }
+        }
+        (None, Some(url)) => eirinix_rootfs::Gate::Http { url: url.clone() },
+        (None, None) => eirinix_rootfs::Gate::None,
+    };
+    Ok(eirinix_rootfs::RootfsOptions {
+        version: stock.rootfs_version.clone(),
+        image_pattern: stock.rootfs_image_pattern.clone(),
+        config_map: stock
+            .rootfs_config_map
+            .as_deref()
+            .map(|c| namespaced(c, "--rootfs-config-map"))
+            .transpose()?,
+        namespace,
+        max_in_flight: stock.rootfs_max_in_flight.max(1),
+        roll_timeout: Duration::from_secs(stock.rootfs_roll_timeout),
+        gate,
+        opt_out_annotation: stock.rootfs_opt_out_annotation.clone(),
+        dry_run: stock.rootfs_dry_run,
+        leader_lease: lease,
+        ..Default::default()
+    })
+}
+
+/// rootfs options as `run` uses them: the manager's namespace, a Lease in the webhook namespace.
+pub fn rootfs_for(
+    common: &CommonArgs,
+    stock: &StockArgs,
+) -> anyhow::Result<eirinix_rootfs::RootfsOptions> {
+    rootfs_options(
+        stock,
+        (!common.namespace.is_empty()).then(|| common.namespace.clone()),
+        Some(eirinix_rootfs::NamespacedName {
+            namespace: common.webhook_namespace.clone(),
+            name: format!("{}-rootfs", common.fingerprint),
+        }),
+    )
+}
+
+/// The extension names to serve (`all` expands), validated.
+pub fn selected(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if n == "all" {
+            out.extend(ALL);
+            continue;
+        }
+        let known = ALL
+            .iter()
+            .find(|k| **k == n)
+            .with_context(|| format!("unknown extension {n:?} (known: {})", ALL.join(", ")))?;
+        out.push(*known);
+    }
+    out.sort_by_key(|n| ALL.iter().position(|k| k == n));
+    out.dedup();
+    anyhow::ensure!(
+        !out.is_empty(),
+        "no extension selected (--extensions {})",
+        ALL.join(",")
+    );
+    Ok(out)
+}
+
+/// The framework part of the manager, from the common flags.
+pub fn framework(common: &CommonArgs) -> anyhow::Result<ManagerBuilder> {
+    let mut b = Manager::builder()
+        .fingerprint(&common.fingerprint)
+        .namespace(&common.namespace)
+        .bind_address(common.bind_address)
+        .port(common.port)
+        .webhook_namespace(&common.webhook_namespace)
+        .failure_policy(policy(common.failure_policy))
+        .filter_eirini_apps(!common.all_pods)
+        .register_webhook(common.register)
+        .timeout_seconds(common.timeout_seconds)
+        .repair_interval(Duration::from_secs(common.repair_interval.max(1)))
+        .http2(common.http2)
+        .admin_port(common.admin_port);
+    b = match (&common.service_name, &common.host) {
+        (Some(service), _) => b.service(
+            service,
+            &common.webhook_namespace,
+            common.service_port.unwrap_or(common.port),
+        ),
+        (None, Some(host)) => b.url_mode(host),
+        (None, None) => anyhow::bail!(
+            "say how the apiserver reaches the webhook: --service-name (in a cluster) or --host (URL mode)"
+        ),
+    };
+    if common.intercept_update {
+        b = b.operations(vec![Operation::Create, Operation::Update]);
+    }
+    if !common.excluded_namespaces.is_empty() {
+        b = b.excluded_namespaces(common.excluded_namespaces.clone());
+    }
+    if let Some(cert) = &common.cert_file {
+        let key: PathBuf = common
+            .key_file
+            .clone()
+            .context("--cert-file needs --key-file")?;
+        b = b.cert_files(cert.clone(), key, common.ca_file.clone());
+    }
+    Ok(b)
+}
+
+/// Add the selected stock extensions to `b`.
+pub fn install(
+    mut b: ManagerBuilder,
+    names: &[&str],
+    common: &CommonArgs,
+    stock: &StockArgs,
+) -> anyhow::Result<ManagerBuilder> {
+    for name in names {
+        b = match *name {
+            "persi" => b.extension(persi(stock)),
+            "rootfs" => {
+                let (b, state) = eirinix_rootfs::install(b, rootfs_for(common, stock)?)?;
+                let metrics = state.clone();
+                b.metrics_source(Arc::new(move || metrics.metrics().render()))
+            }
+            other => anyhow::bail!("unknown extension {other:?}"),
+        };
+    }
+    Ok(b)
+}
+
+/// A manager serving `names` configured from flags.
+pub fn manager(
+    common: &CommonArgs,
+    names: &[String],
+    stock: &StockArgs,
+) -> anyhow::Result<Manager> {
+    let names = selected(names)?;
+    Ok(install(framework(common)?, &names, common, stock)?.build()?)
+}
+
+/// `eirinix review`: run one extension offline on a pod file.
+pub async fn review(args: ReviewArgs) -> anyhow::Result<std::process::ExitCode> {
+    let input = if args.pod.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.pod)
+            .with_context(|| format!("reading {}", args.pod.display()))?
+    };
+    let pod = eirinix_core::review::parse_pod(&input)?;
+    let ext: Arc<dyn eirinix_core::Extension> = match args.extension.as_str() {
+        "persi" => Arc::new(persi(&args.stock)),
+        "rootfs" => {
+            let state = eirinix_rootfs::RootfsState::new(rootfs_options(&args.stock, None, None)?)?;
+            Arc::new(eirinix_rootfs::RootfsWebhook::new(state))
+        }
+        other => anyhow::bail!("unknown extension {other:?} (known: {})", ALL.join(", ")),
+    };
+    let result =
+        eirinix_core::review::review_with(ext, Arc::new(eirinix_core::Settings::default()), &pod)
+            .await;
+    match result {
+        Ok(reviewed) => {
+            for w in &reviewed.mutation.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let eirinix_core::Verdict::Deny { message, code } = &reviewed.mutation.verdict {
+                eprintln!("denied ({code}): {message}");
+                return Ok(std::process::ExitCode::from(2));
+            }
+            println!(
+                "# patch\n{}",
+                serde_json::to_string_pretty(&reviewed.patch_json())?
+            );
+            println!("# patched pod\n{}", serde_yaml::to_string(&reviewed.pod)?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("eirinix review: {e}");
+            Ok(std::process::ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The `eirinix` binary as operators use it.
+
+use std::process::Command;
+
+fn eirinix() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eirinix"));
+    c.env_remove("KUBECONFIG").env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn help_of_every_subcommand_is_complete() {
+    let top = eirinix().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&top.stdout);
+    for sub in [
+        "run",
+        "register",
+        "unregister",
+        "broker",
+        "rootfs-roll",
+        "review",
+        "dev",
+        "demo",
+    ] {
+        assert!(text.contains(sub), "top-level help lacks {sub}:\n{text}");
+        let out = eirinix().args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help failed");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Usage: eirinix"), "{sub}: {help}");
+    }
+    let run = String::from_utf8_lossy(&eirinix().args(["run", "--help"]).output().unwrap().stdout)
+        .to_string();
+    for flag in [
+        "--namespace",
+        "--host",
+        "--port",
+        "--service-name",
+        "--webhook-namespace",
+        "--fingerprint",
+        "--failure-policy",
+        "--register",
+        "--cert-file",
+        "--persi-fs-group",
+        "--rootfs-version",
+        "NAMESPACE",
+        "OPERATOR_WEBHOOK_PORT",
+    ] {
+        assert!(run.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+#[test]
+fn invalid_combinations_fail_at_start_with_one_clear_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "--host", "127.0.0.1", "--service-name", "x"],
+            "cannot be used with",
+        ),
+        (
+            &["run", "--host", "127.0.0.1", "--extensions", "nope"],
+            "unknown extension \"nope\"",
+        ),
+        (
+            &["run", "--host", "127.0.0.1", "--timeout-seconds", "31"],
+            "31 is not in 1..=30",
+        ),
+        (
+            &["run", "--host", "127.0.0.1", "--cert-file", "/x"],
+            "--key-file",
+        ),
+        (&["run"], "--service-name (in a cluster) or --host"),
+        (
+            &[
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--rootfs-config-map",
+                "noslash",
+            ],
+            "namespace/name",
+        ),
+        (
+            &["run", "--host", "127.0.0.1", "--fingerprint", "Bad_Name"],
+            "DNS-1123",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = eirinix().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+}
+
+#[test]
+fn legacy_eirinix_environment_names_are_accepted() {
+    // An unknown extension fails before any cluster is needed, after the environment was read:
+    // the port from OPERATOR_WEBHOOK_PORT must have parsed (an invalid one fails with its name).
+    let out = eirinix()
+        .args(["run", "--extensions", "persi"])
+        .env("OPERATOR_WEBHOOK_HOST", "127.0.0.1")
+        .env("OPERATOR_WEBHOOK_PORT", "not-a-port")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not-a-port"), "{err}");
+}
+
+#[test]
+fn review_prints_the_patch_and_the_patched_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(&pod, r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: app-0, namespace: eirini, labels: { cloudfoundry.org/source_type: APP } }
+spec:
+  containers:
+    - name: opi
+      image: app
+      env:
+        - name: VCAP_SERVICES
+          value: '{"eirini-persi":[{"name":"vol","credentials":{"volume_id":"claim-1"},"volume_mounts":[{"container_dir":"/data","mode":"r"}]}]}'
+"#).unwrap();
+    let out = eirinix()
+        .args(["review", "-e", "persi"])
+        .arg(&pod)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("# patch") && text.contains("/spec/volumes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("claimName: claim-1") && text.contains("readOnly: true"),
+        "{text}"
+    );
+
+    std::fs::write(&pod, r#"{"metadata":{"name":"a","namespace":"n"},"spec":{"containers":[{"name":"opi","env":[{"name":"VCAP_SERVICES","value":"{not json"}]}]}}"#).unwrap();
+    let out = eirinix()
+        .args(["review", "-e", "persi"])
+        .arg(&pod)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VCAP_SERVICES"));
+}
+
+#[test]
+fn demo_shows_every_extension_at_work_on_a_real_control_plane() {
+    let out = eirinix().arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "+     persistentVolumeClaim:",
+        "claimName: dora-data-7f3a",
+        "+     fsGroup: 2000",
+        "+     cloudfoundry.org/rootfs-version: v2.0",
+        "+     image: demo.registry.local/cloudfoundry/cflinuxfs4:v2.0",
+        "outcome=\"patched\"} 1",
+        "done",
+    ] {
+        assert!(
+            text.contains(expected),
+            "demo output lacks {expected:?}:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("tolerations"),
+        "apiserver defaults leak into the diff"
+    );
+}
