@@ -55,7 +55,7 @@ pub enum Command {
     /// Serve the chosen stock extensions (webhook server, certificates, registration, watchers).
     Run(ServeArgs),
     /// One-shot: create the certificates and the webhook configuration, then exit (split mode).
-    Register(ServeArgs),
+    Register(RegisterArgs),
     /// Remove the webhook configuration and the certificate Secret (uninstall).
     Unregister(ServeArgs),
     /// persi's Open Service Broker (creates PVCs for `cf create-service`).
@@ -68,6 +68,16 @@ pub enum Command {
     Dev(DevArgs),
     /// Show every stock extension at work on a local control plane (or a cluster), then clean up.
     Demo(DemoArgs),
+}
+
+/// `register` options.
+#[derive(Args, Debug, Clone)]
+pub struct RegisterArgs {
+    /// Print the webhook configuration that would be registered (without caBundle) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Options shared by `run`, `register` and `unregister`.

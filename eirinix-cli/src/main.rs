@@ -9,7 +9,7 @@ mod stock;
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use cli::{Cli, Command, LogFormat};
+use cli::{Cli, Command, LogFormat, RegisterArgs};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -66,8 +66,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
             manager.run(client().await?).await?;
         }
-        Command::Register(args) => {
+        Command::Register(RegisterArgs {
+            dry_run,
+            serve: args,
+        }) => {
             let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
+            if dry_run {
+                let config = manager.webhook_configuration(b"", manager.settings().port);
+                print!("{}", serde_yaml::to_string(&config)?);
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
             manager.register(client().await?).await?;
             println!("registered {}", manager.settings().configuration_name());
         }

@@ -23,9 +23,6 @@ pub struct StockArgs {
     #[arg(long, env = "EIRINIX_PERSI_FS_GROUP", default_value_t = 2000)]
     pub persi_fs_group: i64,
 
-    /// rootfs: failure policy of its webhook (default Ignore: a rootfs label is never worth a failed pod).
-    #[arg(long, value_enum, env = "EIRINIX_ROOTFS_FAILURE_POLICY")]
-    pub rootfs_failure_policy: Option<FailurePolicyArg>,
     /// rootfs: the desired rootfs version (the ConfigMap, when given, wins at run time).
     #[arg(long, env = "EIRINIX_ROOTFS_VERSION")]
     pub rootfs_version: Option<String>,
