@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
 
-step "provisioning kube-apiserver and etcd (cached; a cold build takes 10-25 minutes)"
-scripts/provision.sh >/dev/null
+step "provisioning kube-apiserver, etcd and helm (cached; a cold build takes 10-25 minutes)"
+scripts/provision.sh --helm >/dev/null
 step "installing Debian packages the tests use"
 scripts/install-deps.sh
 step "cargo fmt --check"

@@ -27,9 +27,15 @@ pub fn apply_legacy_env() {
     }
 }
 
+/// The version reported by `--version`: `EIRINIX_VERSION` at build time (the image's), else the crate's.
+pub const VERSION: &str = match option_env!("EIRINIX_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// eirinix: Kubernetes mutating-webhook extensions for Eirini app pods.
 #[derive(Parser, Debug)]
-#[command(name = "eirinix", version, about, long_about = None, propagate_version = true)]
+#[command(name = "eirinix", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log format: text on a terminal, JSON otherwise (auto), or forced.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto, env = "EIRINIX_LOG_FORMAT", global = true)]
