@@ -1,10 +1,17 @@
 //! A counting global allocator: live and peak heap bytes, for memory-per-operation numbers.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 
-/// Wraps the system allocator and counts bytes.
+/// Wraps the system allocator and counts bytes (only while enabled: counting contends).
 pub struct Counting;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Start or stop counting (throughput runs keep it off).
+pub fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -13,7 +20,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged to the system allocator.
         let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
+        if !p.is_null() && ENABLED.load(Ordering::Relaxed) {
             let live =
                 LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
             PEAK.fetch_max(live.max(0) as usize, Ordering::Relaxed);
@@ -24,7 +31,9 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        if ENABLED.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        }
     }
 }
 

@@ -18,11 +18,11 @@ const LEGACY_ENV: [(&str, &str); 6] = [
 /// Copy EiriniX variables to their eirinix names when those are unset (before any thread starts).
 pub fn apply_legacy_env() {
     for (legacy, new) in LEGACY_ENV {
-        if std::env::var_os(new).is_none() {
-            if let Some(v) = std::env::var_os(legacy) {
-                // SAFETY: called first thing in main, before the runtime or any other thread exists.
-                unsafe { std::env::set_var(new, v) };
-            }
+        if std::env::var_os(new).is_none()
+            && let Some(v) = std::env::var_os(legacy)
+        {
+            // SAFETY: called first thing in main, before the runtime or any other thread exists.
+            unsafe { std::env::set_var(new, v) };
         }
     }
 }

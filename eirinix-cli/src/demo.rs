@@ -14,6 +14,40 @@ use crate::stock::{self, StockArgs};
 
 const ROOTFS_PATTERN: &str = "demo.registry.local/cloudfoundry/cflinuxfs4";
 
+/// A local log aggregator: accepts RFC 5424 syslog with octet-counting framing on 127.0.0.1.
+async fn syslog_receiver() -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+)> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut r = tokio::io::BufReader::new(stream);
+                loop {
+                    let mut len = Vec::new();
+                    if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let Ok(n) = String::from_utf8_lossy(&len).trim().parse::<usize>() else {
+                        return;
+                    };
+                    let mut frame = vec![0; n.min(1 << 20)];
+                    if r.read_exact(&mut frame).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&frame).into_owned());
+                }
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
 fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
@@ -167,7 +201,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         rootfs_opt_out_annotation: "eirinix.org/rootfs-opt-out".into(),
         ..Default::default()
     };
-    let names = stock::selected(&["all".to_owned()])?;
+    // logs: a fake kubelet serves the app's output through the real apiserver, and a local
+    // aggregator receives what eirinix forwards (local control plane only).
+    let mut stock_args = stock_args;
+    let mut logs = None;
+    let logs_dir = tempfile::tempdir()?;
+    if let Some(cp) = &plane {
+        let kubelet =
+            eirinix_testenv::FakeKubelet::start(&client, &unique_name("demo-node")).await?;
+        let (addr, rx) = syslog_receiver().await?;
+        let config = logs_dir.path().join("logs.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "namespaces: [{apps}]\nsinks:\n  - type: syslog\n    address: {addr}\nreplicas:\n  leaderElection: true\n  namespace: {system}\n  leaseDurationSecs: 5\n"
+            ),
+        )?;
+        stock_args.logs_config = Some(config);
+        println!(
+            "   logs: fake kubelet {} behind {}, aggregator at syslog://{addr}",
+            kubelet.node_name(),
+            cp.api_url()
+        );
+        logs = Some((kubelet, rx));
+    }
+    let names: Vec<&str> = stock::selected(&["all".to_owned()])?
+        .into_iter()
+        .filter(|n| logs.is_some() || *n != "logs")
+        .collect();
     let manager =
         stock::install(stock::framework(&common)?, &names, &common, &stock_args)?.build()?;
     let running = manager.start(client.clone()).await?;
@@ -195,7 +256,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         "creating an Eirini app pod (StatefulSet-style name, cloudfoundry.org labels, VCAP_SERVICES with a volume binding)",
     );
-    let pod = app_pod(claim)?;
+    let mut pod = app_pod(claim)?;
+    if let Some((kubelet, _)) = &logs {
+        kubelet.assign(&mut pod);
+    }
     let created = Api::<Pod>::namespaced(client.clone(), &apps)
         .create(&PostParams::default(), &pod)
         .await?;
@@ -253,12 +317,37 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .join("; ")
     );
 
-    if args.keep {
-        if let Some(cp) = &plane {
-            step("keeping the control plane (Ctrl-C stops it)");
-            println!("export KUBECONFIG={}", cp.kubeconfig_path().display());
-            eirinix_core::manager::shutdown_signal().await;
+    if let Some((kubelet, rx)) = &mut logs {
+        step(
+            "logs: the app writes to stdout; eirinix follows it through the apiserver and forwards it",
+        );
+        let out = kubelet.container(&apps, "dora-dev-7f3a9c2e1b-0", "opi");
+        for line in [
+            "Starting dora on port 8080",
+            "GET / 200 0.4ms",
+            "GET /health 200 0.1ms",
+        ] {
+            out.push_line(line);
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut seen = 0;
+        while seen < 3 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(msg)) => {
+                    seen += 1;
+                    println!("   aggregator received: {msg}");
+                }
+                _ => anyhow::bail!("the aggregator received {seen} of 3 lines within 15 s"),
+            }
+        }
+    }
+
+    if args.keep
+        && let Some(cp) = &plane
+    {
+        step("keeping the control plane (Ctrl-C stops it)");
+        println!("export KUBECONFIG={}", cp.kubeconfig_path().display());
+        eirinix_core::manager::shutdown_signal().await;
     }
     step("cleaning up");
     running.shutdown().await;
@@ -278,8 +367,7 @@ async fn manager_cleanup(
     common: &crate::cli::CommonArgs,
     stock_args: &StockArgs,
 ) -> anyhow::Result<()> {
-    let names = stock::selected(&["all".to_owned()])?;
-    let manager = stock::install(stock::framework(common)?, &names, common, stock_args)?.build()?;
+    let manager = stock::registration_manager(common, &["all".to_owned()], stock_args)?;
     manager.unregister(client.clone()).await?;
     Ok(())
 }

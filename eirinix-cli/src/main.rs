@@ -70,7 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             dry_run,
             serve: args,
         }) => {
-            let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
+            let manager = stock::registration_manager(&args.common, &args.extensions, &args.stock)?;
             if dry_run {
                 let config = manager.webhook_configuration(b"", manager.settings().port);
                 print!("{}", serde_yaml::to_string(&config)?);
@@ -80,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("registered {}", manager.settings().configuration_name());
         }
         Command::Unregister(args) => {
-            let manager = stock::manager(&args.common, &args.extensions, &args.stock)?;
+            let manager = stock::registration_manager(&args.common, &args.extensions, &args.stock)?;
             manager.unregister(client().await?).await?;
             println!(
                 "removed {} and {}",
@@ -91,7 +91,20 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Broker(args) => {
             let text = std::fs::read_to_string(&args.config)
                 .with_context(|| format!("reading {}", args.config.display()))?;
-            let config = eirinix_persi::BrokerConfig::from_yaml(&text)?;
+            // Credentials may come from the environment (a Secret) instead of the config file.
+            let mut value: serde_yaml::Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("parsing {}", args.config.display()))?;
+            if let serde_yaml::Value::Mapping(map) = &mut value {
+                for (key, env) in [
+                    ("username", "EIRINIX_BROKER_USERNAME"),
+                    ("password", "EIRINIX_BROKER_PASSWORD"),
+                ] {
+                    if let Ok(v) = std::env::var(env) {
+                        map.insert(key.into(), v.into());
+                    }
+                }
+            }
+            let config = eirinix_persi::BrokerConfig::from_yaml(&serde_yaml::to_string(&value)?)?;
             config.validate()?;
             eirinix_persi::serve_broker(
                 config,

@@ -11,7 +11,7 @@ use eirinix_core::{FailurePolicy, Manager, ManagerBuilder, Operation};
 use crate::cli::{CommonArgs, FailurePolicyArg, ReviewArgs};
 
 /// Every stock extension, in the order they are registered.
-pub const ALL: [&str; 2] = ["persi", "rootfs"];
+pub const ALL: [&str; 3] = ["persi", "logs", "rootfs"];
 
 /// Flags of the stock extensions (prefixed by the extension name).
 #[derive(Args, Debug, Clone, Default)]
@@ -22,6 +22,10 @@ pub struct StockArgs {
     /// persi: fsGroup given to pods that mount a volume (0 leaves the security context alone).
     #[arg(long, env = "EIRINIX_PERSI_FS_GROUP", default_value_t = 2000)]
     pub persi_fs_group: i64,
+
+    /// logs: configuration file (YAML: sinks, buffers, replicas; see extensions/logs/README.md).
+    #[arg(long, env = "EIRINIX_LOGS_CONFIG")]
+    pub logs_config: Option<PathBuf>,
 
     /// rootfs: the desired rootfs version (the ConfigMap, when given, wins at run time).
     #[arg(long, env = "EIRINIX_ROOTFS_VERSION")]
@@ -214,6 +218,18 @@ pub fn install(
     for name in names {
         b = match *name {
             "persi" => b.extension(persi(stock)),
+            "logs" => {
+                let path = stock
+                    .logs_config
+                    .as_ref()
+                    .context("the logs extension needs --logs-config (its sinks)")?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let options = eirinix_logs::LogsOptions::from_yaml(&text)?;
+                options.validate()?;
+                let (b, metrics) = eirinix_logs::try_install(b, options)?;
+                b.metrics_source(Arc::new(move || metrics.render()))
+            }
             "rootfs" => {
                 let (b, state) = eirinix_rootfs::install(b, rootfs_for(common, stock)?)?;
                 let metrics = state.clone();
@@ -235,6 +251,26 @@ pub fn manager(
     Ok(install(framework(common)?, &names, common, stock)?.build()?)
 }
 
+/// Extensions without a webhook (logs only follows logs): skipped by `register`/`unregister`.
+pub const WITHOUT_WEBHOOK: [&str; 1] = ["logs"];
+
+/// A manager for `register`/`unregister`: only the extensions that have a webhook.
+pub fn registration_manager(
+    common: &CommonArgs,
+    names: &[String],
+    stock: &StockArgs,
+) -> anyhow::Result<Manager> {
+    let names: Vec<&str> = selected(names)?
+        .into_iter()
+        .filter(|n| !WITHOUT_WEBHOOK.contains(n))
+        .collect();
+    anyhow::ensure!(
+        !names.is_empty(),
+        "none of the selected extensions has a webhook to register"
+    );
+    Ok(install(framework(common)?, &names, common, stock)?.build()?)
+}
+
 /// `eirinix review`: run one extension offline on a pod file.
 pub async fn review(args: ReviewArgs) -> anyhow::Result<std::process::ExitCode> {
     let input = if args.pod.as_os_str() == "-" {
@@ -250,6 +286,7 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<std::process::ExitCode> 
             let state = eirinix_rootfs::RootfsState::new(rootfs_options(&args.stock, None, None)?)?;
             Arc::new(eirinix_rootfs::RootfsWebhook::new(state))
         }
+        "logs" => anyhow::bail!("logs has no webhook to review: it follows pod logs"),
         other => anyhow::bail!("unknown extension {other:?} (known: {})", ALL.join(", ")),
     };
     let result =

@@ -219,7 +219,8 @@ pub async fn run_while_leader<F, Fut>(
         tracing::info!(identity = lock.identity(), "acquired leadership");
         report(true);
         let token = cancel.child_token();
-        let task = tokio::spawn(work(token.clone()));
+        // Aborted if this future is dropped: work must never outlive the lease renewal.
+        let task = AbortOnDrop(Some(tokio::spawn(work(token.clone()))));
         // Leader: renew until lost or cancelled.
         let mut last_renewal = tokio::time::Instant::now();
         let lost = loop {
@@ -240,7 +241,7 @@ pub async fn run_while_leader<F, Fut>(
             }
         };
         token.cancel();
-        let _ = task.await;
+        let _ = task.join().await;
         report(false);
         if !lost {
             if let Err(e) = lock.release().await {
@@ -249,5 +250,28 @@ pub async fn run_while_leader<F, Fut>(
             return;
         }
         tracing::warn!(identity = lock.identity(), "lost leadership");
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn join(mut self) -> impl std::future::Future<Output = Result<(), tokio::task::JoinError>> {
+        let handle = self.0.take();
+        async move {
+            match handle {
+                Some(h) => h.await,
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }

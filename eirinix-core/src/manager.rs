@@ -846,17 +846,24 @@ impl RunningManager {
         }
     }
 
-    /// Stop accepting, finish in-flight reviews, stop background tasks.
+    /// Stop accepting, finish in-flight reviews, then give background tasks (watchers draining,
+    /// leaders releasing their Lease) up to the shutdown timeout before aborting them.
     pub async fn shutdown(self) {
         self.health.set_shutting_down();
         self.cancel.cancel();
-        let deadline = self.shutdown_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(deadline, self.server).await.is_err() {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
+        if tokio::time::timeout_at(deadline, self.server)
+            .await
+            .is_err()
+        {
             tracing::warn!("server did not stop in time");
         }
-        for task in self.background {
-            task.abort();
-            let _ = task.await;
+        for mut task in self.background {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("a background task did not stop in time; aborting it");
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 

@@ -38,8 +38,10 @@ async fn app_pods_are_mutated_and_others_are_not() {
     for n in [&ns, &excluded, &system] {
         labelled_namespace(&client, n, &[("e2e-run", &fp)]).await;
     }
-    let mut selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default();
-    selector.match_labels = Some([("e2e-run".to_owned(), fp.clone())].into());
+    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some([("e2e-run".to_owned(), fp.clone())].into()),
+        ..Default::default()
+    };
     let running = manager(&fp, &system, &ns)
         .namespace("")
         .namespace_selector(selector)

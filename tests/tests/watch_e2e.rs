@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use eirinix_core::reconciler::Reconciler;
 use eirinix_core::{Context, ExtensionError, Manager, PodEvent, PodWatcher, async_trait};
-use eirinix_testenv::{ControlPlane, unique_name};
+use eirinix_testenv::ControlPlane;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;

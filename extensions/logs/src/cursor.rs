@@ -1,0 +1,278 @@
+//! Positions in a container's log: what was forwarded, how to resume without gap or duplicate,
+//! and what every sink has delivered (the checkpoint).
+//!
+//! A position is the timestamp of the last forwarded line plus how many lines with exactly that
+//! timestamp were forwarded. The apiserver takes `sinceTime` with second precision, so a resumed
+//! stream starts at the whole second and [`Dedup`] drops what was already forwarded.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jiff::Timestamp;
+
+/// A position in a container's log, across restarts of the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// Timestamp of the last forwarded line.
+    pub ts: Timestamp,
+    /// Lines with exactly `ts` forwarded so far (at least 1).
+    pub n: u32,
+    /// Restart count of the container instance that line came from.
+    pub instance: i32,
+}
+
+impl PartialOrd for Cursor {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Cursor {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.ts, self.n, self.instance).cmp(&(other.ts, other.n, other.instance))
+    }
+}
+
+impl Cursor {
+    /// The text stored in checkpoints: `<RFC 3339 timestamp> <n> <instance>`.
+    pub fn encode(&self) -> String {
+        format!("{} {} {}", format_nanos(self.ts), self.n, self.instance)
+    }
+
+    /// Parse [`Cursor::encode`] output.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let mut parts = text.split_ascii_whitespace();
+        let ts = parts.next()?.parse::<Timestamp>().ok()?;
+        let n = parts.next()?.parse().ok()?;
+        let instance = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || n == 0 {
+            return None;
+        }
+        Some(Cursor { ts, n, instance })
+    }
+}
+
+/// RFC 3339 with 9 fractional digits (like the kubelet's prefix).
+pub fn format_nanos(ts: Timestamp) -> String {
+    let dt = jiff::tz::TimeZone::UTC.to_datetime(ts);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.subsec_nanosecond()
+    )
+}
+
+/// Splits the `timestamps=true` prefix off a log line: `(timestamp, rest)`, or `None` when the
+/// line does not start with an RFC 3339 timestamp and a space.
+pub fn split_timestamp(line: &[u8]) -> Option<(Timestamp, &[u8])> {
+    let space = line.iter().take(40).position(|b| *b == b' ')?;
+    let prefix = std::str::from_utf8(&line[..space]).ok()?;
+    // Cheap shape check before the real parse: "YYYY-MM-DDT".
+    let b = prefix.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let ts = prefix.parse::<Timestamp>().ok()?;
+    Some((ts, &line[space + 1..]))
+}
+
+/// Decides, line by line, what is new after a resume: at the start of a response it drops lines
+/// older than the last forwarded one, and the first `n` lines carrying exactly its timestamp;
+/// from the first new line on, everything in that response is new (so a node clock stepping
+/// backwards causes repeats on a later resume, never losses).
+#[derive(Clone, Debug, Default)]
+pub struct Dedup {
+    last: Option<(Timestamp, u32)>,
+    skip: u32,
+    passed: bool,
+}
+
+impl Dedup {
+    /// Start after `cursor` (or from the beginning).
+    pub fn new(cursor: Option<Cursor>) -> Self {
+        Dedup {
+            last: cursor.map(|c| (c.ts, c.n)),
+            skip: 0,
+            passed: cursor.is_none(),
+        }
+    }
+
+    /// A new response starts (from [`Dedup::since`]): its first lines may repeat forwarded ones.
+    pub fn begin(&mut self) {
+        self.skip = self.last.map_or(0, |(_, n)| n);
+        self.passed = self.last.is_none();
+    }
+
+    /// The `sinceTime` to ask for: the last timestamp truncated to the second (the apiserver's
+    /// precision), so that nothing after it is missed.
+    pub fn since(&self) -> Option<Timestamp> {
+        self.last
+            .and_then(|(ts, _)| Timestamp::from_second(ts.as_second()).ok())
+    }
+
+    /// The timestamp of the last forwarded line.
+    pub fn last_timestamp(&self) -> Option<Timestamp> {
+        self.last.map(|(ts, _)| ts)
+    }
+
+    /// Whether a line at `ts` is new; if so it counts as forwarded and its `n` (lines forwarded
+    /// with exactly this timestamp in a row) is returned.
+    pub fn admit(&mut self, ts: Timestamp) -> Option<u32> {
+        if !self.passed {
+            if let Some((last, _)) = self.last {
+                if ts < last {
+                    return None;
+                }
+                if ts == last && self.skip > 0 {
+                    self.skip -= 1;
+                    return None;
+                }
+            }
+            self.passed = true;
+        }
+        let n = match self.last {
+            Some((last, n)) if last == ts => n.saturating_add(1),
+            _ => 1,
+        };
+        self.last = Some((ts, n));
+        Some(n)
+    }
+}
+
+/// What each sink has delivered of one container; the checkpoint is the least of them.
+#[derive(Debug)]
+pub struct Progress {
+    acked: Mutex<Vec<Option<Cursor>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Progress {
+    /// Progress of a container resumed at `start`, for `sinks` sinks.
+    pub fn new(sinks: usize, start: Option<Cursor>) -> Arc<Self> {
+        Arc::new(Progress {
+            acked: Mutex::new(vec![start; sinks]),
+        })
+    }
+
+    /// Sink `sink` delivered the line at `cursor` (sinks deliver a container's lines in order,
+    /// so the latest acknowledgement is the sink's position).
+    pub fn ack(&self, sink: usize, cursor: Cursor) {
+        if let Some(slot) = lock(&self.acked).get_mut(sink) {
+            *slot = Some(cursor);
+        }
+    }
+
+    /// The position every sink has delivered up to (`None`: not all have delivered anything).
+    pub fn checkpoint(&self) -> Option<Cursor> {
+        let acked = lock(&self.acked);
+        let mut min: Option<Cursor> = None;
+        for c in acked.iter() {
+            let c = (*c)?;
+            min = Some(min.map_or(c, |m| m.min(c)));
+        }
+        min
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn timestamps_are_split_and_formatted() {
+        let (t, rest) = split_timestamp(b"2024-05-06T07:08:09.123456789Z hello world").unwrap();
+        assert_eq!(format_nanos(t), "2024-05-06T07:08:09.123456789Z");
+        assert_eq!(rest, b"hello world");
+        let (_, rest) = split_timestamp(b"2024-05-06T07:08:09.000000000Z ").unwrap();
+        assert_eq!(rest, b"");
+        assert!(split_timestamp(b"no timestamp here").is_none());
+        assert!(split_timestamp(b"2024-05-06T07:08:09.1Zx y").is_none());
+        assert!(split_timestamp(b"").is_none());
+        assert!(split_timestamp(b"\xff\xfe 1").is_none());
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let c = Cursor {
+            ts: ts("2024-05-06T07:08:09.000000100Z"),
+            n: 3,
+            instance: 2,
+        };
+        assert_eq!(c.encode(), "2024-05-06T07:08:09.000000100Z 3 2");
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("x 1 0"), None);
+        assert_eq!(Cursor::decode("2024-05-06T07:08:09Z 0 0"), None);
+        assert_eq!(Cursor::decode("2024-05-06T07:08:09Z 1 0 extra"), None);
+    }
+
+    #[test]
+    fn resume_drops_the_overlap_and_keeps_identical_timestamps() {
+        let a = ts("2024-01-01T00:00:01.5Z");
+        let b = ts("2024-01-01T00:00:01.7Z");
+        let c = ts("2024-01-01T00:00:02.1Z");
+        let mut d = Dedup::new(None);
+        d.begin();
+        assert_eq!(d.since(), None);
+        // First response: a, b, b (two lines with the same timestamp).
+        assert_eq!(d.admit(a), Some(1));
+        assert_eq!(d.admit(b), Some(1));
+        assert_eq!(d.admit(b), Some(2));
+        // Broken; resumed from the whole second: a, b, b are replayed, then b (third), c.
+        d.begin();
+        assert_eq!(d.since(), Some(ts("2024-01-01T00:00:01Z")));
+        assert_eq!(d.admit(a), None);
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(b), Some(3));
+        assert_eq!(d.admit(c), Some(1));
+        // Within a response, past the resume point, every line is new, even one stamped
+        // earlier (a clock stepping back): it is forwarded, not lost.
+        assert_eq!(d.admit(a), Some(1));
+        assert_eq!(d.admit(a), Some(2));
+
+        // From a checkpoint: same rules.
+        let mut d = Dedup::new(Some(Cursor {
+            ts: b,
+            n: 2,
+            instance: 0,
+        }));
+        d.begin();
+        assert_eq!(d.admit(a), None);
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(b), Some(3));
+    }
+
+    #[test]
+    fn checkpoint_is_the_least_delivered() {
+        let t1 = ts("2024-01-01T00:00:01Z");
+        let t2 = ts("2024-01-01T00:00:02Z");
+        let c = |t, n| Cursor {
+            ts: t,
+            n,
+            instance: 0,
+        };
+        let p = Progress::new(2, None);
+        assert_eq!(p.checkpoint(), None);
+        p.ack(0, c(t1, 1));
+        assert_eq!(p.checkpoint(), None);
+        p.ack(1, c(t2, 1));
+        assert_eq!(p.checkpoint(), Some(c(t1, 1)));
+        p.ack(0, c(t2, 2));
+        assert_eq!(p.checkpoint(), Some(c(t2, 1)));
+        // Unknown sinks are ignored.
+        p.ack(7, c(t2, 9));
+        assert_eq!(p.checkpoint(), Some(c(t2, 1)));
+    }
+}

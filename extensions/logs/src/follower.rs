@@ -1,0 +1,615 @@
+//! Following one container's log through the Kubernetes API, without gap or duplicate.
+//!
+//! A [`Follower`] reads `pods/{pod}/log?container=..&follow=true&timestamps=true`. When the
+//! stream ends it cannot tell from the stream alone whether the container exited or the stream
+//! broke, so it looks at the container status in the pod (kept current by the pod watcher):
+//! - restart count grew: read the rest of the previous instance (`previous=true`), then follow
+//!   the new instance from its start;
+//! - terminated: read once more without `follow` to get everything up to the end, then wait
+//!   for a restart or the pod's deletion;
+//! - otherwise: the stream broke, resume with `sinceTime` and drop the overlap ([`Dedup`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{Api, LogParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::BoundedBuffer;
+use crate::cursor::{Cursor, Dedup, Progress, split_timestamp};
+use crate::lines::{LineReader, Piece};
+use crate::metrics::LogsMetrics;
+use crate::record::{Origin, Record};
+use crate::sink::Backoff;
+
+/// What the follower needs to know about its pod, updated by the pod watcher.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodView {
+    /// The node the pod runs on (no logs before it is scheduled).
+    pub node_name: Option<String>,
+    /// Status of every container and init container.
+    pub containers: Vec<ContainerView>,
+    /// The pod is gone.
+    pub deleted: bool,
+}
+
+/// The state of one container, from the pod status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerView {
+    /// Container name.
+    pub name: String,
+    /// Restarts so far (each restart is a new instance with its own log).
+    pub restart_count: i32,
+    /// Current state.
+    pub state: ContainerState,
+}
+
+/// Container state, as far as following its log is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// No status reported yet.
+    Unknown,
+    /// Not started; `has_previous` when an earlier instance left a log.
+    Waiting {
+        /// An earlier instance terminated (its log is readable with `previous=true`).
+        has_previous: bool,
+    },
+    /// Running.
+    Running,
+    /// Exited.
+    Terminated,
+}
+
+impl PodView {
+    /// The view of `pod`: its node and the state of every container and init container.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let statuses: Vec<&ContainerStatus> = status
+            .into_iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .collect();
+        let names = spec.into_iter().flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+                .map(|c| c.name.clone())
+        });
+        let containers = names
+            .map(|name| {
+                let st = statuses.iter().find(|s| s.name == name);
+                let restart_count = st.map_or(0, |s| s.restart_count);
+                let state = match st {
+                    None => ContainerState::Unknown,
+                    Some(s) => {
+                        let cur = s.state.as_ref();
+                        if cur.is_some_and(|c| c.running.is_some()) {
+                            ContainerState::Running
+                        } else if cur.is_some_and(|c| c.terminated.is_some()) {
+                            ContainerState::Terminated
+                        } else if cur.is_some_and(|c| c.waiting.is_some()) {
+                            ContainerState::Waiting {
+                                has_previous: s.restart_count > 0
+                                    || s.last_state
+                                        .as_ref()
+                                        .is_some_and(|l| l.terminated.is_some()),
+                            }
+                        } else {
+                            ContainerState::Unknown
+                        }
+                    }
+                };
+                ContainerView {
+                    name,
+                    restart_count,
+                    state,
+                }
+            })
+            .collect();
+        PodView {
+            node_name: spec.and_then(|s| s.node_name.clone()),
+            containers,
+            deleted: false,
+        }
+    }
+
+    /// The view of container `name`.
+    pub fn container(&self, name: &str) -> Option<&ContainerView> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Whether container `name` has (or had) a log to read.
+    pub fn has_log(&self, name: &str) -> bool {
+        self.node_name.is_some()
+            && self.container(name).is_some_and(|c| match c.state {
+                ContainerState::Waiting { has_previous } => has_previous,
+                _ => true,
+            })
+    }
+}
+
+/// Why a follower stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowEnd {
+    /// The pod was deleted (its log was read until the stream ended or the grace period passed).
+    PodDeleted,
+    /// Stopped from outside (shutdown or lost leadership).
+    Cancelled,
+}
+
+/// Settings of a follower.
+#[derive(Clone, Debug)]
+pub struct FollowerConfig {
+    /// Longest piece of a line (longer lines are split into partial records).
+    pub max_line_bytes: usize,
+    /// How long the streams of a deleted pod may still deliver.
+    pub deleted_grace: Duration,
+    /// First and longest delay between attempts when the API fails or the stream ends idle.
+    pub retry: (Duration, Duration),
+}
+
+impl Default for FollowerConfig {
+    fn default() -> Self {
+        FollowerConfig {
+            max_line_bytes: 16 * 1024,
+            deleted_grace: Duration::from_secs(2),
+            retry: (Duration::from_millis(200), Duration::from_secs(5)),
+        }
+    }
+}
+
+enum ReadEnd {
+    /// The response ended; `lines` pieces were read.
+    Ended {
+        lines: u64,
+    },
+    /// The request or the stream failed.
+    Failed {
+        lines: u64,
+        error: String,
+    },
+    Cancelled,
+    Deleted,
+}
+
+/// Follows one container of one pod and pushes its records into the sink buffers.
+pub struct Follower {
+    api: Api<Pod>,
+    pod: String,
+    origin: Arc<Origin>,
+    view: watch::Receiver<Arc<PodView>>,
+    outputs: Arc<[Arc<BoundedBuffer>]>,
+    progress: Arc<Progress>,
+    metrics: Arc<LogsMetrics>,
+    config: FollowerConfig,
+    dedup: Dedup,
+    instance: Option<i32>,
+    line_ts: Option<Timestamp>,
+}
+
+impl Follower {
+    /// A follower of `origin.container` in pod `origin.pod`, resuming after `start` (a
+    /// checkpoint) if given; `progress` collects what the sinks delivered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        origin: Arc<Origin>,
+        view: watch::Receiver<Arc<PodView>>,
+        outputs: Arc<[Arc<BoundedBuffer>]>,
+        start: Option<Cursor>,
+        progress: Arc<Progress>,
+        metrics: Arc<LogsMetrics>,
+        config: FollowerConfig,
+    ) -> Self {
+        Follower {
+            api: Api::namespaced(client, &origin.namespace),
+            pod: origin.pod.clone(),
+            origin,
+            view,
+            outputs,
+            progress,
+            metrics,
+            config,
+            dedup: Dedup::new(start),
+            instance: start.map(|c| c.instance),
+            line_ts: None,
+        }
+    }
+
+    /// Follow until the pod is deleted or `cancel` fires.
+    pub async fn run(mut self, cancel: CancellationToken) -> FollowEnd {
+        self.metrics.followers.fetch_add(1, Ordering::Relaxed);
+        let end = self.follow(&cancel).await;
+        self.metrics.followers.fetch_sub(1, Ordering::Relaxed);
+        end
+    }
+
+    async fn follow(&mut self, cancel: &CancellationToken) -> FollowEnd {
+        let (initial, max) = self.config.retry;
+        let mut backoff = Backoff::new(initial, max);
+        // The instance whose log has been read to its end (terminated, final read done).
+        let mut complete: Option<i32> = None;
+        // Failed attempts at reading a previous instance.
+        let mut previous_failures = 0u32;
+        loop {
+            let view = self.view.borrow_and_update().clone();
+            if view.deleted {
+                return FollowEnd::PodDeleted;
+            }
+            let name = self.origin.container.clone();
+            let current = match view.container(&name) {
+                Some(c) if view.has_log(&name) => c.restart_count,
+                _ => {
+                    if let Some(end) = self.wait_change(cancel, None).await {
+                        return end;
+                    }
+                    continue;
+                }
+            };
+
+            // Catch up on the instance before the current one (the only one still readable).
+            let behind = match self.instance {
+                Some(i) if i < current => !(complete == Some(i) && i == current - 1),
+                None => current > 0,
+                _ => false,
+            };
+            // Instances i+1 ..= current-2 are gone, and so is the unread tail of i.
+            let missed = self
+                .instance
+                .filter(|i| *i < current - 1)
+                .map_or(0, |i| current - i - 2 + i32::from(complete != Some(i)));
+            if behind {
+                match self.read(cancel, false, true, current - 1, true).await {
+                    ReadEnd::Cancelled => return FollowEnd::Cancelled,
+                    ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                    ReadEnd::Ended { .. } => previous_failures = 0,
+                    ReadEnd::Failed { error, .. } => {
+                        previous_failures += 1;
+                        if previous_failures < 5 {
+                            tracing::debug!(pod = %self.pod, container = %name, %error, "reading the previous instance failed; retrying");
+                            if let Some(end) =
+                                self.wait_change(cancel, Some(backoff.next_delay())).await
+                            {
+                                return end;
+                            }
+                            continue;
+                        }
+                        tracing::warn!(pod = %self.pod, container = %name, %error, "giving up on the previous instance's log");
+                        self.metrics
+                            .instances_missed
+                            .fetch_add(1, Ordering::Relaxed);
+                        previous_failures = 0;
+                    }
+                }
+            }
+            if self.instance != Some(current) {
+                if missed > 0 {
+                    let missed = u64::try_from(missed).unwrap_or(0);
+                    self.metrics
+                        .instances_missed
+                        .fetch_add(missed, Ordering::Relaxed);
+                    tracing::warn!(
+                        pod = %self.pod, container = %name, missed,
+                        "container restarted more than once between reads; logs of the instances in between are gone"
+                    );
+                }
+                self.instance = Some(current);
+                complete = None;
+            }
+            if complete == Some(current) {
+                if let Some(end) = self.wait_change(cancel, None).await {
+                    return end;
+                }
+                continue;
+            }
+
+            // Follow the current instance.
+            let outcome = self.read(cancel, true, false, current, false).await;
+            let lines = match outcome {
+                ReadEnd::Cancelled => return FollowEnd::Cancelled,
+                ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                ReadEnd::Ended { lines } => lines,
+                ReadEnd::Failed { lines, error } => {
+                    tracing::debug!(pod = %self.pod, container = %name, %error, "log stream failed; resuming");
+                    lines
+                }
+            };
+            let view = self.view.borrow().clone();
+            if view.deleted {
+                return FollowEnd::PodDeleted;
+            }
+            let Some(cs) = view.container(&name) else {
+                continue;
+            };
+            if cs.restart_count > current {
+                continue;
+            }
+            if cs.state == ContainerState::Terminated {
+                // Exited: read everything up to the end once more, without follow.
+                match self.read(cancel, false, false, current, true).await {
+                    ReadEnd::Cancelled => return FollowEnd::Cancelled,
+                    ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                    ReadEnd::Ended { .. } => {
+                        complete = Some(current);
+                        backoff.reset();
+                    }
+                    ReadEnd::Failed { error, .. } => {
+                        tracing::debug!(pod = %self.pod, container = %name, %error, "final read failed; retrying");
+                        if let Some(end) =
+                            self.wait_change(cancel, Some(backoff.next_delay())).await
+                        {
+                            return end;
+                        }
+                    }
+                }
+                continue;
+            }
+            // Still running (or its status lags): the stream broke; resume.
+            if lines > 0 {
+                backoff.reset();
+            } else if let Some(end) = self.wait_change(cancel, Some(backoff.next_delay())).await {
+                return end;
+            }
+        }
+    }
+
+    /// Wait for a pod change (or `timeout`); `Some` when the follower must stop.
+    async fn wait_change(
+        &mut self,
+        cancel: &CancellationToken,
+        timeout: Option<Duration>,
+    ) -> Option<FollowEnd> {
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Some(FollowEnd::Cancelled),
+            changed = self.view.changed() => match changed {
+                Ok(()) => None,
+                Err(_) => Some(FollowEnd::PodDeleted),
+            },
+            _ = sleep => None,
+        }
+    }
+
+    /// One log request. `final_read`: an unterminated last line counts (the container exited).
+    async fn read(
+        &mut self,
+        cancel: &CancellationToken,
+        follow: bool,
+        previous: bool,
+        instance: i32,
+        final_read: bool,
+    ) -> ReadEnd {
+        let params = LogParams {
+            container: Some(self.origin.container.clone()),
+            follow,
+            previous,
+            timestamps: true,
+            since_time: self.dedup.since(),
+            ..LogParams::default()
+        };
+        self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let stream = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return ReadEnd::Cancelled,
+            s = self.api.log_stream(&self.pod, &params) => s,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+                return ReadEnd::Failed {
+                    lines: 0,
+                    error: e.to_string(),
+                };
+            }
+        };
+        self.dedup.begin();
+        self.line_ts = None;
+        let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
+        let mut lines = 0u64;
+        let grace = self.config.deleted_grace;
+        let mut deadline: Option<Instant> =
+            self.view.borrow().deleted.then(|| Instant::now() + grace);
+        loop {
+            let piece = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                _ = sleep_until(deadline) => return ReadEnd::Deleted,
+                changed = self.view.changed(), if deadline.is_none() => {
+                    if changed.is_err() || self.view.borrow().deleted {
+                        deadline = Some(Instant::now() + grace);
+                    }
+                    continue;
+                }
+                p = reader.next_piece() => p,
+            };
+            match piece {
+                Ok(None) => return ReadEnd::Ended { lines },
+                Ok(Some(Piece::Data { first, last })) => {
+                    lines += 1;
+                    let data = Bytes::copy_from_slice(reader.data());
+                    self.emit(&data, first, last, instance);
+                }
+                Ok(Some(Piece::Incomplete { first })) => {
+                    // Cut inside a line: when following, the line is read again on resume.
+                    if final_read {
+                        lines += 1;
+                        let data = Bytes::copy_from_slice(reader.data());
+                        self.emit(&data, first, true, instance);
+                    }
+                    return ReadEnd::Ended { lines };
+                }
+                Err(e) => {
+                    self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+                    return ReadEnd::Failed {
+                        lines,
+                        error: e.to_string(),
+                    };
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, data: &Bytes, first: bool, last: bool, instance: i32) {
+        self.metrics.lines_read.fetch_add(1, Ordering::Relaxed);
+        let split = if first { split_timestamp(data) } else { None };
+        let (ts, message) = match split {
+            Some((ts, rest)) => {
+                self.line_ts = Some(ts);
+                let offset = data.len() - rest.len();
+                (ts, data.slice(offset..))
+            }
+            // A piece continuing a long line, or a line without a timestamp: it belongs with
+            // the line before it.
+            None => {
+                let ts = self
+                    .line_ts
+                    .or_else(|| self.dedup.last_timestamp())
+                    .unwrap_or_else(Timestamp::now);
+                self.line_ts = Some(ts);
+                (ts, data.clone())
+            }
+        };
+        let Some(n) = self.dedup.admit(ts) else {
+            self.metrics
+                .duplicates_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let record = Arc::new(Record {
+            origin: self.origin.clone(),
+            timestamp: ts,
+            message,
+            stream: None,
+            partial: !last,
+            ack: Some((self.progress.clone(), Cursor { ts, n, instance })),
+        });
+        for out in self.outputs.iter() {
+            out.push(record.clone());
+        }
+        self.metrics
+            .records_forwarded
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState as KState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, PodSpec, PodStatus,
+    };
+
+    fn status(name: &str, restarts: i32, state: KState, last: Option<KState>) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            restart_count: restarts,
+            state: Some(state),
+            last_state: last,
+            ..ContainerStatus::default()
+        }
+    }
+
+    #[test]
+    fn views_follow_the_status() {
+        let mut pod = Pod {
+            spec: Some(PodSpec {
+                init_containers: Some(vec![Container {
+                    name: "init".into(),
+                    ..Container::default()
+                }]),
+                containers: vec![
+                    Container {
+                        name: "a".into(),
+                        ..Container::default()
+                    },
+                    Container {
+                        name: "b".into(),
+                        ..Container::default()
+                    },
+                ],
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        };
+        let v = PodView::from_pod(&pod);
+        assert_eq!(v.containers.len(), 3);
+        assert!(!v.has_log("a"), "not scheduled");
+        pod.spec.as_mut().unwrap().node_name = Some("n".into());
+        let v = PodView::from_pod(&pod);
+        assert!(
+            v.has_log("a") && v.has_log("init"),
+            "scheduled, no status yet: try"
+        );
+        assert!(!v.has_log("zzz"));
+
+        let waiting = KState {
+            waiting: Some(ContainerStateWaiting::default()),
+            ..KState::default()
+        };
+        let running = KState {
+            running: Some(ContainerStateRunning::default()),
+            ..KState::default()
+        };
+        let terminated = KState {
+            terminated: Some(ContainerStateTerminated::default()),
+            ..KState::default()
+        };
+        pod.status = Some(PodStatus {
+            init_container_statuses: Some(vec![status("init", 0, terminated.clone(), None)]),
+            container_statuses: Some(vec![
+                status("a", 0, waiting.clone(), None),
+                status("b", 2, waiting, Some(terminated)),
+            ]),
+            ..PodStatus::default()
+        });
+        let v = PodView::from_pod(&pod);
+        assert_eq!(
+            v.container("init").unwrap().state,
+            ContainerState::Terminated
+        );
+        assert!(v.has_log("init"));
+        assert!(!v.has_log("a"), "waiting to start: nothing to read yet");
+        assert!(
+            v.has_log("b"),
+            "crash-looping: the previous instance has a log"
+        );
+        assert_eq!(v.container("b").unwrap().restart_count, 2);
+        pod.status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0] = status("a", 0, running, None);
+        assert_eq!(
+            PodView::from_pod(&pod).container("a").unwrap().state,
+            ContainerState::Running
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! eirinix logs: the stock extension that follows the logs of Eirini app and staging pods
+//! through the Kubernetes API and forwards every line, with its app identity, to syslog
+//! (RFC 5424 over TCP or TLS) and/or Loggregator v2 — without losing or repeating lines.
+//!
+//! Add it to a manager with [`install`] (or [`try_install`] to get configuration errors), or
+//! use the pieces alone: [`follower::Follower`] (one container), [`record::Record`],
+//! [`sink::Sink`] with [`syslog::SyslogSink`] and [`loggregator::LoggregatorSink`], and
+//! [`buffer::BoundedBuffer`]. See the README for the record format and the guarantees.
+
+#![warn(missing_docs)]
+
+pub mod buffer;
+pub mod checkpoint;
+pub mod cursor;
+pub mod error;
+pub mod follower;
+pub mod lines;
+pub mod loggregator;
+pub mod metrics;
+pub mod options;
+pub mod record;
+pub mod service;
+pub mod sink;
+pub mod syslog;
+
+use eirinix_core::ManagerBuilder;
+
+pub use error::LogsError;
+pub use metrics::LogsMetrics;
+pub use options::{
+    LoggregatorOptions, LogsOptions, NonUtf8, ReplicaOptions, SinkOptions, SyslogOptions,
+    TlsOptions,
+};
+pub use record::{Origin, Record, Stream};
+pub use service::{LogsService, Scope};
+
+/// Name of the manager task the extension adds.
+pub const TASK_NAME: &str = "logs";
+
+/// Add the logs extension to `builder`. Invalid options (or unreadable TLS files) are logged as
+/// an error and nothing is added; use [`try_install`] to handle them.
+pub fn install(builder: ManagerBuilder, options: LogsOptions) -> ManagerBuilder {
+    match LogsService::new(options) {
+        Ok(service) => add(builder, service),
+        Err(e) => {
+            tracing::error!(error = %e, "logs extension not started");
+            builder
+        }
+    }
+}
+
+/// Add the logs extension to `builder`, or report why its options are unusable.
+pub fn try_install(
+    builder: ManagerBuilder,
+    options: LogsOptions,
+) -> Result<(ManagerBuilder, std::sync::Arc<LogsMetrics>), LogsError> {
+    let service = LogsService::new(options)?;
+    let metrics = service.metrics();
+    Ok((add(builder, service), metrics))
+}
+
+fn add(builder: ManagerBuilder, service: LogsService) -> ManagerBuilder {
+    builder.task(TASK_NAME, move |ctx, cancel| service.run_in(ctx, cancel))
+}

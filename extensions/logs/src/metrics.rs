@@ -1,0 +1,230 @@
+//! Counters of the logs extension, rendered in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::buffer::BoundedBuffer;
+
+/// Counters of one sink.
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    /// Records delivered.
+    pub sent: AtomicU64,
+    /// Failed sends (each followed by a reconnect with backoff).
+    pub errors: AtomicU64,
+    /// Recoveries: a send succeeded after failures (on a new connection).
+    pub connects: AtomicU64,
+}
+
+/// Counters of the whole extension (one set per process, across leadership terms).
+#[derive(Debug, Default)]
+pub struct LogsMetrics {
+    /// Lines (pieces) read from the API, before deduplication.
+    pub lines_read: AtomicU64,
+    /// Records handed to the sinks.
+    pub records_forwarded: AtomicU64,
+    /// Lines skipped because they were already forwarded (resume overlap).
+    pub duplicates_skipped: AtomicU64,
+    /// Log streams opened (first follows plus resumes).
+    pub streams_opened: AtomicU64,
+    /// Log requests that failed.
+    pub stream_errors: AtomicU64,
+    /// Container instances whose logs could not be read (restarted more than once between reads).
+    pub instances_missed: AtomicU64,
+    /// Containers being followed now.
+    pub followers: AtomicI64,
+    /// Checkpoint ConfigMap writes.
+    pub checkpoints_written: AtomicU64,
+    /// Checkpoint writes that failed.
+    pub checkpoint_errors: AtomicU64,
+    /// Whether this replica is the leader (1) or not (0).
+    pub leader: AtomicI64,
+    sinks: Mutex<Vec<SinkEntry>>,
+}
+
+type SinkEntry = (String, Arc<SinkMetrics>, Arc<BoundedBuffer>);
+
+impl LogsMetrics {
+    /// Fresh counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Register the counters and buffer of sink `name`.
+    pub fn register_sink(&self, name: &str, metrics: Arc<SinkMetrics>, buffer: Arc<BoundedBuffer>) {
+        self.sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name.to_owned(), metrics, buffer));
+    }
+
+    fn sink<T>(&self, name: &str, f: impl Fn(&SinkMetrics, &BoundedBuffer) -> T) -> Option<T> {
+        self.sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, m, b)| f(m, b))
+    }
+
+    /// Records dropped by sink `name` because its buffer was full.
+    pub fn dropped(&self, name: &str) -> u64 {
+        self.sink(name, |_, b| b.dropped()).unwrap_or(0)
+    }
+
+    /// Records dropped by every sink together.
+    pub fn dropped_total(&self) -> u64 {
+        self.sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(_, _, b)| b.dropped())
+            .sum()
+    }
+
+    /// Records delivered by sink `name`.
+    pub fn sent(&self, name: &str) -> u64 {
+        self.sink(name, |m, _| m.sent.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Names of the registered sinks.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "eirinix_logs_lines_read_total",
+            "Log lines read from the Kubernetes API.",
+            l(&self.lines_read),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_records_forwarded_total",
+            "Records handed to the sinks.",
+            l(&self.records_forwarded),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_duplicates_skipped_total",
+            "Lines skipped as already forwarded after a resume.",
+            l(&self.duplicates_skipped),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_streams_opened_total",
+            "Log streams opened.",
+            l(&self.streams_opened),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_stream_errors_total",
+            "Log requests that failed.",
+            l(&self.stream_errors),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_instances_missed_total",
+            "Container instances whose logs could not be read.",
+            l(&self.instances_missed),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_checkpoints_written_total",
+            "Checkpoint writes.",
+            l(&self.checkpoints_written),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_checkpoint_errors_total",
+            "Failed checkpoint writes.",
+            l(&self.checkpoint_errors),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_followers",
+            "Containers followed now.",
+            self.followers.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_leader",
+            "1 while this replica leads.",
+            self.leader.load(Ordering::Relaxed),
+        );
+        let sinks: Vec<SinkEntry> = self
+            .sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let families: [(&str, &str, &str); 6] = [
+            (
+                "eirinix_logs_sink_sent_total",
+                "counter",
+                "Records delivered by the sink.",
+            ),
+            (
+                "eirinix_logs_sink_dropped_total",
+                "counter",
+                "Records dropped because the sink buffer was full.",
+            ),
+            ("eirinix_logs_sink_errors_total", "counter", "Failed sends."),
+            (
+                "eirinix_logs_sink_recoveries_total",
+                "counter",
+                "Sends that succeeded after failures.",
+            ),
+            (
+                "eirinix_logs_sink_buffered_records",
+                "gauge",
+                "Records waiting in the sink buffer.",
+            ),
+            (
+                "eirinix_logs_sink_buffered_bytes",
+                "gauge",
+                "Bytes waiting in the sink buffer.",
+            ),
+        ];
+        for (i, (family, kind, help)) in families.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+            for (name, m, b) in &sinks {
+                let v = match i {
+                    0 => m.sent.load(Ordering::Relaxed),
+                    1 => b.dropped(),
+                    2 => m.errors.load(Ordering::Relaxed),
+                    3 => m.connects.load(Ordering::Relaxed),
+                    4 => b.len() as u64,
+                    _ => b.bytes() as u64,
+                };
+                let _ = writeln!(out, "{family}{{sink=\"{}\"}} {v}", escape_label(name));
+            }
+        }
+        out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

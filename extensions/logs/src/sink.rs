@@ -1,0 +1,286 @@
+//! Sinks: where records go. A [`Sink`] delivers batches; a [`SinkWorker`] feeds it from its
+//! [`BoundedBuffer`], batching, retrying with exponential backoff, and acknowledging delivered
+//! records (which advances the checkpoint).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::BoundedBuffer;
+use crate::error::LogsError;
+use crate::metrics::{LogsMetrics, SinkMetrics};
+use crate::options::{LogsOptions, SinkOptions};
+use crate::record::Record;
+
+/// A destination that delivers batches of records, in order.
+#[async_trait]
+pub trait Sink: Send + 'static {
+    /// Deliver `batch` (connecting first if needed). `Ok` means the protocol accepted all of it:
+    /// the records count as delivered and the checkpoint moves past them.
+    async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), LogsError>;
+
+    /// Forget the connection after a failure; the next `send` reconnects.
+    async fn reset(&mut self);
+
+    /// Close the connection cleanly (shutdown).
+    async fn close(&mut self) {
+        self.reset().await;
+    }
+}
+
+/// Build the sink described by `options`.
+pub fn build_sink(options: &SinkOptions) -> Result<Box<dyn Sink>, LogsError> {
+    Ok(match options {
+        SinkOptions::Syslog(s) => Box::new(crate::syslog::SyslogSink::new(s)?),
+        SinkOptions::Loggregator(l) => Box::new(crate::loggregator::LoggregatorSink::new(l)?),
+    })
+}
+
+/// Exponential backoff with jitter.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubles up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            next: initial,
+        }
+    }
+
+    /// The next delay (between half and all of the nominal one).
+    pub fn next_delay(&mut self) -> Duration {
+        let nominal = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = nominal / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// Back to the initial delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// A running sink: its buffer, counters and worker task.
+pub struct SinkHandle {
+    /// Name, for logs and metrics.
+    pub name: String,
+    /// The records waiting for this sink.
+    pub buffer: Arc<BoundedBuffer>,
+    /// Its counters.
+    pub metrics: Arc<SinkMetrics>,
+    epoch: Arc<AtomicU64>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SinkHandle {
+    /// Queue a record for this sink.
+    pub fn push(&self, record: Arc<Record>) {
+        self.buffer.push(record);
+    }
+
+    /// Drop everything waiting, including a batch being retried (a replica that lost leadership).
+    pub fn discard(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.buffer.clear();
+    }
+
+    /// Send what is buffered, then stop; give up after `timeout`.
+    pub async fn drain(mut self, timeout: Duration) {
+        self.drain.cancel();
+        self.buffer.wake();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(timeout, &mut task).await.is_err()
+        {
+            if !self.buffer.is_empty() {
+                tracing::warn!(
+                    sink = %self.name,
+                    left = self.buffer.len(),
+                    "sink did not drain in time; records left in its buffer are lost"
+                );
+            }
+            self.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+
+    /// Stop at once.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        self.buffer.wake();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Start a worker for `sink` (the `index`-th sink: acknowledgements are per sink).
+pub fn spawn_sink(
+    name: String,
+    index: usize,
+    sink: Box<dyn Sink>,
+    options: &LogsOptions,
+    metrics: &LogsMetrics,
+) -> SinkHandle {
+    let buffer = Arc::new(BoundedBuffer::new(
+        options.buffer_lines,
+        options.buffer_bytes,
+    ));
+    let sink_metrics = Arc::new(SinkMetrics::default());
+    metrics.register_sink(&name, sink_metrics.clone(), buffer.clone());
+    let epoch = Arc::new(AtomicU64::new(0));
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let worker = SinkWorker {
+        name: name.clone(),
+        index,
+        sink,
+        buffer: buffer.clone(),
+        metrics: sink_metrics.clone(),
+        batch_size: options.batch_size.max(1),
+        backoff: Backoff::new(options.reconnect_initial(), options.reconnect_max()),
+        epoch: epoch.clone(),
+    };
+    let task = tokio::spawn(worker.run(drain.clone(), stop.clone()));
+    SinkHandle {
+        name,
+        buffer,
+        metrics: sink_metrics,
+        epoch,
+        drain,
+        stop,
+        task: Some(task),
+    }
+}
+
+struct SinkWorker {
+    name: String,
+    index: usize,
+    sink: Box<dyn Sink>,
+    buffer: Arc<BoundedBuffer>,
+    metrics: Arc<SinkMetrics>,
+    batch_size: usize,
+    backoff: Backoff,
+    epoch: Arc<AtomicU64>,
+}
+
+/// Errors of a failing sink are logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+impl SinkWorker {
+    async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
+        let mut pending: Vec<Arc<Record>> = Vec::new();
+        let mut pending_epoch = 0;
+        let mut failing_since: Option<Instant> = None;
+        let mut last_error_log: Option<Instant> = None;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            if !pending.is_empty() && pending_epoch != self.epoch.load(Ordering::SeqCst) {
+                pending.clear();
+            }
+            if pending.is_empty() {
+                pending_epoch = self.epoch.load(Ordering::SeqCst);
+                pending = self.buffer.pop_batch(self.batch_size);
+                if pending.is_empty() {
+                    if drain.is_cancelled() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = self.buffer.wait() => {}
+                        _ = drain.cancelled() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
+            let result = tokio::select! {
+                r = self.sink.send(&pending) => r,
+                _ = stop.cancelled() => break,
+            };
+            match result {
+                Ok(()) => {
+                    if pending_epoch == self.epoch.load(Ordering::SeqCst) {
+                        for r in &pending {
+                            r.delivered(self.index);
+                        }
+                    }
+                    self.metrics
+                        .sent
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    pending.clear();
+                    self.backoff.reset();
+                    if let Some(since) = failing_since.take() {
+                        self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            sink = %self.name,
+                            down_for = ?since.elapsed(),
+                            "sink recovered"
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    failing_since.get_or_insert_with(Instant::now);
+                    if last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
+                        last_error_log = Some(Instant::now());
+                        tracing::warn!(
+                            sink = %self.name,
+                            error = %e,
+                            buffered = self.buffer.len(),
+                            "sink send failed; retrying with backoff"
+                        );
+                    }
+                    self.sink.reset().await;
+                    let delay = self.backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let d: Vec<Duration> = (0..4).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[1] >= Duration::from_millis(100) && d[1] <= Duration::from_millis(200));
+        assert!(d[2] >= Duration::from_millis(175) && d[2] <= Duration::from_millis(350));
+        assert!(d[3] <= Duration::from_millis(350));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,537 @@
+//! Shared test harness: a real rsyslogd on a loopback port writing what it receives to a file,
+//! a small PKI for TLS, and helpers for app pods on a fake kubelet.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eirinix_logs::{LogsOptions, SinkOptions, SyslogOptions, TlsOptions};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus,
+    Pod, PodSpec, PodStatus,
+};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair,
+};
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,eirinix_logs=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A CA with a server certificate (localhost, 127.0.0.1) and a client certificate, as files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "eirinix-logs-test-ca");
+        ca_params.distinguished_name = dn;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, &ca_key);
+
+        let leaf = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            p.distinguished_name = dn;
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into(), "metron".into()],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(vec![], "eirinix-logs", ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |name: &str, content: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p
+        };
+        Pki {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            dir,
+        }
+    }
+
+    pub fn client_tls(&self, server_name: &str) -> TlsOptions {
+        TlsOptions {
+            ca_file: self.ca.clone(),
+            cert_file: Some(self.client_cert.clone()),
+            key_file: Some(self.client_key.clone()),
+            server_name: Some(server_name.into()),
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One message as rsyslog wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub host: String,
+    pub app: String,
+    pub procid: String,
+    pub msgid: String,
+    pub sd: String,
+    pub timestamp: String,
+    pub msg: Vec<u8>,
+}
+
+impl Received {
+    /// The value of SD-PARAM `name` (unescaped).
+    pub fn param(&self, name: &str) -> Option<String> {
+        let needle = format!(" {name}=\"");
+        let start = self.sd.find(&needle)? + needle.len();
+        let mut out = String::new();
+        let mut chars = self.sd[start..].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.push(chars.next()?),
+                '"' => return Some(out),
+                c => out.push(c),
+            }
+        }
+        None
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.msg).into_owned()
+    }
+}
+
+/// A real rsyslogd listening on 127.0.0.1 (TCP or TLS), killed on drop.
+pub struct Rsyslog {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub out: PathBuf,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Rsyslog {
+    pub fn start(tls: Option<&Pki>) -> Rsyslog {
+        Self::start_on(free_port(), tls)
+    }
+
+    pub fn start_on(port: u16, tls: Option<&Pki>) -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let out = dir.path().join("out.log");
+        let (globals, module) = match tls {
+            None => (String::new(), r#"module(load="imtcp")"#.to_owned()),
+            Some(pki) => (
+                format!(
+                    "global(DefaultNetstreamDriverCAFile=\"{}\" DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")\n",
+                    pki.ca.display(),
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                ),
+                r#"module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")"#.to_owned(),
+            ),
+        };
+        let conf = format!(
+            r#"global(maxMessageSize="65536")
+global(workDirectory="{d}")
+{globals}{module}
+input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="r")
+template(name="raw" type="string" string="%HOSTNAME%|%APP-NAME%|%PROCID%|%MSGID%|%STRUCTURED-DATA%|%TIMESTAMP:::date-rfc3339%|%msg%\n")
+ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
+"#
+        );
+        let conf_path = dir.path().join("rsyslog.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut r = Rsyslog {
+            dir,
+            port,
+            out,
+            conf: conf_path,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let pid = self.dir.path().join("rsyslogd.pid");
+        let _ = std::fs::remove_file(&pid);
+        let child = Command::new("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&self.conf)
+            .arg("-i")
+            .arg(&pid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("rsyslogd.stderr"))
+                    .unwrap(),
+            ))
+            .spawn()
+            .expect("rsyslogd must be installed (apt-get install rsyslog rsyslog-gnutls)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "rsyslogd exited with {status}: {}",
+                    std::fs::read_to_string(self.dir.path().join("rsyslogd.stderr"))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not listen on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Stop rsyslogd (SIGTERM, wait for exit): its port refuses connections until `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start rsyslogd again on the same port, appending to the same file.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        let data = std::fs::read(&self.out).unwrap_or_default();
+        data.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let mut parts = l.splitn(7, |b| *b == b'|');
+                let mut next =
+                    || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let host = next();
+                let app = next();
+                let procid = next();
+                let msgid = next();
+                let sd = next();
+                let timestamp = next();
+                let msg = parts.next().unwrap_or_default().to_vec();
+                Received {
+                    host,
+                    app,
+                    procid,
+                    msgid,
+                    sd,
+                    timestamp,
+                    msg,
+                }
+            })
+            .collect()
+    }
+
+    /// Wait until `done(received)` holds; panics with the last state after `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.received();
+            if done(&r) {
+                return r;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; rsyslog received {} messages; last: {:?}",
+                    r.len(),
+                    r.last()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Options for tests: one syslog sink, fast retries, short intervals.
+pub fn options(address: &str, tls: Option<TlsOptions>) -> LogsOptions {
+    let mut o = LogsOptions {
+        sinks: vec![SinkOptions::Syslog(SyslogOptions {
+            address: address.into(),
+            tls,
+            ..SyslogOptions::default()
+        })],
+        reconnect_initial_ms: 50,
+        reconnect_max_ms: 500,
+        pod_deleted_grace_ms: 500,
+        drain_timeout_ms: 5_000,
+        drop_report_interval_secs: 1,
+        ..LogsOptions::default()
+    };
+    o.replicas.checkpoint_interval_ms = 200;
+    o.replicas.lease_duration_secs = 3;
+    o
+}
+
+/// Lines whose message starts with `prefix`, in arrival order, as text.
+pub fn messages_with(received: &[Received], prefix: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter(|r| r.msg.starts_with(prefix.as_bytes()))
+        .map(Received::text)
+        .collect()
+}
+
+/// Asserts `got` is exactly `prefix0 .. prefix{n-1}` in order (no gap, no duplicate).
+pub fn assert_sequence(got: &[String], prefix: &str, n: usize) {
+    let expected: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    if got != expected {
+        let dups = got.len() as i64 - {
+            let mut s = got.to_vec();
+            s.sort();
+            s.dedup();
+            s.len() as i64
+        };
+        let first_diff = got
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.len()));
+        panic!(
+            "{prefix}: expected {n} lines in order, got {} ({dups} duplicates); first difference at {first_diff}: got {:?}, expected {:?}",
+            got.len(),
+            got.get(first_diff),
+            expected.get(first_diff)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods on the fake kubelet.
+
+pub const APP_GUID: &str = "7d1f3b3c-0000-4000-8000-00000000beef";
+
+/// An Eirini-like app pod (labels as Eirini sets them) bound to the kubelet's node.
+pub fn app_pod(name: &str, source_type: &str, containers: &[&str], node: &str) -> Pod {
+    let labels = BTreeMap::from([
+        ("cloudfoundry.org/app_guid".to_owned(), APP_GUID.to_owned()),
+        ("cloudfoundry.org/guid".to_owned(), "lrp-guid".to_owned()),
+        ("cloudfoundry.org/process_type".to_owned(), "web".to_owned()),
+        (
+            "cloudfoundry.org/source_type".to_owned(),
+            source_type.to_owned(),
+        ),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            containers: containers
+                .iter()
+                .map(|c| Container {
+                    name: (*c).into(),
+                    image: Some("registry.invalid/app:latest".into()),
+                    ..Container::default()
+                })
+                .collect(),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+pub async fn create_pod(client: &kube::Client, ns: &str, pod: &Pod) -> Pod {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap()
+}
+
+pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete(name, &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+}
+
+/// Container states a test can report in the pod status.
+#[derive(Clone, Copy, Debug)]
+pub enum State {
+    Running,
+    Terminated,
+}
+
+/// Patch the status of `container` (as a kubelet would report it).
+pub async fn set_status(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    restarts: i32,
+    state: State,
+) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut current = api.get_status(pod).await.unwrap();
+    let status = current.status.get_or_insert_with(PodStatus::default);
+    let statuses = status.container_statuses.get_or_insert_with(Vec::new);
+    statuses.retain(|s| s.name != container);
+    let state = match state {
+        State::Running => ContainerState {
+            running: Some(ContainerStateRunning::default()),
+            ..ContainerState::default()
+        },
+        State::Terminated => ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 0,
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        },
+    };
+    statuses.push(ContainerStatus {
+        name: container.into(),
+        image: "registry.invalid/app:latest".into(),
+        image_id: "".into(),
+        ready: state.running.is_some(),
+        restart_count: restarts,
+        state: Some(state),
+        ..ContainerStatus::default()
+    });
+    status.phase = Some("Running".into());
+    let patch =
+        serde_json::json!({ "status": { "phase": "Running", "containerStatuses": statuses } });
+    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the service.
+
+/// A logs service running on the current runtime.
+pub struct Running {
+    pub cancel: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<eirinix_logs::LogsMetrics>,
+}
+
+impl Running {
+    /// Graceful stop: drain, final checkpoint, lease released.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the logs service stops within 30 s")
+            .unwrap();
+    }
+}
+
+/// Start the logs service watching `ns` (state in `ns` too).
+pub fn start_service(client: &kube::Client, ns: &str, options: LogsOptions) -> Running {
+    let settings = eirinix_core::Settings {
+        namespace: Some(ns.into()),
+        webhook_namespace: ns.into(),
+        ..eirinix_core::Settings::default()
+    };
+    let scope = eirinix_logs::Scope {
+        namespaces: vec![ns.into()],
+        state_namespace: ns.into(),
+    };
+    let service = eirinix_logs::LogsService::new(options).unwrap();
+    let metrics = service.metrics();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(service.run(client.clone(), scope, settings, cancel.clone()));
+    Running {
+        cancel,
+        task,
+        metrics,
+    }
+}
+
+/// Poll `f` until true or panic after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,452 @@
+//! Following pods through the real kube-apiserver (fake kubelet) to a real rsyslogd:
+//! fast exits, multi-line and non-UTF-8 output, restarts, broken streams, deletion.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use eirinix_testenv::{ControlPlane, FakeKubelet, unique_name};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn setup(prefix: &str) -> (kube::Client, String, FakeKubelet, Rsyslog) {
+    init_tracing();
+    let plane = ControlPlane::shared()
+        .await
+        .expect("control plane (run scripts/provision.sh)");
+    let client = plane.client().await.unwrap();
+    let ns = plane.namespace(prefix).await.unwrap();
+    let kubelet = FakeKubelet::start(&client, &unique_name("node"))
+        .await
+        .unwrap();
+    (client, ns, kubelet, Rsyslog::start(None))
+}
+
+#[tokio::test]
+async fn fast_exit_multiline_non_utf8_and_staging_reach_rsyslog_exactly_once() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-fast").await;
+    let node = kubelet.node_name().to_owned();
+
+    // An app instance that wrote 10k lines and exited before anyone followed it.
+    create_pod(&client, &ns, &app_pod("dora-0", "APP", &["opi"], &node)).await;
+    let fast = kubelet.container(&ns, "dora-0", "opi");
+    fast.push_lines((0..10_000).map(|i| format!("fast-{i}")));
+    fast.finish();
+    set_status(&client, &ns, "dora-0", "opi", 0, State::Terminated).await;
+
+    // Another instance: multi-line output, bytes that are not UTF-8, an over-long line.
+    create_pod(&client, &ns, &app_pod("dora-1", "APP", &["opi"], &node)).await;
+    set_status(&client, &ns, "dora-1", "opi", 0, State::Running).await;
+    let ml = kubelet.container(&ns, "dora-1", "opi");
+    let t0 = SystemTime::now() - Duration::from_secs(5);
+    ml.push_line_at(t0, "Exception in thread main");
+    ml.push_line_at(t0, "\tat Foo.bar(Foo.java:1)");
+    ml.push_line_at(t0, "\tat Foo.main(Foo.java:2)");
+    // A write containing newlines: the runtime stamps the first line only.
+    ml.push_line_at(t0 + Duration::from_millis(1), "block-a\nblock-b\nblock-c");
+    ml.push_line_at(t0 + Duration::from_millis(2), b"latin1 caf\xe9 \xff");
+    ml.push_line_at(t0 + Duration::from_millis(3), "B".repeat(40_000));
+    ml.push_line_at(t0 + Duration::from_millis(4), "ml-end");
+
+    // A staging pod.
+    create_pod(
+        &client,
+        &ns,
+        &app_pod("dora-staging-8f2k", "STG", &["opi-task-executor"], &node),
+    )
+    .await;
+    set_status(
+        &client,
+        &ns,
+        "dora-staging-8f2k",
+        "opi-task-executor",
+        0,
+        State::Running,
+    )
+    .await;
+    let stg = kubelet.container(&ns, "dora-staging-8f2k", "opi-task-executor");
+    stg.push_line("-----> Downloading buildpacks");
+    stg.push_line("-----> Staging complete");
+
+    let mut opts = options(&rsyslog.address(), None);
+    opts.max_line_bytes = 16 * 1024;
+    let started = std::time::Instant::now();
+    let service = start_service(&client, &ns, opts);
+
+    rsyslog
+        .wait_for(T, "10k lines of the exited container", |r| {
+            messages_with(r, "fast-").len() >= 10_000
+        })
+        .await;
+    eprintln!(
+        "10k lines of a fast-exiting container delivered in {:?}",
+        started.elapsed()
+    );
+    rsyslog
+        .wait_for(T, "the multi-line container", |r| {
+            r.iter().any(|m| m.msg == b"ml-end")
+        })
+        .await;
+    rsyslog
+        .wait_for(T, "staging lines", |r| {
+            messages_with(r, "-----> Staging complete").len() == 1
+        })
+        .await;
+    // Let any duplicate show up before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = rsyslog.received();
+
+    let fast_lines = messages_with(&got, "fast-");
+    assert_sequence(&fast_lines, "fast-", 10_000);
+    let f = got.iter().find(|r| r.msg.starts_with(b"fast-")).unwrap();
+    assert_eq!(f.app, APP_GUID);
+    assert_eq!(f.host, "dora-0");
+    assert_eq!(f.procid, "[APP/PROC/WEB/0]");
+    assert_eq!(f.param("container").as_deref(), Some("opi"));
+    assert_eq!(f.param("namespace").as_deref(), Some(ns.as_str()));
+    assert_eq!(f.param("stream").as_deref(), Some("unknown"));
+
+    let ml: Vec<&Received> = got.iter().filter(|r| r.host == "dora-1").collect();
+    let texts: Vec<Vec<u8>> = ml.iter().map(|r| r.msg.clone()).collect();
+    let mut expected: Vec<Vec<u8>> = vec![
+        b"Exception in thread main".to_vec(),
+        b"\tat Foo.bar(Foo.java:1)".to_vec(),
+        b"\tat Foo.main(Foo.java:2)".to_vec(),
+        b"block-a".to_vec(),
+        b"block-b".to_vec(),
+        b"block-c".to_vec(),
+        b"latin1 caf\xe9 \xff".to_vec(),
+    ];
+    // Pieces of at most 16 KiB as read; the first includes the 31-byte timestamp prefix.
+    expected.push(vec![b'B'; 16 * 1024 - 31]);
+    expected.push(vec![b'B'; 16 * 1024]);
+    expected.push(vec![b'B'; 40_000 - (32 * 1024 - 31)]);
+    expected.push(b"ml-end".to_vec());
+    // rsyslog escapes the tab control character as #011.
+    let expected: Vec<Vec<u8>> = expected
+        .into_iter()
+        .map(|l| {
+            String::from_utf8(l.clone())
+                .map(|s| s.replace('\t', "#011").into_bytes())
+                .unwrap_or(l)
+        })
+        .collect();
+    assert_eq!(
+        texts.len(),
+        expected.len(),
+        "{:?}",
+        ml.iter().map(|r| r.text()).collect::<Vec<_>>()
+    );
+    for (i, (g, e)) in texts.iter().zip(&expected).enumerate() {
+        assert_eq!(g, e, "line {i}: {:?}", String::from_utf8_lossy(g));
+    }
+    let partial: Vec<Option<String>> = ml.iter().map(|r| r.param("partial")).collect();
+    assert_eq!(partial[7].as_deref(), Some("true"));
+    assert_eq!(partial[8].as_deref(), Some("true"));
+    assert_eq!(partial[9], None, "the last piece ends the line");
+    // The line's own timestamp (not the read time) reaches the aggregator.
+    let want = jiff::Timestamp::try_from(t0).unwrap();
+    let want = jiff::Timestamp::from_microsecond(want.as_microsecond()).unwrap();
+    let got_ts: jiff::Timestamp = ml[0].timestamp.parse().unwrap();
+    assert_eq!(got_ts, want);
+
+    let stg: Vec<&Received> = got
+        .iter()
+        .filter(|r| r.host == "dora-staging-8f2k")
+        .collect();
+    assert_eq!(stg.len(), 2);
+    assert_eq!(stg[0].procid, "[STG/0]");
+    assert_eq!(stg[0].param("source_type").as_deref(), Some("STG"));
+    assert_eq!(
+        stg[0].param("container").as_deref(),
+        Some("opi-task-executor")
+    );
+
+    let m = &service.metrics;
+    assert_eq!(m.dropped_total(), 0);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn restarted_container_is_followed_again_exactly_once() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-restart").await;
+    let node = kubelet.node_name().to_owned();
+    create_pod(&client, &ns, &app_pod("crashy-0", "APP", &["opi"], &node)).await;
+    set_status(&client, &ns, "crashy-0", "opi", 0, State::Running).await;
+    let log = kubelet.container(&ns, "crashy-0", "opi");
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    assert!(
+        log.wait_for_followers(1, T).await,
+        "the container is followed"
+    );
+
+    let mut n = 0;
+    let mut push = |count: usize| {
+        for _ in 0..count {
+            log.push_line(format!("r-{n}"));
+            n += 1;
+        }
+    };
+    push(100);
+    rsyslog
+        .wait_for(T, "first instance", |r| messages_with(r, "r-").len() >= 100)
+        .await;
+
+    // Restart 1: the status says so first, the instance's last lines come just before.
+    push(50);
+    set_status(&client, &ns, "crashy-0", "opi", 1, State::Running).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    log.restart();
+    push(100);
+    rsyslog
+        .wait_for(T, "second instance", |r| {
+            messages_with(r, "r-").len() >= 250
+        })
+        .await;
+
+    // Restart 2: the runtime restarts first; the status catches up later while the new
+    // instance is already writing.
+    push(30);
+    log.restart();
+    push(70);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_status(&client, &ns, "crashy-0", "opi", 2, State::Running).await;
+    push(50);
+
+    // Restart 3: the container exits, then comes back with lines at once.
+    push(10);
+    log.finish();
+    set_status(&client, &ns, "crashy-0", "opi", 2, State::Terminated).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    log.restart();
+    push(40);
+    set_status(&client, &ns, "crashy-0", "opi", 3, State::Running).await;
+
+    rsyslog
+        .wait_for(T, "all instances", |r| messages_with(r, "r-").len() >= 450)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_sequence(&messages_with(&rsyslog.received(), "r-"), "r-", 450);
+    assert_eq!(service.metrics.instances_missed.load(Ordering::Relaxed), 0);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn broken_streams_resume_without_gap_or_duplicate() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-break").await;
+    let node = kubelet.node_name().to_owned();
+    create_pod(&client, &ns, &app_pod("flaky-0", "APP", &["opi"], &node)).await;
+    set_status(&client, &ns, "flaky-0", "opi", 0, State::Running).await;
+    let log = kubelet.container(&ns, "flaky-0", "opi");
+    // Many lines share a second, some share the exact timestamp: the resume overlap is real.
+    let base = SystemTime::now() - Duration::from_secs(60);
+    let at = |i: u64| base + Duration::from_millis(i / 3 * 10);
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    assert!(log.wait_for_followers(1, T).await);
+
+    let total = 3_000u64;
+    for i in 0..total {
+        log.push_line_at(at(i), format!("b-{i}"));
+        if i % 500 == 250 {
+            // Cut the stream mid-output (lines are still being read), then wait for the resume
+            // so that the next cut hits the new stream. A cut can miss when it comes between
+            // the follower's request and the kubelet's registering it: cut again then.
+            let opened = service.metrics.streams_opened.load(Ordering::Relaxed);
+            let deadline = std::time::Instant::now() + T;
+            loop {
+                log.break_streams();
+                let resumed = tokio::time::timeout(Duration::from_secs(2), async {
+                    while service.metrics.streams_opened.load(Ordering::Relaxed) <= opened {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+                if resumed.is_ok() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never resumed after a break"
+                );
+            }
+        }
+    }
+    // And once more while idle.
+    rsyslog
+        .wait_for(T, "all lines", |r| {
+            messages_with(r, "b-").len() as u64 >= total
+        })
+        .await;
+    log.break_streams();
+    assert!(
+        log.wait_for_followers(1, T).await,
+        "followed again after the break"
+    );
+    log.push_line_at(at(total), format!("b-{total}"));
+    log.finish();
+    set_status(&client, &ns, "flaky-0", "opi", 0, State::Terminated).await;
+    rsyslog
+        .wait_for(T, "the last line", |r| {
+            messages_with(r, "b-").len() as u64 > total
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_sequence(
+        &messages_with(&rsyslog.received(), "b-"),
+        "b-",
+        total as usize + 1,
+    );
+    let m = &service.metrics;
+    assert!(
+        m.streams_opened.load(Ordering::Relaxed) >= 7,
+        "the stream was resumed after each break: {} opened",
+        m.streams_opened.load(Ordering::Relaxed)
+    );
+    assert!(
+        m.duplicates_skipped.load(Ordering::Relaxed) > 0,
+        "the overlap was dropped"
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_pod_is_read_to_the_end_and_released() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-delete").await;
+    let node = kubelet.node_name().to_owned();
+    let pod = create_pod(
+        &client,
+        &ns,
+        &app_pod("gone-0", "APP", &["opi", "sidecar"], &node),
+    )
+    .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    set_status(&client, &ns, "gone-0", "opi", 0, State::Running).await;
+    let opi = kubelet.container(&ns, "gone-0", "opi");
+    let sidecar = kubelet.container(&ns, "gone-0", "sidecar");
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    assert!(opi.wait_for_followers(1, T).await);
+    assert!(
+        sidecar.wait_for_followers(1, T).await,
+        "containers without status are tried too"
+    );
+    eventually(T, "two followers", || {
+        service.metrics.followers.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    for i in 0..100 {
+        opi.push_line(format!("d-{i}"));
+    }
+    sidecar.push_line("side-0");
+    rsyslog
+        .wait_for(T, "lines before the deletion", |r| {
+            messages_with(r, "d-").len() >= 100
+        })
+        .await;
+    let deadline = std::time::Instant::now() + T;
+    while !checkpoint_keys(&client, &ns)
+        .await
+        .contains(&format!("{uid}.opi"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    delete_pod(&client, &ns, "gone-0").await;
+    rsyslog
+        .wait_for(T, "lines written before the deletion", |r| {
+            messages_with(r, "d-").len() >= 100 && !messages_with(r, "side-").is_empty()
+        })
+        .await;
+    eventually(T, "followers released", || {
+        service.metrics.followers.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    assert!(opi.wait_for_followers(0, T).await, "streams closed");
+    assert_sequence(&messages_with(&rsyslog.received(), "d-"), "d-", 100);
+    // Its checkpoint entries are removed too.
+    let deadline = std::time::Instant::now() + T;
+    while checkpoint_keys(&client, &ns)
+        .await
+        .iter()
+        .any(|k| k.starts_with(&uid))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint of the deleted pod kept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn manager_install_runs_the_extension() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-install").await;
+    let node = kubelet.node_name().to_owned();
+    let mut opts = options(&rsyslog.address(), None);
+    opts.namespaces = vec![ns.clone()];
+    opts.replicas.namespace = Some(ns.clone());
+    let builder = eirinix_core::Manager::builder()
+        .namespace(ns.clone())
+        .webhook_namespace(ns.clone())
+        .register_webhook(false)
+        .bind_address(std::net::Ipv4Addr::LOCALHOST.into())
+        .port(0);
+    let (builder, metrics) = eirinix_logs::try_install(builder, opts).unwrap();
+    let manager = builder
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap();
+
+    create_pod(
+        &client,
+        &ns,
+        &app_pod("via-manager-2", "APP", &["opi"], &node),
+    )
+    .await;
+    set_status(&client, &ns, "via-manager-2", "opi", 0, State::Running).await;
+    let log = kubelet.container(&ns, "via-manager-2", "opi");
+    for i in 0..10 {
+        log.push_line(format!("m-{i}"));
+    }
+    let got = rsyslog
+        .wait_for(T, "lines via the manager", |r| {
+            messages_with(r, "m-").len() >= 10
+        })
+        .await;
+    assert_sequence(&messages_with(&got, "m-"), "m-", 10);
+    assert!(got.iter().all(|r| r.procid == "[APP/PROC/WEB/2]"));
+    assert_eq!(metrics.leader.load(Ordering::Relaxed), 1);
+    assert!(
+        metrics
+            .render()
+            .contains("eirinix_logs_records_forwarded_total 10")
+    );
+    manager.shutdown().await;
+
+    // Unusable options are reported, not ignored.
+    let bad = eirinix_logs::LogsOptions::default();
+    assert!(eirinix_logs::try_install(eirinix_core::Manager::builder(), bad).is_err());
+}
+
+async fn checkpoint_keys(client: &kube::Client, ns: &str) -> Vec<String> {
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), ns);
+    let mut keys = Vec::new();
+    for shard in 0..4 {
+        if let Some(cm) = cms
+            .get_opt(&format!("eirinix-logs-checkpoint-{shard}"))
+            .await
+            .unwrap()
+        {
+            keys.extend(cm.data.unwrap_or_default().into_keys());
+        }
+    }
+    keys
+}

@@ -1,0 +1,25 @@
+//! eirinix ssh extension: `cf ssh`-style access into app instances without sshd in the image.
+//!
+//! Three parts: the webhook ([`SshInjector`]) wraps the app's command with the in-pod daemon
+//! ([`daemon`], command line in [`sshd`]) and gives it per-app keys ([`keys`]); the proxy
+//! ([`proxy`]) authenticates users with Kubernetes bearer tokens and relays their sessions.
+//! The [`janitor`] removes key Secrets of deleted apps.
+
+#![warn(missing_docs)]
+
+pub mod daemon;
+pub mod error;
+pub mod janitor;
+pub mod keys;
+pub mod options;
+pub mod proxy;
+pub mod sshd;
+pub mod webhook;
+
+pub use daemon::{Daemon, DaemonConfig, run_daemon};
+pub use error::{Result, SshError};
+pub use janitor::{JanitorOptions, run_janitor};
+pub use keys::AppKeys;
+pub use options::SshOptions;
+pub use proxy::{PodIpResolver, PodResolver, Proxy, ProxyConfig, run_proxy};
+pub use webhook::{SshInjector, SshMetrics};
