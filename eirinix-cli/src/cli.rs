@@ -64,6 +64,14 @@ pub enum Command {
     Register(RegisterArgs),
     /// Remove the webhook configuration and the certificate Secret (uninstall).
     Unregister(ServeArgs),
+    /// ssh: the in-pod daemon (what the webhook injects; `sshd --exec -- CMD` wraps an app).
+    Sshd {
+        /// Daemon arguments (see `eirinix sshd --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// ssh: the proxy in front of app instances (`ssh -p PORT <app-guid>/<index>@proxy`, token as password).
+    SshProxy(SshProxyArgs),
     /// persi's Open Service Broker (creates PVCs for `cf create-service`).
     Broker(BrokerArgs),
     /// rootfs one-shot (Helm hook): roll app StatefulSets onto the desired version, then exit; non-zero if anything failed.
@@ -203,6 +211,23 @@ pub struct BrokerArgs {
     /// Address to listen on.
     #[arg(long, env = "EIRINIX_BROKER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
+}
+
+/// `ssh-proxy` options.
+#[derive(Args, Debug)]
+pub struct SshProxyArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EIRINIX_SSH_PROXY_LISTEN", default_value = "0.0.0.0:2222")]
+    pub listen: std::net::SocketAddr,
+    /// Namespace of the app pods (empty: all).
+    #[arg(long, env = "EIRINIX_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// Secret `namespace/name` holding the proxy's host key (created if absent; shared by replicas).
+    #[arg(long, env = "EIRINIX_SSH_PROXY_HOST_KEY_SECRET")]
+    pub host_key_secret: String,
+    /// Port of the in-pod daemons.
+    #[arg(long, env = "EIRINIX_SSH_PORT", default_value_t = 2222)]
+    pub daemon_port: u16,
 }
 
 /// `dev` options.

@@ -199,6 +199,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         rootfs_max_in_flight: 2,
         rootfs_roll_timeout: 60,
         rootfs_opt_out_annotation: "eirinix.org/rootfs-opt-out".into(),
+        ssh_image: eirinix_ssh::options::DEFAULT_IMAGE.into(),
+        ssh_image_binary: "/usr/local/bin/eirinix".into(),
+        ssh_port: 2222,
         ..Default::default()
     };
     // logs: a fake kubelet serves the app's output through the real apiserver, and a local

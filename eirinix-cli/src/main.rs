@@ -37,6 +37,11 @@ async fn client() -> anyhow::Result<kube::Client> {
 }
 
 fn main() -> std::process::ExitCode {
+    // The in-pod ssh daemon forks (`--exec`), so it must run before any thread or runtime exists.
+    let mut raw = std::env::args_os();
+    if raw.nth(1).is_some_and(|a| a == "sshd") {
+        return eirinix_ssh::sshd::sshd_main(raw);
+    }
     cli::apply_legacy_env();
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -123,6 +128,27 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Review(args) => return stock::review(args).await,
+        Command::Sshd { .. } => unreachable!("handled before the runtime starts"),
+        Command::SshProxy(args) => {
+            let (ns, name) = args
+                .host_key_secret
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                .context("--host-key-secret must be namespace/name")?;
+            let client = client().await?;
+            let host_key = eirinix_ssh::proxy::proxy_host_key(&client, ns, name).await?;
+            let mut config = eirinix_ssh::ProxyConfig::new(host_key);
+            config.listen = args.listen;
+            config.namespace = (!args.namespace.is_empty()).then_some(args.namespace);
+            config.daemon_port = args.daemon_port;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                eirinix_core::manager::shutdown_signal().await;
+                stop.cancel();
+            });
+            eirinix_ssh::run_proxy(config, client, cancel).await?;
+        }
         Command::Dev(args) => dev::run(args).await?,
         Command::Demo(args) => demo::run(args).await?,
     }

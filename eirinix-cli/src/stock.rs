@@ -11,7 +11,7 @@ use eirinix_core::{FailurePolicy, Manager, ManagerBuilder, Operation};
 use crate::cli::{CommonArgs, FailurePolicyArg, ReviewArgs};
 
 /// Every stock extension, in the order they are registered.
-pub const ALL: [&str; 3] = ["persi", "logs", "rootfs"];
+pub const ALL: [&str; 4] = ["persi", "ssh", "logs", "rootfs"];
 
 /// Flags of the stock extensions (prefixed by the extension name).
 #[derive(Args, Debug, Clone, Default)]
@@ -22,6 +22,26 @@ pub struct StockArgs {
     /// persi: fsGroup given to pods that mount a volume (0 leaves the security context alone).
     #[arg(long, env = "EIRINIX_PERSI_FS_GROUP", default_value_t = 2000)]
     pub persi_fs_group: i64,
+
+    /// ssh: failure policy of its webhook (default Ignore: an app without ssh still starts).
+    #[arg(long, value_enum, env = "EIRINIX_SSH_FAILURE_POLICY")]
+    pub ssh_failure_policy: Option<FailurePolicyArg>,
+    /// ssh: image whose binary the init container copies into app pods (this binary's image).
+    #[arg(long, env = "EIRINIX_SSH_IMAGE", default_value = eirinix_ssh::options::DEFAULT_IMAGE)]
+    pub ssh_image: String,
+    /// ssh: path of the eirinix binary inside that image.
+    #[arg(
+        long,
+        env = "EIRINIX_SSH_IMAGE_BINARY",
+        default_value = "/usr/local/bin/eirinix"
+    )]
+    pub ssh_image_binary: String,
+    /// ssh: port the in-pod daemon listens on.
+    #[arg(long, env = "EIRINIX_SSH_PORT", default_value_t = 2222)]
+    pub ssh_port: u16,
+    /// ssh: add the daemon as a sidecar to containers with no explicit command (else they are left alone).
+    #[arg(long, env = "EIRINIX_SSH_SIDECAR_FALLBACK")]
+    pub ssh_sidecar_fallback: bool,
 
     /// logs: configuration file (YAML: sinks, buffers, replicas; see extensions/logs/README.md).
     #[arg(long, env = "EIRINIX_LOGS_CONFIG")]
@@ -87,6 +107,28 @@ pub fn persi(stock: &StockArgs) -> eirinix_persi::Persi {
     eirinix_persi::Persi::new(eirinix_persi::PersiOptions {
         fs_group: (stock.persi_fs_group > 0).then_some(stock.persi_fs_group),
         failure_policy: stock.persi_failure_policy.map(policy),
+        ..Default::default()
+    })
+}
+
+/// ssh options from flags.
+pub fn ssh_options(stock: &StockArgs) -> anyhow::Result<eirinix_ssh::SshOptions> {
+    anyhow::ensure!(
+        !stock.ssh_image.is_empty(),
+        "--ssh-image must name the image holding the eirinix binary"
+    );
+    anyhow::ensure!(
+        stock.ssh_image_binary.starts_with('/'),
+        "--ssh-image-binary must be an absolute path"
+    );
+    Ok(eirinix_ssh::SshOptions {
+        image: stock.ssh_image.clone(),
+        image_binary: stock.ssh_image_binary.clone(),
+        port: stock.ssh_port,
+        sidecar_fallback: stock.ssh_sidecar_fallback,
+        failure_policy: stock
+            .ssh_failure_policy
+            .map_or(FailurePolicy::Ignore, policy),
         ..Default::default()
     })
 }
@@ -218,6 +260,19 @@ pub fn install(
     for name in names {
         b = match *name {
             "persi" => b.extension(persi(stock)),
+            "ssh" => {
+                let injector = eirinix_ssh::SshInjector::new(ssh_options(stock)?);
+                let metrics = injector.metrics().clone();
+                b.extension(injector)
+                    .metrics_source(Arc::new(move || metrics.render()))
+                    .task("ssh-janitor", |ctx, cancel| {
+                        eirinix_ssh::run_janitor(
+                            ctx,
+                            eirinix_ssh::JanitorOptions::default(),
+                            cancel,
+                        )
+                    })
+            }
             "logs" => {
                 let path = stock
                     .logs_config
@@ -286,6 +341,7 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<std::process::ExitCode> 
             let state = eirinix_rootfs::RootfsState::new(rootfs_options(&args.stock, None, None)?)?;
             Arc::new(eirinix_rootfs::RootfsWebhook::new(state))
         }
+        "ssh" => Arc::new(eirinix_ssh::SshInjector::new(ssh_options(&args.stock)?)),
         "logs" => anyhow::bail!("logs has no webhook to review: it follows pod logs"),
         other => anyhow::bail!("unknown extension {other:?} (known: {})", ALL.join(", ")),
     };

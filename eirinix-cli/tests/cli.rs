@@ -17,6 +17,7 @@ fn help_of_every_subcommand_is_complete() {
         "register",
         "unregister",
         "broker",
+        "ssh-proxy",
         "rootfs-roll",
         "review",
         "dev",
@@ -74,14 +75,40 @@ fn invalid_combinations_fail_at_start_with_one_clear_line() {
                 "run",
                 "--host",
                 "127.0.0.1",
+                "--extensions",
+                "rootfs",
                 "--rootfs-config-map",
                 "noslash",
             ],
             "namespace/name",
         ),
         (
-            &["run", "--host", "127.0.0.1", "--fingerprint", "Bad_Name"],
+            &[
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--extensions",
+                "persi",
+                "--fingerprint",
+                "Bad_Name",
+            ],
             "DNS-1123",
+        ),
+        (
+            &["run", "--host", "127.0.0.1"],
+            "the logs extension needs --logs-config",
+        ),
+        (
+            &[
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--extensions",
+                "ssh",
+                "--ssh-image",
+                "",
+            ],
+            "--ssh-image must name",
         ),
     ];
     for (args, expected) in cases {
@@ -183,4 +210,16 @@ fn demo_shows_every_extension_at_work_on_a_real_control_plane() {
         !text.contains("tolerations"),
         "apiserver defaults leak into the diff"
     );
+    for expected in [
+        "+   initContainers:",
+        "eirinix-sshd",
+        "aggregator received:",
+        "[APP/PROC/WEB/0]",
+        "Starting dora on port 8080",
+    ] {
+        assert!(
+            text.contains(expected),
+            "demo output lacks {expected:?}:\n{text}"
+        );
+    }
 }
