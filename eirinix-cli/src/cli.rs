@@ -179,6 +179,10 @@ pub struct CommonArgs {
     /// Serve HTTP/2 too (off by default).
     #[arg(long, env = "EIRINIX_HTTP2")]
     pub http2: bool,
+    /// Require clients of the webhook port to present a certificate signed by a CA in this PEM
+    /// file (the apiserver's admission client certificate; see SECURITY.md).
+    #[arg(long, env = "EIRINIX_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Failure policy values.

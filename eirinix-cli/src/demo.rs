@@ -191,6 +191,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         repair_interval: 5,
         admin_port: None,
         http2: false,
+        client_ca_file: None,
     };
     let stock_args = StockArgs {
         persi_fs_group: 2000,

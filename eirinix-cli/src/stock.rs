@@ -240,6 +240,9 @@ pub fn framework(common: &CommonArgs) -> anyhow::Result<ManagerBuilder> {
     if !common.excluded_namespaces.is_empty() {
         b = b.excluded_namespaces(common.excluded_namespaces.clone());
     }
+    if let Some(ca) = &common.client_ca_file {
+        b = b.client_ca_file(ca.clone());
+    }
     if let Some(cert) = &common.cert_file {
         let key: PathBuf = common
             .key_file

@@ -29,6 +29,19 @@ fn helm() -> PathBuf {
 
 fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
     let cm = "certificates.mode=certManager";
+    let logs = [
+        "extensions.logs.enabled=true",
+        "extensions.logs.sinks[0].type=syslog",
+        "extensions.logs.sinks[0].address=127.0.0.1:6514",
+    ];
+    let all = [
+        "extensions.ssh.enabled=true",
+        "extensions.rootfs.enabled=true",
+        "extensions.persi.broker.enabled=true",
+        logs[0],
+        logs[1],
+        logs[2],
+    ];
     vec![
         ("default (persi)", vec![]),
         (
@@ -45,22 +58,33 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
             ],
         ),
         (
-            "persi + rootfs, all namespaces",
+            "ssh only",
             vec![
-                "extensions.rootfs.enabled=true",
-                "appNamespace=",
-                "metrics.serviceMonitor.enabled=true",
+                "extensions.persi.enabled=false",
+                "extensions.ssh.enabled=true",
             ],
         ),
+        (
+            "logs only",
+            [vec!["extensions.persi.enabled=false"], logs.to_vec()].concat(),
+        ),
+        (
+            "everything, all namespaces",
+            [
+                all.to_vec(),
+                vec!["appNamespace=", "metrics.serviceMonitor.enabled=true"],
+            ]
+            .concat(),
+        ),
+        ("everything", all.to_vec()),
         ("cert-manager, persi", vec![cm]),
         (
-            "cert-manager, persi + rootfs + broker",
-            vec![
-                cm,
-                "extensions.rootfs.enabled=true",
-                "extensions.persi.broker.enabled=true",
-                "metrics.serviceMonitor.enabled=true",
-            ],
+            "cert-manager, everything",
+            [
+                all.to_vec(),
+                vec![cm, "metrics.serviceMonitor.enabled=true"],
+            ]
+            .concat(),
         ),
     ]
 }
@@ -363,6 +387,12 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
     let (sys, apps) = namespaces(cp).await;
     let fp = unique_name("rbac");
     let fp_set = format!("fingerprint={fp}");
+    // A log aggregator for the logs extension to connect to.
+    let aggregator = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink = format!(
+        "extensions.logs.sinks[0].address={}",
+        aggregator.local_addr().unwrap()
+    );
     let docs = render(
         &sys,
         &apps,
@@ -370,6 +400,10 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
             &fp_set,
             "extensions.rootfs.enabled=true",
             "extensions.rootfs.version=v2",
+            "extensions.ssh.enabled=true",
+            "extensions.logs.enabled=true",
+            "extensions.logs.sinks[0].type=syslog",
+            &sink,
         ],
     );
     // Create what identities need (service accounts and RBAC), for real.
@@ -428,15 +462,36 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
         .local_addr()
         .unwrap()
         .port();
+    // The logs configuration the chart mounts, as a file.
+    let logs_cm = by_kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "rel-logs")
+        .expect("logs ConfigMap");
+    let logs_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        logs_file.path(),
+        logs_cm["data"]["logs.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
     let mut args: Vec<String> = run_args(&docs, "rel-server")
         .into_iter()
-        .filter(|a| !a.starts_with("--port=") && !a.starts_with("--admin-port="))
+        .filter(|a| {
+            !a.starts_with("--port=")
+                && !a.starts_with("--admin-port=")
+                && !a.starts_with("--logs-config=")
+        })
         .collect();
     args.extend([
         "--port=0".into(),
         format!("--admin-port={admin_port}"),
         "--bind-address=127.0.0.1".into(),
+        format!("--logs-config={}", logs_file.path().display()),
     ]);
+    let ext = args
+        .iter()
+        .find(|a| a.starts_with("--extensions="))
+        .unwrap();
+    assert_eq!(ext, "--extensions=persi,ssh,logs,rootfs");
     let mut server = eirinix_as(server_kc.path(), &args)
         .stderr(Stdio::piped())
         .spawn()
@@ -455,11 +510,61 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Let every watcher, leader election and janitor make its first requests.
+    std::thread::sleep(Duration::from_secs(4));
     let _ = server.kill();
     let output = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         ready,
-        "server as its service account never became ready: {}",
+        "server as its service account never became ready: {stderr}"
+    );
+    assert!(
+        !stderr.to_lowercase().contains("forbidden"),
+        "the server's role lacks a permission its extensions use:\n{stderr}"
+    );
+
+    // The ssh proxy's identity can start it (host key Secret created) and it serves SSH.
+    let proxy_kc = impersonating(cp, &sa("ssh-proxy"));
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy_args: Vec<String> = run_args(&docs, "rel-ssh-proxy")
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--listen=") {
+                format!("--listen=127.0.0.1:{proxy_port}")
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut proxy = eirinix_as(proxy_kc.path(), &proxy_args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let banner = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", proxy_port)) {
+            use std::io::Read as _;
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 8];
+            if s.read(&mut buf).is_ok_and(|n| n > 0) {
+                break String::from_utf8_lossy(&buf).to_string();
+            }
+        }
+        if Instant::now() > deadline || proxy.try_wait().unwrap().is_some() {
+            break String::new();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = proxy.kill();
+    let output = proxy.wait_with_output().unwrap();
+    assert!(
+        banner.starts_with("SSH-2.0"),
+        "ssh proxy as its service account: {}",
         String::from_utf8_lossy(&output.stderr)
     );
 

@@ -44,6 +44,9 @@ app.kubernetes.io/component: {{ .component }}
 - --ssh-failure-policy={{ .failurePolicy | lower }}
 - --ssh-port={{ .port }}
 - --ssh-image={{ include "eirinix.image" $ }}
+{{- if .sidecarFallback }}
+- --ssh-sidecar-fallback
+{{- end }}
 {{- end }}{{ end }}
 {{- with .Values.extensions.rootfs }}{{ if .enabled }}
 {{- if .version }}
