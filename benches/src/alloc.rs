@@ -1,9 +1,12 @@
 //! A counting global allocator: live and peak heap bytes, for memory-per-operation numbers.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator the eirinix binary uses, so benchmarks measure the same thing.
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 
-/// Wraps the system allocator and counts bytes (only while enabled: counting contends).
+/// Wraps the allocator and counts bytes (only while enabled: counting contends).
 pub struct Counting;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -19,7 +22,7 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged to the system allocator.
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { INNER.alloc(layout) };
         if !p.is_null() && ENABLED.load(Ordering::Relaxed) {
             let live =
                 LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
@@ -30,7 +33,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { INNER.dealloc(ptr, layout) };
         if ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         }

@@ -41,6 +41,12 @@ enum Cmd {
     },
     /// A pod with 1,000 env vars and 20 containers: time and heap per review.
     LargePod,
+    /// The handler alone (decode, persi, encode) on the realistic pod, one thread: µs per review by stage.
+    Handler {
+        /// Reviews to run.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
     /// Added pod-creation latency through a real kube-apiserver.
     ApiserverLatency {
         /// Pods per variant.
@@ -222,6 +228,52 @@ async fn large_pod() -> anyhow::Result<()> {
         out_len,
         per.as_secs_f64() * 1e3,
         extra as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+async fn handler(iterations: u32) -> anyhow::Result<()> {
+    let ext: Arc<dyn eirinix_core::Extension> = Arc::new(eirinix_persi::Persi::new(
+        eirinix_persi::PersiOptions::default(),
+    ));
+    let h = ExtensionHandler::new(ext.clone(), FailurePolicy::Fail, Duration::from_secs(10), 0);
+    let ctx = Context::offline(Arc::new(Settings::default()));
+    let metrics = Metrics::new(["persi"]);
+    let body = pods::review(&pods::eirini_app_pod());
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+    };
+    let decode = time(&mut || {
+        std::hint::black_box(eirinix_core::admission::decode(&body).ok());
+    });
+    let pod_only = {
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let raw = serde_json::to_string(&v["request"]["object"])?;
+        time(&mut || {
+            std::hint::black_box(
+                serde_json::from_str::<k8s_openapi::api::core::v1::Pod>(&raw).ok(),
+            );
+        })
+    };
+    let decoded = eirinix_core::admission::decode(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pod = decoded.pod.clone().map_err(anyhow::Error::msg)?;
+    let t = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(ext.mutate(&ctx, &decoded.request, &pod).await.ok());
+    }
+    let mutate = t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+    let t = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(h.handle_body(&ctx, &metrics, &body).await.ok());
+    }
+    let full = t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+    println!(
+        "| handler, one thread ({} B review) | decode {decode:.1} µs (of which Pod {pod_only:.1} µs) | persi mutate {mutate:.1} µs | whole handle_body {full:.1} µs |",
+        body.len()
     );
     Ok(())
 }
@@ -429,6 +481,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Admission { seconds } => admission(seconds).await,
         Cmd::LargePod => large_pod().await,
+        Cmd::Handler { iterations } => handler(iterations).await,
         Cmd::ApiserverLatency { pods } => apiserver_latency(pods).await,
         Cmd::WatchScale { pods } => watch_scale(pods).await,
         Cmd::Rotation { seconds } => rotation(seconds).await,

@@ -11,6 +11,10 @@ use clap::Parser as _;
 
 use cli::{Cli, Command, LogFormat, RegisterArgs};
 
+/// mimalloc: about a quarter fewer instructions per admission review than glibc malloc (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -90,6 +90,87 @@ struct RequestIn<'a> {
     options: Option<RawExtension>,
 }
 
+/// The whole review in one pass, the Pod decoded in place: the common case, and the fast one
+/// (the two-stage decode scans the object three times). Any failure falls back to the
+/// two-stage decode, which names the problem precisely.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastReview {
+    api_version: String,
+    kind: String,
+    request: FastRequest,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    request_kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    request_resource: Option<GroupVersionResource>,
+    #[serde(default)]
+    request_sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    user_info: UserInfo,
+    object: Pod,
+    #[serde(default)]
+    old_object: Option<Pod>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    options: Option<RawExtension>,
+}
+
+fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
+    // simd-json parses in place, so it works on a copy (a memcpy, cheap next to the parse).
+    let mut buf = body.to_vec();
+    let review: FastReview = simd_json::serde::from_slice(&mut buf).ok()?;
+    let req = review.request;
+    let acceptable = review.api_version == API_VERSION
+        && review.kind == "AdmissionReview"
+        && !req.uid.is_empty()
+        && req.kind.group.is_empty()
+        && req.kind.kind == "Pod";
+    if !acceptable {
+        return None;
+    }
+    let request = AdmissionRequest {
+        types: TypeMeta {
+            api_version: review.api_version,
+            kind: review.kind,
+        },
+        uid: req.uid,
+        kind: req.kind,
+        resource: req.resource,
+        sub_resource: req.sub_resource,
+        request_kind: req.request_kind,
+        request_resource: req.request_resource,
+        request_sub_resource: req.request_sub_resource,
+        name: req.name,
+        namespace: req.namespace,
+        operation: req.operation,
+        user_info: req.user_info,
+        object: None,
+        old_object: req.old_object,
+        dry_run: req.dry_run,
+        options: req.options,
+    };
+    Some(DecodedReview {
+        request,
+        pod: Ok(req.object),
+    })
+}
+
 /// A decoded review: the request metadata and the pod (or why it is not one).
 #[derive(Debug)]
 pub struct DecodedReview {
@@ -105,6 +186,14 @@ fn is_null(raw: Option<&RawValue>) -> bool {
 
 /// Decode an AdmissionReview v1 body.
 pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+    match decode_fast(body) {
+        Some(decoded) => Ok(decoded),
+        None => decode_precise(body),
+    }
+}
+
+/// The two-stage decode: the envelope first, then the object, so every failure is named.
+fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
     if review.api_version != API_VERSION {
         return Err(ReviewError::UnsupportedVersion(review.api_version));

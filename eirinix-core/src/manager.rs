@@ -79,6 +79,9 @@ pub enum ManagerError {
     /// TLS setup failed.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// The CA for verifying client certificates could not be loaded.
+    #[error("client certificate verification: {0}")]
+    ClientCa(#[from] crate::tls::ClientCaError),
 }
 
 type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -174,6 +177,13 @@ impl ManagerBuilder {
             key: key.into(),
             ca,
         };
+        self
+    }
+
+    /// Require a client certificate signed by a CA in the PEM file `ca` on the webhook port
+    /// (the apiserver presents one when its admission kubeconfig says so); read at start.
+    pub fn client_ca_file(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.settings.client_ca = Some(ca.into());
         self
     }
 
@@ -525,6 +535,12 @@ impl Manager {
     pub async fn start(self, client: kube::Client) -> Result<RunningManager, ManagerError> {
         crate::tls::install_default_provider();
         let settings = self.settings.clone();
+        // Before any side effect: a bad client CA file is a configuration error.
+        let client_ca = settings
+            .client_ca
+            .as_deref()
+            .map(crate::tls::ClientCa::from_file)
+            .transpose()?;
         let bind = SocketAddr::new(settings.bind_address, settings.port);
         let listener = TcpListener::bind(bind)
             .await
@@ -545,16 +561,19 @@ impl Manager {
         // Certificates first: nothing is served or registered without them.
         let published = match &settings.cert_source {
             CertSource::Secret => {
-                let rotator = Arc::new(Rotator::new(
-                    self.secret_store(&client),
-                    self.subject_names(),
-                    settings.cert_policy.clone(),
-                    self.clock.clone(),
-                    resolver.clone(),
-                    metrics.clone(),
-                    health.clone(),
-                    true,
-                ));
+                let rotator = Arc::new(
+                    Rotator::new(
+                        self.secret_store(&client),
+                        self.subject_names(),
+                        settings.cert_policy.clone(),
+                        self.clock.clone(),
+                        resolver.clone(),
+                        metrics.clone(),
+                        health.clone(),
+                        true,
+                    )
+                    .with_promotion_gate(promotion_gate(client.clone(), &settings)),
+                );
                 rotator.tick().await?;
                 let rx = rotator.subscribe();
                 background.push(tokio::spawn(
@@ -602,7 +621,11 @@ impl Manager {
             metrics: metrics.clone(),
             health: health.clone(),
         });
-        let tls = crate::tls::server_config(resolver.clone(), settings.http2)?;
+        let tls = crate::tls::server_config_with_client_ca(
+            resolver.clone(),
+            settings.http2,
+            client_ca.as_ref(),
+        )?;
         let serve_opts = ServeOptions {
             max_connections: settings.max_connections,
             handshake_timeout: settings.request_timeout,
@@ -713,6 +736,35 @@ impl Manager {
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
+}
+
+/// A staged CA may sign once every webhook of the configuration trusts it (a read-only GET).
+fn promotion_gate(client: kube::Client, settings: &Settings) -> crate::rotation::PromotionGate {
+    let registrar = Registrar::new(client, &settings.field_manager);
+    let name = settings.configuration_name();
+    Arc::new(move |ca_pem: String| {
+        let (registrar, name) = (registrar.clone(), name.clone());
+        Box::pin(async move {
+            let needle = ca_pem.trim();
+            match registrar.get(&name).await {
+                Ok(Some(cfg)) => {
+                    let hooks = cfg.webhooks.unwrap_or_default();
+                    !hooks.is_empty()
+                        && hooks.iter().all(|w| {
+                            w.client_config
+                                .ca_bundle
+                                .as_ref()
+                                .is_some_and(|b| String::from_utf8_lossy(&b.0).contains(needle))
+                        })
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the webhook configuration to confirm a new CA");
+                    false
+                }
+            }
+        })
+    })
 }
 
 async fn readiness_loop(

@@ -182,6 +182,9 @@ pub struct Settings {
     pub field_manager: String,
     /// Also serve `/healthz`, `/readyz` and `/metrics` over plain HTTP on this port.
     pub admin_port: Option<u16>,
+    /// PEM CA bundle file: when set, every client of the webhook port must present a
+    /// certificate chaining to it (the apiserver's, from its admission kubeconfig). Default: none.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -216,6 +219,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(30),
             field_manager: "eirinix".into(),
             admin_port: None,
+            client_ca: None,
         }
     }
 }

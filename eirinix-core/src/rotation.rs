@@ -191,6 +191,11 @@ impl SecretStore {
     }
 }
 
+/// Says whether the registered configuration already trusts a CA (its PEM): a staged CA is
+/// promoted (starts signing) only then, or new apiserver connections would fail.
+pub type PromotionGate =
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
 /// Keeps the served certificate valid: loads or creates the shared Secret, renews by the wall clock,
 /// and swaps new certificates into the running server.
 pub struct Rotator {
@@ -203,6 +208,7 @@ pub struct Rotator {
     health: Arc<Health>,
     tx: watch::Sender<Option<Published>>,
     may_write: bool,
+    gate: Option<PromotionGate>,
 }
 
 impl Rotator {
@@ -229,7 +235,15 @@ impl Rotator {
             health,
             tx,
             may_write,
+            gate: None,
         }
+    }
+
+    /// Promote a staged CA only when `gate` confirms the configuration trusts it (split mode:
+    /// the CA reaches `caBundle` when `register` runs; until then the current CA keeps signing).
+    pub fn with_promotion_gate(mut self, gate: PromotionGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Updates whenever the served certificates change.
@@ -257,7 +271,24 @@ impl Rotator {
                 }
                 None => return Err(RotationError::SecretMissing),
             };
-            let action = bundle.plan(&self.names, &self.policy, self.clock.now());
+            let mut action = bundle.plan(&self.names, &self.policy, self.clock.now());
+            if let (Renewal::PromoteNextCa, Some(gate), Some(next)) =
+                (&action, &self.gate, &bundle.next_ca)
+            {
+                let expired = bundle.ca.not_after <= self.clock.now();
+                if !expired && !gate(next.cert_pem.clone()).await {
+                    tracing::warn!(
+                        "a new CA is staged but the webhook configuration does not trust it yet \
+                         (run `eirinix register`); the current CA keeps signing"
+                    );
+                    // Everything else (serving renewals) goes on under the current CA.
+                    let waiting = CertPolicy {
+                        ca_promote_delay: Duration::from_secs(u64::from(u32::MAX)),
+                        ..self.policy.clone()
+                    };
+                    action = bundle.plan(&self.names, &waiting, self.clock.now());
+                }
+            }
             if matches!(action, Renewal::None) || !self.may_write {
                 self.serve(&bundle)?;
                 return Ok(bundle);

@@ -159,3 +159,294 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Continuous pod creation, for fault tests: every attempt is timed and classified.
+
+/// One pod creation by [`Load`]: when it started and ended (since the load started) and why it
+/// failed, if it did (an error, or admitted without the sticky mutation).
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// Start, since the load started.
+    pub start: Duration,
+    /// End, since the load started.
+    pub end: Duration,
+    /// `None` when created and mutated.
+    pub failure: Option<String>,
+}
+
+/// Workers creating Eirini app pods back to back until stopped.
+pub struct Load {
+    started: tokio::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Attempt>>>,
+}
+
+impl Load {
+    /// Start `workers` workers creating pods named `<prefix>-<worker>-<n>` in `namespace`.
+    pub fn start(client: &kube::Client, namespace: &str, prefix: &str, workers: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let started = tokio::time::Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|w| {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+                let (stop, prefix) = (stop.clone(), prefix.to_owned());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = started.elapsed();
+                        let name = format!("{prefix}-{w}-{i}");
+                        let result = tokio::time::timeout(
+                            Duration::from_secs(20),
+                            pods.create(&PostParams::default(), &app_pod(&name)),
+                        )
+                        .await;
+                        let failure = match result {
+                            Ok(Ok(p)) if sticky(&p).is_some() => None,
+                            Ok(Ok(_)) => Some(format!("{name} admitted unmutated")),
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some(format!("{name}: no answer within 20 s")),
+                        };
+                        let failed = failure.is_some();
+                        out.push(Attempt {
+                            start,
+                            end: started.elapsed(),
+                            failure,
+                        });
+                        i += 1;
+                        if failed {
+                            // Failures come back fast (connection refused): sample, don't spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load {
+            started,
+            stop,
+            workers,
+        }
+    }
+
+    /// Time since the load started (the clock of [`Attempt`]).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stop and collect every attempt, ordered by start.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut attempts = Vec::new();
+        for w in self.workers {
+            attempts.extend(w.await.expect("load worker"));
+        }
+        attempts.sort_by_key(|a| a.start);
+        LoadReport { attempts }
+    }
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// Every attempt, ordered by start.
+    pub attempts: Vec<Attempt>,
+}
+
+impl LoadReport {
+    /// Attempts that failed.
+    pub fn failures(&self) -> Vec<&Attempt> {
+        self.attempts
+            .iter()
+            .filter(|a| a.failure.is_some())
+            .collect()
+    }
+
+    /// Number of pods created and mutated.
+    pub fn succeeded(&self) -> usize {
+        self.attempts.len() - self.failures().len()
+    }
+
+    /// From the start of the first failed attempt to the end of the last one, if any failed.
+    pub fn failure_window(&self) -> Option<(Duration, Duration)> {
+        let f = self.failures();
+        Some((f.first()?.start, f.iter().map(|a| a.end).max()?))
+    }
+
+    /// Failed attempts that started in `[from, to)`, and the span from the first one's start to
+    /// the last one's end.
+    pub fn failures_between(&self, from: Duration, to: Duration) -> (usize, Duration) {
+        let f: Vec<&Attempt> = self
+            .failures()
+            .into_iter()
+            .filter(|a| a.start >= from && a.start < to)
+            .collect();
+        let span = match (f.first(), f.iter().map(|a| a.end).max()) {
+            (Some(first), Some(end)) => end - first.start,
+            _ => Duration::ZERO,
+        };
+        (f.len(), span)
+    }
+
+    /// Successful attempts that started at or after `t`.
+    pub fn succeeded_after(&self, t: Duration) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| a.failure.is_none() && a.start >= t)
+            .count()
+    }
+
+    /// A one-line summary for test output.
+    pub fn summary(&self) -> String {
+        let f = self.failures();
+        let window = self
+            .failure_window()
+            .map(|(a, b)| format!("failures from {a:?} to {b:?} ({:?})", b - a))
+            .unwrap_or_else(|| "no failure".into());
+        // The first line of each of the first errors, shortened (kube repeats the status).
+        let sample: Vec<String> = f
+            .iter()
+            .take(2)
+            .filter_map(|a| a.failure.as_deref())
+            .map(|e| e.chars().take(240).collect())
+            .collect();
+        format!(
+            "{} attempts, {} ok, {} failed; {window}; first errors: {sample:?}",
+            self.attempts.len(),
+            self.succeeded(),
+            f.len()
+        )
+    }
+}
+
+/// Run `fut`, failing the test if it takes longer than `limit`.
+pub async fn bounded<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
+}
+
+/// The caBundle (PEM) of the first webhook of configuration `name`, if it exists.
+pub async fn registered_ca_bundle(client: &kube::Client, name: &str) -> Option<String> {
+    let cfg =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        )
+        .get_opt(name)
+        .await
+        .ok()??;
+    let bundle = cfg.webhooks?.first()?.client_config.ca_bundle.clone()?;
+    Some(String::from_utf8_lossy(&bundle.0).into_owned())
+}
+
+/// The URL of the first webhook of configuration `name`, if it exists.
+pub async fn registered_url(client: &kube::Client, name: &str) -> Option<String> {
+    let cfg =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        )
+        .get_opt(name)
+        .await
+        .ok()??;
+    cfg.webhooks?.first()?.client_config.url.clone()
+}
+
+/// Like [`eventually`], polling every `period` (for measuring short windows precisely).
+pub async fn eventually_every<T, F, Fut>(
+    period: Duration,
+    timeout: Duration,
+    what: &str,
+    mut f: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Fresh TLS handshakes, as a new apiserver connection would make them: every `period`, read the
+/// caBundle registered in configuration `config` and handshake with each address, verifying the
+/// served chain against it. Load through the apiserver reuses established connections (which
+/// keep the certificate they were opened with), so it cannot see a caBundle that no longer
+/// trusts what is served; this can.
+pub struct HandshakeProbe {
+    started: tokio::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Attempt>>,
+}
+
+impl HandshakeProbe {
+    /// Start probing `addrs` (served for `server_name`) with the caBundle of `config`; the
+    /// clock of the recorded attempts starts at `started` (use the [`Load`]'s).
+    pub fn start(
+        client: &kube::Client,
+        config: &str,
+        addrs: Vec<std::net::SocketAddr>,
+        period: Duration,
+        started: tokio::time::Instant,
+    ) -> HandshakeProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, config, flag) = (client.clone(), config.to_owned(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let start = started.elapsed();
+                let ca = registered_ca_bundle(&client, &config).await;
+                for addr in &addrs {
+                    let failure = match &ca {
+                        None => Some("no caBundle registered".to_owned()),
+                        Some(ca) => eirinix_core::server::self_handshake(*addr, "127.0.0.1", ca)
+                            .await
+                            .err(),
+                    };
+                    out.push(Attempt {
+                        start,
+                        end: started.elapsed(),
+                        failure,
+                    });
+                }
+                tokio::time::sleep(period).await;
+            }
+            out
+        });
+        HandshakeProbe {
+            started,
+            stop,
+            task,
+        }
+    }
+
+    /// Time since the probe's clock started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stop and collect every handshake attempt.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut attempts = self.task.await.expect("handshake probe");
+        attempts.sort_by_key(|a| a.start);
+        LoadReport { attempts }
+    }
+}
+
+impl Load {
+    /// The instant the load started (the clock of its attempts).
+    pub fn started(&self) -> tokio::time::Instant {
+        self.started
+    }
+}
