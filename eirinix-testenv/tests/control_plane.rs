@@ -194,6 +194,7 @@ async fn processes_die_with_a_killed_test_process() {
     let (apiserver, etcd): (u32, u32) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
     let dir = std::path::PathBuf::from(fields[3]);
     assert!(pid_alive(apiserver) && pid_alive(etcd));
+    assert!(dir.exists(), "the child's plane has a temp dir");
 
     child.kill().unwrap(); // SIGKILL: no destructor, no atexit
     child.wait().unwrap();
@@ -204,10 +205,7 @@ async fn processes_die_with_a_killed_test_process() {
     assert!(!pid_alive(apiserver), "kube-apiserver {apiserver} leaked");
     assert!(!pid_alive(etcd), "etcd {etcd} leaked");
 
-    assert!(
-        dir.exists(),
-        "the killed child could not have removed its dir"
-    );
+    // Whoever sweeps first reclaims it (a plane started by a parallel test sweeps too).
     eirinix_testenv::remove_stale_dirs();
     assert!(!dir.exists(), "stale dir {} not reclaimed", dir.display());
 }
