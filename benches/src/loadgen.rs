@@ -42,6 +42,9 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub hist: Histogram<u64>,
+    /// Paced runs: sends that started more than 2 ms behind schedule (the server kept the
+    /// generator waiting; 0 means the rate was held).
+    pub late: u64,
 }
 
 impl LoadResult {
@@ -91,7 +94,7 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let (mut ok, mut errors, mut samples) = (0u64, 0u64, Vec::new());
+            let (mut ok, mut errors, mut samples, mut late) = (0u64, 0u64, Vec::new(), 0u64);
             let mut sender = None;
             let mut sent_on_conn = 0u64;
             // Stagger paced connections across one interval.
@@ -104,11 +107,15 @@ pub async fn run(
                         break;
                     }
                 }
-                let scheduled = if interval.is_some() {
-                    next
-                } else {
-                    Instant::now()
-                };
+                // Latency counts from the actual send: tokio timers have 1 ms resolution, so
+                // measuring from the schedule would charge timer lateness to the server. Falling
+                // behind schedule (server queueing) is counted in `late` instead.
+                let scheduled = Instant::now();
+                if interval.is_some()
+                    && scheduled.saturating_duration_since(next) > Duration::from_millis(2)
+                {
+                    late += 1;
+                }
                 if reconnect_every.is_some_and(|n| sent_on_conn >= n) {
                     sender = None;
                 }
@@ -165,19 +172,21 @@ pub async fn run(
                     next += i;
                 }
             }
-            (hist, ok, errors, samples)
+            (hist, ok, errors, samples, late)
         }));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut ok, mut errors, mut error_samples) = (0, 0, Vec::new());
+    let (mut ok, mut errors, mut error_samples, mut late) = (0, 0, Vec::new(), 0);
     for task in tasks {
-        let (h, o, e, s) = task.await?;
+        let (h, o, e, s, l) = task.await?;
+        late += l;
         hist.add(&h)?;
         ok += o;
         errors += e;
         error_samples.extend(s);
     }
     Ok(LoadResult {
+        late,
         ok,
         errors,
         error_samples,

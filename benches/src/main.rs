@@ -175,7 +175,8 @@ async fn admission(seconds: u64) -> anyhow::Result<()> {
     }
     let paced = loadgen::run(target(&server, "/persi", &body), 8, dur, Some(1000.0), None).await?;
     println!(
-        "| persi admission, paced 1,000/s | 8 | {:.0} | {:.3} | {:.3} | {:.3} | {} | - |",
+        "| persi admission, paced 1,000/s ({} sends > 2 ms late) | 8 | {:.0} | {:.3} | {:.3} | {:.3} | {} | - |",
+        paced.late,
         paced.rate(),
         paced.ms(0.5),
         paced.ms(0.99),
