@@ -79,6 +79,18 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
         ("everything", all.to_vec()),
         ("cert-manager, persi", vec![cm]),
         (
+            "persi, client CA from a ConfigMap",
+            vec!["webhook.clientCA.configMap=apiserver-client-ca"],
+        ),
+        (
+            "cert-manager, client CA from a Secret",
+            vec![
+                cm,
+                "webhook.clientCA.secret=apiserver-client-ca",
+                "webhook.clientCA.key=ca.pem",
+            ],
+        ),
+        (
             "cert-manager, everything",
             [
                 all.to_vec(),
@@ -181,19 +193,69 @@ fn every_variant_lints_and_renders() {
             "{name}"
         );
     }
-    // A chart with nothing enabled fails with a clear message.
-    let out = Command::new(helm())
-        .args([
-            "template",
-            "rel",
-            CHART,
-            "--set",
-            "extensions.persi.enabled=false",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("enable at least one extension"));
+    // A client CA is mounted and passed to the server only when configured.
+    for (sets, source, key) in [
+        (
+            vec!["webhook.clientCA.configMap=apiserver-client-ca"],
+            "configMap",
+            "ca.crt",
+        ),
+        (
+            vec![
+                "webhook.clientCA.secret=apiserver-client-ca",
+                "webhook.clientCA.key=ca.pem",
+            ],
+            "secret",
+            "ca.pem",
+        ),
+    ] {
+        let docs = render("eirinix-system", "eirini", &sets);
+        let args = run_args(&docs, "rel-server");
+        let flag = format!("--client-ca-file=/etc/eirinix/client-ca/{key}");
+        assert!(args.contains(&flag), "{sets:?}: {args:?}");
+        let server = by_kind(&docs, "Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == "rel-server")
+            .unwrap();
+        let volume = server["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "client-ca")
+            .expect("client-ca volume");
+        assert_eq!(volume[source]["items"][0]["key"], key, "{sets:?}");
+    }
+    let docs = render("eirinix-system", "eirini", &[]);
+    assert!(
+        !run_args(&docs, "rel-server")
+            .iter()
+            .any(|a| a.starts_with("--client-ca-file")),
+        "no client CA unless configured"
+    );
+    // Invalid values fail with a clear message.
+    for (sets, message) in [
+        (
+            &["webhook.clientCA.configMap=a", "webhook.clientCA.secret=b"][..],
+            "set configMap or secret, not both",
+        ),
+        (
+            &["extensions.persi.enabled=false"][..],
+            "enable at least one extension",
+        ),
+    ] {
+        let mut cmd = Command::new(helm());
+        cmd.args(["template", "rel", CHART]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{sets:?} must fail");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{sets:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 async fn stub_crds(client: &kube::Client) {

@@ -631,6 +631,7 @@ impl Manager {
             handshake_timeout: settings.request_timeout,
             http2: settings.http2,
             shutdown_timeout: settings.shutdown_timeout,
+            stats: metrics.connections().clone(),
         };
         let router =
             crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
@@ -653,7 +654,10 @@ impl Manager {
             background.push(tokio::spawn(crate::server::serve_plain(
                 admin,
                 crate::server::admin_router(state),
-                serve_opts,
+                ServeOptions {
+                    stats: Default::default(),
+                    ..serve_opts
+                },
                 cancel.clone(),
             )));
         }

@@ -3,6 +3,7 @@
 //! Plain atomics rendered in the text exposition format: no registry, no locks on the hot path.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -75,6 +76,14 @@ impl ExtensionMetrics {
         let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.outcomes[idx].load(Ordering::Relaxed)
     }
+
+    /// Reviews observed so far and the time they took together.
+    pub fn total(&self) -> (u64, Duration) {
+        (
+            self.count.load(Ordering::Relaxed),
+            Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)),
+        )
+    }
 }
 
 /// All metrics of one manager.
@@ -85,6 +94,7 @@ pub struct Metrics {
     cert_rotations: AtomicU64,
     config_repairs: AtomicU64,
     watch_restarts: AtomicU64,
+    connections: Arc<crate::server::ConnectionStats>,
     sources: Vec<crate::manager::MetricSource>,
 }
 
@@ -110,6 +120,7 @@ impl Metrics {
             cert_rotations: AtomicU64::new(0),
             config_repairs: AtomicU64::new(0),
             watch_restarts: AtomicU64::new(0),
+            connections: Arc::default(),
             sources: Vec::new(),
         }
     }
@@ -156,6 +167,11 @@ impl Metrics {
     /// Count a restarted watch.
     pub fn watch_restarted(&self) {
         self.watch_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connection counters of the webhook (TLS) listener.
+    pub fn connections(&self) -> &Arc<crate::server::ConnectionStats> {
+        &self.connections
     }
 
     /// Configuration repairs so far.
@@ -224,6 +240,24 @@ impl Metrics {
                 "counter",
                 "Watches restarted after an error or end.",
                 self.watch_restarts.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "eirinix_connections_accepted_total",
+                "counter",
+                "Connections accepted on the webhook port (each costs a TLS handshake).",
+                self.connections.accepted() as i64,
+            ),
+            (
+                "eirinix_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes on the webhook port that failed or timed out.",
+                self.connections.handshake_failures() as i64,
+            ),
+            (
+                "eirinix_open_connections",
+                "gauge",
+                "Connections open on the webhook port.",
+                self.connections.open(),
             ),
         ];
         for (name, kind, help, value) in scalars {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -179,6 +179,49 @@ pub struct ServeOptions {
     pub http2: bool,
     /// Time allowed for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Where accepted connections and failed handshakes are counted.
+    pub stats: Arc<ConnectionStats>,
+}
+
+/// Connection counters of one listener: how often clients connect tells whether they reuse
+/// connections (every new one costs a TLS handshake).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    accepted: AtomicU64,
+    handshake_failures: AtomicU64,
+    open: AtomicI64,
+}
+
+impl ConnectionStats {
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// TLS handshakes that failed or timed out.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+    /// Connections open now.
+    pub fn open(&self) -> i64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements the open-connection gauge when the connection task ends, however it ends.
+struct OpenGuard(Arc<ConnectionStats>);
+
+impl OpenGuard {
+    fn new(stats: Arc<ConnectionStats>) -> Self {
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(stats)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serve `router` over TLS on `listener` until `shutdown` is cancelled, then drain gracefully.
@@ -251,6 +294,7 @@ async fn serve_loop(
         let acceptor = acceptor.clone();
         let handshake_timeout = opts.handshake_timeout;
         let kill = kill.clone();
+        let open = OpenGuard::new(opts.stats.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let serve = async move {
@@ -262,10 +306,12 @@ async fn serve_loop(
                             {
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(e)) => {
+                                    open.0.handshake_failures.fetch_add(1, Ordering::Relaxed);
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                     return;
                                 }
                                 Err(_) => {
+                                    open.0.handshake_failures.fetch_add(1, Ordering::Relaxed);
                                     tracing::debug!(%peer, "TLS handshake timed out");
                                     return;
                                 }
@@ -282,6 +328,7 @@ async fn serve_loop(
                         }
                     }
                 }
+                drop(open);
             };
             tokio::select! {
                 _ = serve => {}

@@ -92,6 +92,7 @@ async fn start(max_connections: usize, body_limit: usize, timeout: Duration) -> 
         handshake_timeout: timeout,
         http2: false,
         shutdown_timeout: Duration::from_secs(2),
+        stats: metrics.connections().clone(),
     };
     tokio::spawn(serve_tls(
         listener,
@@ -324,6 +325,24 @@ async fn plain_http_and_old_tls_are_refused() {
         String::from_utf8_lossy(&out.stdout).contains("TLSv1.2"),
         "TLS 1.2 must be accepted"
     );
+    // Every refused client is counted, and no connection stays open.
+    let stats = server.metrics.connections().clone();
+    assert_eq!(stats.accepted(), 4);
+    assert_eq!(stats.handshake_failures(), 3);
+    let rendered = server.metrics.render();
+    assert!(
+        rendered.contains("eirinix_tls_handshake_failures_total 3"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("eirinix_connections_accepted_total 4"),
+        "{rendered}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats.open() != 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats.open(), 0, "connections left open");
 }
 
 #[tokio::test]

@@ -273,6 +273,15 @@ async fn rotation_under_load_fails_no_admission() {
     running.wait_ready(Duration::from_secs(10)).await.unwrap();
     let initial = running.published().unwrap();
 
+    // The load below reuses the apiserver's connections; fresh handshakes against the registered
+    // caBundle show what a new connection (a restarted apiserver) would see.
+    let probe = HandshakeProbe::start(
+        &client,
+        &format!("{fp}-mutating-hook"),
+        vec![running.local_addr()],
+        Duration::from_millis(100),
+        tokio::time::Instant::now(),
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let created = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
@@ -328,11 +337,17 @@ async fn rotation_under_load_fails_no_admission() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
+    let handshakes = probe.stop().await;
     let mut failures = Vec::new();
     for l in load {
         failures.extend(l.await.unwrap());
     }
     let n = created.load(Ordering::Relaxed);
+    assert!(
+        handshakes.failures().is_empty() && handshakes.succeeded() > 100,
+        "fresh handshakes during rotation: {}",
+        handshakes.summary()
+    );
     assert!(
         failures.is_empty(),
         "{} of {} admissions failed during rotation: {:?}",

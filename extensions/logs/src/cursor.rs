@@ -66,6 +66,11 @@ pub fn format_nanos(ts: Timestamp) -> String {
     )
 }
 
+/// 0000-01-01T00:00:00Z, the first second a four-digit RFC 3339 UTC timestamp can name.
+const FIRST_RFC3339_SECOND: i64 = -62_167_219_200;
+/// 9999-12-31T23:59:59Z, the last one.
+const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+
 /// Splits the `timestamps=true` prefix off a log line: `(timestamp, rest)`, or `None` when the
 /// line does not start with an RFC 3339 timestamp and a space.
 pub fn split_timestamp(line: &[u8]) -> Option<(Timestamp, &[u8])> {
@@ -77,6 +82,11 @@ pub fn split_timestamp(line: &[u8]) -> Option<(Timestamp, &[u8])> {
         return None;
     }
     let ts = prefix.parse::<Timestamp>().ok()?;
+    // RFC 5424 and our cursors only know years 0000–9999 in UTC; "0000-01-01T00:30:00+01:00"
+    // is year -1 there, so such a prefix is not a timestamp we can carry.
+    if !(FIRST_RFC3339_SECOND..=LAST_RFC3339_SECOND).contains(&ts.as_second()) {
+        return None;
+    }
     Some((ts, &line[space + 1..]))
 }
 
@@ -200,6 +210,24 @@ mod tests {
         assert!(split_timestamp(b"2024-05-06T07:08:09.1Zx y").is_none());
         assert!(split_timestamp(b"").is_none());
         assert!(split_timestamp(b"\xff\xfe 1").is_none());
+        // Outside years 0000-9999 in UTC: not a timestamp RFC 5424 or a cursor can carry.
+        assert!(split_timestamp(b"0000-01-01T00:30:00+01:00 early").is_none());
+        assert!(split_timestamp(b"9999-12-31T23:30:00-01:00 late").is_none());
+        let (t, _) = split_timestamp(b"0000-01-01T00:00:00Z first").unwrap();
+        assert_eq!(format_nanos(t), "0000-01-01T00:00:00.000000000Z");
+        let (t, _) = split_timestamp(b"9999-12-30T12:00:00.999999999Z last").unwrap();
+        assert_eq!(
+            Cursor::decode(
+                &Cursor {
+                    ts: t,
+                    n: 1,
+                    instance: 0
+                }
+                .encode()
+            )
+            .map(|c| c.ts),
+            Some(t)
+        );
     }
 
     #[test]

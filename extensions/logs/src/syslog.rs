@@ -99,6 +99,11 @@ fn push_param(out: &mut Vec<u8>, name: &str, value: &str) {
 fn push_timestamp(out: &mut Vec<u8>, ts: jiff::Timestamp) {
     use std::io::Write as _;
     let dt = jiff::tz::TimeZone::UTC.to_datetime(ts);
+    if !(0..=9999).contains(&dt.year()) {
+        // Not expressible as an RFC 5424 TIMESTAMP: the NILVALUE says "unknown".
+        out.push(b'-');
+        return;
+    }
     // RFC 5424 allows at most 6 fractional digits.
     let _ = write!(
         out,

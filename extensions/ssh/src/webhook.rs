@@ -28,6 +28,7 @@ pub struct SshMetrics {
     injected: AtomicU64,
     sidecars: AtomicU64,
     skipped_no_command: AtomicU64,
+    skipped_name_conflict: AtomicU64,
     secrets_created: AtomicU64,
     secrets_reused: AtomicU64,
     bad_secrets: AtomicU64,
@@ -45,6 +46,10 @@ impl SshMetrics {
     /// Pods left alone because the container has no explicit command.
     pub fn skipped_no_command(&self) -> u64 {
         self.skipped_no_command.load(Ordering::Relaxed)
+    }
+    /// Pods left alone because they already use a name or mount path ssh would add.
+    pub fn skipped_name_conflict(&self) -> u64 {
+        self.skipped_name_conflict.load(Ordering::Relaxed)
     }
     /// Secrets created.
     pub fn secrets_created(&self) -> u64 {
@@ -77,6 +82,11 @@ impl SshMetrics {
                 "eirinix_ssh_skipped_no_command_total",
                 "Pods left without ssh: the container has no explicit command.",
                 self.skipped_no_command(),
+            ),
+            (
+                "eirinix_ssh_skipped_name_conflict_total",
+                "Pods left without ssh: they already use a name or mount path ssh would add.",
+                self.skipped_name_conflict(),
             ),
             (
                 "eirinix_ssh_secrets_created_total",
@@ -386,6 +396,33 @@ impl SshInjector {
         }
     }
 
+    /// What in `pod` already uses a name or path the injection would add, described for a warning.
+    fn name_conflict(&self, pod: &Pod, app: &Container, sidecar: bool) -> Option<String> {
+        let spec = pod.spec.as_ref()?;
+        let container_named = |name: &str| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .any(|c| c.name == name)
+        };
+        if sidecar {
+            return container_named(NAME).then(|| format!("a container named {NAME:?}"));
+        }
+        if spec.volumes.iter().flatten().any(|v| v.name == NAME) {
+            return Some(format!("a volume named {NAME:?}"));
+        }
+        let install = format!("{NAME}-install");
+        if container_named(&install) {
+            return Some(format!("a container named {install:?}"));
+        }
+        app.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == self.options.mount_path)
+            .map(|m| format!("a volume mounted at {:?}", m.mount_path))
+    }
+
     fn target(&self, pod: &Pod) -> Option<(usize, Container)> {
         let containers = &pod.spec.as_ref()?.containers;
         let index = match &self.options.container {
@@ -448,6 +485,15 @@ impl Extension for SshInjector {
             return Ok(Mutation::unchanged().with_warning(format!(
                 "ssh: container {:?} has no explicit command (image ENTRYPOINT), so the ssh daemon cannot wrap it; ssh access not injected",
                 app.name
+            )));
+        }
+        if let Some(conflict) = self.name_conflict(pod, &app, sidecar) {
+            // Adding a second one would make the apiserver reject the pod outright.
+            self.metrics
+                .skipped_name_conflict
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(Mutation::unchanged().with_warning(format!(
+                "ssh: the pod already has {conflict}; ssh access not injected"
             )));
         }
         let namespace = request
@@ -618,6 +664,64 @@ mod tests {
         stripped.metadata.annotations = None;
         let again = review(injector, &stripped).await.unwrap();
         assert!(again.mutation.as_patch().is_none());
+    }
+
+    #[tokio::test]
+    async fn names_already_taken_mean_a_warning_not_a_pod_the_apiserver_rejects() {
+        let taken = [
+            (
+                serde_json::json!({"volumes": [{"name": "eirinix-ssh", "emptyDir": {}}]}),
+                "a volume named",
+            ),
+            (
+                serde_json::json!({"initContainers": [{"name": "eirinix-ssh-install", "image": "x"}]}),
+                "a container named",
+            ),
+            (
+                serde_json::json!({"containers": [{"name": "opi", "image": "eirini/app:1",
+                    "command": ["/bin/app"],
+                    "volumeMounts": [{"name": "other", "mountPath": "/eirinix/ssh"}]}],
+                    "volumes": [{"name": "other", "emptyDir": {}}]}),
+                "a volume mounted at",
+            ),
+        ];
+        for (extra, expected) in taken {
+            let injector = SshInjector::default();
+            let mut value = serde_json::to_value(app_pod(Some(&["/bin/app"]))).unwrap();
+            for (k, v) in extra.as_object().unwrap() {
+                value["spec"][k] = v.clone();
+            }
+            let pod: Pod = serde_json::from_value(value).unwrap();
+            let reviewed = review(injector.clone(), &pod).await.unwrap();
+            assert!(reviewed.mutation.as_patch().is_none(), "{expected}");
+            assert!(
+                reviewed.mutation.warnings[0].contains(expected),
+                "{:?}",
+                reviewed.mutation.warnings
+            );
+            assert_eq!(injector.metrics().skipped_name_conflict(), 1);
+            assert_eq!(injector.metrics().injected(), 0);
+        }
+        // The sidecar fallback adds a container named eirinix-ssh.
+        let injector = SshInjector::new(SshOptions {
+            sidecar_fallback: true,
+            ..Default::default()
+        });
+        let mut value = serde_json::to_value(app_pod(None)).unwrap();
+        value["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "eirinix-ssh", "image": "x"}));
+        let pod: Pod = serde_json::from_value(value).unwrap();
+        let reviewed = review(injector.clone(), &pod).await.unwrap();
+        assert!(reviewed.mutation.as_patch().is_none());
+        assert_eq!(injector.metrics().sidecars(), 0);
+        assert!(
+            injector
+                .metrics()
+                .render()
+                .contains("eirinix_ssh_skipped_name_conflict_total 1")
+        );
     }
 
     #[tokio::test]
