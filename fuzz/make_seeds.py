@@ -246,6 +246,8 @@ def reviews():
         ("empty-uid", review(app, uid="")),
         ("odd-uid", review(ps["minimal"], uid="uid \"with\" quotes \\ and \u00e9\u2603")),
     ]
+    for name in ["regression-ssh-volume-name-taken", "regression-ssh-init-container-name-taken", "regression-ssh-mount-path-taken"]:
+        out.append((name, review(ps[name], dry_run=True)))
     for verdict in ["deny", "error", "invalid", "unchanged"]:
         p = copy.deepcopy(ps["minimal"])
         p["metadata"] = {"annotations": {"fuzz.eirinix.org/verdict": verdict}}

@@ -11,7 +11,9 @@
 #   FUZZ_SANITIZER      address | none (default: none, see fuzz/README.md)
 #   FUZZ_TARGET_DIR     build directory, default fuzz/target (CARGO_TARGET_DIR is ignored)
 #   FUZZ_BUILD_TIMEOUT  seconds allowed for the build, default 2400
+#   FUZZ_CODEGEN_UNITS  codegen units (cargo-fuzz's default is 1: slow builds), default 16
 #   FUZZ_ARGS           extra libFuzzer arguments for every target
+#   FUZZ_JOBS           targets fuzzed at the same time, default: the number of cores
 #
 # Seeds come from fuzz/corpus/<target> (committed, never written to); what the fuzzers find goes
 # to a scratch corpus in $FUZZ_TARGET_DIR/corpus/<target>. Crashes land in
@@ -62,9 +64,10 @@ fi
 HOST="$(rustc -vV | sed -n 's/^host: //p')"
 BIN_DIR="$TARGET_DIR/$HOST/release"
 
-log "building ${#TARGETS[@]} fuzz targets (sanitizer: $SANITIZER)"
+log "building ${#TARGETS[@]} fuzz target(s) (sanitizer: $SANITIZER)"
 build_start=$(date +%s)
-build_args=(build --fuzz-dir "$FUZZ_DIR" --target-dir "$TARGET_DIR" --release --debug-assertions -s "$SANITIZER")
+build_args=(build --fuzz-dir "$FUZZ_DIR" --target-dir "$TARGET_DIR" --release --debug-assertions
+  -s "$SANITIZER" --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
 if [ -n "${FUZZ_TARGETS:-}" ]; then
   for t in "${TARGETS[@]}"; do
     timeout -k 30 "$BUILD_TIMEOUT" cargo fuzz "${build_args[@]}" "$t"
@@ -89,19 +92,18 @@ max_len_for() {
   esac
 }
 # The last value of a libFuzzer final stat.
-stat() { sed -n "s/^stat::$1: *//p" "$2" | tail -n1; }
+final_stat() { sed -n "s/^stat::$1: *//p" "$2" | tail -n1; }
 
-mkdir -p "$LOG_DIR"
-failed=()
-summary=()
-for t in "${TARGETS[@]}"; do
-  bin="$BIN_DIR/$t"
-  seeds="$FUZZ_DIR/corpus/$t"
-  scratch="$TARGET_DIR/corpus/$t"
-  artifacts="$FUZZ_DIR/artifacts/$t"
-  out="$LOG_DIR/$t.log"
+# Run one target; writes "<rc>" to $LOG_DIR/<target>.rc and the summary line to .line.
+run_target() {
+  local t="$1"
+  local bin="$BIN_DIR/$t"
+  local seeds="$FUZZ_DIR/corpus/$t"
+  local scratch="$TARGET_DIR/corpus/$t"
+  local artifacts="$FUZZ_DIR/artifacts/$t"
+  local out="$LOG_DIR/$t.log"
   mkdir -p "$scratch" "$artifacts" "$seeds"
-  log "fuzzing $t for ${SECONDS_PER_TARGET}s"
+  local start rc secs
   start=$(date +%s)
   set +e
   # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
@@ -118,34 +120,61 @@ for t in "${TARGETS[@]}"; do
   rc=$?
   set -e
   secs=$(($(date +%s) - start))
-  execs="$(stat number_of_executed_units "$out")"
-  rate="$(stat average_exec_per_sec "$out")"
-  new="$(stat new_units_added "$out")"
-  rss="$(stat peak_rss_mb "$out")"
+  local execs rate new rss cov status
+  execs="$(final_stat number_of_executed_units "$out")"
+  rate="$(final_stat average_exec_per_sec "$out")"
+  new="$(final_stat new_units_added "$out")"
+  rss="$(final_stat peak_rss_mb "$out")"
   cov="$(grep -Eo 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$out" | tail -n1 || true)"
-  if [ "$rc" -eq 0 ]; then
-    status=ok
-  else
-    status="FAILED (exit $rc)"
-    [ "$rc" -eq 124 ] && status="FAILED (did not stop in time)"
+  case "$rc" in
+  0) status=ok ;;
+  124 | 137) status="FAILED (did not stop in time)" ;;
+  *) status="FAILED (exit $rc)" ;;
+  esac
+  printf 'fuzz %-18s %-8s %10s execs %7s/s %4ss  %s  new %s  rss %sMB\n' \
+    "$t" "$status" "${execs:-?}" "${rate:-?}" "$secs" "${cov:-cov: ?}" "${new:-?}" "${rss:-?}" >"$LOG_DIR/$t.line"
+  echo "$rc" >"$LOG_DIR/$t.rc"
+}
+
+# One libFuzzer process per core (each is single-threaded).
+JOBS="${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}"
+[ "$JOBS" -ge 1 ] 2>/dev/null || JOBS=1
+mkdir -p "$LOG_DIR"
+rm -f "$LOG_DIR"/*.rc "$LOG_DIR"/*.line
+log "fuzzing ${#TARGETS[@]} target(s) for ${SECONDS_PER_TARGET}s each, $JOBS at a time"
+running=0
+for t in "${TARGETS[@]}"; do
+  if [ "$running" -ge "$JOBS" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  log "fuzzing $t"
+  run_target "$t" &
+  running=$((running + 1))
+done
+wait || true
+
+failed=()
+summary=()
+for t in "${TARGETS[@]}"; do
+  rc="$(cat "$LOG_DIR/$t.rc" 2>/dev/null || echo missing)"
+  line="$(cat "$LOG_DIR/$t.line" 2>/dev/null || echo "fuzz $t: no result")"
+  summary+=("$line")
+  if [ "$rc" != 0 ]; then
     failed+=("$t")
-    echo "---- $t: last lines of $out" >&2
-    tail -n 60 "$out" >&2
-    for a in $(grep -Eo "Test unit written to [^ ]+" "$out" | awk '{print $5}'); do
-      echo "---- reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -s $SANITIZER $t $a" >&2
+    echo "---- $t: last lines of $LOG_DIR/$t.log" >&2
+    tail -n 60 "$LOG_DIR/$t.log" >&2 || true
+    for a in $(grep -Eo "Test unit written to [^ ]+" "$LOG_DIR/$t.log" | awk '{print $5}'); do
+      echo "---- reproduce: $BIN_DIR/$t $a" >&2
     done
   fi
-  line="$(printf 'fuzz %-18s %-8s %10s execs %8s/s %4ss  %s  new %s  rss %sMB' \
-    "$t" "$status" "${execs:-?}" "${rate:-?}" "$secs" "${cov:-cov: ?}" "${new:-?}" "${rss:-?}")"
-  summary+=("$line")
-  echo "$line"
 done
 
 echo
-echo "fuzz summary (build ${build_secs}s, ${SECONDS_PER_TARGET}s per target, sanitizer $SANITIZER):"
+echo "fuzz summary (build ${build_secs}s, ${SECONDS_PER_TARGET}s per target, $JOBS at a time, sanitizer $SANITIZER):"
 printf '  %s\n' "${summary[@]}"
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "fuzz: FAILED: ${failed[*]} (logs in $LOG_DIR, inputs in fuzz/artifacts/)" >&2
   exit 1
 fi
-echo "fuzz: all ${#TARGETS[@]} targets ran without a crash"
+echo "fuzz: all ${#TARGETS[@]} target(s) ran without a crash"

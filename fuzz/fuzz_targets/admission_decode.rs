@@ -26,7 +26,7 @@ use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Mutation, PodPatch, Request,
     async_trait,
 };
-use eirinix_fuzz::{block_on, check_patch_with, offline, ssh_names_taken, strict};
+use eirinix_fuzz::{block_on, check_patch_with, offline};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -100,11 +100,20 @@ fn setup() -> &'static Setup {
         let extensions: Vec<(Arc<dyn Extension>, FailurePolicy)> = vec![
             (Arc::new(Trivial), FailurePolicy::Fail),
             (Arc::new(Trivial), FailurePolicy::Ignore),
-            (Arc::new(eirinix_persi::Persi::default()), FailurePolicy::Fail),
-            (Arc::new(eirinix_ssh::SshInjector::default()), FailurePolicy::Ignore),
+            (
+                Arc::new(eirinix_persi::Persi::default()),
+                FailurePolicy::Fail,
+            ),
+            (
+                Arc::new(eirinix_ssh::SshInjector::default()),
+                FailurePolicy::Ignore,
+            ),
             (Arc::new(rootfs), FailurePolicy::Ignore),
         ];
-        let names: Vec<String> = extensions.iter().map(|(e, _)| e.name().to_owned()).collect();
+        let names: Vec<String> = extensions
+            .iter()
+            .map(|(e, _)| e.name().to_owned())
+            .collect();
         let handlers = extensions
             .into_iter()
             .enumerate()
@@ -119,7 +128,8 @@ fn setup() -> &'static Setup {
 
 fn check_answer(handler: &ExtensionHandler, body: &[u8], answer: &[u8]) {
     let name = handler.name();
-    let decoded = decode(body).unwrap_or_else(|e| panic!("{name}: answered a body decode() rejects: {e}"));
+    let decoded =
+        decode(body).unwrap_or_else(|e| panic!("{name}: answered a body decode() rejects: {e}"));
     let v: Value = serde_json::from_slice(answer)
         .unwrap_or_else(|e| panic!("{name}: answer is not JSON: {e}"));
     assert_eq!(v["apiVersion"], API_VERSION, "{name}: answer apiVersion");
@@ -136,17 +146,26 @@ fn check_answer(handler: &ExtensionHandler, body: &[u8], answer: &[u8]) {
     let patch = resp.get("patch");
     let op = &decoded.request.operation;
     if matches!(op, Operation::Delete | Operation::Connect) {
-        assert!(allowed && patch.is_none(), "{name}: {op:?} not admitted unpatched");
+        assert!(
+            allowed && patch.is_none(),
+            "{name}: {op:?} not admitted unpatched"
+        );
         return;
     }
     if let Err(reason) = &decoded.pod {
-        assert!(!allowed, "{name}: admitted a request without a usable pod ({reason})");
+        assert!(
+            !allowed,
+            "{name}: admitted a request without a usable pod ({reason})"
+        );
         assert_eq!(resp["status"]["code"], 400, "{name}: bad pod not a 400");
         return;
     }
     if !allowed {
         let code = resp["status"]["code"].as_u64().unwrap_or(0);
-        assert!((400..=599).contains(&code), "{name}: denial with code {code}");
+        assert!(
+            (400..=599).contains(&code),
+            "{name}: denial with code {code}"
+        );
         assert!(patch.is_none(), "{name}: denial with a patch");
         return;
     }
@@ -158,8 +177,7 @@ fn check_answer(handler: &ExtensionHandler, body: &[u8], answer: &[u8]) {
     let patch: json_patch::Patch = serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{name}: patch is not a JSON patch: {e}"));
     let pod = decoded.pod.as_ref().expect("checked above");
-    let known_issue = name == "ssh" && ssh_names_taken(&eirinix_ssh::SshOptions::default(), pod);
-    check_patch_with(name, pod, &patch, strict() || !known_issue);
+    check_patch_with(name, pod, &patch, true);
 }
 
 #[derive(serde::Deserialize)]
@@ -184,9 +202,13 @@ fn check_against_serde_json(body: &[u8]) -> bool {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         panic!("decode accepted a body that is not JSON ({e})");
     }
-    let reference: RefReview<'_> = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("decode accepted a body serde_json cannot read as a review ({e})"));
-    assert_eq!(decoded.request.uid, reference.request.uid, "uid differs from serde_json's");
+    let reference: RefReview<'_> = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!("decode accepted a body serde_json cannot read as a review ({e})")
+    });
+    assert_eq!(
+        decoded.request.uid, reference.request.uid,
+        "uid differs from serde_json's"
+    );
     if let Ok(pod) = &decoded.pod {
         let raw = reference.request.object.expect("a pod without object");
         let expected: Pod = serde_json::from_str(raw.get())
@@ -202,7 +224,11 @@ fuzz_target!(|data: &[u8]| {
     for handler in &setup.handlers {
         match block_on(handler.handle_body(offline(), &setup.metrics, data)) {
             Ok(answer) => check_answer(handler, data, &answer),
-            Err(e) => assert!(!accepted, "{}: 400 ({e}) for a body decode() accepts", handler.name()),
+            Err(e) => assert!(
+                !accepted,
+                "{}: 400 ({e}) for a body decode() accepts",
+                handler.name()
+            ),
         }
     }
 });

@@ -29,7 +29,11 @@ fn options(u: &mut Unstructured) -> arbitrary::Result<PersiOptions> {
             .map(str::to_owned),
         failure_policy: None,
         service_labels: u
-            .choose(&[&[][..], &["eirini-persi"][..], &["nfs", "eirini-persi-nfs"][..]])?
+            .choose(&[
+                &[][..],
+                &["eirini-persi"][..],
+                &["nfs", "eirini-persi-nfs"][..],
+            ])?
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
@@ -74,8 +78,7 @@ fn assert_all_mounted(persi: &Persi, after: &Pod) {
                 normalized(&m.mount_path) == req.container_dir
                     && volumes.iter().any(|v| {
                         v.name == m.name
-                            && v
-                                .persistent_volume_claim
+                            && v.persistent_volume_claim
                                 .as_ref()
                                 .is_some_and(|p| p.claim_name == req.claim)
                     })
@@ -118,9 +121,6 @@ fuzz_target!(|data: &[u8]| {
         1 => Operation::Delete,
         _ => Operation::Create,
     };
-    let namespace = u
-        .ratio(1, 2)
-        .unwrap_or(false)
-        .then(|| "eirini".to_owned());
+    let namespace = u.ratio(1, 2).unwrap_or(false).then(|| "eirini".to_owned());
     run(&Persi::new(options), &pod, operation, namespace);
 });

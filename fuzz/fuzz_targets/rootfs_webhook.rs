@@ -87,8 +87,15 @@ fn images(pod: &Pod) -> Vec<(String, Option<String>)> {
     let Some(spec) = pod.spec.as_ref() else {
         return Vec::new();
     };
-    let all: Vec<&Container> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
-    all.iter().map(|c| (c.name.clone(), c.image.clone())).collect()
+    let all: Vec<&Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .collect();
+    all.iter()
+        .map(|c| (c.name.clone(), c.image.clone()))
+        .collect()
 }
 
 fn acts(state: &RootfsState, pod: &Pod, namespace: Option<&str>) -> bool {
@@ -98,7 +105,12 @@ fn acts(state: &RootfsState, pod: &Pod, namespace: Option<&str>) -> bool {
         .as_ref()
         .and_then(|l| l.get(SOURCE_TYPE_LABEL))
         .is_some_and(|v| v == "APP");
-    let ns = pod.metadata.namespace.as_deref().or(namespace).unwrap_or_default();
+    let ns = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .or(namespace)
+        .unwrap_or_default();
     let owner_opted_out = pod
         .metadata
         .owner_references
@@ -135,7 +147,11 @@ fn run(state: RootfsState, pod: &Pod, namespace: Option<String>) {
         return;
     }
     let desired = desired.expect("acting means desired");
-    let label = after.metadata.labels.as_ref().and_then(|l| l.get(ROOTFS_LABEL));
+    let label = after
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ROOTFS_LABEL));
     assert_eq!(label, Some(&desired.version), "rootfs label not set");
     for ((name, before), (_, now)) in images(pod).into_iter().zip(images(&after)) {
         match (&desired.pattern, &before) {
@@ -167,7 +183,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut u = Unstructured::new(data);
-    let Ok(Some(state)) = state(&mut u) else { return };
+    let Ok(Some(state)) = state(&mut u) else {
+        return;
+    };
     let Ok(pod) = podgen::pod(&mut u) else { return };
     let namespace = u.ratio(1, 2).unwrap_or(false).then(|| "eirini".to_owned());
     run(state, &pod, namespace);

@@ -32,7 +32,11 @@ fn options(u: &mut Unstructured) -> arbitrary::Result<SshOptions> {
             None
         },
         sidecar_fallback: bool::arbitrary(u)?,
-        shell: if u.ratio(1, 4)? { Some("/bin/bash".into()) } else { None },
+        shell: if u.ratio(1, 4)? {
+            Some("/bin/bash".into())
+        } else {
+            None
+        },
         owner_references: bool::arbitrary(u)?,
         ..Default::default()
     })
@@ -47,9 +51,6 @@ fn target(options: &SshOptions, pod: &Pod) -> Option<usize> {
 }
 
 fn run(injector: &SshInjector, pod: &Pod, namespace: Option<String>, dry_run: bool) {
-    if !eirinix_fuzz::strict() && eirinix_fuzz::ssh_names_taken(injector.options(), pod) {
-        return;
-    }
     let req = request(pod, Operation::Create, namespace, dry_run);
     if !dry_run {
         // Not a dry run: the Secret must be ensured first, which needs the cluster.
@@ -82,17 +83,27 @@ fn run(injector: &SshInjector, pod: &Pod, namespace: Option<String>, dry_run: bo
     let now = &after.spec.as_ref().unwrap().containers;
     let original = before[index].command.clone().unwrap_or_default();
     if original.is_empty() {
-        assert!(options.sidecar_fallback, "no command, no sidecar fallback, yet patched");
+        assert!(
+            options.sidecar_fallback,
+            "no command, no sidecar fallback, yet patched"
+        );
         assert_eq!(now.len(), before.len() + 1, "sidecar not added");
         assert_eq!(now.last().map(|c| c.name.as_str()), Some(NAME));
-        assert_eq!(now[index], before[index], "app container changed in sidecar mode");
+        assert_eq!(
+            now[index], before[index],
+            "app container changed in sidecar mode"
+        );
     } else {
         let mut expected = vec![options.daemon_path()];
         expected.extend(options.daemon_args.iter().cloned());
         expected.push("--exec".into());
         expected.push("--".into());
         expected.extend(original);
-        assert_eq!(now[index].command.as_ref(), Some(&expected), "command not wrapped");
+        assert_eq!(
+            now[index].command.as_ref(),
+            Some(&expected),
+            "command not wrapped"
+        );
         assert_eq!(now[index].args, before[index].args, "args changed");
     }
 }

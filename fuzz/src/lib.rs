@@ -41,7 +41,12 @@ pub fn offline() -> &'static Context {
 }
 
 /// A request for `pod` as the apiserver sends it (CREATE unless told otherwise).
-pub fn request(pod: &Pod, operation: Operation, namespace: Option<String>, dry_run: bool) -> Request {
+pub fn request(
+    pod: &Pod,
+    operation: Operation,
+    namespace: Option<String>,
+    dry_run: bool,
+) -> Request {
     let mut r = eirinix_core::review::create_request(pod);
     r.operation = operation;
     if namespace.is_some() {
@@ -52,7 +57,11 @@ pub fn request(pod: &Pod, operation: Operation, namespace: Option<String>, dry_r
 }
 
 /// Run `ext.mutate` offline.
-pub fn mutate(ext: &dyn Extension, request: &Request, pod: &Pod) -> Result<Mutation, ExtensionError> {
+pub fn mutate(
+    ext: &dyn Extension,
+    request: &Request,
+    pod: &Pod,
+) -> Result<Mutation, ExtensionError> {
     block_on(ext.mutate(offline(), request, pod))
 }
 
@@ -100,7 +109,10 @@ pub fn check_patch_with(
     // What the apiserver stores must read back as the same pod.
     let again: Pod = serde_json::from_value(serde_json::to_value(&patched).expect("serialize"))
         .unwrap_or_else(|e| panic!("{extension}: patched pod does not round-trip: {e}"));
-    assert_eq!(again, patched, "{extension}: patched pod does not round-trip");
+    assert_eq!(
+        again, patched,
+        "{extension}: patched pod does not round-trip"
+    );
     if !validity {
         return patched;
     }
@@ -178,7 +190,11 @@ pub fn is_dns_label(s: &str) -> bool {
 /// The full check of one pod handler on one pod: mutate, check the result, and check that a
 /// second review of the mutated pod (webhook reinvocation, retried requests) changes nothing.
 /// Returns the mutation and the pod after it, unless the extension failed.
-pub fn check_extension(ext: &dyn Extension, request: &Request, pod: &Pod) -> Option<(Mutation, Pod)> {
+pub fn check_extension(
+    ext: &dyn Extension,
+    request: &Request,
+    pod: &Pod,
+) -> Option<(Mutation, Pod)> {
     let name = ext.name().to_owned();
     let result = mutate(ext, request, pod);
     if debug() {
@@ -219,48 +235,11 @@ pub fn check_extension(ext: &dyn Extension, request: &Request, pod: &Pod) -> Opt
     Some((mutation, patched))
 }
 
-/// `EIRINIX_FUZZ_STRICT=1`: also check inputs that hit known, reported product issues (the
-/// targets skip them by default so that CI stays green until they are fixed).
-pub fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("EIRINIX_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
 /// `EIRINIX_FUZZ_DEBUG=1`: print what each pod handler decided (to check, e.g. with
 /// `-runs=0` over a corpus, that the inputs reach the interesting outcomes).
 pub fn debug() -> bool {
     static DEBUG: OnceLock<bool> = OnceLock::new();
     *DEBUG.get_or_init(|| std::env::var_os("EIRINIX_FUZZ_DEBUG").is_some_and(|v| v == "1"))
-}
-
-/// Known issue (reported; see fuzz/README.md, "Known issues"): the ssh injector adds its volume
-/// `eirinix-ssh`, its init container `eirinix-ssh-install` (or its sidecar `eirinix-ssh`) and a
-/// mount at `mount_path` without checking that the pod does not already use those names or that
-/// path, so the patched pod fails validation and cannot be created. True when `pod` is such a
-/// pod; the targets skip the validity check for it unless [`strict`].
-pub fn ssh_names_taken(options: &eirinix_ssh::SshOptions, pod: &Pod) -> bool {
-    use eirinix_ssh::options::NAME;
-    let Some(spec) = pod.spec.as_ref() else {
-        return false;
-    };
-    let install = format!("{NAME}-install");
-    let target = match &options.container {
-        Some(name) => spec.containers.iter().find(|c| &c.name == name),
-        None => spec.containers.first(),
-    };
-    spec.volumes.iter().flatten().any(|v| v.name == NAME)
-        || spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(&spec.containers)
-            .any(|c| c.name == NAME || c.name == install)
-        || target.is_some_and(|c| {
-            c.volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| m.mount_path == options.mount_path)
-        })
 }
 
 /// Decode a JSON pod input (`{...`); `None` for anything else or JSON that is not a Pod.

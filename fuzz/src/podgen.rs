@@ -61,7 +61,13 @@ pub const IMAGES: &[&str] = &[
 pub const COMMANDS: &[&[&str]] = &[
     &["dumb-init", "--", "/lifecycle/launch"],
     &["/bin/app", "serve"],
-    &["/eirinix/ssh/eirinix-sshd", "sshd", "--exec", "--", "/bin/app"],
+    &[
+        "/eirinix/ssh/eirinix-sshd",
+        "sshd",
+        "--exec",
+        "--",
+        "/bin/app",
+    ],
     &["/opt/ssh/eirinix-sshd", "--exec", "--", "/bin/app"],
     &[""],
     &[],
@@ -196,17 +202,26 @@ fn vcap_binding(u: &mut Unstructured) -> Result<Value> {
     let mut b = Map::new();
     for key in ["name", "binding_name", "instance_name"] {
         if u.ratio(1, 3)? {
-            b.insert(key.into(), str_or_odd(u, &["data", "shared-config", "db", ""])?);
+            b.insert(
+                key.into(),
+                str_or_odd(u, &["data", "shared-config", "db", ""])?,
+            );
         }
     }
     b.insert("label".into(), json!("eirini-persi"));
     match u.int_in_range(0..=3)? {
         0 => {}
         1 => {
-            b.insert("credentials".into(), json!({"hostname": "10.0.0.12", "password": "secret-password-123"}));
+            b.insert(
+                "credentials".into(),
+                json!({"hostname": "10.0.0.12", "password": "secret-password-123"}),
+            );
         }
         _ => {
-            b.insert("credentials".into(), json!({"volume_id": str_or_odd(u, CLAIMS)?}));
+            b.insert(
+                "credentials".into(),
+                json!({"volume_id": str_or_odd(u, CLAIMS)?}),
+            );
         }
     }
     match u.int_in_range(0..=5)? {
@@ -264,7 +279,9 @@ fn env_var(u: &mut Unstructured) -> Result<Value> {
             "name": pick(u, &["app-env", ""])?, "key": "VCAP_SERVICES", "optional": u.arbitrary::<Option<bool>>()?}}}),
         2 => json!({"name": "VCAP_SERVICES", "valueFrom": {"configMapKeyRef": {
             "name": "app-env", "key": pick(u, &["VCAP_SERVICES", "vcap"])?, "optional": u.arbitrary::<Option<bool>>()?}}}),
-        3 => json!({"name": "VCAP_SERVICES", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        3 => {
+            json!({"name": "VCAP_SERVICES", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        }
         4 => json!({"name": "VCAP_SERVICES"}),
         5 => json!({"name": String::arbitrary(u)?, "value": String::arbitrary(u)?}),
         _ => json!({"name": "VCAP_SERVICES", "value": vcap_services(u)?}),
@@ -282,7 +299,10 @@ fn container(u: &mut Unstructured) -> Result<Value> {
         let cmd: Vec<String> = if u.ratio(1, 8)? {
             list(u, 3, |u| String::arbitrary(u))?
         } else {
-            u.choose(COMMANDS)?.iter().map(|s| (*s).to_owned()).collect()
+            u.choose(COMMANDS)?
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
         };
         c.insert("command".into(), json!(cmd));
     }
@@ -398,7 +418,10 @@ pub fn pod_value(u: &mut Unstructured) -> Result<Value> {
     let mut spec = Map::new();
     spec.insert("containers".into(), Value::Array(list(u, 3, container)?));
     if u.ratio(1, 3)? {
-        spec.insert("initContainers".into(), Value::Array(list(u, 2, container)?));
+        spec.insert(
+            "initContainers".into(),
+            Value::Array(list(u, 2, container)?),
+        );
     }
     if u.ratio(2, 3)? {
         let volumes = list(u, 3, |u| {
