@@ -289,6 +289,33 @@ async fn a_panicking_extension_is_an_error_not_a_dead_connection() {
 }
 
 #[test]
+fn small_and_large_bodies_decode_the_same() {
+    // Large bodies take the streaming decode (bounded memory), small ones simd-json: same result.
+    let mut pod = pod_json();
+    let env: Vec<Value> = (0..6000)
+        .map(|i| json!({"name": format!("VAR_{i}"), "value": format!("välue \"{i}\" \u{1F600}")}))
+        .collect();
+    pod["spec"]["containers"][1]["env"] = Value::Array(env);
+    let large = body(&review_json(pod.clone()));
+    assert!(large.len() > 256 * 1024, "{} bytes", large.len());
+    let decoded = decode(&large).unwrap();
+    let expected: Pod = serde_json::from_value(pod).unwrap();
+    assert_eq!(decoded.pod.unwrap(), expected);
+    assert_eq!(decoded.request.uid, "7f0b2891-916f-4ed6-b7cd-27bff1815a8c");
+    let small = decode(&body(&review_json(pod_json()))).unwrap();
+    assert_eq!(
+        small.pod.unwrap(),
+        serde_json::from_value::<Pod>(pod_json()).unwrap()
+    );
+    // Invalid UTF-8 in a large body is still a named error.
+    let mut broken = large.clone();
+    let at = broken.len() / 2;
+    broken[at] = 0xff;
+    let err = decode(&broken).err().expect("invalid UTF-8 is rejected");
+    assert!(matches!(err, ReviewError::Malformed(_)), "{err}");
+}
+
+#[test]
 fn decode_keeps_request_fields() {
     let mut v = review_json(pod_json());
     v["request"]["dryRun"] = json!(true);
