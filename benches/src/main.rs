@@ -4,6 +4,7 @@
 
 mod alloc;
 mod loadgen;
+mod logs;
 mod pods;
 
 use std::sync::Arc;
@@ -58,6 +59,12 @@ enum Cmd {
         /// App pods to create.
         #[arg(long, default_value_t = 10_000)]
         pods: usize,
+    },
+    /// Log forwarding: lines/s from followed container logs into a real rsyslog, and memory per
+    /// followed container with 1,000 containers followed.
+    Logs {
+        #[command(flatten)]
+        args: logs::Args,
     },
     /// Failed requests while certificates rotate under load.
     Rotation {
@@ -118,6 +125,7 @@ async fn start_server() -> anyhow::Result<TestServer> {
         handshake_timeout: Duration::from_secs(10),
         http2: false,
         shutdown_timeout: Duration::from_secs(1),
+        stats: Default::default(),
     };
     tokio::spawn(eirinix_core::server::serve_tls(
         listener,
@@ -486,11 +494,13 @@ async fn main() -> anyhow::Result<()> {
         Cmd::ApiserverLatency { pods } => apiserver_latency(pods).await,
         Cmd::WatchScale { pods } => watch_scale(pods).await,
         Cmd::Rotation { seconds } => rotation(seconds).await,
+        Cmd::Logs { args } => logs::run(args).await,
         Cmd::All => {
             admission(8).await?;
             large_pod().await?;
             apiserver_latency(300).await?;
             watch_scale(10_000).await?;
+            logs::run(logs::Args::default()).await?;
             rotation(30).await
         }
     }

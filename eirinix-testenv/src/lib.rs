@@ -14,6 +14,7 @@ pub use assets::{
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use error::Error;
 pub use kubelet::{ContainerLog, FakeKubelet};
+pub use process::spawn_tied;
 
 /// Removes `eirinix-testenv-*` temp dirs whose owning test process is dead (e.g. SIGKILLed).
 ///

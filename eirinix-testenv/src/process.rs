@@ -48,8 +48,11 @@ fn spawner() -> io::Result<mpsc::Sender<SpawnRequest>> {
     Ok(tx)
 }
 
-/// Spawns `cmd` so that the child is SIGKILLed when this process dies, however it dies.
-pub(crate) fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+/// Spawns `cmd` so that the child is SIGKILLed when this process dies, however it dies
+/// (`PR_SET_PDEATHSIG`, set from a spawner thread that lives as long as the process). For
+/// harnesses that run their own helper processes (a syslog receiver, a second process of the
+/// test binary) next to the control plane.
+pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid) and

@@ -1,8 +1,14 @@
 //! A bounded FIFO of records for one sink: the oldest records are dropped (and counted) when it
 //! is full, so an aggregator outage never grows memory without bound.
+//!
+//! Flow control: while the sink delivers, producers that read faster than it sends (a backlog
+//! being caught up) wait in [`BoundedBuffer::wait_for_room`] once the buffer is half full, until
+//! it is down to a quarter; the lines stay unread in the container log instead of being dropped.
+//! While the sink fails, nobody waits and the oldest records are dropped instead, so a sink that
+//! is down never stops the others.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -18,6 +24,12 @@ pub struct BoundedBuffer {
     max_bytes: usize,
     dropped: AtomicU64,
     pushed: AtomicU64,
+    /// Producers waiting for room are woken here.
+    room: Notify,
+    /// Whether producers wait for room (the sink is delivering).
+    flow_control: AtomicBool,
+    /// Times a producer had to wait for room.
+    waits: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -37,7 +49,56 @@ impl BoundedBuffer {
             max_bytes: max_bytes.max(1),
             dropped: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
+            room: Notify::new(),
+            flow_control: AtomicBool::new(true),
+            waits: AtomicU64::new(0),
         }
+    }
+
+    /// Level at which producers start waiting: half of each limit.
+    fn high_water(&self) -> (usize, usize) {
+        ((self.max_records / 2).max(1), (self.max_bytes / 2).max(1))
+    }
+
+    /// Whether a producer may push now without waiting.
+    pub fn has_room(&self) -> bool {
+        if !self.flow_control.load(Ordering::Acquire) {
+            return true;
+        }
+        let (records, bytes) = self.high_water();
+        let inner = self.lock();
+        inner.queue.len() < records && inner.bytes < bytes
+    }
+
+    /// Wait until the buffer is below its high-water mark (half full), or flow control is off.
+    /// Producers call it before reading more; it returns at once in the common case.
+    pub async fn wait_for_room(&self) {
+        if self.has_room() {
+            return;
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Turn flow control on (the sink delivers: producers wait for room) or off (the sink fails:
+    /// nobody waits, the oldest records are dropped when the buffer is full).
+    pub fn set_flow_control(&self, on: bool) {
+        if self.flow_control.swap(on, Ordering::AcqRel) && !on {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Times a producer waited for room (the sink was slower than the logs were read).
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -80,6 +141,14 @@ impl BoundedBuffer {
         let batch: Vec<Arc<Record>> = inner.queue.drain(..n).collect();
         let freed: usize = batch.iter().map(|r| r.cost()).sum();
         inner.bytes = inner.bytes.saturating_sub(freed);
+        // Wake waiting producers once down to a quarter (half the high-water mark), not on every
+        // batch: they then push in bulk.
+        let (records, bytes) = self.high_water();
+        let low = inner.queue.len() <= records / 2 && inner.bytes <= bytes / 2;
+        drop(inner);
+        if low && n > 0 {
+            self.room.notify_waiters();
+        }
         batch
     }
 
@@ -128,9 +197,12 @@ impl BoundedBuffer {
 
     /// Drop everything held (a replica that lost leadership must not send it).
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.queue.clear();
-        inner.bytes = 0;
+        {
+            let mut inner = self.lock();
+            inner.queue.clear();
+            inner.bytes = 0;
+        }
+        self.room.notify_waiters();
     }
 }
 
@@ -187,5 +259,54 @@ mod tests {
         assert_eq!(b.len(), 1);
         b.clear();
         assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn producers_wait_for_room_while_the_sink_delivers() {
+        let b = Arc::new(BoundedBuffer::new(8, 1 << 20));
+        for i in 0..4 {
+            b.push(rec(&i.to_string()));
+        }
+        assert!(!b.has_room(), "half full: producers wait");
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.wait_for_room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        b.pop_batch(1);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "woken at a quarter, not at every batch"
+        );
+        b.pop_batch(1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken at a quarter full")
+            .unwrap();
+        assert_eq!(b.waits(), 1);
+
+        // A failing sink: nobody waits, the oldest records are dropped instead.
+        for i in 0..10 {
+            b.push(rec(&i.to_string()));
+        }
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.wait_for_room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        b.set_flow_control(false);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("released when flow control goes off")
+            .unwrap();
+        assert!(b.has_room());
+        assert_eq!(b.len(), 8);
+        assert_eq!(b.dropped(), 4);
+        b.set_flow_control(true);
+        assert!(!b.has_room());
+        b.clear();
+        assert!(b.has_room());
     }
 }

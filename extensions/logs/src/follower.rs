@@ -428,6 +428,7 @@ impl Follower {
         let grace = self.config.deleted_grace;
         let mut deadline: Option<Instant> =
             self.view.borrow().deleted.then(|| Instant::now() + grace);
+        let outputs = self.outputs.clone();
         loop {
             let piece = tokio::select! {
                 biased;
@@ -439,7 +440,12 @@ impl Follower {
                     }
                     continue;
                 }
-                p = reader.next_piece() => p,
+                // Flow control: a sink slower than the log waits for room before more is read,
+                // so the backlog stays in the container log instead of being dropped.
+                p = async {
+                    wait_for_room(&outputs).await;
+                    reader.next_piece().await
+                } => p,
             };
             match piece {
                 Ok(None) => return ReadEnd::Ended { lines },
@@ -508,6 +514,13 @@ impl Follower {
         self.metrics
             .records_forwarded
             .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Wait until every sink buffer has room (see [`BoundedBuffer::wait_for_room`]).
+async fn wait_for_room(outputs: &[Arc<BoundedBuffer>]) {
+    for out in outputs {
+        out.wait_for_room().await;
     }
 }
 

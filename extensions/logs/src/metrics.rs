@@ -177,7 +177,7 @@ impl LogsMetrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let families: [(&str, &str, &str); 6] = [
+        let families: [(&str, &str, &str); 7] = [
             (
                 "eirinix_logs_sink_sent_total",
                 "counter",
@@ -204,6 +204,11 @@ impl LogsMetrics {
                 "gauge",
                 "Bytes waiting in the sink buffer.",
             ),
+            (
+                "eirinix_logs_sink_flow_control_waits_total",
+                "counter",
+                "Times reading paused because the sink was slower than the logs (buffer half full).",
+            ),
         ];
         for (i, (family, kind, help)) in families.iter().enumerate() {
             let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
@@ -214,7 +219,8 @@ impl LogsMetrics {
                     2 => m.errors.load(Ordering::Relaxed),
                     3 => m.connects.load(Ordering::Relaxed),
                     4 => b.len() as u64,
-                    _ => b.bytes() as u64,
+                    5 => b.bytes() as u64,
+                    _ => b.waits(),
                 };
                 let _ = writeln!(out, "{family}{{sink=\"{}\"}} {v}", escape_label(name));
             }

@@ -130,6 +130,8 @@ impl SinkHandle {
 
 impl Drop for SinkHandle {
     fn drop(&mut self) {
+        // Nobody sends any more: producers must not wait for room.
+        self.buffer.set_flow_control(false);
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.abort();
@@ -234,6 +236,7 @@ impl SinkWorker {
                         .fetch_add(pending.len() as u64, Ordering::Relaxed);
                     pending.clear();
                     self.backoff.reset();
+                    self.buffer.set_flow_control(true);
                     if let Some(since) = failing_since.take() {
                         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
@@ -245,6 +248,8 @@ impl SinkWorker {
                 }
                 Err(e) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    // Failing: producers stop waiting; a full buffer drops its oldest records.
+                    self.buffer.set_flow_control(false);
                     failing_since.get_or_insert_with(Instant::now);
                     if last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
                         last_error_log = Some(Instant::now());
@@ -264,6 +269,7 @@ impl SinkWorker {
                 }
             }
         }
+        self.buffer.set_flow_control(false);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.close()).await;
     }
 }

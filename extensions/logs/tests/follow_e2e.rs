@@ -7,20 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use eirinix_testenv::{ControlPlane, FakeKubelet, unique_name};
+use eirinix_testenv::FakeKubelet;
 
 const T: Duration = Duration::from_secs(30);
 
 async fn setup(prefix: &str) -> (kube::Client, String, FakeKubelet, Rsyslog) {
-    init_tracing();
-    let plane = ControlPlane::shared()
-        .await
-        .expect("control plane (run scripts/provision.sh)");
-    let client = plane.client().await.unwrap();
-    let ns = plane.namespace(prefix).await.unwrap();
-    let kubelet = FakeKubelet::start(&client, &unique_name("node"))
-        .await
-        .unwrap();
+    let (_, client, ns, kubelet) = plane_with_kubelet(prefix).await;
     (client, ns, kubelet, Rsyslog::start(None))
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use eirinix_logs::{LogsMetrics, LogsOptions, LogsService, Scope};
-use eirinix_testenv::{ContainerLog, ControlPlane, FakeKubelet, unique_name};
+use eirinix_testenv::{ContainerLog, ControlPlane, FakeKubelet};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -168,15 +168,7 @@ async fn setup(
     Rsyslog,
     Pods,
 ) {
-    init_tracing();
-    let plane = ControlPlane::shared()
-        .await
-        .expect("control plane (run scripts/provision.sh)");
-    let client = plane.client().await.unwrap();
-    let ns = plane.namespace(prefix).await.unwrap();
-    let kubelet = FakeKubelet::start(&client, &unique_name("node"))
-        .await
-        .unwrap();
+    let (plane, client, ns, kubelet) = plane_with_kubelet(prefix).await;
     let node = kubelet.node_name().to_owned();
     let mut logs = Vec::new();
     for p in 0..pods {

@@ -381,6 +381,29 @@ pub fn assert_sequence(got: &[String], prefix: &str, n: usize) {
 // ---------------------------------------------------------------------------------------------
 // Pods on the fake kubelet.
 
+/// The shared control plane, an admin client, a fresh namespace `<prefix>-...` and a fake
+/// kubelet on a node of its own.
+pub async fn plane_with_kubelet(
+    prefix: &str,
+) -> (
+    &'static eirinix_testenv::ControlPlane,
+    kube::Client,
+    String,
+    eirinix_testenv::FakeKubelet,
+) {
+    init_tracing();
+    let plane = eirinix_testenv::ControlPlane::shared()
+        .await
+        .expect("control plane (run scripts/provision.sh)");
+    let client = plane.client().await.unwrap();
+    let ns = plane.namespace(prefix).await.unwrap();
+    let kubelet =
+        eirinix_testenv::FakeKubelet::start(&client, &eirinix_testenv::unique_name("node"))
+            .await
+            .unwrap();
+    (plane, client, ns, kubelet)
+}
+
 pub const APP_GUID: &str = "7d1f3b3c-0000-4000-8000-00000000beef";
 
 /// An Eirini-like app pod (labels as Eirini sets them) bound to the kubelet's node.
