@@ -9,8 +9,8 @@ RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY . .
 ENV EIRINIX_VERSION=${VERSION}
-RUN cargo build --release --locked -p eirinix-cli --bin eirinix \
- && mkdir -p /out && cp target/release/eirinix /out/eirinix
+RUN cargo build --profile dist --locked -p eirinix-cli --bin eirinix \
+ && mkdir -p /out && cp target/dist/eirinix /out/eirinix
 
 # No shell, no package manager: the binary, CA roots and a non-root user.
 FROM gcr.io/distroless/static-debian12:nonroot

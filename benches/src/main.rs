@@ -3,9 +3,11 @@
 //! `cargo run --release -p eirinix-bench -- all` runs everything (a few minutes).
 
 mod alloc;
+mod latency;
 mod loadgen;
 mod logs;
 mod pods;
+mod process;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +41,13 @@ enum Cmd {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 8)]
         seconds: u64,
+        /// Run the server in this process instead of a child process.
+        #[arg(long)]
+        in_process: bool,
     },
+    /// The admission server of `admission` as its own process (used by `admission`).
+    #[command(hide = true)]
+    Serve,
     /// A pod with 1,000 env vars and 20 containers: time and heap per review.
     LargePod,
     /// The handler alone (decode, persi, encode) on the realistic pod, one thread: µs per review by stage.
@@ -59,6 +67,16 @@ enum Cmd {
         /// App pods to create.
         #[arg(long, default_value_t = 10_000)]
         pods: usize,
+    },
+    /// The `eirinix` binary as its own process with all stock extensions: idle RSS, then admission
+    /// load from this process and the server's peak RSS (build eirinix-cli in release first).
+    Process {
+        /// Seconds per load measurement.
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
+        /// Seconds to stay idle after ready before reading the idle RSS.
+        #[arg(long, default_value_t = 10)]
+        idle: u64,
     },
     /// Log forwarding: lines/s from followed container logs into a real rsyslog, and memory per
     /// followed container with 1,000 containers followed.
@@ -142,48 +160,165 @@ async fn start_server() -> anyhow::Result<TestServer> {
     })
 }
 
-fn target(s: &TestServer, path: &str, body: &[u8]) -> loadgen::Target {
-    loadgen::Target {
-        addr: s.addr,
-        ca_pem: s.ca.clone(),
-        server_name: "127.0.0.1".into(),
-        path: path.into(),
-        body: Bytes::copy_from_slice(body),
+/// The server under load: this process's own (`--in-process`) or a child process running the
+/// same stack (`eirinix-bench serve`), as the webhook runs in production.
+enum UnderTest {
+    InProcess(TestServer),
+    Child(Box<ChildServer>),
+}
+
+struct ChildServer {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    addr: std::net::SocketAddr,
+    ca: String,
+}
+
+impl UnderTest {
+    async fn start(in_process: bool) -> anyhow::Result<UnderTest> {
+        use tokio::io::AsyncBufReadExt as _;
+        if in_process {
+            return Ok(UnderTest::InProcess(start_server().await?));
+        }
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut stdout =
+            tokio::io::BufReader::new(child.stdout.take().context("child stdout")?).lines();
+        let first = stdout
+            .next_line()
+            .await?
+            .context("the server process exited before it was ready")?;
+        let v: serde_json::Value = serde_json::from_str(&first)?;
+        Ok(UnderTest::Child(Box::new(ChildServer {
+            addr: v["addr"].as_str().context("addr")?.parse()?,
+            ca: v["ca"].as_str().context("ca")?.to_owned(),
+            child,
+            stdout,
+        })))
+    }
+
+    fn target(&self, path: &str, body: &[u8]) -> loadgen::Target {
+        let (addr, ca) = match self {
+            UnderTest::InProcess(s) => (s.addr, s.ca.clone()),
+            UnderTest::Child(c) => (c.addr, c.ca.clone()),
+        };
+        loadgen::Target {
+            addr,
+            ca_pem: ca,
+            server_name: "127.0.0.1".into(),
+            path: path.into(),
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    /// The server's process: "self" or the child's pid.
+    fn pid(&self) -> String {
+        match self {
+            UnderTest::InProcess(_) => "self".into(),
+            UnderTest::Child(c) => c.child.id().map_or("0".into(), |p| p.to_string()),
+        }
+    }
+
+    /// Stop the server; returns the number of patched reviews it answered.
+    async fn stop(self) -> anyhow::Result<u64> {
+        match self {
+            UnderTest::InProcess(s) => {
+                s.cancel.cancel();
+                Ok(s.metrics
+                    .extension(0)
+                    .map_or(0, |m| m.count(eirinix_core::metrics::Outcome::Patched)))
+            }
+            UnderTest::Child(mut c) => {
+                drop(c.child.stdin.take());
+                let last = c.stdout.next_line().await?.unwrap_or_default();
+                c.child.wait().await?;
+                Ok(last.trim().parse().unwrap_or(0))
+            }
+        }
     }
 }
 
-async fn admission(seconds: u64) -> anyhow::Result<()> {
+/// `eirinix-bench serve`: the admission server stack of [`start_server`] as its own process;
+/// prints `{"addr", "ca"}`, serves until stdin closes, then prints the patched-review count.
+async fn serve() -> anyhow::Result<()> {
     let server = start_server().await?;
-    let body = pods::review(&pods::eirini_app_pod());
-    println!("review body: {} bytes\n", body.len());
     println!(
-        "| workload | connections | reviews/s | p50 ms | p99 ms | p99.9 ms | errors | of ceiling |"
+        "{}",
+        serde_json::json!({"addr": server.addr.to_string(), "ca": server.ca})
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    let _ = tokio::task::spawn_blocking(|| {
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+    })
+    .await;
+    println!(
+        "{}",
+        server
+            .metrics
+            .extension(0)
+            .map_or(0, |m| m.count(eirinix_core::metrics::Outcome::Patched))
+    );
+    server.cancel.cancel();
+    Ok(())
+}
+
+async fn admission(seconds: u64, in_process: bool) -> anyhow::Result<()> {
+    let server = UnderTest::start(in_process).await?;
+    let pid = server.pid();
+    let body = pods::review(&pods::eirini_app_pod());
+    println!(
+        "review body: {} bytes; server {}\n",
+        body.len(),
+        if in_process {
+            "in this process (sharing its runtime and allocator with the load generator)"
+        } else {
+            "in its own process (`eirinix-bench serve`)"
+        }
+    );
+    println!(
+        "| workload | connections | reviews/s | p50 ms | p99 ms | p99.9 ms | errors | of ceiling | server CPU µs/review |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let dur = Duration::from_secs(seconds);
-    let (_, hwm0) = alloc::rss_kib();
+    let (_, hwm0) = alloc::rss_kib_of(&pid);
+    let run = |path: &'static str, conns: usize, rate: Option<f64>| {
+        let (t, pid) = (server.target(path, &body), pid.clone());
+        async move {
+            let cpu0 = alloc::cpu_seconds_of(&pid);
+            let r = loadgen::run(t, conns, dur, rate, None).await?;
+            let cpu = (alloc::cpu_seconds_of(&pid) - cpu0) * 1e6 / r.ok.max(1) as f64;
+            Ok::<_, anyhow::Error>((r, cpu))
+        }
+    };
     for conns in [1, 8, 64] {
-        let ceiling =
-            loadgen::run(target(&server, "/fixed", &body), conns, dur, None, None).await?;
-        let persi = loadgen::run(target(&server, "/persi", &body), conns, dur, None, None).await?;
-        for (name, r) in [
+        let ceiling = run("/fixed", conns, None).await?;
+        let persi = run("/persi", conns, None).await?;
+        for (name, (r, cpu)) in [
             ("fixed answer (ceiling)", &ceiling),
             ("persi admission", &persi),
         ] {
             println!(
-                "| {name} | {conns} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.0} % |",
+                "| {name} | {conns} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.0} % | {} |",
                 r.rate(),
                 r.ms(0.5),
                 r.ms(0.99),
                 r.ms(0.999),
                 r.errors,
-                100.0 * r.rate() / ceiling.rate()
+                100.0 * r.rate() / ceiling.0.rate(),
+                if in_process {
+                    "-".to_owned()
+                } else {
+                    format!("{cpu:.0}")
+                }
             );
         }
     }
-    let paced = loadgen::run(target(&server, "/persi", &body), 8, dur, Some(1000.0), None).await?;
+    let (paced, _) = run("/persi", 8, Some(1000.0)).await?;
     println!(
-        "| persi admission, paced 1,000/s ({} sends > 2 ms late) | 8 | {:.0} | {:.3} | {:.3} | {:.3} | {} | - |",
+        "| persi admission, paced 1,000/s ({} sends > 2 ms late) | 8 | {:.0} | {:.3} | {:.3} | {:.3} | {} | - | - |",
         paced.late,
         paced.rate(),
         paced.ms(0.5),
@@ -191,15 +326,14 @@ async fn admission(seconds: u64) -> anyhow::Result<()> {
         paced.ms(0.999),
         paced.errors
     );
-    let (rss, hwm) = alloc::rss_kib();
+    let (rss, hwm) = alloc::rss_kib_of(&pid);
+    let patched = server.stop().await?;
     println!(
-        "\nprocess RSS after the runs: {rss} KiB, peak {hwm} KiB (before: peak {hwm0} KiB); patched reviews: {}",
-        server
-            .metrics
-            .extension(0)
-            .map_or(0, |m| m.count(eirinix_core::metrics::Outcome::Patched))
+        "\nserver RSS after the runs: {:.1} MiB, peak {:.1} MiB (before the load: peak {:.1} MiB); patched reviews: {patched}",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        hwm0 as f64 / 1024.0
     );
-    server.cancel.cancel();
     Ok(())
 }
 
@@ -237,6 +371,20 @@ async fn large_pod() -> anyhow::Result<()> {
         out_len,
         per.as_secs_f64() * 1e3,
         extra as f64 / (1024.0 * 1024.0)
+    );
+    // Where the peak is: the decode alone, and what the decoded review keeps.
+    alloc::enable(true);
+    let before = alloc::reset_peak();
+    let decoded = eirinix_core::admission::decode(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let decode_peak = alloc::peak().saturating_sub(before);
+    let kept = alloc::live().saturating_sub(before);
+    drop(decoded);
+    alloc::enable(false);
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "| of which: decode | | {:.1} MiB peak, {:.1} MiB kept (the decoded Pod) |",
+        mib(decode_peak),
+        mib(kept)
     );
     Ok(())
 }
@@ -287,82 +435,8 @@ async fn handler(iterations: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn apiserver_latency(n: usize) -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Api, PostParams};
-    let cp = eirinix_testenv::ControlPlane::start().await?;
-    let client = cp.client().await?;
-    let sys = cp.namespace("bench-sys").await?;
-    let with = cp.namespace("bench-with").await?;
-    let without = cp.namespace("bench-without").await?;
-    let running = eirinix_core::Manager::builder()
-        .url_mode("127.0.0.1")
-        .bind_address([127, 0, 0, 1].into())
-        .port(0)
-        .webhook_namespace(&sys)
-        .namespace(&with)
-        .extension(eirinix_persi::Persi::new(
-            eirinix_persi::PersiOptions::default(),
-        ))
-        .build()?
-        .start(client.clone())
-        .await?;
-    running
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let mut pod: Pod = serde_json::from_value(pods::eirini_app_pod())?;
-    pod.metadata.namespace = None;
-    pod.metadata.owner_references = None;
-    let measure = |ns: String| {
-        let (client, mut pod) = (client.clone(), pod.clone());
-        async move {
-            let api: Api<Pod> = Api::namespaced(client, &ns);
-            let mut times = Vec::with_capacity(n);
-            for i in 0..n + 20 {
-                pod.metadata.name = Some(format!("dora-{i}"));
-                let t = Instant::now();
-                api.create(&PostParams::default(), &pod).await?;
-                if i >= 20 {
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            Ok::<_, anyhow::Error>(times)
-        }
-    };
-    // Interleave variants twice to even out drift (etcd growth, caches).
-    let a1 = measure(without.clone()).await?;
-    let b1 = measure(with.clone()).await?;
-    let q = |v: &Vec<f64>, p: f64| v[((v.len() - 1) as f64 * p) as usize];
-    println!(
-        "| pod creation through kube-apiserver ({n} pods each) | without webhook p50 {:.2} ms p99 {:.2} ms | with persi webhook p50 {:.2} ms p99 {:.2} ms | added p50 {:.2} ms, p99 {:.2} ms |",
-        q(&a1, 0.5),
-        q(&a1, 0.99),
-        q(&b1, 0.5),
-        q(&b1, 0.99),
-        q(&b1, 0.5) - q(&a1, 0.5),
-        q(&b1, 0.99) - q(&a1, 0.99)
-    );
-    running.shutdown().await;
-    Ok(())
-}
-
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    alloc::cpu_seconds_of("self")
 }
 
 async fn watch_scale(n: usize) -> anyhow::Result<()> {
@@ -387,7 +461,8 @@ async fn watch_scale(n: usize) -> anyhow::Result<()> {
             }
         })
         .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
+        // Drop each created pod at once: holding 10,000 would dwarf what is measured.
+        .try_for_each(|_| async { Ok(()) })
         .await
         .context("creating pods")?;
     eprintln!("created {n} pods in {:.1} s", t.elapsed().as_secs_f64());
@@ -395,6 +470,7 @@ async fn watch_scale(n: usize) -> anyhow::Result<()> {
         namespace: Some(ns.clone()),
         ..Default::default()
     };
+    let (rss0, _) = alloc::rss_kib();
     alloc::enable(true);
     let live0 = alloc::live();
     let cpu0 = cpu_seconds();
@@ -410,12 +486,34 @@ async fn watch_scale(n: usize) -> anyhow::Result<()> {
         }
     }
     let live = alloc::live().saturating_sub(live0);
+    let peak = alloc::peak().saturating_sub(live0);
+    let (listed, cpu_list) = (t.elapsed(), cpu_seconds() - cpu0);
+    // Then steady state: the watch stays open, nothing changes.
+    let cpu1 = cpu_seconds();
+    let idle = Duration::from_secs(10);
+    let _ = tokio::time::timeout(idle, async {
+        while let Some(ev) = stream.next().await {
+            if let Ok(ev) = ev {
+                tracker.translate(ev);
+            }
+        }
+    })
+    .await;
+    let cpu_idle = cpu_seconds() - cpu1;
+    alloc::enable(false);
+    let (rss, hwm) = alloc::rss_kib();
+    let mib = |b: f64| b / (1024.0 * 1024.0);
     println!(
-        "| pod watcher over {n} app pods (real apiserver) | initial list in {:.2} s, {:.2} s CPU | {:.1} MiB heap held by the watcher state ({} B per pod) |",
-        t.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu0,
-        live as f64 / (1024.0 * 1024.0),
-        live / n.max(1)
+        "| pod watcher over {n} app pods (real apiserver) | initial list in {:.2} s, {cpu_list:.2} s CPU; then {:.3} s CPU in {} s idle | {:.1} MiB heap held ({} B per pod), {:.1} MiB heap peak during the list | process RSS {:.1} MiB (before the watch {:.1} MiB, peak {:.1} MiB) |",
+        listed.as_secs_f64(),
+        cpu_idle,
+        idle.as_secs(),
+        mib(live as f64),
+        live / n.max(1),
+        mib(peak as f64),
+        rss as f64 / 1024.0,
+        rss0 as f64 / 1024.0,
+        hwm as f64 / 1024.0
     );
     Ok(())
 }
@@ -488,18 +586,24 @@ async fn main() -> anyhow::Result<()> {
     eirinix_core::tls::install_default_provider();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Admission { seconds } => admission(seconds).await,
+        Cmd::Admission {
+            seconds,
+            in_process,
+        } => admission(seconds, in_process).await,
+        Cmd::Serve => serve().await,
         Cmd::LargePod => large_pod().await,
         Cmd::Handler { iterations } => handler(iterations).await,
-        Cmd::ApiserverLatency { pods } => apiserver_latency(pods).await,
+        Cmd::ApiserverLatency { pods } => latency::apiserver_latency(pods).await,
         Cmd::WatchScale { pods } => watch_scale(pods).await,
         Cmd::Rotation { seconds } => rotation(seconds).await,
         Cmd::Logs { args } => logs::run(args).await,
+        Cmd::Process { seconds, idle } => process::process(seconds, idle).await,
         Cmd::All => {
-            admission(8).await?;
+            admission(8, false).await?;
             large_pod().await?;
-            apiserver_latency(300).await?;
+            latency::apiserver_latency(300).await?;
             watch_scale(10_000).await?;
+            process::process(6, 10).await?;
             logs::run(logs::Args::default()).await?;
             rotation(30).await
         }

@@ -55,9 +55,18 @@ pub trait PodWatcher: Send + Sync + 'static {
     async fn on_event(&self, ctx: &Context, event: PodEvent);
 }
 
+/// Objects per page of a watcher's (re-)list. A page is decoded as a whole, so with large pods
+/// kube's default of 500 makes the list, not the watched set, the memory peak of a pod watcher.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// A pod watch configuration with eirinix's list page size: start here for any pod watcher.
+pub fn pod_watch_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
 /// The default watch configuration for `settings`.
 pub fn default_config(settings: &Settings) -> watcher::Config {
-    let config = watcher::Config::default();
+    let config = pod_watch_config();
     if settings.filter_eirini_apps {
         config.labels(&format!("{SOURCE_TYPE_LABEL}=APP"))
     } else {

@@ -311,7 +311,7 @@ fn small_and_large_bodies_decode_the_same() {
     let mut broken = large.clone();
     let at = broken.len() / 2;
     broken[at] = 0xff;
-    let err = decode(&broken).err().expect("invalid UTF-8 is rejected");
+    let err = decode(&broken).expect_err("invalid UTF-8 is rejected");
     assert!(matches!(err, ReviewError::Malformed(_)), "{err}");
 }
 

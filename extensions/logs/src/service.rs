@@ -333,7 +333,7 @@ impl PodWatcher for TermWatcher {
     }
 
     fn config(&self, _settings: &Settings) -> watcher::Config {
-        watcher::Config::default().labels(&self.selector)
+        eirinix_core::watcher::pod_watch_config().labels(&self.selector)
     }
 
     async fn on_event(&self, _ctx: &Context, event: PodEvent) {
