@@ -59,9 +59,14 @@ struct ReviewIn<'a> {
     request: Option<&'a RawValue>,
 }
 
+/// An AdmissionReview v1 request, generic over how its objects are decoded: in place as Pods
+/// (the fast path) or as raw JSON (the precise path). A missing object is `None` either way.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+#[serde(
+    rename_all = "camelCase",
+    bound(deserialize = "Option<X>: Deserialize<'de>")
+)]
+struct RequestIn<X> {
     uid: String,
     kind: GroupVersionKind,
     resource: GroupVersionResource,
@@ -80,14 +85,41 @@ struct RequestIn<'a> {
     operation: Operation,
     #[serde(default)]
     user_info: UserInfo,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
+    object: Option<X>,
+    old_object: Option<X>,
     #[serde(default)]
     dry_run: bool,
     #[serde(default)]
     options: Option<RawExtension>,
+}
+
+impl<X> RequestIn<X> {
+    /// The request (its `object` left `None`) and the object; `old` turns the old object into a Pod.
+    fn into_parts(
+        self,
+        types: TypeMeta,
+        old: impl FnOnce(Option<X>) -> Option<Pod>,
+    ) -> (Request, Option<X>) {
+        let request = AdmissionRequest {
+            types,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            request_kind: self.request_kind,
+            request_resource: self.request_resource,
+            request_sub_resource: self.request_sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: self.user_info,
+            object: None,
+            old_object: old(self.old_object),
+            dry_run: self.dry_run,
+            options: self.options,
+        };
+        (request, self.object)
+    }
 }
 
 /// The whole review in one pass, the Pod decoded in place: the common case, and the fast one
@@ -98,37 +130,7 @@ struct RequestIn<'a> {
 struct FastReview {
     api_version: String,
     kind: String,
-    request: FastRequest,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FastRequest {
-    uid: String,
-    kind: GroupVersionKind,
-    resource: GroupVersionResource,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    request_kind: Option<GroupVersionKind>,
-    #[serde(default)]
-    request_resource: Option<GroupVersionResource>,
-    #[serde(default)]
-    request_sub_resource: Option<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    operation: Operation,
-    #[serde(default)]
-    user_info: UserInfo,
-    object: Pod,
-    #[serde(default)]
-    old_object: Option<Pod>,
-    #[serde(default)]
-    dry_run: bool,
-    #[serde(default)]
-    options: Option<RawExtension>,
+    request: RequestIn<Pod>,
 }
 
 /// Bodies larger than this are decoded by serde_json straight from the body: simd-json's copy of
@@ -154,30 +156,15 @@ fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
     if !acceptable {
         return None;
     }
-    let request = AdmissionRequest {
-        types: TypeMeta {
-            api_version: review.api_version,
-            kind: review.kind,
-        },
-        uid: req.uid,
-        kind: req.kind,
-        resource: req.resource,
-        sub_resource: req.sub_resource,
-        request_kind: req.request_kind,
-        request_resource: req.request_resource,
-        request_sub_resource: req.request_sub_resource,
-        name: req.name,
-        namespace: req.namespace,
-        operation: req.operation,
-        user_info: req.user_info,
-        object: None,
-        old_object: req.old_object,
-        dry_run: req.dry_run,
-        options: req.options,
+    let types = TypeMeta {
+        api_version: review.api_version,
+        kind: review.kind,
     };
+    // No object: the precise decode names the problem.
+    let (request, pod) = req.into_parts(types, |old| old);
     Some(DecodedReview {
         request,
-        pod: Ok(req.object),
+        pod: Ok(pod?),
     })
 }
 
@@ -215,7 +202,8 @@ fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
         .request
         .filter(|r| r.get() != "null")
         .ok_or(ReviewError::NoRequest)?;
-    let req: RequestIn<'_> = serde_json::from_str(raw.get()).map_err(ReviewError::Malformed)?;
+    let req: RequestIn<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(ReviewError::Malformed)?;
     if req.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
@@ -236,31 +224,14 @@ fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
         serde_json::from_str::<Pod>(raw)
             .map_err(|e| format!("object does not decode as a Pod: {e}"))
     };
-    let old_object = match req.old_object {
+    let types = TypeMeta {
+        api_version: review.api_version,
+        kind: review.kind,
+    };
+    let (request, _) = req.into_parts(types, |old| match old {
         Some(raw) if is_pod && raw.get() != "null" => serde_json::from_str::<Pod>(raw.get()).ok(),
         _ => None,
-    };
-    let request = AdmissionRequest {
-        types: TypeMeta {
-            api_version: review.api_version,
-            kind: review.kind,
-        },
-        uid: req.uid,
-        kind: req.kind,
-        resource: req.resource,
-        sub_resource: req.sub_resource,
-        request_kind: req.request_kind,
-        request_resource: req.request_resource,
-        request_sub_resource: req.request_sub_resource,
-        name: req.name,
-        namespace: req.namespace,
-        operation: req.operation,
-        user_info: req.user_info,
-        object: None,
-        old_object,
-        dry_run: req.dry_run,
-        options: req.options,
-    };
+    });
     Ok(DecodedReview { request, pod })
 }
 
