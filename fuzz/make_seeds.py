@@ -195,6 +195,12 @@ def pods():
     p["spec"]["containers"][0]["volumeMounts"].append({"name": "tools", "mountPath": "/eirinix/ssh"})
     out.append(("regression-ssh-mount-path-taken", p))
 
+    # Found by persi_handler: a mount at the binding's directory naming the volume persi would
+    # create ("persi-<claim>-<hash>"), with no such volume in the pod.
+    p = app_pod(vcap(binding("data", "pvc-data-7f3a", "/data")))
+    p["spec"]["containers"][0]["volumeMounts"].append({"name": "persi-pvc-data-7f3a-8721a22828b7", "mountPath": "/data"})
+    out.append(("regression-persi-dangling-mount", p))
+
     # Minimal and odd shapes.
     out.append(("minimal", {"spec": {"containers": [{"name": "c"}]}}))
     out.append(("no-spec", {"metadata": {"name": "x", "labels": {"cloudfoundry.org/source_type": "APP"}}}))
@@ -246,7 +252,7 @@ def reviews():
         ("empty-uid", review(app, uid="")),
         ("odd-uid", review(ps["minimal"], uid="uid \"with\" quotes \\ and \u00e9\u2603")),
     ]
-    for name in ["regression-ssh-volume-name-taken", "regression-ssh-init-container-name-taken", "regression-ssh-mount-path-taken"]:
+    for name in ["regression-persi-dangling-mount", "regression-ssh-volume-name-taken", "regression-ssh-init-container-name-taken", "regression-ssh-mount-path-taken"]:
         out.append((name, review(ps[name], dry_run=True)))
     for verdict in ["deny", "error", "invalid", "unchanged"]:
         p = copy.deepcopy(ps["minimal"])

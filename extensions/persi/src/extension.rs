@@ -342,7 +342,10 @@ pub fn build_patch(
                 .map(|pvc| (pvc.claim_name.clone(), v.name.clone()))
         })
         .collect();
+    // Names a new volume must not take: the pod's volumes, and volumes its containers mount
+    // even if the pod does not define them (a new volume would silently back those mounts).
     let mut used: HashSet<String> = existing.iter().map(|v| v.name.clone()).collect();
+    used.extend(mounted_volume_names(spec));
     let mut new_volumes: Vec<Volume> = Vec::new();
     let mut new_mounts: Vec<(usize, VolumeMount)> = Vec::new();
     let mut errors = Vec::new();
@@ -367,7 +370,9 @@ pub fn build_patch(
                     .unwrap_or_default()
             });
             match mounted.get(&req.container_dir) {
-                Some(v) if *v == volume => continue,
+                // Already mounted from a volume of the claim (a mount of the name alone, with
+                // no such volume in the pod, does not count).
+                Some(v) if known.as_ref() == Some(v) => continue,
                 Some(v) => {
                     errors.push(PersiError::DirInUse {
                         container: c.name.clone(),
@@ -420,6 +425,27 @@ pub fn build_patch(
     }
     p.mark(NAME);
     Ok(p.build())
+}
+
+/// Every volume name mounted by a container of any kind (app, init, ephemeral).
+fn mounted_volume_names(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> impl Iterator<Item = String> + '_ {
+    let app = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten());
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .flat_map(|c| c.volume_mounts.iter().flatten());
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .flat_map(|c| c.volume_mounts.iter().flatten());
+    app.chain(init).chain(ephemeral).map(|m| m.name.clone())
 }
 
 fn normalized(path: &str) -> String {

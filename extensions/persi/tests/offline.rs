@@ -337,6 +337,46 @@ async fn bad_input_errors_name_container_binding_and_problem() {
     );
 }
 
+/// Found by the persi_handler fuzzer: a mount at the binding's directory that names the volume
+/// persi would create, with no such volume in the pod, was taken as "already mounted" and the
+/// pod admitted without the claim. Such a mount is someone else's (and dangling): it is a
+/// directory conflict, and a new volume never takes a name that any container mounts.
+#[tokio::test]
+async fn a_dangling_mount_with_persis_volume_name_is_a_conflict() {
+    let v = vcap(&[("b6", "pvc-data", "/data", None)]);
+    let taken = volume_name("pvc-data", 0);
+    let mut p = pod(vec![container("opi", Some(&v))]);
+    p.spec.as_mut().unwrap().containers[0].volume_mounts =
+        Some(serde_json::from_value(json!([{"name": taken, "mountPath": "/data"}])).unwrap());
+    let e = error_of(&p).await;
+    assert!(
+        e.contains(&format!("binding \"b6\" (service \"eirini-persi\"): container_dir \"/data\" is already mounted from volume \"{taken}\"")),
+        "{e}"
+    );
+
+    // The dangling mount elsewhere (another container, an init container) leaves the
+    // directory free, but the name is not reused for the claim's volume.
+    let mut p = pod(vec![container("opi", Some(&v)), container("side", None)]);
+    let spec = p.spec.as_mut().unwrap();
+    spec.containers[1].volume_mounts =
+        Some(serde_json::from_value(json!([{"name": taken, "mountPath": "/other"}])).unwrap());
+    spec.init_containers = Some(vec![
+        serde_json::from_value(json!({"name": "init", "image": "busybox",
+            "volumeMounts": [{"name": volume_name("pvc-data", 1), "mountPath": "/x"}]}))
+        .unwrap(),
+    ]);
+    let out = review(Persi::default(), &p).await.unwrap();
+    let vol = volume_name("pvc-data", 2);
+    assert_eq!(
+        volumes(&out.pod),
+        json!([{"name": vol, "persistentVolumeClaim": {"claimName": "pvc-data"}}])
+    );
+    assert_eq!(
+        mounts(&out.pod, 0),
+        json!([{"name": vol, "mountPath": "/data"}])
+    );
+}
+
 #[tokio::test]
 async fn references_need_the_api_and_can_be_switched_off() {
     let mut p = pod(vec![container("opi", None)]);
