@@ -173,6 +173,10 @@ pub struct CommonArgs {
     /// Seconds between configuration drift checks.
     #[arg(long, env = "EIRINIX_REPAIR_INTERVAL", default_value_t = 30)]
     pub repair_interval: u64,
+    /// Seconds between certificate checks (renewals fall due by the clock; changes by other
+    /// replicas are also picked up at once through a watch of the certificate Secret).
+    #[arg(long, env = "EIRINIX_CERT_CHECK_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cert_check_interval: u64,
     /// Plain-HTTP port for /healthz, /readyz and /metrics (in addition to the TLS port).
     #[arg(long, env = "EIRINIX_ADMIN_PORT")]
     pub admin_port: Option<u16>,

@@ -189,6 +189,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         intercept_update: false,
         excluded_namespaces: Vec::new(),
         repair_interval: 5,
+        cert_check_interval: 60,
         admin_port: None,
         http2: false,
         client_ca_file: None,

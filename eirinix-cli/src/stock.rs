@@ -221,6 +221,7 @@ pub fn framework(common: &CommonArgs) -> anyhow::Result<ManagerBuilder> {
         .register_webhook(common.register)
         .timeout_seconds(common.timeout_seconds)
         .repair_interval(Duration::from_secs(common.repair_interval.max(1)))
+        .cert_check_interval(Duration::from_secs(common.cert_check_interval))
         .http2(common.http2)
         .admin_port(common.admin_port);
     b = match (&common.service_name, &common.host) {

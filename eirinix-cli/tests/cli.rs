@@ -43,6 +43,8 @@ fn help_of_every_subcommand_is_complete() {
         "--cert-file",
         "--persi-fs-group",
         "--rootfs-version",
+        "--repair-interval",
+        "--cert-check-interval",
         "NAMESPACE",
         "OPERATOR_WEBHOOK_PORT",
     ] {
@@ -64,6 +66,10 @@ fn invalid_combinations_fail_at_start_with_one_clear_line() {
         (
             &["run", "--host", "127.0.0.1", "--timeout-seconds", "31"],
             "31 is not in 1..=30",
+        ),
+        (
+            &["run", "--host", "127.0.0.1", "--cert-check-interval", "0"],
+            "0 is not in 1..",
         ),
         (
             &["run", "--host", "127.0.0.1", "--cert-file", "/x"],

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -85,6 +86,38 @@ impl SecretStore {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         }
+    }
+
+    /// A stream yielding whenever the Secret changes (or is deleted), from a metadata-only
+    /// watch of this one name: replicas act on another replica's write at once instead of at
+    /// their next check. Needs `list`/`watch` on the Secret; without them it only logs.
+    pub fn changes(&self) -> futures::stream::BoxStream<'static, ()> {
+        use futures::StreamExt as _;
+        use kube::runtime::WatchStreamExt as _;
+        use kube::runtime::watcher::{self, Event};
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let what = format!("{}/{}", self.namespace, self.name);
+        let mut warned = false;
+        let api: Api<kube::core::PartialObjectMeta<Secret>> =
+            Api::namespaced(self.api.clone().into_client(), &self.namespace);
+        watcher::watcher(api, config)
+            .default_backoff()
+            .filter_map(move |event| {
+                let out = match event {
+                    Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(()),
+                    Ok(Event::Init | Event::InitApply(_)) => None,
+                    Err(e) => {
+                        if !warned {
+                            warned = true;
+                            tracing::warn!(secret = %what, error = %e,
+                                "cannot watch the certificate secret; changes by other replicas are seen at the next check");
+                        }
+                        None
+                    }
+                };
+                futures::future::ready(out)
+            })
+            .boxed()
     }
 
     fn err(&self, source: kube::Error) -> RotationError {
@@ -323,8 +356,12 @@ impl Rotator {
         Ok(())
     }
 
-    /// Run until cancelled: tick at least every `interval`, earlier when a renewal is due.
+    /// Run until cancelled: tick at least every `interval`, earlier when a renewal is due or
+    /// when the Secret changes (another replica renewed, or somebody deleted it).
     pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        use futures::StreamExt as _;
+        let mut changes = self.store.changes();
+        let mut watching = true;
         loop {
             let wait = match self.tick().await {
                 Ok(bundle) => {
@@ -339,11 +376,23 @@ impl Rotator {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                changed = changes.next(), if watching => {
+                    if changed.is_none() {
+                        watching = false;
+                        continue;
+                    }
+                    // Coalesce a burst (our own write echoes back too) into one check.
+                    tokio::time::sleep(CHANGE_SETTLE).await;
+                    while let Some(Some(())) = changes.next().now_or_never() {}
+                }
                 _ = cancel.cancelled() => return,
             }
         }
     }
 }
+
+/// Wait after a Secret change before checking, so a burst of changes costs one read.
+const CHANGE_SETTLE: Duration = Duration::from_millis(50);
 
 /// Serves certificates from PEM files (cert-manager), reloading them when they change.
 pub struct FileSource {
