@@ -712,6 +712,7 @@ impl Manager {
                 published.clone(),
                 health.clone(),
                 settings.repair_interval,
+                matches!(settings.endpoint, Endpoint::Url { .. }),
                 cancel.clone(),
             )));
         }
@@ -814,6 +815,7 @@ async fn registration_loop(
     mut published: watch::Receiver<Option<Published>>,
     health: Arc<Health>,
     interval: Duration,
+    url_mode: bool,
     cancel: CancellationToken,
 ) {
     // The caBundle applied last: a new one is an update, anything else found wrong is drift.
@@ -836,6 +838,19 @@ async fn registration_loop(
                     "caBundle updated in the webhook configuration"
                 );
             })
+        } else if url_mode {
+            // Another replica that registered its own URL and is serving keeps it: replicas
+            // do not take the configuration from each other, only from a dead one.
+            let (want, probe_ca) = (&desired, ca.clone());
+            registrar
+                .repair_unless(&desired, |live| async move {
+                    let Some((host, port)) = crate::registration::other_replica(want, &live) else {
+                        return false;
+                    };
+                    replica_serving(&host, port, &probe_ca).await
+                })
+                .await
+                .map(|_| ())
         } else {
             registrar.repair(&desired).await.map(|_| ())
         };
@@ -861,6 +876,27 @@ async fn registration_loop(
                 }
             }
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// How long another replica may take to complete a TLS handshake before it counts as dead.
+const REPLICA_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a server at `host:port` completes a TLS handshake with a certificate from `ca`.
+async fn replica_serving(host: &str, port: u16, ca: &str) -> bool {
+    let addr = match tokio::net::lookup_host((host, port)).await {
+        Ok(mut addrs) => addrs.next(),
+        Err(_) => None,
+    };
+    let Some(addr) = addr else {
+        return false;
+    };
+    match crate::server::handshake(addr, host, ca, REPLICA_PROBE_TIMEOUT).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(replica = %addr, error = %e, "the registered replica does not answer; taking over the webhook configuration");
+            false
         }
     }
 }

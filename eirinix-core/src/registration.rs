@@ -237,6 +237,49 @@ pub fn drifted(
     !is_subset(&d, &l)
 }
 
+/// `host` and `port` of an `https://host:port/path` webhook URL (IPv6 hosts without brackets).
+pub fn url_authority(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':')?)
+    } else {
+        authority.rsplit_once(':')?
+    };
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// URL mode: when `live` differs from `desired` only in where its webhook URLs point, and they
+/// all point at one other `host:port` (another replica registered itself), that address.
+pub fn other_replica(
+    desired: &MutatingWebhookConfiguration,
+    live: &MutatingWebhookConfiguration,
+) -> Option<(String, u16)> {
+    let (want, have) = (desired.webhooks.as_ref()?, live.webhooks.as_ref()?);
+    if want.len() != have.len() || want.is_empty() {
+        return None;
+    }
+    let mut other = None;
+    let mut pointed = desired.clone();
+    for (w, h) in pointed.webhooks.iter_mut().flatten().zip(have) {
+        let (Some(mine), Some(theirs)) = (&w.client_config.url, &h.client_config.url) else {
+            return None;
+        };
+        let (mine_at, theirs_at) = (url_authority(mine)?, url_authority(theirs)?);
+        // Same path on another address; every webhook on the same one.
+        let path = |u: &str| u.splitn(4, '/').nth(3).map(str::to_owned);
+        if mine_at == theirs_at || path(mine) != path(theirs) {
+            return None;
+        }
+        if other.get_or_insert_with(|| theirs_at.clone()) != &theirs_at {
+            return None;
+        }
+        w.client_config.url = Some(theirs.clone());
+    }
+    (!drifted(&pointed, live)).then_some(other).flatten()
+}
+
 /// Writes and repairs the configuration with server-side apply under one field manager.
 #[derive(Clone)]
 pub struct Registrar {
@@ -287,15 +330,29 @@ impl Registrar {
         &self,
         desired: &MutatingWebhookConfiguration,
     ) -> Result<bool, RegistrationError> {
+        self.repair_unless(desired, |_| async { false }).await
+    }
+
+    /// As [`Registrar::repair`], but a drifted configuration for which `keep` answers true is
+    /// left alone (URL mode: it points at another replica that is serving).
+    pub async fn repair_unless<F, Fut>(
+        &self,
+        desired: &MutatingWebhookConfiguration,
+        keep: F,
+    ) -> Result<bool, RegistrationError>
+    where
+        F: FnOnce(MutatingWebhookConfiguration) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let name = desired.metadata.name.clone().unwrap_or_default();
         let live = self
             .api
             .get_opt(&name)
             .await
             .map_err(|e| Self::err(&name, e))?;
-        let reason = match &live {
+        let reason = match live {
             None => Some("missing"),
-            Some(live) if drifted(desired, live) => Some("drifted"),
+            Some(live) if drifted(desired, &live) => (!keep(live).await).then_some("drifted"),
             Some(_) => None,
         };
         let Some(reason) = reason else {

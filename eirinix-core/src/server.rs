@@ -349,6 +349,17 @@ pub async fn self_handshake(
     server_name: &str,
     ca_pem: &str,
 ) -> Result<(), String> {
+    handshake(addr, server_name, ca_pem, Duration::from_secs(5)).await
+}
+
+/// A TLS handshake to `addr` as [`self_handshake`], given up after `timeout`: proves a server
+/// there holds a certificate our CA signed for `server_name` (another replica, in URL mode).
+pub async fn handshake(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let config = crate::tls::client_config(ca_pem)?;
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
         .map_err(|e| format!("bad server name {server_name}: {e}"))?;
@@ -363,7 +374,7 @@ pub async fn self_handshake(
             .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
         Ok::<_, String>(())
     };
-    tokio::time::timeout(Duration::from_secs(5), fut)
+    tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| format!("TLS handshake with {addr} timed out"))?
 }

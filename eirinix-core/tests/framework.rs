@@ -8,7 +8,9 @@ use base64::Engine as _;
 use eirinix_core::admission::{ExtensionHandler, ReviewError, decode};
 use eirinix_core::metrics::{Metrics, Outcome};
 use eirinix_core::options::Endpoint;
-use eirinix_core::registration::{WebhookSpec, desired_configuration, drifted};
+use eirinix_core::registration::{
+    WebhookSpec, desired_configuration, drifted, other_replica, url_authority,
+};
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Manager, Mutation, PodPatch,
     Request, Settings, WebhookOverrides, async_trait, patch,
@@ -487,6 +489,78 @@ fn configuration_has_modern_fields_and_safe_selectors() {
         v["webhooks"][0]["namespaceSelector"]["matchExpressions"][1]["values"],
         json!(["eirini"])
     );
+}
+
+#[test]
+fn url_mode_tells_another_replicas_registration_from_drift() {
+    assert_eq!(
+        url_authority("https://10.0.0.7:2999/persi"),
+        Some(("10.0.0.7".into(), 2999))
+    );
+    assert_eq!(
+        url_authority("https://[fd00::7]:443/ssh"),
+        Some(("fd00::7".into(), 443))
+    );
+    assert_eq!(
+        url_authority("https://webhook.example:8443"),
+        Some(("webhook.example".into(), 8443))
+    );
+    for bad in [
+        "http://a:1/x",
+        "https://a/x",
+        "https://a:port/x",
+        "https://[::1/x",
+    ] {
+        assert_eq!(url_authority(bad), None, "{bad}");
+    }
+
+    let url = |host: &str| Settings {
+        endpoint: Endpoint::Url { host: host.into() },
+        ..Default::default()
+    };
+    let hooks = [
+        WebhookSpec {
+            name: "persi".into(),
+            overrides: WebhookOverrides::default(),
+        },
+        WebhookSpec {
+            name: "ssh".into(),
+            overrides: WebhookOverrides::default(),
+        },
+    ];
+    let mine = desired_configuration(&url("127.0.0.1"), &hooks, b"PEM", 4443);
+    // Another replica on another port: its address, and nothing else differs.
+    let theirs = desired_configuration(&url("127.0.0.1"), &hooks, b"PEM", 5443);
+    assert_eq!(
+        other_replica(&mine, &theirs),
+        Some(("127.0.0.1".into(), 5443))
+    );
+    let elsewhere = desired_configuration(&url("10.1.2.3"), &hooks, b"PEM", 4443);
+    assert_eq!(
+        other_replica(&mine, &elsewhere),
+        Some(("10.1.2.3".into(), 4443))
+    );
+    // Ours, or anything else changed (caBundle, a policy, webhooks split between two
+    // addresses, another path): not another replica's registration, so drift to repair.
+    assert_eq!(other_replica(&mine, &mine), None);
+    let other_ca = desired_configuration(&url("127.0.0.1"), &hooks, b"OTHER", 5443);
+    assert_eq!(other_replica(&mine, &other_ca), None);
+    let mut edited = theirs.clone();
+    edited.webhooks.as_mut().unwrap()[1].failure_policy = Some("Ignore".into());
+    assert_eq!(other_replica(&mine, &edited), None);
+    let mut split = theirs.clone();
+    split.webhooks.as_mut().unwrap()[1].client_config.url =
+        Some("https://127.0.0.1:6443/ssh".into());
+    assert_eq!(other_replica(&mine, &split), None);
+    let mut moved = theirs.clone();
+    moved.webhooks.as_mut().unwrap()[0].client_config.url =
+        Some("https://127.0.0.1:5443/elsewhere".into());
+    assert_eq!(other_replica(&mine, &moved), None);
+    let service = desired_configuration(&settings(), &hooks, b"PEM", 4443);
+    assert_eq!(other_replica(&mine, &service), None);
+    let mut fewer = theirs.clone();
+    fewer.webhooks.as_mut().unwrap().pop();
+    assert_eq!(other_replica(&mine, &fewer), None);
 }
 
 #[test]

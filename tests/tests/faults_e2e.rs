@@ -681,9 +681,21 @@ async fn killing_the_replica_the_apiserver_calls_fails_admissions_for_at_most_a_
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut rounds = Vec::new();
         for round in 0..3 {
-            // In URL mode each replica registers its own URL and repairs the other's away, so
-            // the configuration moves between them. Kill the one the apiserver is calling now:
-            // registered, and its review count rising while the other's stands still.
+            // In URL mode each replica registers its own URL at start; after that, a replica
+            // leaves another serving replica's registration alone (several repair intervals
+            // here without a move).
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..30 {
+                seen.insert(registered_url(&client, &config_name(&fp)).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                seen.len(),
+                1,
+                "round {round}: the configuration moved between live replicas: {seen:?}"
+            );
+            // Kill the one the apiserver is calling: registered, and its review count rising
+            // while the other's stands still.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
             let victim = loop {
                 assert!(
