@@ -15,8 +15,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-step "cargo fmt --check (fuzz crate)"
+step "cargo fmt --check and clippy (fuzz crate, its own workspace)"
 (cd fuzz && cargo fmt -- --check)
+CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/eirinix/fuzz-clippy" \
+  cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings
 step "cargo test"
 cargo test --workspace --no-fail-fast "$@"
 # Bounded fuzzing: 60 s per target, two at a time; the instrumented build is cached outside the

@@ -99,10 +99,11 @@ fn run(persi: &Persi, pod: &Pod, operation: Operation, namespace: Option<String>
     let create = operation == Operation::Create;
     let marked = eirinix_core::patch::is_marked(pod, eirinix_persi::NAME);
     let req = request(pod, operation, namespace, true);
-    if let Some((_, after)) = check_extension(persi, &req, pod) {
-        if create && !marked {
-            assert_all_mounted(persi, &after);
-        }
+    if let Some((_, after)) = check_extension(persi, &req, pod)
+        && create
+        && !marked
+    {
+        assert_all_mounted(persi, &after);
     }
 }
 

@@ -297,6 +297,8 @@ fn container(u: &mut Unstructured) -> Result<Value> {
     }
     if u.ratio(3, 4)? {
         let cmd: Vec<String> = if u.ratio(1, 8)? {
+            // A closure, not the path: `String::arbitrary` is tied to one input lifetime.
+            #[allow(clippy::redundant_closure)]
             list(u, 3, |u| String::arbitrary(u))?
         } else {
             u.choose(COMMANDS)?
