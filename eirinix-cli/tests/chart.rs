@@ -72,7 +72,11 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
             "everything, all namespaces",
             [
                 all.to_vec(),
-                vec!["appNamespace=", "metrics.serviceMonitor.enabled=true"],
+                vec![
+                    "appNamespace=",
+                    "allowClusterWideSecrets=true",
+                    "metrics.serviceMonitor.enabled=true",
+                ],
             ]
             .concat(),
         ),
@@ -241,6 +245,18 @@ fn every_variant_lints_and_renders() {
         (
             &["extensions.persi.enabled=false"][..],
             "enable at least one extension",
+        ),
+        (
+            &["appNamespace="][..],
+            "appNamespace is empty: persi and ssh would get rights on Secrets in every namespace",
+        ),
+        (
+            &[
+                "appNamespace=",
+                "extensions.persi.enabled=false",
+                "extensions.ssh.enabled=true",
+            ][..],
+            "set appNamespace, or allowClusterWideSecrets=true",
         ),
     ] {
         let mut cmd = Command::new(helm());
