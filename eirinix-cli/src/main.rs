@@ -86,41 +86,6 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    /// An error printing its source in its own message, as many library errors do.
-    #[derive(Debug)]
-    struct Outer {
-        source: std::io::Error,
-    }
-
-    impl std::fmt::Display for Outer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "certificate secret ns/x: {}", self.source)
-        }
-    }
-
-    impl std::error::Error for Outer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.source)
-        }
-    }
-
-    #[test]
-    fn causes_already_printed_are_not_repeated() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-        let e = anyhow::Error::new(Outer { source: io }).context("certificates");
-        assert_eq!(
-            one_line(&e),
-            "certificates: certificate secret ns/x: connection refused"
-        );
-        let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(one_line(&plain), "outer: inner");
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Run(args) => {
@@ -209,4 +174,39 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// An error printing its source in its own message, as many library errors do.
+    #[derive(Debug)]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "certificate secret ns/x: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn causes_already_printed_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = anyhow::Error::new(Outer { source: io }).context("certificates");
+        assert_eq!(
+            one_line(&e),
+            "certificates: certificate secret ns/x: connection refused"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&plain), "outer: inner");
+    }
 }
