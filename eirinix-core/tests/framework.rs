@@ -518,16 +518,10 @@ fn url_mode_tells_another_replicas_registration_from_drift() {
         endpoint: Endpoint::Url { host: host.into() },
         ..Default::default()
     };
-    let hooks = [
-        WebhookSpec {
-            name: "persi".into(),
-            overrides: WebhookOverrides::default(),
-        },
-        WebhookSpec {
-            name: "ssh".into(),
-            overrides: WebhookOverrides::default(),
-        },
-    ];
+    let hooks = ["persi", "ssh"].map(|name| WebhookSpec {
+        name: name.into(),
+        overrides: WebhookOverrides::default(),
+    });
     let mine = desired_configuration(&url("127.0.0.1"), &hooks, b"PEM", 4443);
     // Another replica on another port: its address, and nothing else differs.
     let theirs = desired_configuration(&url("127.0.0.1"), &hooks, b"PEM", 5443);
