@@ -300,6 +300,8 @@ def logs():
         ("resume-cursor", logs_seed(stream, cursor="2024-05-01T10:00:00.123456789Z 1 0")),
         ("odd-identity", logs_seed(stream, pod="", namespace="ns with space", container="c]\"\\", labels={"cloudfoundry.org/app_guid": "  ", "cloudfoundry.org/source_type": "weird type"}, sd_id="bad id")),
         ("year-zero", logs_seed(b"0000-01-01T00:30:00+01:00 before year 1\n9999-12-30T21:00:00Z late\n")),
+        # Found by logs_format: a stored cursor whose offset takes it to year -1 in UTC.
+        ("regression-cursor-offset-year-minus-one", logs_seed(stream, cursor="0000-01-01T00:00:00+01:00 80 0")),
         ("empty", logs_seed(b"")),
     ]
     return out

@@ -44,7 +44,9 @@ impl Cursor {
         let ts = parts.next()?.parse::<Timestamp>().ok()?;
         let n = parts.next()?.parse().ok()?;
         let instance = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || n == 0 {
+        // A timestamp [`Cursor::encode`] could not write back (an offset taking it out of
+        // years 0000–9999 UTC) is not a checkpoint we wrote.
+        if parts.next().is_some() || n == 0 || !in_rfc3339_range(ts) {
             return None;
         }
         Some(Cursor { ts, n, instance })
@@ -84,10 +86,15 @@ pub fn split_timestamp(line: &[u8]) -> Option<(Timestamp, &[u8])> {
     let ts = prefix.parse::<Timestamp>().ok()?;
     // RFC 5424 and our cursors only know years 0000–9999 in UTC; "0000-01-01T00:30:00+01:00"
     // is year -1 there, so such a prefix is not a timestamp we can carry.
-    if !(FIRST_RFC3339_SECOND..=LAST_RFC3339_SECOND).contains(&ts.as_second()) {
+    if !in_rfc3339_range(ts) {
         return None;
     }
     Some((ts, &line[space + 1..]))
+}
+
+/// Whether `ts` falls in years 0000–9999 UTC, all that an RFC 3339 UTC timestamp can name.
+fn in_rfc3339_range(ts: Timestamp) -> bool {
+    (FIRST_RFC3339_SECOND..=LAST_RFC3339_SECOND).contains(&ts.as_second())
 }
 
 /// Decides, line by line, what is new after a resume: at the start of a response it drops lines
@@ -242,6 +249,12 @@ mod tests {
         assert_eq!(Cursor::decode("x 1 0"), None);
         assert_eq!(Cursor::decode("2024-05-06T07:08:09Z 0 0"), None);
         assert_eq!(Cursor::decode("2024-05-06T07:08:09Z 1 0 extra"), None);
+        // Found by the logs_format fuzzer: an offset taking the time out of years 0000–9999
+        // UTC decoded into a cursor that encoded to text no longer decoding.
+        assert_eq!(Cursor::decode("0000-01-01T00:00:00+01:00 80 0"), None);
+        assert_eq!(Cursor::decode("9999-12-31T23:00:00-01:00 1 0"), None);
+        let edge = Cursor::decode("0000-01-01T01:00:00+01:00 1 0").unwrap();
+        assert_eq!(Cursor::decode(&edge.encode()), Some(edge));
     }
 
     #[test]
