@@ -7,6 +7,7 @@ mod control_plane;
 mod error;
 mod kubelet;
 mod process;
+pub mod support;
 
 pub use assets::{
     ETCD_VERSION, KUBE_VERSION, PROVISION_HINT, assets_dir, check_assets, default_assets_dir,

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -27,13 +26,6 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-async fn plane() -> &'static ControlPlane {
-    init_tracing();
-    ControlPlane::shared()
-        .await
-        .expect("control plane (see eirinix-testenv README)")
-}
-
 /// Slack for one apiserver round trip plus the apiserver noticing a configuration change (its
 /// webhook configuration informer), on 2 busy cores.
 const PROPAGATION: Duration = Duration::from_millis(1500);
@@ -47,25 +39,6 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Period of the fresh-handshake probe.
 const PROBE: Duration = Duration::from_millis(50);
-
-fn secret_name(fp: &str) -> String {
-    format!("{fp}-setupcertificate")
-}
-
-fn config_name(fp: &str) -> String {
-    format!("{fp}-mutating-hook")
-}
-
-fn bundle_of(secret: &Secret) -> CertBundle {
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .as_ref()
-        .expect("secret data")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    CertBundle::from_secret_data(&data).expect("a valid certificate secret")
-}
 
 fn first_pem(pem: &str) -> String {
     let end = "-----END CERTIFICATE-----";
@@ -97,41 +70,24 @@ fn assert_failures_within(report: &LoadReport, from: Duration, to: Duration, max
 async fn deleted_certificate_secret_is_recreated_with_a_new_ca() {
     let _serial = serial().await;
     bounded(Duration::from_secs(90), async {
-        let cp = plane().await;
-        let client = cp.client().await.unwrap();
-        let (sys, ns) = namespaces(cp, "f-secret").await;
-        let fp = unique_name("f-secret");
+        let (client, sys, ns, fp) = setup("f-secret", "f-secret").await;
         let check = Duration::from_secs(1);
         let repair = Duration::from_millis(500);
-        let running = manager(&fp, &sys, &ns)
-            .cert_check_interval(check)
-            .repair_interval(repair)
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone())
-            .await
-            .unwrap();
-        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let running = start_ready(
+            manager(&fp, &sys, &ns)
+                .cert_check_interval(check)
+                .repair_interval(repair),
+            &client,
+        )
+        .await;
         let before = running.published().unwrap();
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &sys);
         let old = secrets.get(&secret_name(&fp)).await.unwrap();
         let old_bundle = bundle_of(&old);
 
-        let load = Load::start(&client, &ns, "sd", 2);
-        let probe = HandshakeProbe::start(
-            &client,
-            &config_name(&fp),
-            vec![running.local_addr()],
-            PROBE,
-            load.started(),
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let deleted_at = load.elapsed();
-        secrets
-            .delete(&secret_name(&fp), &DeleteParams::default())
-            .await
-            .unwrap();
+        let (load, probe) =
+            load_and_probe(&client, &ns, "sd", &fp, vec![running.local_addr()], PROBE);
+        let deleted_at = delete_secret_after(Duration::from_secs(2), &load, &secrets, &fp).await;
         let recreated = eventually_every(
             POLL,
             Duration::from_secs(10),
@@ -157,10 +113,7 @@ async fn deleted_certificate_secret_is_recreated_with_a_new_ca() {
             POLL,
             Duration::from_secs(10),
             "the caBundle to carry the new CA",
-            || async {
-                (registered_ca_bundle(&client, &config_name(&fp)).await? == after.ca_bundle)
-                    .then_some(())
-            },
+            || ca_bundle_is(&client, &fp, &after.ca_bundle),
         )
         .await;
         let updated_at = load.elapsed();
@@ -223,47 +176,27 @@ async fn deleted_certificate_secret_is_recreated_with_a_new_ca() {
 async fn deleted_certificate_secret_with_two_replicas_converges_at_once_through_the_watch() {
     let _serial = serial().await;
     bounded(Duration::from_secs(90), async {
-        let cp = plane().await;
-        let client = cp.client().await.unwrap();
-        let (sys, ns) = namespaces(cp, "f-secret2").await;
-        let fp = unique_name("f-secret2");
+        let (client, sys, ns, fp) = setup("f-secret2", "f-secret2").await;
         // The replicas check at different times: `a` often, `b` at the production interval,
         // so `b` converges within the test only through its watch of the Secret.
         let (check_a, check) = (Duration::from_secs(1), Duration::from_secs(60));
         let repair = Duration::from_millis(500);
-        let (fp_, sys_, ns_, client_) = (&fp, &sys, &ns, &client);
-        let start = |check: Duration| async move {
-            let r = manager(fp_, sys_, ns_)
-                .cert_check_interval(check)
-                .repair_interval(repair)
-                .extension(Sticky)
-                .build()
-                .unwrap()
-                .start(client_.clone())
-                .await
-                .unwrap();
-            r.wait_ready(Duration::from_secs(10)).await.unwrap();
-            r
+        let start = |check: Duration| {
+            start_ready(
+                manager(&fp, &sys, &ns)
+                    .cert_check_interval(check)
+                    .repair_interval(repair),
+                &client,
+            )
         };
         let (a, b) = (start(check_a).await, start(check).await);
         let before = a.published().unwrap();
         assert_eq!(b.published().as_ref(), Some(&before));
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &sys);
 
-        let load = Load::start(&client, &ns, "sd2", 2);
-        let probe = HandshakeProbe::start(
-            &client,
-            &config_name(&fp),
-            vec![a.local_addr(), b.local_addr()],
-            PROBE,
-            load.started(),
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let deleted_at = load.elapsed();
-        secrets
-            .delete(&secret_name(&fp), &DeleteParams::default())
-            .await
-            .unwrap();
+        let addrs = vec![a.local_addr(), b.local_addr()];
+        let (load, probe) = load_and_probe(&client, &ns, "sd2", &fp, addrs, PROBE);
+        let deleted_at = delete_secret_after(Duration::from_secs(2), &load, &secrets, &fp).await;
         // Both replicas serve the new certificates, and the configuration carries the new CA.
         let after = eventually_every(
             POLL,
@@ -280,10 +213,7 @@ async fn deleted_certificate_secret_with_two_replicas_converges_at_once_through_
             POLL,
             Duration::from_secs(10),
             "the caBundle to carry the new CA",
-            || async {
-                (registered_ca_bundle(&client, &config_name(&fp)).await? == after.ca_bundle)
-                    .then_some(())
-            },
+            || ca_bundle_is(&client, &fp, &after.ca_bundle),
         )
         .await;
         let updated_at = load.elapsed();
@@ -346,20 +276,9 @@ async fn deleted_certificate_secret_with_two_replicas_converges_at_once_through_
 async fn corrupted_ca_bundle_is_repaired() {
     let _serial = serial().await;
     bounded(Duration::from_secs(90), async {
-        let cp = plane().await;
-        let client = cp.client().await.unwrap();
-        let (sys, ns) = namespaces(cp, "f-cabundle").await;
-        let fp = unique_name("f-cabundle");
+        let (client, sys, ns, fp) = setup("f-cabundle", "f-cabundle").await;
         let repair = Duration::from_millis(500);
-        let running = manager(&fp, &sys, &ns)
-            .repair_interval(repair)
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone())
-            .await
-            .unwrap();
-        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let running = start_ready(manager(&fp, &sys, &ns).repair_interval(repair), &client).await;
         let good = running.published().unwrap().ca_bundle;
         let cfgs = Api::<MutatingWebhookConfiguration>::all(client.clone());
         let uid = cfgs.get(&config_name(&fp)).await.unwrap().metadata.uid;
@@ -398,9 +317,7 @@ async fn corrupted_ca_bundle_is_repaired() {
                 POLL,
                 Duration::from_secs(10),
                 "the caBundle to be repaired",
-                || async {
-                    (registered_ca_bundle(&client, &config_name(&fp)).await? == good).then_some(())
-                },
+                || ca_bundle_is(&client, &fp, &good),
             )
             .await;
             let repaired = load.elapsed();
@@ -474,10 +391,7 @@ async fn plant_secret(client: &kube::Client, ns: &str, fp: &str, bundle: &CertBu
 async fn a_certificate_expiring_in_a_minute_at_start_is_renewed_before_serving() {
     let _serial = serial().await;
     bounded(Duration::from_secs(60), async {
-        let cp = plane().await;
-        let client = cp.client().await.unwrap();
-        let (sys, ns) = namespaces(cp, "f-stale").await;
-        let fp = unique_name("f-stale");
+        let (client, sys, ns, fp) = setup("f-stale", "f-stale").await;
         // Issued by a clock set in the past with the default policy (90-day serving
         // certificates): it has one minute left, as after a long shutdown.
         let policy = CertPolicy::default();
@@ -494,14 +408,7 @@ async fn a_certificate_expiring_in_a_minute_at_start_is_renewed_before_serving()
 
         // The manager runs on the real clock.
         let started = std::time::Instant::now();
-        let running = manager(&fp, &sys, &ns)
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone())
-            .await
-            .unwrap();
-        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let running = start_ready(manager(&fp, &sys, &ns), &client).await;
         println!("started and ready in {:?}", started.elapsed());
         let served = running.published().unwrap();
         assert_ne!(
@@ -509,12 +416,7 @@ async fn a_certificate_expiring_in_a_minute_at_start_is_renewed_before_serving()
             stale.serving_chain_pem(),
             "the expiring certificate must not be served"
         );
-        let stored = bundle_of(
-            &Api::<Secret>::namespaced(client.clone(), &sys)
-                .get(&secret_name(&fp))
-                .await
-                .unwrap(),
-        );
+        let stored = stored_bundle(&client, &sys, &fp).await;
         assert_eq!(served.serving_chain, stored.serving_chain_pem());
         assert!(
             stored.serving.not_after - OffsetDateTime::now_utc() > time::Duration::days(80),
@@ -526,18 +428,8 @@ async fn a_certificate_expiring_in_a_minute_at_start_is_renewed_before_serving()
             "same CA: a serving renewal does not touch the caBundle"
         );
         // Every pod is admitted and mutated from the start.
-        let (report, handshakes) = {
-            let load = Load::start(&client, &ns, "st", 2);
-            let probe = HandshakeProbe::start(
-                &client,
-                &config_name(&fp),
-                vec![running.local_addr()],
-                PROBE,
-                load.started(),
-            );
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            (load.stop().await, probe.stop().await)
-        };
+        let measured = load_and_probe(&client, &ns, "st", &fp, vec![running.local_addr()], PROBE);
+        let (report, handshakes) = run_for(Duration::from_secs(3), measured).await;
         println!(
             "load: {}; fresh handshakes: {}",
             report.summary(),
@@ -556,10 +448,7 @@ async fn a_certificate_expiring_in_a_minute_at_start_is_renewed_before_serving()
 async fn a_certificate_expiring_in_a_minute_is_renewed_while_serving_without_failure() {
     let _serial = serial().await;
     bounded(Duration::from_secs(120), async {
-        let cp = plane().await;
-        let client = cp.client().await.unwrap();
-        let (sys, ns) = namespaces(cp, "f-expiry").await;
-        let fp = unique_name("f-expiry");
+        let (client, sys, ns, fp) = setup("f-expiry", "f-expiry").await;
         // A serving certificate valid for one minute (from a CA valid for years): due for renewal
         // at 2/3 of its window, about 40 s from now.
         let short = CertPolicy {
@@ -572,28 +461,18 @@ async fn a_certificate_expiring_in_a_minute_is_renewed_while_serving_without_fai
 
         // The manager: the real clock, the default policy and the production check interval
         // (60 s): the renewal must be scheduled from the certificate, not from the interval.
-        let running = manager(&fp, &sys, &ns)
-            .cert_check_interval(Duration::from_secs(60))
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone())
-            .await
-            .unwrap();
-        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let running = start_ready(
+            manager(&fp, &sys, &ns).cert_check_interval(Duration::from_secs(60)),
+            &client,
+        )
+        .await;
         assert_eq!(
             running.published().unwrap().serving_chain,
             planted.serving_chain_pem(),
             "not due yet: served as is"
         );
-        let load = Load::start(&client, &ns, "ex", 2);
-        let probe = HandshakeProbe::start(
-            &client,
-            &config_name(&fp),
-            vec![running.local_addr()],
-            PROBE,
-            load.started(),
-        );
+        let (load, probe) =
+            load_and_probe(&client, &ns, "ex", &fp, vec![running.local_addr()], PROBE);
         let renewed = eventually(
             Duration::from_secs(75),
             "the one-minute certificate to be renewed",
@@ -621,12 +500,7 @@ async fn a_certificate_expiring_in_a_minute_is_renewed_while_serving_without_fai
             "renewed too late: {renewed_at}, expiry {}",
             planted.serving.not_after
         );
-        let stored = bundle_of(
-            &Api::<Secret>::namespaced(client.clone(), &sys)
-                .get(&secret_name(&fp))
-                .await
-                .unwrap(),
-        );
+        let stored = stored_bundle(&client, &sys, &fp).await;
         assert_eq!(renewed.serving_chain, stored.serving_chain_pem());
         assert!(stored.serving.not_after - renewed_at > time::Duration::days(80));
         assert!(report.failures().is_empty(), "{}", report.summary());
@@ -653,23 +527,9 @@ fn url_of(r: &eirinix_core::RunningManager) -> String {
 async fn killing_the_replica_the_apiserver_calls_fails_admissions_for_at_most_a_repair_interval() {
     let _serial = serial().await;
     bounded(Duration::from_secs(120), async {
-        let cp = plane().await;
-        let client = cp.client().await.unwrap();
-        let (sys, ns) = namespaces(cp, "f-replica").await;
-        let fp = unique_name("f-replica");
+        let (client, sys, ns, fp) = setup("f-replica", "f-replica").await;
         let repair = Duration::from_millis(250);
-        let start = || async {
-            let r = manager(&fp, &sys, &ns)
-                .repair_interval(repair)
-                .extension(Sticky)
-                .build()
-                .unwrap()
-                .start(client.clone())
-                .await
-                .unwrap();
-            r.wait_ready(Duration::from_secs(10)).await.unwrap();
-            r
-        };
+        let start = || start_ready(manager(&fp, &sys, &ns).repair_interval(repair), &client);
         let mut live = vec![start().await, start().await];
         assert_eq!(
             live[0].published(),
@@ -809,17 +669,14 @@ async fn apiserver_and_etcd_restarts_with_a_manager_running() {
             serving_validity: Duration::from_secs(8),
             ..CertPolicy::default()
         };
-        let running = manager(&fp, &sys, &ns)
-            .cert_policy(policy)
-            .cert_check_interval(Duration::from_millis(500))
-            .repair_interval(Duration::from_millis(500))
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone())
-            .await
-            .unwrap();
-        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let running = start_ready(
+            manager(&fp, &sys, &ns)
+                .cert_policy(policy)
+                .cert_check_interval(Duration::from_millis(500))
+                .repair_interval(Duration::from_millis(500)),
+            &client,
+        )
+        .await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let created = pods
             .create(&PostParams::default(), &app_pod("before"))
@@ -934,18 +791,15 @@ async fn apiserver_and_etcd_restarts_with_a_manager_running() {
             secret_uid,
             "the certificate Secret is the same object"
         );
-        let (report, handshakes) = {
-            let load = Load::start(&client, &ns, "final", 2);
-            let probe = HandshakeProbe::start(
-                &client,
-                &config_name(&fp),
-                vec![running.local_addr()],
-                PROBE,
-                load.started(),
-            );
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            (load.stop().await, probe.stop().await)
-        };
+        let measured = load_and_probe(
+            &client,
+            &ns,
+            "final",
+            &fp,
+            vec![running.local_addr()],
+            PROBE,
+        );
+        let (report, handshakes) = run_for(Duration::from_secs(4), measured).await;
         println!(
             "after the restarts: {}; fresh handshakes: {}",
             report.summary(),
@@ -965,10 +819,7 @@ async fn apiserver_and_etcd_restarts_with_a_manager_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
     let _serial = serial().await;
-    let cp = plane().await;
-    let client = cp.client().await.unwrap();
-    let (sys, apps) = namespaces(cp, "split").await;
-    let fp = unique_name("split");
+    let (client, sys, apps, fp) = setup("split", "split").await;
     let policy = eirinix_core::certs::CertPolicy {
         ca_validity: Duration::from_secs(30),
         serving_validity: Duration::from_secs(6),
@@ -987,9 +838,9 @@ async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
             .port(port)
             .cert_policy(policy.clone())
             .cert_check_interval(Duration::from_millis(500))
-            .extension(Sticky)
     };
     builder()
+        .extension(Sticky)
         .build()
         .unwrap()
         .register(client.clone())
@@ -999,14 +850,7 @@ async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
     let initial_ca = bundle_of(&secrets.get(&secret_name(&fp)).await.unwrap())
         .ca
         .cert_pem;
-    let server = builder()
-        .register_webhook(false)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
-    server.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let server = start_ready(builder().register_webhook(false), &client).await;
     let probe = HandshakeProbe::start(
         &client,
         &config_name(&fp),
@@ -1034,6 +878,7 @@ async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
 
     // `register` (a helm upgrade) puts the staged CA into caBundle; then it signs.
     builder()
+        .extension(Sticky)
         .build()
         .unwrap()
         .register(client.clone())

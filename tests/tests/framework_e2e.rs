@@ -9,17 +9,10 @@ use std::time::Duration;
 use common::*;
 use eirinix_core::FailurePolicy;
 use eirinix_core::certs::CertPolicy;
-use eirinix_testenv::{ControlPlane, unique_name};
+use eirinix_testenv::unique_name;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-
-async fn plane() -> &'static ControlPlane {
-    init_tracing();
-    ControlPlane::shared()
-        .await
-        .expect("control plane (see eirinix-testenv README)")
-}
 
 fn pem_count(pem: &str) -> usize {
     pem.matches("BEGIN CERTIFICATE").count()
@@ -42,20 +35,17 @@ async fn app_pods_are_mutated_and_others_are_not() {
         match_labels: Some([("e2e-run".to_owned(), fp.clone())].into()),
         ..Default::default()
     };
-    let running = manager(&fp, &system, &ns)
-        .namespace("")
-        .namespace_selector(selector)
-        .excluded_namespaces([excluded.clone(), system.clone(), "kube-system".into()])
-        .extension(Sticky)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
-    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let running = start_ready(
+        manager(&fp, &system, &ns)
+            .namespace("")
+            .namespace_selector(selector)
+            .excluded_namespaces([excluded.clone(), system.clone(), "kube-system".into()]),
+        &client,
+    )
+    .await;
 
     let cfg = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get(&format!("{fp}-mutating-hook"))
+        .get(&config_name(&fp))
         .await
         .unwrap();
     let hook = &cfg.webhooks.as_ref().unwrap()[0];
@@ -65,11 +55,7 @@ async fn app_pods_are_mutated_and_others_are_not() {
         Some(format!("https://127.0.0.1:{}/sticky", running.local_addr().port()).as_str())
     );
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let created = pods
-        .create(&PostParams::default(), &app_pod("app-0"))
-        .await
-        .unwrap();
+    let created = admit(&client, &ns, &app_pod("app-0")).await;
     assert_eq!(
         sticky(&created).as_deref(),
         Some("hello"),
@@ -79,30 +65,19 @@ async fn app_pods_are_mutated_and_others_are_not() {
         created.metadata.annotations.unwrap()["eirinix.org/sticky"],
         "injected"
     );
-    let plain = pods
-        .create(&PostParams::default(), &plain_pod("not-an-app"))
-        .await
-        .unwrap();
+    let plain = admit(&client, &ns, &plain_pod("not-an-app")).await;
     assert_eq!(
         sticky(&plain),
         None,
         "a pod without source_type=APP is untouched"
     );
-    let other: Api<Pod> = Api::namespaced(client.clone(), &excluded);
-    let untouched = other
-        .create(&PostParams::default(), &app_pod("app-0"))
-        .await
-        .unwrap();
+    let untouched = admit(&client, &excluded, &app_pod("app-0")).await;
     assert_eq!(
         sticky(&untouched),
         None,
         "an app pod in an excluded namespace is untouched"
     );
-    let own: Api<Pod> = Api::namespaced(client.clone(), &system);
-    let own_pod = own
-        .create(&PostParams::default(), &app_pod("app-0"))
-        .await
-        .unwrap();
+    let own_pod = admit(&client, &system, &app_pod("app-0")).await;
     assert_eq!(
         sticky(&own_pod),
         None,
@@ -126,25 +101,9 @@ async fn failure_policy_applies_when_the_webhook_is_down() {
     for (policy, expect_admitted) in [(FailurePolicy::Fail, false), (FailurePolicy::Ignore, true)] {
         let (sys, ns) = namespaces(cp, "fp").await;
         let fp = unique_name("e2e-fp");
-        let running = manager(&fp, &sys, &ns)
-            .failure_policy(policy)
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone())
-            .await
-            .unwrap();
-        running.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let running = start_ready(manager(&fp, &sys, &ns).failure_policy(policy), &client).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        assert!(
-            sticky(
-                &pods
-                    .create(&PostParams::default(), &app_pod("before"))
-                    .await
-                    .unwrap()
-            )
-            .is_some()
-        );
+        assert!(sticky(&admit(&client, &ns, &app_pod("before")).await).is_some());
         running.abort();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let result = pods.create(&PostParams::default(), &app_pod("after")).await;
@@ -168,59 +127,26 @@ async fn failure_policy_applies_when_the_webhook_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_reuse_the_secret_and_concurrent_starts_share_one_ca() {
-    let cp = plane().await;
-    let client = cp.client().await.unwrap();
-    let (sys, ns) = namespaces(cp, "restart").await;
-    let fp = unique_name("e2e-restart");
-    let first = manager(&fp, &sys, &ns)
-        .extension(Sticky)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
+    let (client, sys, ns, fp) = setup("restart", "e2e-restart").await;
+    let first = start_sticky(manager(&fp, &sys, &ns), &client).await;
     let published = first.published().unwrap();
     first.shutdown().await;
-    let second = manager(&fp, &sys, &ns)
-        .extension(Sticky)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
+    let second = start_sticky(manager(&fp, &sys, &ns), &client).await;
     assert_eq!(
         second.published().unwrap(),
         published,
         "a restart serves the same chain and CA"
     );
     second.wait_ready(Duration::from_secs(10)).await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    assert!(
-        sticky(
-            &pods
-                .create(&PostParams::default(), &app_pod("after-restart"))
-                .await
-                .unwrap()
-        )
-        .is_some()
-    );
+    assert!(sticky(&admit(&client, &ns, &app_pod("after-restart")).await).is_some());
     second.shutdown().await;
 
     // Two managers racing on a fresh fingerprint converge on one Secret and one CA.
     let fp2 = unique_name("e2e-race");
     let (a, b) = tokio::join!(
-        manager(&fp2, &sys, &ns)
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone()),
-        manager(&fp2, &sys, &ns)
-            .extension(Sticky)
-            .build()
-            .unwrap()
-            .start(client.clone()),
+        start_sticky(manager(&fp2, &sys, &ns), &client),
+        start_sticky(manager(&fp2, &sys, &ns), &client),
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
         a.published().unwrap().ca_bundle,
         b.published().unwrap().ca_bundle
@@ -230,10 +156,7 @@ async fn restarts_reuse_the_secret_and_concurrent_starts_share_one_ca() {
         b.published().unwrap().serving_chain
     );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &sys);
-    let secret = secrets
-        .get(&format!("{fp2}-setupcertificate"))
-        .await
-        .unwrap();
+    let secret = secrets.get(&secret_name(&fp2)).await.unwrap();
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     let data = secret.data.unwrap();
     for key in ["tls.crt", "tls.key", "ca.crt", "ca.key"] {
@@ -249,10 +172,7 @@ async fn restarts_reuse_the_secret_and_concurrent_starts_share_one_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_fails_no_admission() {
-    let cp = plane().await;
-    let client = cp.client().await.unwrap();
-    let (sys, ns) = namespaces(cp, "rotate").await;
-    let fp = unique_name("e2e-rotate");
+    let (client, sys, ns, fp) = setup("rotate", "e2e-rotate").await;
     let policy = CertPolicy {
         ca_validity: Duration::from_secs(24),
         serving_validity: Duration::from_secs(6),
@@ -261,23 +181,20 @@ async fn rotation_under_load_fails_no_admission() {
         previous_ca_retention: Duration::from_secs(4),
         ..CertPolicy::default()
     };
-    let running = manager(&fp, &sys, &ns)
-        .cert_policy(policy)
-        .cert_check_interval(Duration::from_millis(500))
-        .extension(Sticky)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
-    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let running = start_ready(
+        manager(&fp, &sys, &ns)
+            .cert_policy(policy)
+            .cert_check_interval(Duration::from_millis(500)),
+        &client,
+    )
+    .await;
     let initial = running.published().unwrap();
 
     // The load below reuses the apiserver's connections; fresh handshakes against the registered
     // caBundle show what a new connection (a restarted apiserver) would see.
     let probe = HandshakeProbe::start(
         &client,
-        &format!("{fp}-mutating-hook"),
+        &config_name(&fp),
         vec![running.local_addr()],
         Duration::from_millis(100),
         tokio::time::Instant::now(),
@@ -326,7 +243,7 @@ async fn rotation_under_load_fails_no_admission() {
                 .unwrap_or_default()
                 .to_owned(),
         );
-        if let Some(cfg) = cfgs.get_opt(&format!("{fp}-mutating-hook")).await.unwrap() {
+        if let Some(cfg) = cfgs.get_opt(&config_name(&fp)).await.unwrap() {
             let bundle = cfg.webhooks.unwrap()[0]
                 .client_config
                 .ca_bundle
@@ -372,19 +289,10 @@ async fn rotation_under_load_fails_no_admission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_repaired() {
-    let cp = plane().await;
-    let client = cp.client().await.unwrap();
-    let (sys, ns) = namespaces(cp, "drift").await;
-    let fp = unique_name("e2e-drift");
-    let running = manager(&fp, &sys, &ns)
-        .extension(Sticky)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
+    let (client, sys, ns, fp) = setup("drift", "e2e-drift").await;
+    let running = start_sticky(manager(&fp, &sys, &ns), &client).await;
     let cfgs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let name = format!("{fp}-mutating-hook");
+    let name = config_name(&fp);
 
     cfgs.delete(&name, &DeleteParams::default()).await.unwrap();
     eventually(
@@ -416,33 +324,14 @@ async fn drift_is_repaired() {
     .await;
     assert_eq!(fixed.webhooks.unwrap().len(), 1);
     assert!(running.metrics().config_repairs() >= 2);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    assert!(
-        sticky(
-            &pods
-                .create(&PostParams::default(), &app_pod("after-repair"))
-                .await
-                .unwrap()
-        )
-        .is_some()
-    );
+    assert!(sticky(&admit(&client, &ns, &app_pod("after-repair")).await).is_some());
     running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_is_mutated_without_side_effects() {
-    let cp = plane().await;
-    let client = cp.client().await.unwrap();
-    let (sys, ns) = namespaces(cp, "dryrun").await;
-    let fp = unique_name("e2e-dry");
-    let running = manager(&fp, &sys, &ns)
-        .extension(Sticky)
-        .build()
-        .unwrap()
-        .start(client.clone())
-        .await
-        .unwrap();
-    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let (client, sys, ns, fp) = setup("dryrun", "e2e-dry").await;
+    let running = start_ready(manager(&fp, &sys, &ns), &client).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let params = PostParams {
         dry_run: true,
@@ -463,10 +352,7 @@ async fn dry_run_is_mutated_without_side_effects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_then_unregister_removes_everything() {
-    let cp = plane().await;
-    let client = cp.client().await.unwrap();
-    let (sys, ns) = namespaces(cp, "unreg").await;
-    let fp = unique_name("e2e-unreg");
+    let (client, sys, ns, fp) = setup("unreg", "e2e-unreg").await;
     let manager = manager(&fp, &sys, &ns)
         .port(4443)
         .extension(Sticky)
@@ -475,48 +361,19 @@ async fn register_then_unregister_removes_everything() {
     manager.register(client.clone()).await.unwrap();
     let cfgs = Api::<MutatingWebhookConfiguration>::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &sys);
-    let cfg = cfgs.get(&format!("{fp}-mutating-hook")).await.unwrap();
+    let cfg = cfgs.get(&config_name(&fp)).await.unwrap();
     assert_eq!(
         cfg.webhooks.unwrap()[0].client_config.url.as_deref(),
         Some("https://127.0.0.1:4443/sticky")
     );
-    assert!(
-        secrets
-            .get_opt(&format!("{fp}-setupcertificate"))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(secrets.get_opt(&secret_name(&fp)).await.unwrap().is_some());
     // Registering again is idempotent (no delete-and-recreate: same uid).
-    let uid = cfgs
-        .get(&format!("{fp}-mutating-hook"))
-        .await
-        .unwrap()
-        .metadata
-        .uid;
+    let uid = cfgs.get(&config_name(&fp)).await.unwrap().metadata.uid;
     manager.register(client.clone()).await.unwrap();
-    assert_eq!(
-        cfgs.get(&format!("{fp}-mutating-hook"))
-            .await
-            .unwrap()
-            .metadata
-            .uid,
-        uid
-    );
+    assert_eq!(cfgs.get(&config_name(&fp)).await.unwrap().metadata.uid, uid);
     manager.unregister(client.clone()).await.unwrap();
-    assert!(
-        cfgs.get_opt(&format!("{fp}-mutating-hook"))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        secrets
-            .get_opt(&format!("{fp}-setupcertificate"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(cfgs.get_opt(&config_name(&fp)).await.unwrap().is_none());
+    assert!(secrets.get_opt(&secret_name(&fp)).await.unwrap().is_none());
     // Unregistering twice is fine.
     manager.unregister(client).await.unwrap();
 }

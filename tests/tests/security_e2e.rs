@@ -21,11 +21,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use eirinix_core::certs::CertPolicy;
+use eirinix_testenv::support::{core_rule, service_account_token};
 use eirinix_testenv::{ControlPlane, FakeKubelet, unique_name};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -343,78 +342,11 @@ async fn http(
 
 /// A ServiceAccount allowed to `create pods/exec` in `ns`, and a token for it.
 async fn exec_token(client: &kube::Client, ns: &str, name: &str) -> String {
-    let meta = || ObjectMeta {
-        name: Some(name.into()),
-        ..Default::default()
-    };
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &PostParams::default(),
-        &ServiceAccount {
-            metadata: meta(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
     let rules = vec![
-        PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: vec!["get".into(), "list".into()],
-            ..Default::default()
-        },
-        PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods/exec".into()]),
-            verbs: vec!["create".into()],
-            ..Default::default()
-        },
+        core_rule("pods", &["get", "list"]),
+        core_rule("pods/exec", &["create"]),
     ];
-    Api::<Role>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &Role {
-                metadata: meta(),
-                rules: Some(rules),
-            },
-        )
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &RoleBinding {
-                metadata: meta(),
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "Role".into(),
-                    name: name.into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: name.into(),
-                    namespace: Some(ns.into()),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .unwrap();
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
+    service_account_token(client, ns, name, rules).await
 }
 
 /// Report container `container` of `pod` as running (no kubelet here).

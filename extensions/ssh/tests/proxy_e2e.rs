@@ -15,11 +15,10 @@ use common::*;
 use eirinix_ssh::keys::{self, AppKeys};
 use eirinix_ssh::proxy::{PodResolver, Proxy, ProxyConfig};
 use eirinix_ssh::webhook::ensure_secret;
+use eirinix_testenv::support::{core_rule, service_account_token};
 use eirinix_testenv::{ControlPlane, unique_name};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
@@ -102,80 +101,13 @@ async fn app_pod(client: &kube::Client, ns: &str, name: &str, guid: &str) {
         .unwrap();
 }
 
-async fn service_account_token(client: &kube::Client, ns: &str, name: &str, exec: bool) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let meta = |n: &str| ObjectMeta {
-        name: Some(n.into()),
-        ..Default::default()
-    };
-    sas.create(
-        &PostParams::default(),
-        &ServiceAccount {
-            metadata: meta(name),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    // Everyone may read pods; only `exec` accounts may create pods/exec.
-    let mut rules = vec![PolicyRule {
-        api_groups: Some(vec![String::new()]),
-        resources: Some(vec!["pods".into()]),
-        verbs: vec!["get".into(), "list".into()],
-        ..Default::default()
-    }];
+/// A ServiceAccount token; everyone may read pods, only `exec` accounts may create pods/exec.
+async fn token(client: &kube::Client, ns: &str, name: &str, exec: bool) -> String {
+    let mut rules = vec![core_rule("pods", &["get", "list"])];
     if exec {
-        rules.push(PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods/exec".into()]),
-            verbs: vec!["create".into()],
-            ..Default::default()
-        });
+        rules.push(core_rule("pods/exec", &["create"]));
     }
-    Api::<Role>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &Role {
-                metadata: meta(name),
-                rules: Some(rules),
-            },
-        )
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &RoleBinding {
-                metadata: meta(name),
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "Role".into(),
-                    name: name.into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: name.into(),
-                    namespace: Some(ns.into()),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .unwrap();
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create_token_request(name, &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
+    service_account_token(client, ns, name, rules).await
 }
 
 async fn setup() -> Setup {
@@ -204,14 +136,8 @@ async fn setup() -> Setup {
     let impostor = start_daemon(&AppKeys::generate(&guid).unwrap(), "impostor").await;
 
     let tokens = HashMap::from([
-        (
-            "dev",
-            service_account_token(&client, &ns, "dev", true).await,
-        ),
-        (
-            "viewer",
-            service_account_token(&client, &ns, "viewer", false).await,
-        ),
+        ("dev", token(&client, &ns, "dev", true).await),
+        ("viewer", token(&client, &ns, "viewer", false).await),
     ]);
 
     // Two replicas starting at once share one host key.

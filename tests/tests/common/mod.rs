@@ -6,19 +6,34 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use eirinix_core::certs::CertBundle;
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, Manager, ManagerBuilder, Mutation, PodPatch,
-    Request, async_trait, patch,
+    Request, RunningManager, async_trait, patch,
 };
-use k8s_openapi::api::core::v1::{EnvVar, Namespace, Pod};
+use eirinix_testenv::{ControlPlane, unique_name};
+use k8s_openapi::api::core::v1::{EnvVar, Namespace, Pod, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 
-/// Log to the test output (RUST_LOG controls it) once per binary.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+#[allow(unused_imports)] // Not every test binary uses every helper.
+pub use eirinix_testenv::support::{eventually, eventually_every, init_tracing};
+
+/// The shared control plane of this test binary, with test logging on.
+pub async fn plane() -> &'static ControlPlane {
+    init_tracing();
+    ControlPlane::shared()
+        .await
+        .expect("control plane (see eirinix-testenv README)")
+}
+
+/// What most tests start from: an admin client of the shared plane, a fresh webhook ("system")
+/// namespace and app namespace named after `ns_prefix`, and a fresh fingerprint after `fp_prefix`.
+pub async fn setup(ns_prefix: &str, fp_prefix: &str) -> (kube::Client, String, String, String) {
+    let cp = plane().await;
+    let client = cp.client().await.unwrap();
+    let (sys, ns) = namespaces(cp, ns_prefix).await;
+    let fp = unique_name(fp_prefix);
+    (client, sys, ns, fp)
 }
 
 /// The extension used to test the framework: STICKY_MESSAGE in every container, once.
@@ -141,23 +156,108 @@ pub fn manager(fingerprint: &str, system: &str, apps: &str) -> ManagerBuilder {
         .shutdown_timeout(Duration::from_secs(2))
 }
 
-/// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Start `builder` with the [`Sticky`] extension.
+pub async fn start_sticky(builder: ManagerBuilder, client: &kube::Client) -> RunningManager {
+    builder
+        .extension(Sticky)
+        .build()
+        .unwrap()
+        .start(client.clone())
+        .await
+        .unwrap()
+}
+
+/// [`start_sticky`], then wait (10 s at most) until it is ready.
+pub async fn start_ready(builder: ManagerBuilder, client: &kube::Client) -> RunningManager {
+    let running = start_sticky(builder, client).await;
+    running.wait_ready(Duration::from_secs(10)).await.unwrap();
+    running
+}
+
+/// Create `pod` in namespace `ns`; it must be admitted.
+pub async fn admit(client: &kube::Client, ns: &str, pod: &Pod) -> Pod {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap()
+}
+
+/// The certificate Secret of the manager with fingerprint `fp`.
+pub fn secret_name(fp: &str) -> String {
+    format!("{fp}-setupcertificate")
+}
+
+/// The MutatingWebhookConfiguration of the manager with fingerprint `fp`.
+pub fn config_name(fp: &str) -> String {
+    format!("{fp}-mutating-hook")
+}
+
+/// The certificates stored in a certificate Secret.
+pub fn bundle_of(secret: &Secret) -> CertBundle {
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .as_ref()
+        .expect("secret data")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    CertBundle::from_secret_data(&data).expect("a valid certificate secret")
+}
+
+/// The certificates stored in the Secret of fingerprint `fp` in namespace `sys`.
+pub async fn stored_bundle(client: &kube::Client, sys: &str, fp: &str) -> CertBundle {
+    bundle_of(
+        &Api::<Secret>::namespaced(client.clone(), sys)
+            .get(&secret_name(fp))
+            .await
+            .unwrap(),
+    )
+}
+
+/// `Some` when the caBundle registered for fingerprint `fp` is `want` (for polling).
+pub async fn ca_bundle_is(client: &kube::Client, fp: &str, want: &str) -> Option<()> {
+    (registered_ca_bundle(client, &config_name(fp)).await? == want).then_some(())
+}
+
+/// A [`Load`] of 2 workers (pods `<prefix>-…` in `ns`) and a [`HandshakeProbe`] of `addrs`
+/// every `period` against the caBundle of fingerprint `fp`, on the load's clock.
+pub fn load_and_probe(
+    client: &kube::Client,
+    ns: &str,
+    prefix: &str,
+    fp: &str,
+    addrs: Vec<std::net::SocketAddr>,
+    period: Duration,
+) -> (Load, HandshakeProbe) {
+    let load = Load::start(client, ns, prefix, 2);
+    let probe = HandshakeProbe::start(client, &config_name(fp), addrs, period, load.started());
+    (load, probe)
+}
+
+/// After `wait`, delete the certificate Secret of fingerprint `fp`; when that started, on the
+/// clock of `load`.
+pub async fn delete_secret_after(
+    wait: Duration,
+    load: &Load,
+    secrets: &Api<Secret>,
+    fp: &str,
+) -> Duration {
+    tokio::time::sleep(wait).await;
+    let deleted_at = load.elapsed();
+    secrets
+        .delete(&secret_name(fp), &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    deleted_at
+}
+
+/// Let a [`load_and_probe`] pair run for `run`, then stop both: what the load and the probe saw.
+pub async fn run_for(
+    run: Duration,
+    (load, probe): (Load, HandshakeProbe),
+) -> (LoadReport, LoadReport) {
+    tokio::time::sleep(run).await;
+    (load.stop().await, probe.stop().await)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,8 +429,11 @@ pub async fn bounded<T>(limit: Duration, fut: impl std::future::Future<Output = 
         .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
 }
 
-/// The caBundle (PEM) of the first webhook of configuration `name`, if it exists.
-pub async fn registered_ca_bundle(client: &kube::Client, name: &str) -> Option<String> {
+/// The client configuration of the first webhook of configuration `name`, if it exists.
+async fn registered_client_config(
+    client: &kube::Client,
+    name: &str,
+) -> Option<k8s_openapi::api::admissionregistration::v1::WebhookClientConfig> {
     let cfg =
         Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
             client.clone(),
@@ -338,44 +441,18 @@ pub async fn registered_ca_bundle(client: &kube::Client, name: &str) -> Option<S
         .get_opt(name)
         .await
         .ok()??;
-    let bundle = cfg.webhooks?.first()?.client_config.ca_bundle.clone()?;
+    cfg.webhooks?.into_iter().next().map(|w| w.client_config)
+}
+
+/// The caBundle (PEM) of the first webhook of configuration `name`, if it exists.
+pub async fn registered_ca_bundle(client: &kube::Client, name: &str) -> Option<String> {
+    let bundle = registered_client_config(client, name).await?.ca_bundle?;
     Some(String::from_utf8_lossy(&bundle.0).into_owned())
 }
 
 /// The URL of the first webhook of configuration `name`, if it exists.
 pub async fn registered_url(client: &kube::Client, name: &str) -> Option<String> {
-    let cfg =
-        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
-            client.clone(),
-        )
-        .get_opt(name)
-        .await
-        .ok()??;
-    cfg.webhooks?.first()?.client_config.url.clone()
-}
-
-/// Like [`eventually`], polling every `period` (for measuring short windows precisely).
-pub async fn eventually_every<T, F, Fut>(
-    period: Duration,
-    timeout: Duration,
-    what: &str,
-    mut f: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(period).await;
-    }
+    registered_client_config(client, name).await?.url
 }
 
 /// Fresh TLS handshakes, as a new apiserver connection would make them: every `period`, read the

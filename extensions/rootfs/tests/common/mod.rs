@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use eirinix_rootfs::{ROOTFS_LABEL, RootfsOptions};
 use eirinix_testenv::ControlPlane;
+#[allow(unused_imports)] // Not every test binary uses every helper.
+pub use eirinix_testenv::support::{eventually, init_tracing};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -17,14 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The rootfs image repository used by the tests.
 pub const REPO: &str = "registry.test/cloudfoundry/cflinuxfs4";
-
-/// Log to the test output (RUST_LOG controls it) once per binary.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
 
 /// The shared control plane; fails loudly when the binaries are missing.
 pub async fn plane() -> &'static ControlPlane {
@@ -187,25 +181,6 @@ pub fn state_of(s: &StatefulSet) -> (Option<String>, String, bool) {
         .clone()
         .unwrap();
     (version, image, eirinix_rootfs::plan::rollout_complete(s))
-}
-
-/// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Wait until every named StatefulSet in `ns` is on `version` (label + image) and rolled out.

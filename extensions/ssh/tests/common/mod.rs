@@ -11,19 +11,13 @@ use std::time::Duration;
 
 use eirinix_ssh::keys::AppKeys;
 use eirinix_ssh::{Daemon, DaemonConfig};
+#[allow(unused_imports)] // Not every test binary uses every helper.
+pub use eirinix_testenv::support::init_tracing;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{PrivateKey, PublicKey};
 use tokio::io::AsyncWriteExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Log to the test output (RUST_LOG controls it) once per binary.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
 
 /// The environment sessions of test daemons get (the "app" environment).
 pub fn app_env(marker: &str) -> Vec<(OsString, OsString)> {
@@ -171,22 +165,12 @@ pub fn text(out: &Output) -> (String, String) {
 }
 
 /// Poll `f` every 50 ms until it returns `Some`, or panic with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eirinix_testenv::support::eventually_every(Duration::from_millis(50), timeout, what, f).await
 }
 
 /// A TCP echo server on loopback (for port-forwarding tests); returns its address.

@@ -1,0 +1,128 @@
+//! Small helpers shared by the test suites built on this crate: logging to the test output,
+//! polling a condition against the control plane until it holds, and ServiceAccount tokens.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// Log to the test output (`RUST_LOG` controls it, `warn` by default), once per test binary;
+/// later calls, or a subscriber installed by the binary itself, are left alone.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, or panic with `what` after `timeout`: for
+/// state the apiserver or a controller reaches asynchronously.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_every(Duration::from_millis(100), timeout, what, f).await
+}
+
+/// Like [`eventually`], polling every `period` (shorter to measure a window precisely, longer
+/// to spare a busy machine).
+pub async fn eventually_every<T, F, Fut>(
+    period: Duration,
+    timeout: Duration,
+    what: &str,
+    mut f: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// A rule of the core API group allowing `verbs` on `resource` (e.g. `pods`, `pods/exec`), for
+/// [`service_account_token`].
+pub fn core_rule(resource: &str, verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec![resource.into()]),
+        verbs: verbs.iter().map(|v| (*v).into()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Create ServiceAccount `name` in `ns`, allowed `rules` there (a Role and RoleBinding of the same
+/// name), and return a one-hour token for it: a real caller for authentication and authorization
+/// tests. Panics when any of it fails.
+pub async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    rules: Vec<PolicyRule>,
+) -> String {
+    let meta = || ObjectMeta {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let account = ServiceAccount {
+        metadata: meta(),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta(),
+        rules: Some(rules),
+    };
+    let binding = RoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: name.into(),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        }]),
+    };
+    let create = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(&create, &account)
+        .await
+        .expect("ServiceAccount created");
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles.create(&create, &role).await.expect("Role created");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings
+        .create(&create, &binding)
+        .await
+        .expect("RoleBinding created");
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    sas.create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("token requested")
+        .status
+        .expect("token issued")
+        .token
+}
