@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# Provision the real Kubernetes binaries the tests and the demo run against:
-# kube-apiserver and etcd built from Go modules (no release downloads), and
-# optionally helm. Idempotent: a second run with the same versions does nothing.
+# Provision the real Kubernetes binaries the tests and the demo run against, built
+# from Go modules (no release downloads): etcd, and from one k8s.io/kubernetes
+# version kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy and kubectl; optionally helm. Idempotent: a second run with the same
+# versions does nothing. The cache is keyed by version (EIRINIX_KUBE_VERSION).
 #
-# Result: one directory (printed on the last line) holding `kube-apiserver`
-# and `etcd`, following the KUBEBUILDER_ASSETS convention.
+# Result: one directory (printed on the last line) holding the binaries,
+# following the KUBEBUILDER_ASSETS convention.
 #
-#   scripts/provision.sh            # kube-apiserver + etcd
-#   scripts/provision.sh --helm     # also helm
-#   scripts/provision.sh --print    # only print the assets directory
+#   scripts/provision.sh                   # everything the real single-node cluster needs
+#   scripts/provision.sh --control-plane   # only etcd + kube-apiserver
+#   scripts/provision.sh --helm            # also helm
+#   scripts/provision.sh --print           # only print the assets directory
 set -euo pipefail
 
-KUBE_VERSION="${EIRINIX_KUBE_VERSION:-v1.34.4}"
+KUBE_VERSION="${EIRINIX_KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${EIRINIX_ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${EIRINIX_HELM_VERSION:-v3.19.2}"
 CACHE_ROOT="${EIRINIX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eirinix}"
 ASSETS="$CACHE_ROOT/assets/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
 
 want_helm=0
+kube_binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 for arg in "$@"; do
   case "$arg" in
     --print) echo "$ASSETS"; exit 0 ;;
     --helm) want_helm=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --control-plane) kube_binaries=(kube-apiserver) ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "provision: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -37,21 +42,36 @@ export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--mod=mod}" GOTOOLCHAIN="${GOTOOLCHAIN:-
 exec 9>"$ASSETS/.lock"
 flock 9
 
-build_kube_apiserver() {
-  local out="$ASSETS/kube-apiserver"
-  if [[ -x "$out" ]] && "$out" --version 2>/dev/null | grep -q "Kubernetes $KUBE_VERSION"; then
-    log "kube-apiserver $KUBE_VERSION cached at $out"; return
-  fi
-  local minor="${KUBE_VERSION#v1.}"          # 34.4
-  local staging="v0.$minor"                  # v0.34.4
+# Prints "<binary> <version>" as the binary reports it, or nothing.
+kube_binary_version() {
+  local bin="$1" out="$ASSETS/$1"
+  [[ -x "$out" ]] || return 0
+  case "$bin" in
+    kubectl) "$out" version --client 2>/dev/null | sed -n 's/^Client Version: //p' ;;
+    *) "$out" --version 2>/dev/null | sed -n 's/^Kubernetes //p' ;;
+  esac
+}
+
+build_kube() {
+  local missing=() bin
+  for bin in "${kube_binaries[@]}"; do
+    if [[ "$(kube_binary_version "$bin")" == "$KUBE_VERSION" ]]; then
+      log "$bin $KUBE_VERSION cached at $ASSETS/$bin"
+    else
+      missing+=("$bin")
+    fi
+  done
+  ((${#missing[@]})) || return 0
+  local minor="${KUBE_VERSION#v1.}"          # 37.2
+  local staging="v0.$minor"                  # v0.37.2
   local work; work="$(mktemp -d)"
   trap 'rm -rf "$work"' RETURN
-  log "building kube-apiserver $KUBE_VERSION from Go modules (cold build: 10-25 minutes on 2 cores)"
+  log "building ${missing[*]} $KUBE_VERSION from Go modules (cold build of kube-apiserver: 10-25 minutes on 2 cores; the others take a few minutes more)"
   local gomod
   gomod="$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
   [[ -f "$gomod" ]] || { echo "provision: could not download k8s.io/kubernetes@$KUBE_VERSION go.mod" >&2; exit 1; }
   {
-    echo "module eirinix.local/kubeapiserver"
+    echo "module eirinix.local/kubernetes"
     echo
     grep -m1 '^go ' "$gomod"
     grep '^godebug' "$gomod" || true
@@ -66,13 +86,18 @@ build_kube_apiserver() {
     echo ")"
   } >"$work/go.mod"
   log "wrapper go.mod has $(grep -c '=>' "$work/go.mod") staging replaces"
-  (cd "$work" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" >&2)
+  local pkgs=()
+  for bin in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$bin"); done
+  (cd "$work" && go get "${pkgs[@]/%/@$KUBE_VERSION}" >&2)
   local pkg=k8s.io/component-base/version
   local ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor%%.*} -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
-  (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver >&2)
-  mv "$out.tmp" "$out"
-  log "kube-apiserver: $("$out" --version)"
+  mkdir -p "$work/out"
+  (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$work/out/" "${pkgs[@]}" >&2)
+  for bin in "${missing[@]}"; do
+    mv "$work/out/$bin" "$ASSETS/$bin"
+    log "$bin: $(kube_binary_version "$bin")"
+  done
 }
 
 build_etcd() {
@@ -111,6 +136,6 @@ build_helm() {
 }
 
 build_etcd
-build_kube_apiserver
+build_kube
 [[ $want_helm == 1 ]] && build_helm
 echo "$ASSETS"

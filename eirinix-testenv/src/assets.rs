@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::{Error, Result};
 
 /// Kubernetes version `scripts/provision.sh` builds kube-apiserver from by default.
-pub const KUBE_VERSION: &str = "v1.34.4";
+pub const KUBE_VERSION: &str = "v1.37.2";
 
 /// etcd version `scripts/provision.sh` builds by default.
 pub const ETCD_VERSION: &str = "v3.6.16";
@@ -16,7 +16,7 @@ pub const PROVISION_HINT: &str = "run `scripts/provision.sh` from the eirinix re
      `scripts/provision.sh --print`), or set KUBEBUILDER_ASSETS (or EIRINIX_ASSETS) to a directory \
      containing `etcd` and `kube-apiserver`";
 
-/// The binaries a control plane needs.
+/// The binaries a control plane needs (a [`Cluster`](crate::Cluster) needs the node's too).
 pub(crate) const BINARIES: [&str; 2] = ["etcd", "kube-apiserver"];
 
 /// Reads a non-empty environment variable (empty counts as unset, like `${VAR:-}` in the script).

@@ -10,6 +10,7 @@ use time::{Duration, OffsetDateTime};
 /// PEM-encoded material written to the control plane's temp dir.
 pub(crate) struct Pki {
     pub ca_pem: String,
+    pub ca_key_pem: String,
     pub ca_der: Vec<u8>,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
@@ -84,6 +85,7 @@ pub(crate) fn generate() -> Result<Pki, rcgen::Error> {
 
     Ok(Pki {
         ca_pem: ca_cert.pem(),
+        ca_key_pem: ca_key.serialize_pem(),
         ca_der: ca_cert.der().to_vec(),
         serving_cert_pem: serving_cert.pem(),
         serving_key_pem: serving_key.serialize_pem(),
@@ -92,6 +94,26 @@ pub(crate) fn generate() -> Result<Pki, rcgen::Error> {
         sa_key_pem: sa_key.serialize_pem(),
         sa_pub_pem: sa_key.public_key_pem(),
     })
+}
+
+/// A client certificate for `user` in `group` (subject CN and O, as the apiserver reads them),
+/// signed by the control plane's CA: `(certificate PEM, PKCS#8 key PEM)`.
+pub(crate) fn client_cert(
+    pki: &Pki,
+    user: &str,
+    group: Option<&str>,
+) -> Result<(String, String), rcgen::Error> {
+    let ca_key = KeyPair::from_pem(&pki.ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&pki.ca_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut p = params(&[], user, group)?;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// A self-signed serving certificate for 127.0.0.1 / localhost (used by the fake kubelet).

@@ -30,6 +30,7 @@ const PORT_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct ControlPlaneBuilder {
     assets: Option<PathBuf>,
+    node_support: bool,
     apiserver_flags: Vec<String>,
     etcd_flags: Vec<String>,
     startup_timeout: Duration,
@@ -39,6 +40,7 @@ impl Default for ControlPlaneBuilder {
     fn default() -> Self {
         ControlPlaneBuilder {
             assets: None,
+            node_support: false,
             apiserver_flags: Vec::new(),
             etcd_flags: Vec::new(),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
@@ -82,6 +84,13 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// The apiserver flags a real node needs (ServiceAccount admission, Node authorization,
+    /// kubelet client credentials, endpoint routing for webhooks); set by [`crate::Cluster`].
+    pub(crate) fn with_node_support(mut self) -> Self {
+        self.node_support = true;
+        self
+    }
+
     /// Starts etcd and kube-apiserver and waits until the apiserver reports `/readyz` ok.
     pub async fn start(self) -> Result<ControlPlane> {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -92,7 +101,7 @@ impl ControlPlaneBuilder {
             }
             None => assets_dir()?,
         };
-        process::remove_stale_dirs();
+        crate::stale::reap();
         let started = Instant::now();
         let mut attempt = 1;
         loop {
@@ -130,6 +139,7 @@ fn is_port_conflict(e: &Error) -> bool {
 /// at process exit.
 pub struct ControlPlane {
     res: Arc<Resources>,
+    assets: PathBuf,
     api_port: u16,
     etcd_port: u16,
     pki: Pki,
@@ -207,7 +217,17 @@ impl ControlPlane {
         let file = |name: &str| dir.join(name);
 
         let etcd_args = etcd_args(&file("etcd-data"), etcd_port, peer_port, &opts.etcd_flags);
-        let apiserver_args = apiserver_args(&dir, api_port, etcd_port, &opts.apiserver_flags);
+        let mut extra = if opts.node_support {
+            node_flags(&dir)
+        } else {
+            // No controller manager creates ServiceAccounts, so pods could not be admitted.
+            vec![
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--authorization-mode=RBAC".into(),
+            ]
+        };
+        extra.extend(opts.apiserver_flags.iter().cloned());
+        let apiserver_args = apiserver_args(&dir, api_port, etcd_port, &extra);
         let etcd = Proc::new("etcd", assets.join("etcd"), etcd_args, file("etcd.log"));
         let apiserver = Proc::new(
             "kube-apiserver",
@@ -218,6 +238,7 @@ impl ControlPlane {
         let kubeconfig_yaml = kubeconfig_yaml(api_port, &pki);
         let plane = ControlPlane {
             res: Resources::register(dir.clone(), etcd, apiserver),
+            assets: assets.to_owned(),
             api_port,
             etcd_port,
             pki,
@@ -290,6 +311,17 @@ impl ControlPlane {
     /// The kubeconfig contents (YAML, credentials embedded).
     pub fn kubeconfig_yaml(&self) -> &str {
         &self.kubeconfig_yaml
+    }
+
+    /// The directory the binaries came from.
+    pub fn assets_dir(&self) -> &Path {
+        &self.assets
+    }
+
+    /// A client certificate for `user` (subject CN), in `group` (subject O) if given, signed by
+    /// the plane's CA: `(certificate PEM, key PEM)`. The apiserver authenticates it as that user.
+    pub fn client_certificate(&self, user: &str, group: Option<&str>) -> Result<(String, String)> {
+        Ok(certs::client_cert(&self.pki, user, group)?)
     }
 
     /// The plane's temp dir (certs, kubeconfig, etcd data, process logs).
@@ -563,18 +595,33 @@ fn apiserver_args(dir: &Path, port: u16, etcd_port: u16, extra: &[String]) -> Ve
         format!("--tls-cert-file={}", f("apiserver.crt")).into(),
         format!("--tls-private-key-file={}", f("apiserver.key")).into(),
         format!("--client-ca-file={}", f("ca.crt")).into(),
-        "--authorization-mode=RBAC".into(),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
         format!("--service-account-key-file={}", f("sa.pub")).into(),
         format!("--service-account-signing-key-file={}", f("sa.key")).into(),
         "--service-cluster-ip-range=10.0.0.0/24".into(),
-        "--disable-admission-plugins=ServiceAccount".into(),
         "--endpoint-reconciler-type=none".into(),
         "--allow-privileged=true".into(),
         "--kubelet-preferred-address-types=InternalIP".into(),
     ];
     args.extend(extra.iter().map(OsString::from));
     args
+}
+
+/// kube-apiserver flags of a cluster with a real node (later flags win over the defaults above).
+fn node_flags(dir: &Path) -> Vec<String> {
+    let f = |name: &str| dir.join(name).display().to_string();
+    vec![
+        // Pods get ServiceAccount tokens (the plain control plane disables that plugin).
+        "--enable-admission-plugins=NodeRestriction".into(),
+        "--authorization-mode=Node,RBAC".into(),
+        // Webhook and aggregated-API calls go to endpoint (pod) addresses, which are routed into
+        // the node; the apiserver is not on the pod network and has no kube-proxy of its own.
+        "--enable-aggregator-routing=true".into(),
+        format!("--kubelet-client-certificate={}", f("admin.crt")),
+        format!("--kubelet-client-key={}", f("admin.key")),
+        // `pods/log?stream=Stdout|Stderr` (alpha): the logs extension tells the streams apart.
+        "--feature-gates=PodLogsQuerySplitStreams=true".into(),
+    ]
 }
 
 fn kubeconfig_yaml(api_port: u16, pki: &Pki) -> String {

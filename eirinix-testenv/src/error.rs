@@ -89,6 +89,29 @@ pub enum Error {
         tail: String,
     },
 
+    /// This machine cannot run the real node; the message says what is missing and how to fix it.
+    #[error("eirinix-testenv: the real node cannot run here: {0}")]
+    NodeUnsupported(String),
+
+    /// The node (containerd, kubelet, controllers) did not come up.
+    #[error("eirinix-testenv: starting the node: {0}")]
+    NodeStart(String),
+
+    /// A helper command (`ip`, `nsenter`, `ctr`) failed.
+    #[error("eirinix-testenv: `{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+
+    /// Running a command in a pod failed (not the command's own failure: see its exit code).
+    #[error("eirinix-testenv: exec: {0}")]
+    Exec(String),
+
     /// The shared control plane of this test binary failed to start (earlier, in another test).
     #[error("{0} (this test binary's shared control plane failed to start)")]
     Shared(String),

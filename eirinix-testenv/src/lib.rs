@@ -3,25 +3,33 @@
 
 mod assets;
 mod certs;
+mod cluster;
 mod control_plane;
 mod error;
+mod image;
 mod kubelet;
 mod process;
+mod stale;
 pub mod support;
 
 pub use assets::{
     ETCD_VERSION, KUBE_VERSION, PROVISION_HINT, assets_dir, check_assets, default_assets_dir,
 };
+pub use cluster::{
+    APP_IMAGE, APP_UID, Cluster, ClusterBuilder, ExecOutput, NODE_NAME, STORAGE_CLASS, app_image,
+};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use error::Error;
+pub use image::{ImageArchive, ImageBuilder};
 pub use kubelet::{ContainerLog, FakeKubelet};
 pub use process::spawn_tied;
 
-/// Removes `eirinix-testenv-*` temp dirs whose owning test process is dead (e.g. SIGKILLed).
+/// Removes what test processes that died without cleaning up (e.g. SIGKILLed) left behind: the
+/// processes and cgroups of their nodes, then their `eirinix-testenv-*` temp dirs.
 ///
-/// Every [`ControlPlane`] start does this already; exposed for custom harnesses.
+/// Every [`ControlPlane`] and [`Cluster`] start does this already; exposed for custom harnesses.
 pub fn remove_stale_dirs() {
-    process::remove_stale_dirs();
+    stale::reap();
 }
 
 /// Result alias used throughout this crate.

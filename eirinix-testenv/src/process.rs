@@ -85,12 +85,17 @@ pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the eirinix-testenv spawner thread is gone"))?
 }
 
-/// One control-plane process (etcd or kube-apiserver): how to start it and its running child.
+/// Adjusts a command before it is spawned (e.g. adds a `pre_exec` step that enters namespaces).
+pub(crate) type Setup = Arc<dyn Fn(&mut Command) + Send + Sync>;
+
+/// One child process (etcd, kube-apiserver, a node component): how to start it and its running
+/// child.
 pub(crate) struct Proc {
     pub name: &'static str,
     program: PathBuf,
     args: Vec<OsString>,
     pub log: PathBuf,
+    setup: Option<Setup>,
     child: Mutex<Option<Child>>,
     pid: AtomicU32,
 }
@@ -103,9 +108,16 @@ impl Proc {
             program,
             args,
             log,
+            setup: None,
             child: Mutex::new(None),
             pid: AtomicU32::new(0),
         }
+    }
+
+    /// Runs `setup` on the command each time the process is started.
+    pub fn with_setup(mut self, setup: Setup) -> Self {
+        self.setup = Some(setup);
+        self
     }
 
     /// Starts the process (killing a previous instance first); output is appended to the log.
@@ -124,6 +136,9 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        if let Some(setup) = &self.setup {
+            setup(&mut cmd);
+        }
         let child = spawn_tied(cmd)
             .map_err(|e| Error::io(format!("starting {}", self.program.display()), e))?;
         tracing::debug!(name = self.name, pid = child.id(), "started");
@@ -144,7 +159,7 @@ impl Proc {
     }
 
     /// Kill path for `atexit`: touches no mutex, only the recorded pid.
-    fn kill_at_exit(&self) {
+    pub fn kill_at_exit(&self) {
         let pid = self.pid.swap(0, Ordering::SeqCst);
         if pid != 0 {
             // SAFETY: plain syscalls on a child pid we spawned and have not reaped yet.
@@ -219,7 +234,8 @@ impl Resources {
             apiserver,
             cleaned: AtomicBool::new(false),
         });
-        register_at_exit(&res);
+        let teardown: Arc<dyn Teardown> = res.clone();
+        register_at_exit(&teardown);
         res
     }
 
@@ -232,7 +248,9 @@ impl Resources {
         self.etcd.kill();
         remove_dir(&self.dir);
     }
+}
 
+impl Teardown for Resources {
     fn cleanup_at_exit(&self) {
         if self.cleaned.swap(true, Ordering::SeqCst) {
             return;
@@ -243,7 +261,14 @@ impl Resources {
     }
 }
 
-fn remove_dir(dir: &Path) {
+/// Something to tear down when the process exits without dropping it (statics such as shared
+/// control planes and clusters). Later registrations are torn down first.
+pub(crate) trait Teardown: Send + Sync {
+    /// Releases everything; runs from `atexit`, so it must not wait on locks others may hold.
+    fn cleanup_at_exit(&self);
+}
+
+pub(crate) fn remove_dir(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != io::ErrorKind::NotFound
     {
@@ -251,9 +276,10 @@ fn remove_dir(dir: &Path) {
     }
 }
 
-static LIVE: Mutex<Vec<Weak<Resources>>> = Mutex::new(Vec::new());
+static LIVE: Mutex<Vec<Weak<dyn Teardown>>> = Mutex::new(Vec::new());
 
-fn register_at_exit(res: &Arc<Resources>) {
+/// Registers `res` for teardown at process exit (held weakly: dropping it first is fine).
+pub(crate) fn register_at_exit(res: &Arc<dyn Teardown>) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: registering a plain `extern "C"` function without arguments.
@@ -277,7 +303,7 @@ extern "C" fn cleanup_all_at_exit() {
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
         Err(TryLockError::WouldBlock) => return,
     };
-    for res in live.iter().filter_map(Weak::upgrade) {
+    for res in live.iter().rev().filter_map(Weak::upgrade) {
         res.cleanup_at_exit();
     }
 }
@@ -319,7 +345,7 @@ pub(crate) fn remove_stale_dirs() {
     }
 }
 
-fn process_alive(pid: libc::pid_t) -> bool {
+pub(crate) fn process_alive(pid: libc::pid_t) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
