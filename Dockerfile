@@ -1,23 +1,27 @@
 # eirinix: one small static image for the server, the register/cleanup jobs, the broker, the
-# ssh proxy and the in-pod ssh daemon. Not built in this repository's CI (no Docker engine there).
+# ssh proxy and the in-pod ssh daemon. Same layout as scripts/build-image.sh (which needs no
+# Docker engine and is what this repository's tests load): both run images/eirinix/rootfs.sh.
 #
 #   docker build -t eirinix:dev --build-arg VERSION=$(git describe --tags --always) .
 
-FROM rust:1.95-alpine AS build
+FROM rust:1.95-bookworm AS build
 ARG VERSION=dev
-RUN apk add --no-cache musl-dev
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-ENV EIRINIX_VERSION=${VERSION}
-RUN cargo build --profile dist --locked -p eirinix-cli --bin eirinix \
- && mkdir -p /out && cp target/dist/eirinix /out/eirinix
+# glibc with crt-static: one binary that runs in any app image (the ssh daemon is copied into them).
+ENV EIRINIX_VERSION=${VERSION} \
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
+RUN cargo build --locked --profile dist --target x86_64-unknown-linux-gnu -p eirinix-cli --bin eirinix \
+ && images/eirinix/rootfs.sh target/x86_64-unknown-linux-gnu/dist/eirinix /rootfs
 
 # No shell, no package manager: the binary, CA roots and a non-root user.
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM scratch
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="eirinix" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="https://github.com/eirinix/eirinix"
-COPY --from=build /out/eirinix /usr/local/bin/eirinix
+COPY --from=build /rootfs/ /
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/eirinix"]

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Debian packages the tests run against (real servers and clients, on 127.0.0.1 only).
-# Idempotent: installs only what is missing.
+# Debian packages the tests and the demo run against: the real node's runtime (containerd, runc,
+# the CNI plugins, iptables for kube-proxy, iproute2 and util-linux for its namespaces), the
+# static busybox its pause and app images are made of, CA roots for the eirinix image, and the
+# real servers and clients of the extension tests (rsyslog with TLS and RELP, OpenSSH's client).
+# Idempotent: installs only what is missing. Nothing here is started as a system service: the
+# tests run their own instances with their own config.
 set -euo pipefail
-packages=(rsyslog rsyslog-gnutls openssh-client)
+packages=(
+  containerd runc containernetworking-plugins iptables iproute2 util-linux busybox-static
+  ca-certificates rsyslog rsyslog-gnutls rsyslog-relp openssh-client
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
 
-step "provisioning kube-apiserver, etcd and helm (cached; a cold build takes 10-25 minutes)"
-scripts/provision.sh --helm >/dev/null
+step "provisioning the Kubernetes binaries and helm (cached; a cold build takes about 10 minutes)"
+assets="$(scripts/provision.sh --helm)"
+echo "Kubernetes $("$assets/kube-apiserver" --version | cut -d' ' -f2) from $assets" >&2
 step "installing Debian packages the tests use"
 scripts/install-deps.sh
 step "cargo fmt --check"
@@ -19,6 +20,8 @@ step "cargo fmt --check and clippy (fuzz crate, its own workspace)"
 (cd fuzz && cargo fmt -- --check)
 CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/eirinix/fuzz-clippy" \
   cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings
+step "the eirinix image the node tests load (static binary, dev profile; scripts/build-image.sh)"
+scripts/build-image.sh --profile dev >/dev/null
 step "cargo test"
 cargo test --workspace --no-fail-fast "$@"
 # Bounded fuzzing: 60 s per target, two at a time; the instrumented build is cached outside the

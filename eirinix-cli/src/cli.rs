@@ -78,9 +78,10 @@ pub enum Command {
     RootfsRoll(ServeArgs),
     /// Run one extension on a pod from a YAML/JSON file, offline; print the patch and the result.
     Review(ReviewArgs),
-    /// Start a local control plane (real etcd + kube-apiserver) and print its kubeconfig.
+    /// Start a local cluster (control plane, controllers, one node that runs pods) and print its
+    /// kubeconfig.
     Dev(DevArgs),
-    /// Show every stock extension at work on a local control plane (or a cluster), then clean up.
+    /// Show every stock extension at work on an app running on a local cluster, then clean up.
     Demo(DemoArgs),
 }
 
@@ -244,15 +245,27 @@ pub struct DevArgs {
     /// Where to write the kubeconfig.
     #[arg(long, env = "EIRINIX_DEV_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Only etcd and kube-apiserver (no controllers, no node; needs no root).
+    #[arg(long)]
+    pub apiserver_only: bool,
 }
 
 /// `demo` options.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Run against the cluster of KUBECONFIG (in a throwaway namespace) instead of a local control plane.
+    /// Run against the cluster of KUBECONFIG (in a throwaway namespace, apiserver-only view)
+    /// instead of a local cluster.
     #[arg(long)]
     pub cluster: bool,
-    /// Keep the local control plane running at the end (prints its kubeconfig).
+    /// Show what the extensions change as the apiserver stores it, on a local control plane
+    /// without a node (no pod runs; faster, needs no root).
+    #[arg(long)]
+    pub apiserver_only: bool,
+    /// The eirinix image archive to load into the node (from scripts/build-image.sh); by
+    /// default it is built from this source tree.
+    #[arg(long, env = "EIRINIX_DEMO_IMAGE")]
+    pub image: Option<PathBuf>,
+    /// Keep the local cluster running at the end (prints its kubeconfig).
     #[arg(long)]
     pub keep: bool,
 }

@@ -19,14 +19,39 @@ fn provision_script() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// The kube-apiserver/etcd directory, provisioning it (with progress on stderr) when missing.
-pub fn ensure_assets() -> anyhow::Result<PathBuf> {
-    match eirinix_testenv::assets_dir() {
+/// Binaries a local cluster needs besides etcd and kube-apiserver.
+const NODE_BINARIES: [&str; 4] = [
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+
+/// The directory of the Kubernetes binaries (with the node's when `node`), provisioning them
+/// (with progress on stderr) when missing.
+pub fn ensure_assets(node: bool) -> anyhow::Result<PathBuf> {
+    let found = eirinix_testenv::assets_dir().and_then(|dir| {
+        let missing: Vec<String> = NODE_BINARIES
+            .iter()
+            .filter(|b| node && !dir.join(b).is_file())
+            .map(|b| (*b).to_owned())
+            .collect();
+        if missing.is_empty() {
+            Ok(dir)
+        } else {
+            Err(eirinix_testenv::Error::MissingBinaries {
+                dir,
+                source_hint: "the assets directory",
+                missing,
+            })
+        }
+    });
+    match found {
         Ok(dir) => Ok(dir),
         Err(missing) => {
             let script = provision_script().with_context(|| missing.to_string())?;
             eprintln!(
-                "eirinix: kube-apiserver and etcd are not built yet; running {} (the first build takes 10-25 minutes)",
+                "eirinix: the Kubernetes binaries are not built yet; running {} (the first build takes about 10 minutes on 2 cores)",
                 script.display()
             );
             let status = std::process::Command::new(&script)
@@ -41,7 +66,7 @@ pub fn ensure_assets() -> anyhow::Result<PathBuf> {
 
 /// Start a local control plane (provisioning it if needed).
 pub async fn start_plane() -> anyhow::Result<ControlPlane> {
-    let assets = ensure_assets()?;
+    let assets = ensure_assets(false)?;
     eprintln!("eirinix: starting etcd and kube-apiserver on 127.0.0.1");
     ControlPlane::builder()
         .assets_dir(assets)
@@ -50,9 +75,26 @@ pub async fn start_plane() -> anyhow::Result<ControlPlane> {
         .context("starting the local control plane")
 }
 
-/// Run a control plane until interrupted, with its kubeconfig written out.
+/// Run a local cluster (or, with `--apiserver-only`, a control plane) until interrupted, with
+/// its kubeconfig written out.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let cp = start_plane().await?;
+    let (cluster, plane) = if args.apiserver_only {
+        (None, Some(start_plane().await?))
+    } else {
+        let assets = ensure_assets(true)?;
+        eprintln!("eirinix: starting a local cluster (control plane, controllers, one node)");
+        let cluster = eirinix_testenv::Cluster::builder()
+            .control_plane(ControlPlane::builder().assets_dir(assets))
+            .start()
+            .await
+            .context("starting the local cluster (the node needs root)")?;
+        (Some(cluster), None)
+    };
+    let cp = match (&cluster, &plane) {
+        (Some(c), _) => c.plane(),
+        (None, Some(p)) => p,
+        (None, None) => anyhow::bail!("no control plane started"),
+    };
     let path = match args.kubeconfig {
         Some(p) => p,
         None => {
@@ -65,15 +107,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     std::fs::write(&path, cp.kubeconfig_yaml())
         .with_context(|| format!("writing {}", path.display()))?;
-    println!(
-        "# local control plane at {} (Ctrl-C stops it)",
-        cp.api_url()
-    );
+    match &cluster {
+        Some(c) => println!(
+            "# local cluster at {}, node {} ({}), pods from {} (Ctrl-C stops it)",
+            cp.api_url(),
+            c.node_name(),
+            c.node_ip(),
+            c.pod_cidr()
+        ),
+        None => println!(
+            "# local control plane at {} (Ctrl-C stops it)",
+            cp.api_url()
+        ),
+    }
     println!("export KUBECONFIG={}", path.display());
     println!("{}", cp.kubeconfig_yaml());
     eirinix_core::manager::shutdown_signal().await;
-    eprintln!("eirinix: stopping the local control plane");
-    drop(cp);
+    eprintln!("eirinix: stopping the local cluster");
+    drop(cluster);
+    drop(plane);
     let _ = std::fs::remove_file(&path);
     Ok(())
 }

@@ -15,9 +15,9 @@ use cli::{Cli, Command, LogFormat, RegisterArgs};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -48,7 +48,12 @@ fn main() -> std::process::ExitCode {
     }
     cli::apply_legacy_env();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo narrates what happens itself; its components' info logs would drown it.
+    let default_level = match cli.command {
+        cli::Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     eirinix_core::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -68,6 +68,45 @@ pub struct ImageArchive {
     pub digest: String,
 }
 
+impl ImageArchive {
+    /// Describes an existing archive (e.g. from `scripts/build-image.sh`): reads the image name
+    /// and manifest digest from its `index.json`.
+    pub fn read(path: &Path) -> Result<ImageArchive> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut archive = tar::Archive::new(file);
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let is_index = entry.path().map(|p| p.as_os_str() == "index.json").unwrap_or(false);
+            if !is_index {
+                continue;
+            }
+            let index: serde_json::Value = serde_json::from_reader(&mut entry).map_err(json_error)?;
+            let manifest = &index["manifests"][0];
+            let name = manifest["annotations"]["io.containerd.image.name"]
+                .as_str()
+                .ok_or_else(|| {
+                    Error::io(
+                        format!("reading {}", path.display()),
+                        std::io::Error::other("index.json names no image (io.containerd.image.name)"),
+                    )
+                })?;
+            return Ok(ImageArchive {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                digest: manifest["digest"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        Err(Error::io(
+            format!("reading {}", path.display()),
+            std::io::Error::other("not an OCI image archive (no index.json)"),
+        ))
+    }
+}
+
 impl ImageBuilder {
     /// A new, empty image called `name` (e.g. `eirinix.local/app:1`).
     pub fn new(name: impl Into<String>) -> Self {
@@ -81,6 +120,12 @@ impl ImageBuilder {
             workdir: None,
             labels: BTreeMap::new(),
         }
+    }
+
+    /// The same image under another name (e.g. a second tag of an app image).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// The image name given to [`new`](Self::new).
@@ -153,6 +198,54 @@ impl ImageBuilder {
             },
         );
         self
+    }
+
+    /// Adds every file, directory and symlink under the host directory `root` at the same
+    /// paths in the image, keeping modes and owners (what a `COPY root/ /` does).
+    pub fn tree(mut self, root: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let path = e.path();
+                out.push(path.clone());
+                if e.file_type()?.is_dir() {
+                    walk(&path, out)?;
+                }
+            }
+            Ok(())
+        }
+        let mut paths = Vec::new();
+        walk(root, &mut paths).map_err(|e| Error::io(format!("reading {}", root.display()), e))?;
+        for path in paths {
+            let rel = path
+                .strip_prefix(root)
+                .map_err(|e| Error::io("walking the image tree", std::io::Error::other(e)))?;
+            let key = normalize(&rel.to_string_lossy());
+            let meta = std::fs::symlink_metadata(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let (mode, uid, gid) = (meta.mode() & 0o7777, u64::from(meta.uid()), u64::from(meta.gid()));
+            let entry = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Entry::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                }
+            } else if meta.is_dir() {
+                Entry::Dir { mode, uid, gid }
+            } else {
+                Entry::File {
+                    data: Source::Host(path.clone()),
+                    mode,
+                    uid,
+                    gid,
+                }
+            };
+            self.add_parents(&key);
+            self.entries.insert(key, entry);
+        }
+        Ok(self)
     }
 
     /// Sets the image's ENTRYPOINT.

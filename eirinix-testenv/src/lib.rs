@@ -5,6 +5,7 @@ mod assets;
 mod certs;
 mod cluster;
 mod control_plane;
+pub mod eirini;
 mod error;
 mod image;
 mod kubelet;

@@ -126,3 +126,35 @@ pub async fn service_account_token(
         .expect("token issued")
         .token
 }
+
+/// Waits until pod `name` is Ready (all containers started and passing readiness) and returns
+/// it; panics with the pod's status after `timeout`.
+pub async fn wait_pod_ready(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::core::v1::Pod {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let pod = pods.get_opt(name).await.ok().flatten();
+        if let Some(p) = &pod
+            && pod_is_ready(p)
+        {
+            return p.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod {name} not Ready after {timeout:?}; its status: {:#?}",
+            pod.and_then(|p| p.status)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the pod's `Ready` condition is `True`.
+pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -5,8 +5,9 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::daemon::DEFAULT_PORT;
 
-/// Image holding the daemon binary, by default the eirinix image of this version.
-pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/eirinix/eirinix:", env!("CARGO_PKG_VERSION"));
+/// Image holding the daemon binary, by default the eirinix image of this version under the name
+/// `scripts/build-image.sh` gives it (eirinix publishes no image: set the name you pushed it as).
+pub const DEFAULT_IMAGE: &str = concat!("eirinix.local/eirinix:", env!("CARGO_PKG_VERSION"));
 /// Label holding the app guid on Eirini app pods.
 pub const GUID_LABEL: &str = "cloudfoundry.org/guid";
 /// Name of the injected volume, init container and sidecar.

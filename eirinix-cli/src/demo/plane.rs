@@ -1,7 +1,8 @@
-//! `eirinix demo`: every stock extension at work on an Eirini-shaped app pod, shown as a diff.
+//! `eirinix demo --apiserver-only` / `--cluster`: every stock extension at work on an
+//! Eirini-shaped app pod as the apiserver stores it, shown as a diff (no pod runs; the app's log
+//! lines come from a fake kubelet).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,48 +10,11 @@ use eirinix_testenv::unique_name;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
+use super::{manager_cleanup, print_diff, step, syslog_receiver, yaml};
 use crate::cli::DemoArgs;
 use crate::stock::{self, StockArgs};
 
 const ROOTFS_PATTERN: &str = "demo.registry.local/cloudfoundry/cflinuxfs4";
-
-/// A local log aggregator: accepts RFC 5424 syslog with octet-counting framing on 127.0.0.1.
-async fn syslog_receiver() -> anyhow::Result<(
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-)> {
-    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut r = tokio::io::BufReader::new(stream);
-                loop {
-                    let mut len = Vec::new();
-                    if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let Ok(n) = String::from_utf8_lossy(&len).trim().parse::<usize>() else {
-                        return;
-                    };
-                    let mut frame = vec![0; n.min(1 << 20)];
-                    if r.read_exact(&mut frame).await.is_err() {
-                        return;
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&frame).into_owned());
-                }
-            });
-        }
-    });
-    Ok((addr, rx))
-}
-
-fn step(text: &str) {
-    println!("\n\x1b[1m==> {text}\x1b[0m");
-}
 
 /// The app pod Eirini would create for `cf push dora` with a bound volume service.
 fn app_pod(claim: &str) -> anyhow::Result<Pod> {
@@ -82,63 +46,7 @@ fn app_pod(claim: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
-fn yaml(pod: &Pod) -> anyhow::Result<String> {
-    let mut v = serde_json::to_value(pod)?;
-    // Show what matters: metadata labels/annotations and the spec, not server bookkeeping.
-    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        meta.retain(|k, _| matches!(k.as_str(), "name" | "labels" | "annotations"));
-    }
-    if let Some(o) = v.as_object_mut() {
-        o.remove("status");
-    }
-    if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
-        // Defaults the apiserver fills in (not ours): left out so the diff shows only the extensions.
-        for k in [
-            "dnsPolicy",
-            "enableServiceLinks",
-            "preemptionPolicy",
-            "priority",
-            "restartPolicy",
-            "schedulerName",
-            "terminationGracePeriodSeconds",
-            "tolerations",
-        ] {
-            spec.remove(k);
-        }
-        if let Some(cs) = spec.get_mut("containers").and_then(|c| c.as_array_mut()) {
-            for c in cs.iter_mut().filter_map(|c| c.as_object_mut()) {
-                for k in [
-                    "imagePullPolicy",
-                    "terminationMessagePath",
-                    "terminationMessagePolicy",
-                    "resources",
-                ] {
-                    c.remove(k);
-                }
-            }
-        }
-    }
-    Ok(serde_yaml::to_string(&v)?)
-}
-
-fn print_diff(before: &str, after: &str) {
-    let diff = similar::TextDiff::from_lines(before, after);
-    for group in diff.grouped_ops(2) {
-        println!("\x1b[2m   ...\x1b[0m");
-        for op in group {
-            for change in diff.iter_changes(&op) {
-                let (sign, color) = match change.tag() {
-                    similar::ChangeTag::Delete => ("-", "\x1b[31m"),
-                    similar::ChangeTag::Insert => ("+", "\x1b[32m"),
-                    similar::ChangeTag::Equal => (" ", ""),
-                };
-                print!("{color}{sign} {change}\x1b[0m");
-            }
-        }
-    }
-}
-
-/// Run the demo.
+/// Run the apiserver-only demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let plane = if args.cluster {
         None
@@ -170,30 +78,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step("starting eirinix with every stock extension (URL mode, https://127.0.0.1:<port>)");
     let fingerprint = unique_name("demo");
-    let common = crate::cli::CommonArgs {
-        namespace: apps.clone(),
-        host: Some("127.0.0.1".into()),
-        port: 0,
-        bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        service_name: None,
-        service_port: None,
-        webhook_namespace: system.clone(),
-        fingerprint: fingerprint.clone(),
-        failure_policy: crate::cli::FailurePolicyArg::Fail,
-        all_pods: false,
-        register: true,
-        cert_file: None,
-        key_file: None,
-        ca_file: None,
-        timeout_seconds: 10,
-        intercept_update: false,
-        excluded_namespaces: Vec::new(),
-        repair_interval: 5,
-        cert_check_interval: 60,
-        admin_port: None,
-        http2: false,
-        client_ca_file: None,
-    };
+    let common = super::common_args(&apps, &system, &fingerprint);
     let stock_args = StockArgs {
         persi_fs_group: 2000,
         rootfs_version: Some("v2.0".into()),
@@ -367,12 +252,3 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn manager_cleanup(
-    client: &kube::Client,
-    common: &crate::cli::CommonArgs,
-    stock_args: &StockArgs,
-) -> anyhow::Result<()> {
-    let manager = stock::registration_manager(common, &["all".to_owned()], stock_args)?;
-    manager.unregister(client.clone()).await?;
-    Ok(())
-}
