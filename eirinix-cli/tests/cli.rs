@@ -229,7 +229,10 @@ fn demo_shows_every_extension_at_work_on_a_running_pod() {
 
 #[test]
 fn apiserver_only_demo_shows_the_stored_changes() {
-    let out = eirinix().args(["demo", "--apiserver-only"]).output().unwrap();
+    let out = eirinix()
+        .args(["demo", "--apiserver-only"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -96,12 +96,24 @@ async fn an_eirini_app_runs_with_every_stock_extension() {
         .env("RUST_LOG", "info")
         .args(["run", "--extensions", "persi,ssh,logs,rootfs"])
         .args(["--namespace", &apps, "--webhook-namespace", &system])
-        .args(["--host", "127.0.0.1", "--bind-address", "127.0.0.1", "--port", "0"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--bind-address",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
         .args(["--fingerprint", &unique_name("node")])
         .args(["--admin-port", &admin.to_string()])
         .args(["--ssh-image", eirinix_image.name()])
         .arg(format!("--logs-config={}", logs_config.display()))
-        .args(["--rootfs-version", "v2", "--rootfs-image-pattern", "eirinix.local/cflinuxfs"])
+        .args([
+            "--rootfs-version",
+            "v2",
+            "--rootfs-image-pattern",
+            "eirinix.local/cflinuxfs",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -114,12 +126,16 @@ async fn an_eirini_app_runs_with_every_stock_extension() {
         }
     });
     eventually(Duration::from_secs(60), "eirinix ready", || async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+            .await
+            .ok()?;
         use tokio::io::AsyncWriteExt as _;
         s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).await.ok()?;
-        out.starts_with("HTTP/1.0 200").then_some(()).or_else(|| out.starts_with("HTTP/1.1 200").then_some(()))
+        out.starts_with("HTTP/1.0 200")
+            .then_some(())
+            .or_else(|| out.starts_with("HTTP/1.1 200").then_some(()))
     })
     .await;
 
@@ -157,7 +173,10 @@ async fn an_eirini_app_runs_with_every_stock_extension() {
                 .exec(&apps, &pod_name, "opi", ["sh", "-c", cmd])
                 .await
                 .unwrap();
-            assert!(out.success(), "`{cmd}` failed in the app container: {out:?}");
+            assert!(
+                out.success(),
+                "`{cmd}` failed in the app container: {out:?}"
+            );
             out.stdout
         }
     };
@@ -168,7 +187,9 @@ async fn an_eirini_app_runs_with_every_stock_extension() {
         "2000\nwritten\n"
     );
     assert!(
-        exec("grep /var/vcap/data/dora /proc/mounts").await.contains(" rw,"),
+        exec("grep /var/vcap/data/dora /proc/mounts")
+            .await
+            .contains(" rw,"),
         "mounted read-write"
     );
 
@@ -180,7 +201,10 @@ async fn an_eirini_app_runs_with_every_stock_extension() {
     assert_eq!(command[0], "/eirinix/ssh/eirinix-sshd", "{command:?}");
     assert_eq!(&command[command.len() - 3..], app.command.as_slice());
     let pid1 = exec("tr '\\0' ' ' < /proc/1/cmdline").await;
-    assert!(pid1.starts_with("httpd -f -p 8080"), "PID 1 is the app: {pid1}");
+    assert!(
+        pid1.starts_with("httpd -f -p 8080"),
+        "PID 1 is the app: {pid1}"
+    );
     let listening = exec("cat /proc/net/tcp /proc/net/tcp6").await;
     assert!(
         listening.contains(":08AE ") && listening.contains(" 0A "),
@@ -209,6 +233,9 @@ async fn an_eirini_app_runs_with_every_stock_extension() {
     })
     .await
     .expect("the app's log line reached syslog within 60 s");
-    assert!(line.contains(&app.guid), "app identity in the record: {line}");
+    assert!(
+        line.contains(&app.guid),
+        "app identity in the record: {line}"
+    );
     drop(server);
 }

@@ -57,6 +57,11 @@ fn run() -> Result<(), String> {
         image = image.label(&k, &v);
     }
     let archive = image.write_archive(&out).map_err(|e| e.to_string())?;
-    println!("{} {} {}", archive.path.display(), archive.name, archive.digest);
+    println!(
+        "{} {} {}",
+        archive.path.display(),
+        archive.name,
+        archive.digest
+    );
     Ok(())
 }

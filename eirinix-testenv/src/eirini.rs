@@ -75,7 +75,8 @@ impl EiriniApp {
 
     /// The StatefulSet, as Eirini creates it.
     pub fn statefulset(&self) -> StatefulSet {
-        let mut env: Vec<serde_json::Value> = vec![serde_json::json!({"name": "PORT", "value": "8080"})];
+        let mut env: Vec<serde_json::Value> =
+            vec![serde_json::json!({"name": "PORT", "value": "8080"})];
         env.extend(
             self.env
                 .iter()
@@ -184,7 +185,9 @@ fn build_eirinix_image() -> Result<crate::ImageBuilder, String> {
         .status()
         .map_err(|e| format!("running cargo to build the eirinix image's binary: {e}"))?;
     if !status.success() {
-        return Err(format!("building the static eirinix binary failed ({status})"));
+        return Err(format!(
+            "building the static eirinix binary failed ({status})"
+        ));
     }
     let dir = if profile == "dev" { "debug" } else { &profile };
     let bin = target
@@ -209,6 +212,9 @@ fn build_eirinix_image() -> Result<crate::ImageBuilder, String> {
         .entrypoint(["/usr/local/bin/eirinix"])
         .user("65532:65532")
         .label("org.opencontainers.image.title", "eirinix")
-        .label("org.opencontainers.image.version", env!("CARGO_PKG_VERSION"));
+        .label(
+            "org.opencontainers.image.version",
+            env!("CARGO_PKG_VERSION"),
+        );
     Ok(image)
 }

@@ -79,19 +79,26 @@ impl ImageArchive {
             .entries()
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let is_index = entry.path().map(|p| p.as_os_str() == "index.json").unwrap_or(false);
+            let mut entry =
+                entry.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let is_index = entry
+                .path()
+                .map(|p| p.as_os_str() == "index.json")
+                .unwrap_or(false);
             if !is_index {
                 continue;
             }
-            let index: serde_json::Value = serde_json::from_reader(&mut entry).map_err(json_error)?;
+            let index: serde_json::Value =
+                serde_json::from_reader(&mut entry).map_err(json_error)?;
             let manifest = &index["manifests"][0];
             let name = manifest["annotations"]["io.containerd.image.name"]
                 .as_str()
                 .ok_or_else(|| {
                     Error::io(
                         format!("reading {}", path.display()),
-                        std::io::Error::other("index.json names no image (io.containerd.image.name)"),
+                        std::io::Error::other(
+                            "index.json names no image (io.containerd.image.name)",
+                        ),
                     )
                 })?;
             return Ok(ImageArchive {
@@ -225,7 +232,11 @@ impl ImageBuilder {
             let key = normalize(&rel.to_string_lossy());
             let meta = std::fs::symlink_metadata(&path)
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let (mode, uid, gid) = (meta.mode() & 0o7777, u64::from(meta.uid()), u64::from(meta.gid()));
+            let (mode, uid, gid) = (
+                meta.mode() & 0o7777,
+                u64::from(meta.uid()),
+                u64::from(meta.gid()),
+            );
             let entry = if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&path)
                     .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;

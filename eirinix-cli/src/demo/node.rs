@@ -50,7 +50,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cluster.dir().display()
     );
 
-    step("loading images: eirinix (what the ssh init container copies into apps), the app rootfs v1.0 and v2.0");
+    step(
+        "loading images: eirinix (what the ssh init container copies into apps), the app rootfs v1.0 and v2.0",
+    );
     let eirinix = load_eirinix_image(&cluster, args.image.as_deref())?;
     for version in ["v1.0", "v2.0"] {
         let image = app_image()?
@@ -111,7 +113,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         running.local_addr()
     );
 
-    step("persi: a volume service instance (a PVC, as the broker creates it for `cf create-service`)");
+    step(
+        "persi: a volume service instance (a PVC, as the broker creates it for `cf create-service`)",
+    );
     let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
         "metadata": {"name": CLAIM},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
@@ -165,18 +169,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ],
         )
         .await?;
-    anyhow::ensure!(inside.success(), "the app could not write its volume: {inside:?}");
+    anyhow::ensure!(
+        inside.success(),
+        "the app could not write its volume: {inside:?}"
+    );
     print_indented(&inside.stdout);
 
-    step("ssh: `cf ssh dora` through the ssh proxy (a real OpenSSH client, a Kubernetes token as password)");
+    step(
+        "ssh: `cf ssh dora` through the ssh proxy (a real OpenSSH client, a Kubernetes token as password)",
+    );
     let ssh_out = ssh_through_proxy(&client, &apps, &system, &app, &pod_name).await?;
     print_indented(&ssh_out);
 
-    step("logs: the app's stdout and stderr lines, from the real kubelet, at the syslog aggregator");
+    step(
+        "logs: the app's stdout and stderr lines, from the real kubelet, at the syslog aggregator",
+    );
     let mut seen = Vec::new();
     let wanted = ["Starting dora on port 8080", "dora: cache warmed"];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !wanted.iter().all(|w| seen.iter().any(|m: &String| m.contains(w))) {
+    while !wanted
+        .iter()
+        .all(|w| seen.iter().any(|m: &String| m.contains(w)))
+    {
         match tokio::time::timeout_at(deadline, received.recv()).await {
             Ok(Some(msg)) => {
                 println!("   aggregator received: {msg}");
@@ -189,7 +203,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
 
-    step("rootfs: the operator sets the desired rootfs to v2.0; eirinix rolls the app, no one restarts it");
+    step(
+        "rootfs: the operator sets the desired rootfs to v2.0; eirinix rolls the app, no one restarts it",
+    );
     set_rootfs_version(&client, &system, &rootfs_config, "v2.0").await?;
     let old_uid = pod.metadata.uid.clone();
     let rolled = wait_ready(&pods, &pod_name, old_uid.as_deref()).await?;
@@ -209,7 +225,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         version.stdout.trim()
     );
     let kept = cluster
-        .exec(&apps, &pod_name, "opi", ["cat", &format!("{DATA_DIR}/hello.txt")])
+        .exec(
+            &apps,
+            &pod_name,
+            "opi",
+            ["cat", &format!("{DATA_DIR}/hello.txt")],
+        )
         .await?;
     println!("   the volume survived the roll: {}", kept.stdout.trim());
 
@@ -384,7 +405,9 @@ async fn ssh_through_proxy(
     let remote = format!(
         "echo \"$(id -un)@$HOSTNAME, PID 1: $(tr '\\0' ' ' < /proc/1/cmdline)\"; cat {DATA_DIR}/hello.txt; wget -qO- http://127.0.0.1:$PORT/"
     );
-    println!("   $ ssh -p {port} {user}@127.0.0.1 '<command>'   (password: a ServiceAccount token)");
+    println!(
+        "   $ ssh -p {port} {user}@127.0.0.1 '<command>'   (password: a ServiceAccount token)"
+    );
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("ssh")

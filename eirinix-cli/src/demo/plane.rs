@@ -251,4 +251,3 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("   done");
     Ok(())
 }
-
