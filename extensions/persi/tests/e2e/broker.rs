@@ -21,8 +21,8 @@ use super::*;
 
 const USER: &str = "cc";
 const PASSWORD: &str = "broker-s3cret";
-const SERVICE: &str = "svc-persi";
-const PLAN: &str = "plan-fast";
+pub(crate) const SERVICE: &str = "svc-persi";
+pub(crate) const PLAN: &str = "plan-fast";
 const OTHER_PLAN: &str = "plan-shared";
 
 fn config(namespace: &str) -> BrokerConfig {
@@ -54,7 +54,7 @@ catalog:
 }
 
 /// A broker serving on a random loopback port until stopped.
-struct Broker {
+pub(crate) struct Broker {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), BrokerError>>,
@@ -62,6 +62,11 @@ struct Broker {
 
 impl Broker {
     async fn start(client: &kube::Client, namespace: &str) -> Self {
+        Self::start_with(client, config(namespace)).await
+    }
+
+    /// A broker with its own configuration (e.g. plans on the real node's storage class).
+    pub(crate) async fn start_with(client: &kube::Client, config: BrokerConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -69,7 +74,7 @@ impl Broker {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_broker_on(
             listener,
-            config(namespace),
+            config,
             client.clone(),
             async move {
                 let _ = stopped.await;
@@ -78,7 +83,7 @@ impl Broker {
         Self { addr, stop, task }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task
             .await
@@ -87,7 +92,7 @@ impl Broker {
     }
 
     /// An authenticated request with a current API version.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let (status, _, body) = request(
             self.addr,
             method,
@@ -149,7 +154,7 @@ async fn request(
     (status, headers, json)
 }
 
-fn provision_body(plan: &str, parameters: Value) -> Value {
+pub(crate) fn provision_body(plan: &str, parameters: Value) -> Value {
     json!({
         "service_id": SERVICE, "plan_id": plan,
         "organization_guid": "org-guid-1", "space_guid": "space-guid-1",
@@ -158,7 +163,7 @@ fn provision_body(plan: &str, parameters: Value) -> Value {
     })
 }
 
-fn bind_body(app: &str, parameters: Value) -> Value {
+pub(crate) fn bind_body(app: &str, parameters: Value) -> Value {
     json!({
         "service_id": SERVICE, "plan_id": PLAN,
         "bind_resource": {"app_guid": app}, "parameters": parameters,

@@ -2,6 +2,7 @@
 //! registered in URL mode, the broker over HTTP. They fail, not skip, without the binaries.
 
 mod broker;
+mod node;
 mod webhook;
 
 use std::collections::BTreeMap;
