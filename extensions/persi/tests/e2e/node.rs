@@ -276,11 +276,10 @@ async fn broken_vcap_services_is_refused_under_fail_and_admitted_unmutated_under
         "no volume added"
     );
     assert!(
-        pod.metadata
+        !pod.metadata
             .annotations
             .unwrap_or_default()
-            .get("eirinix.org/persi")
-            .is_none(),
+            .contains_key("eirinix.org/persi"),
         "not marked as injected"
     );
     assert!(
