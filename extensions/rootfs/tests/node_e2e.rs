@@ -241,14 +241,15 @@ async fn apps_roll_onto_the_new_rootfs_n_at_a_time_once_the_image_source_is_read
             assert_eq!(out.stdout, "b\n", "{} runs the b rootfs", app.pod_name(i));
         }
     }
-    let o = observed.lock().unwrap();
+    let (max_in_flight, finished) = {
+        let o = observed.lock().unwrap();
+        (o.max_in_flight, o.finished.clone())
+    };
     assert_eq!(
-        o.max_in_flight, MAX_IN_FLIGHT,
-        "apps rolling at once: at most {MAX_IN_FLIGHT}, and that many when four wait ({:?})",
-        o.finished
+        max_in_flight, MAX_IN_FLIGHT,
+        "apps rolling at once: at most {MAX_IN_FLIGHT}, and that many when four wait ({finished:?})"
     );
-    assert_eq!(o.finished.len(), 4, "{:?}", o.finished);
-    drop(o);
+    assert_eq!(finished.len(), 4, "{finished:?}");
     cancel.cancel();
     roller.await.unwrap().unwrap();
 }
