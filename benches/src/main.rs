@@ -143,6 +143,7 @@ async fn start_server() -> anyhow::Result<TestServer> {
         handshake_timeout: Duration::from_secs(10),
         http2: false,
         shutdown_timeout: Duration::from_secs(1),
+        drain: Duration::ZERO,
         stats: Default::default(),
     };
     tokio::spawn(eirinix_core::server::serve_tls(

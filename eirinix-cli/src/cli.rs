@@ -63,7 +63,7 @@ pub enum Command {
     /// One-shot: create the certificates and the webhook configuration, then exit (split mode).
     Register(RegisterArgs),
     /// Remove the webhook configuration and the certificate Secret (uninstall).
-    Unregister(ServeArgs),
+    Unregister(UnregisterArgs),
     /// ssh: the in-pod daemon (what the webhook injects; `sshd --exec -- CMD` wraps an app).
     Sshd {
         /// Daemon arguments (see `eirinix sshd --help`).
@@ -91,6 +91,25 @@ pub struct RegisterArgs {
     /// Print the webhook configuration that would be registered (without caBundle) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `unregister` options.
+#[derive(Args, Debug, Clone)]
+pub struct UnregisterArgs {
+    /// Remove only the webhook configuration (first step of an uninstall, while the servers
+    /// still run: nothing calls them any more).
+    #[arg(long)]
+    pub configuration_only: bool,
+    /// Before removing the certificate Secret and what the extensions made at run time, wait
+    /// until no pod of the webhook namespace matches this label selector (the servers: they
+    /// would otherwise re-create some of it while they stop).
+    #[arg(long)]
+    pub wait_for_pods: Option<String>,
+    /// How long to wait for those pods, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub wait_seconds: u64,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -178,6 +197,10 @@ pub struct CommonArgs {
     /// replicas are also picked up at once through a watch of the certificate Secret).
     #[arg(long, env = "EIRINIX_CERT_CHECK_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub cert_check_interval: u64,
+    /// On SIGTERM: seconds to keep serving (not ready, closing each connection after its next
+    /// response) while the Service's endpoints drop this replica, before stopping.
+    #[arg(long, env = "EIRINIX_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
     /// Plain-HTTP port for /healthz, /readyz and /metrics (in addition to the TLS port).
     #[arg(long, env = "EIRINIX_ADMIN_PORT")]
     pub admin_port: Option<u16>,

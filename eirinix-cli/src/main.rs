@@ -1,6 +1,7 @@
 //! `eirinix`: the operator binary. Serves the stock extensions, registers them (split mode),
 //! runs a local control plane for development, and a one-command demo.
 
+mod cleanup;
 mod cli;
 mod demo;
 mod dev;
@@ -111,13 +112,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("registered {}", manager.settings().configuration_name());
         }
         Command::Unregister(args) => {
-            let manager = stock::registration_manager(&args.common, &args.extensions, &args.stock)?;
-            manager.unregister(client().await?).await?;
-            println!(
-                "removed {} and {}",
-                manager.settings().configuration_name(),
-                manager.settings().secret_name()
-            );
+            let client = client().await?;
+            for object in cleanup::unregister(&client, &args).await? {
+                println!("removed {object}");
+            }
         }
         Command::Broker(args) => {
             let text = std::fs::read_to_string(&args.config)

@@ -223,6 +223,7 @@ pub fn framework(common: &CommonArgs) -> anyhow::Result<ManagerBuilder> {
         .repair_interval(Duration::from_secs(common.repair_interval.max(1)))
         .cert_check_interval(Duration::from_secs(common.cert_check_interval))
         .http2(common.http2)
+        .drain_period(Duration::from_secs(common.drain_seconds))
         .admin_port(common.admin_port);
     b = match (&common.service_name, &common.host) {
         (Some(service), _) => b.service(

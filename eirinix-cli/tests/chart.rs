@@ -668,14 +668,14 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
         other => panic!("the server identity must not patch webhook configurations: {other:?}"),
     }
 
-    // 3. The cleanup Job's identity can unregister.
-    let cleanup_kc = impersonating(cp, &sa("cleanup"));
-    let out = eirinix_as(cleanup_kc.path(), &job_args(&docs, "cleanup"))
+    // 3. The deregister Job's identity removes the configuration (servers still running)...
+    let deregister_kc = impersonating(cp, &sa("deregister"));
+    let out = eirinix_as(deregister_kc.path(), &job_args(&docs, "deregister"))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "unregister as its service account: {}",
+        "deregister as its service account: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
@@ -684,4 +684,31 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
             .unwrap()
             .is_none()
     );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &sys);
+    let cert_secret = format!("{fp}-setupcertificate");
+    assert!(
+        secrets.get_opt(&cert_secret).await.unwrap().is_some(),
+        "kept until the servers are gone"
+    );
+    // ...and the cleanup Job's identity removes the rest once no server pod is left.
+    let cleanup_kc = impersonating(cp, &sa("cleanup"));
+    let out = eirinix_as(cleanup_kc.path(), &job_args(&docs, "cleanup"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cleanup as its service account: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed = String::from_utf8_lossy(&out.stdout);
+    for object in [
+        format!("Secret {sys}/{cert_secret}"),
+        format!("Secret {sys}/{fp}-ssh-proxy-host-key"),
+    ] {
+        assert!(
+            removed.contains(&object),
+            "cleanup removed {object}: {removed}"
+        );
+    }
+    assert!(secrets.get_opt(&cert_secret).await.unwrap().is_none());
 }

@@ -266,6 +266,11 @@ impl ManagerBuilder {
         /// Time allowed for in-flight reviews at shutdown (default 30 s).
         shutdown_timeout: Duration);
     setter!(
+        /// At shutdown, keep serving this long, not ready and closing each HTTP/1.1 connection
+        /// after its next response, so clients move to other replicas without a failed call
+        /// (default 0).
+        drain_period: Duration);
+    setter!(
         /// Plain-HTTP port for health, readiness and metrics (default none).
         admin_port: Option<u16>);
 
@@ -405,6 +410,7 @@ pub struct RunningManager {
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
+    drain_period: Duration,
 }
 
 impl Manager {
@@ -461,6 +467,15 @@ impl Manager {
         let health = Arc::new(Health::new(false));
         let ca_bundle = match &self.settings.cert_source {
             CertSource::Secret => {
+                // What the apiserver trusts now: replicas may still serve chains of these CAs
+                // if the Secret has to be made anew (deleted while they run).
+                let trusted = Registrar::new(client.clone(), &self.settings.field_manager)
+                    .get(&self.settings.configuration_name())
+                    .await?
+                    .and_then(|c| c.webhooks)
+                    .and_then(|w| w.into_iter().next())
+                    .and_then(|w| w.client_config.ca_bundle)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned());
                 let rotator = Rotator::new(
                     self.secret_store(&client),
                     self.subject_names(),
@@ -470,7 +485,8 @@ impl Manager {
                     metrics,
                     health,
                     true,
-                );
+                )
+                .with_previously_trusted(trusted);
                 rotator.tick().await?.ca_bundle_pem_at(self.clock.now())
             }
             CertSource::Files { cert, key, ca } => {
@@ -498,6 +514,27 @@ impl Manager {
             .await?;
         tracing::info!(configuration = %self.settings.configuration_name(), "webhook configuration registered");
         Ok(())
+    }
+
+    /// Delete the webhook configuration only (the first step of an uninstall, while replicas
+    /// still serve); `true` when there was one.
+    pub async fn remove_configuration(&self, client: kube::Client) -> Result<bool, ManagerError> {
+        let name = self.settings.configuration_name();
+        Ok(Registrar::new(client, &self.settings.field_manager)
+            .delete(&name)
+            .await?)
+    }
+
+    /// Delete the certificate Secret (when certificates are self-managed); `true` when there
+    /// was one. Do it once no replica runs: a running one re-creates a missing Secret.
+    pub async fn remove_certificate_secret(
+        &self,
+        client: kube::Client,
+    ) -> Result<bool, ManagerError> {
+        if self.settings.cert_source != CertSource::Secret {
+            return Ok(false);
+        }
+        Ok(self.secret_store(&client).delete().await?)
     }
 
     /// Remove the configuration and the certificate Secret (uninstall).
@@ -631,6 +668,7 @@ impl Manager {
             handshake_timeout: settings.request_timeout,
             http2: settings.http2,
             shutdown_timeout: settings.shutdown_timeout,
+            drain: settings.drain_period,
             stats: metrics.connections().clone(),
         };
         let router =
@@ -656,6 +694,8 @@ impl Manager {
                 crate::server::admin_router(state),
                 ServeOptions {
                     stats: Default::default(),
+                    // Probes and scrapes need no drain: the admin port stops at once.
+                    drain: Duration::ZERO,
                     ..serve_opts
                 },
                 cancel.clone(),
@@ -739,6 +779,7 @@ impl Manager {
             server,
             background,
             shutdown_timeout: settings.shutdown_timeout,
+            drain_period: settings.drain_period,
         })
     }
 }
@@ -938,12 +979,17 @@ impl RunningManager {
         }
     }
 
-    /// Stop accepting, finish in-flight reviews, then give background tasks (watchers draining,
-    /// leaders releasing their Lease) up to the shutdown timeout before aborting them.
+    /// Report not ready, keep serving for the drain period (closing each connection after its
+    /// next response), stop accepting, finish in-flight reviews, then give background tasks
+    /// (watchers draining, leaders releasing their Lease) up to the shutdown timeout before
+    /// aborting them.
     pub async fn shutdown(self) {
         self.health.set_shutting_down();
         self.cancel.cancel();
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now()
+            + self.drain_period
+            + self.shutdown_timeout
+            + Duration::from_secs(1);
         if tokio::time::timeout_at(deadline, self.server)
             .await
             .is_err()

@@ -178,6 +178,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// Time allowed for in-flight reviews at shutdown.
     pub shutdown_timeout: Duration,
+    /// At shutdown, how long to keep serving (not ready, every HTTP/1.1 response with
+    /// `Connection: close`) while the Service's endpoints drop this replica and clients move
+    /// their connections elsewhere. Default 0; the `eirinix` binary and chart use 5 s.
+    pub drain_period: Duration,
     /// Field manager of server-side apply.
     pub field_manager: String,
     /// Also serve `/healthz`, `/readyz` and `/metrics` over plain HTTP on this port.
@@ -217,6 +221,7 @@ impl Default for Settings {
             http2: false,
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(30),
+            drain_period: Duration::ZERO,
             field_manager: "eirinix".into(),
             admin_port: None,
             client_ca: None,

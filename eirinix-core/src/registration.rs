@@ -374,11 +374,11 @@ impl Registrar {
         self.api.get_opt(name).await.map_err(|e| Self::err(name, e))
     }
 
-    /// Delete the configuration; absent is fine.
-    pub async fn delete(&self, name: &str) -> Result<(), RegistrationError> {
+    /// Delete the configuration; absent is fine (`false`).
+    pub async fn delete(&self, name: &str) -> Result<bool, RegistrationError> {
         match self.api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
             Err(e) => Err(Self::err(name, e)),
         }
     }

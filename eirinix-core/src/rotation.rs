@@ -214,11 +214,11 @@ impl SecretStore {
         }
     }
 
-    /// Delete the Secret; absent is fine.
-    pub async fn delete(&self) -> Result<(), RotationError> {
+    /// Delete the Secret; absent is fine (`false`).
+    pub async fn delete(&self) -> Result<bool, RotationError> {
         match self.api.delete(&self.name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
             Err(e) => Err(self.err(e)),
         }
     }
@@ -242,6 +242,10 @@ pub struct Rotator {
     tx: watch::Sender<Option<Published>>,
     may_write: bool,
     gate: Option<PromotionGate>,
+    /// The bundle served last: restores a deleted Secret in split mode.
+    last: std::sync::Mutex<Option<CertBundle>>,
+    /// CAs the configuration trusts already: kept as the previous CA of a fresh bundle.
+    previously_trusted: Option<String>,
 }
 
 impl Rotator {
@@ -269,7 +273,18 @@ impl Rotator {
             tx,
             may_write,
             gate: None,
+            last: std::sync::Mutex::new(None),
+            previously_trusted: None,
         }
+    }
+
+    /// When this rotator has to create the Secret from scratch, keep `ca_bundle_pem` (what the
+    /// configuration trusts now, e.g. read by `register`) as the previous CA, so replicas still
+    /// serving a chain of those CAs stay trusted until they load the new one (dropped after the
+    /// policy's previous-CA retention, like any previous CA).
+    pub fn with_previously_trusted(mut self, ca_bundle_pem: Option<String>) -> Self {
+        self.previously_trusted = ca_bundle_pem.filter(|p| !p.trim().is_empty());
+        self
     }
 
     /// Promote a staged CA only when `gate` confirms the configuration trusts it (split mode:
@@ -299,8 +314,31 @@ impl Rotator {
                 }
                 Some((Err(e), _)) => return Err(e.into()),
                 None if self.may_write => {
-                    let fresh = CertBundle::generate(&self.names, &self.policy, self.clock.now())?;
-                    self.store.create_if_absent(&fresh).await?
+                    // Split mode: a fresh CA would be trusted only after the next `register`, so
+                    // a deleted Secret is restored from what this replica serves.
+                    let restored = if self.gate.is_some() {
+                        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                    } else {
+                        None
+                    };
+                    let initial = match restored {
+                        Some(served) => {
+                            tracing::warn!(
+                                "the certificate secret is gone; restoring it from the certificates this replica serves"
+                            );
+                            served
+                        }
+                        None => {
+                            let now = self.clock.now();
+                            let mut fresh = CertBundle::generate(&self.names, &self.policy, now)?;
+                            if let Some(trusted) = &self.previously_trusted {
+                                fresh.previous_ca_pem = Some(trusted.clone());
+                                fresh.previous_ca_retired_at = Some(now);
+                            }
+                            fresh
+                        }
+                    };
+                    self.store.create_if_absent(&initial).await?
                 }
                 None => return Err(RotationError::SecretMissing),
             };
@@ -324,6 +362,7 @@ impl Rotator {
             }
             if matches!(action, Renewal::None) || !self.may_write {
                 self.serve(&bundle)?;
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(bundle.clone());
                 return Ok(bundle);
             }
             tracing::info!(?action, "renewing certificates");

@@ -179,6 +179,9 @@ pub struct ServeOptions {
     pub http2: bool,
     /// Time allowed for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Before that, how long to keep accepting and serving with every HTTP/1.1 response
+    /// carrying `Connection: close` (clients re-dial and reach the remaining replicas).
+    pub drain: Duration,
     /// Where accepted connections and failed handshakes are counted.
     pub stats: Arc<ConnectionStats>,
 }
@@ -265,15 +268,27 @@ async fn serve_loop(
         builder = builder.http1_only();
     }
     let builder = Arc::new(builder);
-    let service = TowerToHyperService::new(router);
+    let draining = Arc::new(AtomicBool::new(false));
+    let service = TowerToHyperService::new(close_while_draining(router, draining.clone()));
     // Cancelled when this loop is dropped (task aborted) or the drain times out:
     // connection tasks then end too, as they would if the process died.
     let kill = CancellationToken::new();
     let _kill_on_drop = kill.clone().drop_guard();
+    // Shutdown: first drain (keep serving, closing each connection after its next response),
+    // then stop accepting.
+    let stop = async {
+        shutdown.cancelled().await;
+        if !opts.drain.is_zero() {
+            draining.store(true, Ordering::SeqCst);
+            tracing::info!(drain = ?opts.drain, "draining: connections close after their next response");
+            tokio::time::sleep(opts.drain).await;
+        }
+    };
+    tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
+            _ = &mut stop => break,
         };
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
@@ -285,7 +300,7 @@ async fn serve_loop(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => break,
+            _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
@@ -341,6 +356,27 @@ async fn serve_loop(
         _ = graceful.shutdown() => tracing::debug!("all connections drained"),
         _ = tokio::time::sleep(opts.shutdown_timeout) => tracing::warn!("shutdown timeout: closing remaining connections"),
     }
+}
+
+/// Adds `Connection: close` to HTTP/1.1 responses while `draining` is set, so each client
+/// connection ends after its next response and the client re-dials (reaching another replica).
+fn close_while_draining(router: Router, draining: Arc<AtomicBool>) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let draining = draining.clone();
+            async move {
+                let http1 = req.version() <= axum::http::Version::HTTP_11;
+                let mut response = next.run(req).await;
+                if http1 && draining.load(Ordering::SeqCst) {
+                    response.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ))
 }
 
 /// Perform a real TLS handshake to `addr`, verifying the chain against `ca_pem` for `server_name`.

@@ -129,6 +129,7 @@ async fn start(client_ca: Option<&ClientCa>) -> Server {
             handshake_timeout: Duration::from_secs(5),
             http2: false,
             shutdown_timeout: Duration::from_secs(1),
+            drain: Duration::ZERO,
             stats: Default::default(),
         },
         cancel.clone(),

@@ -59,6 +59,15 @@ impl Drop for Server {
 }
 
 async fn start(max_connections: usize, body_limit: usize, timeout: Duration) -> Server {
+    start_with_drain(max_connections, body_limit, timeout, Duration::ZERO).await
+}
+
+async fn start_with_drain(
+    max_connections: usize,
+    body_limit: usize,
+    timeout: Duration,
+    drain: Duration,
+) -> Server {
     eirinix_core::tls::install_default_provider();
     let bundle = CertBundle::generate(
         &SubjectNames::for_host("127.0.0.1"),
@@ -92,6 +101,7 @@ async fn start(max_connections: usize, body_limit: usize, timeout: Duration) -> 
         handshake_timeout: timeout,
         http2: false,
         shutdown_timeout: Duration::from_secs(2),
+        drain,
         stats: metrics.connections().clone(),
     };
     tokio::spawn(serve_tls(
@@ -441,4 +451,62 @@ async fn connection_flood_is_bounded_and_the_server_recovers() {
     assert_eq!(code, 200);
     assert!(started.elapsed() < Duration::from_secs(30));
     drop(idle);
+}
+
+#[tokio::test]
+async fn shutdown_drains_keep_alive_connections_before_closing() {
+    let drain = Duration::from_secs(5);
+    let server = start_with_drain(64, 4 << 20, Duration::from_secs(5), drain).await;
+    let body = review(pod(1, 1));
+    let closing = |head: &str| head.to_ascii_lowercase().contains("connection: close");
+
+    // A keep-alive connection, used before shutdown: kept open.
+    let mut kept = tls_connect(&server).await;
+    kept.write_all(post("/sticky", body.len()).as_bytes())
+        .await
+        .unwrap();
+    kept.write_all(&body).await.unwrap();
+    let (code, head) = read_response(&mut kept).await;
+    assert_eq!(code, 200);
+    assert!(!closing(&head), "{head}");
+
+    let cancelled = Instant::now();
+    server.cancel.cancel();
+    // Draining: the open connection is still served, and told to close after its response...
+    kept.write_all(post("/sticky", body.len()).as_bytes())
+        .await
+        .unwrap();
+    kept.write_all(&body).await.unwrap();
+    let (code, head) = read_response(&mut kept).await;
+    assert_eq!(code, 200, "{head}");
+    assert!(closing(&head), "{head}");
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing after the last response");
+    // ...and new connections are still accepted, served once, and closed.
+    let (code, head) = raw(&server, &post("/sticky", body.len()), &body).await;
+    assert_eq!(code, 200, "{head}");
+    assert!(closing(&head), "{head}");
+    assert!(
+        cancelled.elapsed() < drain,
+        "the checks above ran within the drain period"
+    );
+
+    // After the drain period the listener is closed.
+    let deadline = Instant::now() + drain + Duration::from_secs(10);
+    while TcpStream::connect(server.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting long after the drain period"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cancelled.elapsed() >= drain - Duration::from_millis(200),
+        "stopped accepting after {:?}, before the drain period ended",
+        cancelled.elapsed()
+    );
 }

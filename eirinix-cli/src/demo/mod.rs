@@ -149,6 +149,7 @@ pub(crate) fn common_args(apps: &str, system: &str, fingerprint: &str) -> crate:
         excluded_namespaces: Vec::new(),
         repair_interval: 5,
         cert_check_interval: 60,
+        drain_seconds: 0,
         admin_port: None,
         http2: false,
         client_ca_file: None,

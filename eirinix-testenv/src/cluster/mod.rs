@@ -538,6 +538,25 @@ impl Cluster {
         self.node.dir.join("pod-logs")
     }
 
+    /// Makes a TCP service of this machine listening on `127.0.0.1:<host_port>` (e.g. a log
+    /// aggregator or a syslog server a test runs) reachable from pods: returns the address on
+    /// the node that relays to it.
+    pub fn forward_to_host(&self, host_port: u16) -> Result<std::net::SocketAddr> {
+        let conf = process::lock(&self.node.confinement)
+            .clone()
+            .ok_or_else(|| Error::NodeStart("the node's namespaces are not set up".into()))?;
+        let net_fd = conf
+            .net_fd()
+            .ok_or_else(|| Error::NodeStart("no network namespace handle for the node".into()))?;
+        let listeners = netns::bind_inside(net_fd, vec![(self.addrs.node_ip(), 0).into()])?;
+        let addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .ok_or_else(|| Error::NodeStart("no relay listener inside the node".into()))?;
+        self.bg.spawn(relay::serve(listeners, host_port));
+        Ok(addr)
+    }
+
     /// Builds `image` and loads it into the node's containerd; pods then use its name with
     /// `imagePullPolicy: IfNotPresent` (or `Never`).
     pub fn load_image(&self, image: &ImageBuilder) -> Result<ImageArchive> {
