@@ -19,6 +19,46 @@ fn provision_script() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The script installing the Debian packages of the node, when the binary runs from a checkout.
+fn install_deps_script() -> Option<PathBuf> {
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/install-deps.sh"
+    ));
+    p.exists().then_some(p)
+}
+
+/// Installs the Debian packages the local node needs (containerd, runc, CNI plugins, ...) when
+/// one is missing, with the repository's script (the user is told what runs).
+pub fn ensure_node_packages() -> anyhow::Result<()> {
+    let present = |p: &str| std::path::Path::new(p).exists();
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+    };
+    let complete = ["containerd", "runc", "ctr", "iptables", "nsenter", "ip", "ssh"]
+        .iter()
+        .all(|t| on_path(t))
+        && present("/usr/lib/cni/bridge")
+        && present("/bin/busybox");
+    if complete {
+        return Ok(());
+    }
+    let script = install_deps_script().context(
+        "the local node needs Debian's containerd, runc, containernetworking-plugins, iptables, \
+         busybox-static and openssh-client (scripts/install-deps.sh in the eirinix repository)",
+    )?;
+    eprintln!(
+        "eirinix: installing the Debian packages of the local node with {}",
+        script.display()
+    );
+    let status = std::process::Command::new(&script)
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    anyhow::ensure!(status.success(), "{} failed ({status})", script.display());
+    Ok(())
+}
+
 /// Binaries a local cluster needs besides etcd and kube-apiserver.
 const NODE_BINARIES: [&str; 4] = [
     "kube-controller-manager",
@@ -82,6 +122,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         (None, Some(start_plane().await?))
     } else {
         let assets = ensure_assets(true)?;
+        ensure_node_packages()?;
         eprintln!("eirinix: starting a local cluster (control plane, controllers, one node)");
         let cluster = eirinix_testenv::Cluster::builder()
             .control_plane(ControlPlane::builder().assets_dir(assets))

@@ -37,6 +37,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          (containerd + runc, kubelet, kube-proxy) in namespaces of its own",
     );
     let assets = crate::dev::ensure_assets(true)?;
+    crate::dev::ensure_node_packages()?;
     let cluster = Cluster::builder()
         .control_plane(ControlPlane::builder().assets_dir(assets))
         .start()
