@@ -10,10 +10,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# glibc with crt-static: one binary that runs in any app image (the ssh daemon is copied into them).
-ENV EIRINIX_VERSION=${VERSION} \
-    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-RUN cargo build --locked --profile dist --target x86_64-unknown-linux-gnu -p eirinix-cli --bin eirinix \
+# .cargo/config.toml links glibc statically (crt-static): one binary that runs in any app image.
+ENV EIRINIX_VERSION=${VERSION}
+RUN cargo build --locked --profile dist -p eirinix-cli --bin eirinix \
  && images/eirinix/rootfs.sh target/x86_64-unknown-linux-gnu/dist/eirinix /rootfs
 
 # No shell, no package manager: the binary, CA roots and a non-root user.

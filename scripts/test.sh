@@ -20,8 +20,12 @@ step "cargo fmt --check and clippy (fuzz crate, its own workspace)"
 (cd fuzz && cargo fmt -- --check)
 CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/eirinix/fuzz-clippy" \
   cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings
-step "the eirinix image the node tests load (static binary, dev profile; scripts/build-image.sh)"
-scripts/build-image.sh --profile dev >/dev/null
+step "cargo test: build"
+cargo test --workspace --no-run --quiet
+# The suite's own (static) eirinix binary is the image the node tests load.
+export EIRINIX_IMAGE_BINARY="$PWD/target/x86_64-unknown-linux-gnu/debug/eirinix"
+step "the eirinix image from that binary (scripts/build-image.sh)"
+scripts/build-image.sh --binary "$EIRINIX_IMAGE_BINARY" --profile dev
 step "cargo test"
 cargo test --workspace --no-fail-fast "$@"
 # Bounded fuzzing: 60 s per target, two at a time; the instrumented build is cached outside the

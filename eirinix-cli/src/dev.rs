@@ -36,9 +36,17 @@ pub fn ensure_node_packages() -> anyhow::Result<()> {
         std::env::var_os("PATH")
             .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
     };
-    let complete = ["containerd", "runc", "ctr", "iptables", "nsenter", "ip", "ssh"]
-        .iter()
-        .all(|t| on_path(t))
+    let complete = [
+        "containerd",
+        "runc",
+        "ctr",
+        "iptables",
+        "nsenter",
+        "ip",
+        "ssh",
+    ]
+    .iter()
+    .all(|t| on_path(t))
         && present("/usr/lib/cni/bridge")
         && present("/bin/busybox");
     if complete {

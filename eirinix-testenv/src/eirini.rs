@@ -145,55 +145,78 @@ pub fn running_image(pod: &Pod) -> Option<String> {
 }
 
 /// The eirinix image of the workspace this crate is part of, built as `scripts/build-image.sh`
-/// builds it: the `eirinix` binary linked statically (in its own target dir,
-/// `target/image`), the root filesystem of `images/eirinix/rootfs.sh`, named
-/// `eirinix.local/eirinix:<version>`. The cargo profile is `EIRINIX_IMAGE_PROFILE` (default
-/// `dev`: the suite's build; `scripts/build-image.sh` defaults to `dist` for shipping). Built
-/// once per process; cargo makes later builds incremental. Load it with
-/// [`Cluster::load_image`](crate::Cluster::load_image).
+/// builds it: the static `eirinix` binary (the workspace's `.cargo/config.toml` links every build
+/// statically), the root filesystem of `images/eirinix/rootfs.sh`, named
+/// `eirinix.local/eirinix:<version>`. The binary is `EIRINIX_IMAGE_BINARY` when set (the suite
+/// sets it to the one it built), else cargo builds it (profile `EIRINIX_IMAGE_PROFILE`, default
+/// `dev`). Built once per process. Load it with [`Cluster::load_image`](crate::Cluster::load_image).
 pub fn eirinix_image() -> Result<crate::ImageBuilder, String> {
     static IMAGE: std::sync::OnceLock<Result<crate::ImageBuilder, String>> =
         std::sync::OnceLock::new();
-    IMAGE.get_or_init(build_eirinix_image).clone()
+    IMAGE.get_or_init(|| build_eirinix_image(None)).clone()
+}
+
+/// Like [`eirinix_image`], from a given static `eirinix` binary (`None`: as `eirinix_image`).
+pub fn eirinix_image_from(
+    binary: Option<std::path::PathBuf>,
+) -> Result<crate::ImageBuilder, String> {
+    match binary {
+        Some(bin) => build_eirinix_image(Some(bin)),
+        None => eirinix_image(),
+    }
 }
 
 /// The name [`eirinix_image`] gives the image.
 pub const EIRINIX_IMAGE: &str = concat!("eirinix.local/eirinix:", env!("CARGO_PKG_VERSION"));
 
-fn build_eirinix_image() -> Result<crate::ImageBuilder, String> {
-    use std::path::Path;
-    use std::process::Command;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace root (this crate's parent directory).
+fn workspace() -> Result<std::path::PathBuf, String> {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .ok_or("no workspace root")?
-        .to_owned();
+        .map(std::path::Path::to_owned)
+        .ok_or_else(|| "no workspace root".to_owned())
+}
+
+/// The static `eirinix` binary: `EIRINIX_IMAGE_BINARY`, else built by cargo.
+fn eirinix_binary() -> Result<std::path::PathBuf, String> {
+    if let Some(bin) = std::env::var_os("EIRINIX_IMAGE_BINARY").filter(|b| !b.is_empty()) {
+        return Ok(bin.into());
+    }
+    let repo = workspace()?;
     let profile = std::env::var("EIRINIX_IMAGE_PROFILE").unwrap_or_else(|_| "dev".into());
-    let target = std::env::var_os("EIRINIX_IMAGE_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo.join("target").join("image"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = std::process::Command::new(cargo)
         .current_dir(&repo)
-        .env("CARGO_TARGET_DIR", &target)
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
         .args(["build", "--locked", "--quiet", "--profile", &profile])
-        .args(["--target", "x86_64-unknown-linux-gnu", "-p", "eirinix-cli"])
-        .args(["--bin", "eirinix"])
+        .args(["-p", "eirinix-cli", "--bin", "eirinix"])
         .status()
         .map_err(|e| format!("running cargo to build the eirinix image's binary: {e}"))?;
     if !status.success() {
-        return Err(format!(
-            "building the static eirinix binary failed ({status})"
-        ));
+        return Err(format!("building the eirinix binary failed ({status})"));
     }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
     let dir = if profile == "dev" { "debug" } else { &profile };
-    let bin = target
+    Ok(target
         .join("x86_64-unknown-linux-gnu")
         .join(dir)
-        .join("eirinix");
+        .join("eirinix"))
+}
+
+fn build_eirinix_image(binary: Option<std::path::PathBuf>) -> Result<crate::ImageBuilder, String> {
+    use std::process::Command;
+    let repo = workspace()?;
+    let bin = match binary {
+        Some(bin) => bin,
+        None => eirinix_binary()?,
+    };
+    let target = repo.join("target").join("image");
+    let profile = bin
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bin".into());
     let rootfs = target.join(format!("rootfs-{profile}"));
     let out = Command::new(repo.join("images/eirinix/rootfs.sh"))
         .arg(&bin)

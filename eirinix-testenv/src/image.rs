@@ -33,10 +33,10 @@ enum Entry {
     },
 }
 
-/// Where a file's bytes come from.
+/// Where a file's bytes come from (shared: clones of a builder copy no file contents).
 #[derive(Debug, Clone)]
 enum Source {
-    Bytes(Vec<u8>),
+    Bytes(std::sync::Arc<[u8]>),
     Host(PathBuf),
 }
 
@@ -164,7 +164,7 @@ impl ImageBuilder {
     ) -> Self {
         let key = normalize(path);
         self.add_parents(&key);
-        let data = Source::Bytes(data.into());
+        let data = Source::Bytes(data.into().into());
         self.entries.insert(
             key,
             Entry::File {
@@ -208,7 +208,8 @@ impl ImageBuilder {
     }
 
     /// Adds every file, directory and symlink under the host directory `root` at the same
-    /// paths in the image, keeping modes and owners (what a `COPY root/ /` does).
+    /// paths in the image, keeping modes and owners (what a `COPY root/ /` does). File contents
+    /// are read now.
     pub fn tree(mut self, root: &Path) -> Result<Self> {
         use std::os::unix::fs::MetadataExt as _;
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -246,8 +247,11 @@ impl ImageBuilder {
             } else if meta.is_dir() {
                 Entry::Dir { mode, uid, gid }
             } else {
+                // Read now: the tree may be rebuilt before the archive is written.
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                 Entry::File {
-                    data: Source::Host(path.clone()),
+                    data: Source::Bytes(bytes.into()),
                     mode,
                     uid,
                     gid,
@@ -440,14 +444,15 @@ impl ImageBuilder {
                     uid,
                     gid,
                 } => {
-                    let bytes = match data {
+                    let bytes: std::sync::Arc<[u8]> = match data {
                         Source::Bytes(b) => b.clone(),
                         Source::Host(host) => std::fs::read(host)
-                            .map_err(|e| Error::io(format!("reading {}", host.display()), e))?,
+                            .map_err(|e| Error::io(format!("reading {}", host.display()), e))?
+                            .into(),
                     };
                     let mut h = header(tar::EntryType::Regular, *mode, *uid, *gid);
                     h.set_size(bytes.len() as u64);
-                    tar.append_data(&mut h, path, bytes.as_slice())
+                    tar.append_data(&mut h, path, &*bytes)
                 }
                 Entry::Symlink { target } => {
                     let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);

@@ -289,14 +289,59 @@ fn load_eirinix_image(cluster: &Cluster, archive: Option<&Path>) -> anyhow::Resu
         cluster.load_image_archive(&archive)?;
         return Ok(archive.name);
     }
-    eprintln!(
-        "eirinix: building the static eirinix binary for the image from this source tree (the first build takes a few minutes; --image FILE uses an archive from scripts/build-image.sh)"
-    );
-    let image = eirinix_testenv::eirini::eirinix_image().map_err(|e| {
+    // This very binary, when it is static (as this repository builds it), is the image's.
+    let preset = std::env::var_os("EIRINIX_IMAGE_BINARY").is_some();
+    let own = std::env::current_exe()
+        .ok()
+        .filter(|exe| !preset && is_static(exe));
+    if own.is_none() && !preset {
+        eprintln!(
+            "eirinix: building the static eirinix binary for the image from this source tree (the first build takes a few minutes; --image FILE uses an archive from scripts/build-image.sh)"
+        );
+    }
+    let image = eirinix_testenv::eirini::eirinix_image_from(own).map_err(|e| {
         anyhow::anyhow!("{e} (or pass --image with an archive from scripts/build-image.sh)")
     })?;
     cluster.load_image(&image)?;
     Ok(image.name().to_owned())
+}
+
+/// Whether a 64-bit little-endian ELF executable is statically linked: no `PT_INTERP` program
+/// header (a dynamic one names its loader there).
+fn is_static(exe: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = vec![0u8; 16 * 1024];
+    let n = std::fs::File::open(exe)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let head = &head[..n];
+    let u16_at = |o: usize| head.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        head.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        head.get(o..o + 8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+    };
+    // ELF magic, 64-bit, little-endian.
+    if !head.starts_with(b"\x7fELF") || head.get(4) != Some(&2) || head.get(5) != Some(&1) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    const PT_INTERP: u32 = 3;
+    (0..usize::from(phnum)).all(|i| {
+        let at = usize::try_from(phoff)
+            .unwrap_or(usize::MAX)
+            .saturating_add(i * usize::from(phentsize));
+        u32_at(at).is_some_and(|t| t != PT_INTERP)
+    })
 }
 
 /// Creates or updates the rootfs ConfigMap (key `version`), as an operator would.
@@ -525,4 +570,22 @@ async fn developer_token(client: &kube::Client, ns: &str) -> anyhow::Result<Stri
         .status
         .map(|s| s.token)
         .context("the apiserver issued no token")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        let own = std::env::current_exe().unwrap();
+        // This repository builds everything statically (.cargo/config.toml).
+        assert!(super::is_static(&own), "{}", own.display());
+        assert!(
+            !super::is_static(std::path::Path::new("/bin/ls")),
+            "/bin/ls is dynamic"
+        );
+        assert!(
+            !super::is_static(std::path::Path::new("/etc/hostname")),
+            "not ELF"
+        );
+    }
 }
