@@ -207,6 +207,11 @@ pub struct CommonArgs {
     /// Serve HTTP/2 too (off by default).
     #[arg(long, env = "EIRINIX_HTTP2")]
     pub http2: bool,
+    /// Require a webhook-bound ServiceAccount token (KEP-6060) on every review, verified against
+    /// the apiserver's service-account issuer keys (see SECURITY.md: Kubernetes 1.37 issues such
+    /// tokens but does not send them on its own calls yet).
+    #[arg(long, env = "EIRINIX_REQUIRE_WEBHOOK_TOKEN")]
+    pub require_webhook_token: bool,
     /// Require clients of the webhook port to present a certificate signed by a CA in this PEM
     /// file (the apiserver's admission client certificate; see SECURITY.md).
     #[arg(long, env = "EIRINIX_CLIENT_CA_FILE")]

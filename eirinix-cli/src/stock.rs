@@ -224,6 +224,7 @@ pub fn framework(common: &CommonArgs) -> anyhow::Result<ManagerBuilder> {
         .cert_check_interval(Duration::from_secs(common.cert_check_interval))
         .http2(common.http2)
         .drain_period(Duration::from_secs(common.drain_seconds))
+        .webhook_token_auth(common.require_webhook_token)
         .admin_port(common.admin_port);
     b = match (&common.service_name, &common.host) {
         (Some(service), _) => b.service(

@@ -20,6 +20,7 @@ pub mod review;
 pub mod rotation;
 pub mod server;
 pub mod tls;
+pub mod token_auth;
 pub mod watcher;
 
 pub use async_trait::async_trait;

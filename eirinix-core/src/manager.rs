@@ -82,6 +82,9 @@ pub enum ManagerError {
     /// The CA for verifying client certificates could not be loaded.
     #[error("client certificate verification: {0}")]
     ClientCa(#[from] crate::tls::ClientCaError),
+    /// Webhook token verification could not be set up.
+    #[error("webhook token authentication: {0}")]
+    TokenAuth(#[from] crate::token_auth::TokenAuthError),
 }
 
 type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -273,6 +276,10 @@ impl ManagerBuilder {
     setter!(
         /// Plain-HTTP port for health, readiness and metrics (default none).
         admin_port: Option<u16>);
+    setter!(
+        /// Require and verify a webhook-bound ServiceAccount token on every review (KEP-6060;
+        /// default off).
+        webhook_token_auth: bool);
 
     /// Replace all settings at once (CLIs that parse their own options).
     pub fn settings(mut self, settings: Settings) -> Self {
@@ -586,10 +593,33 @@ impl Manager {
             .local_addr()
             .map_err(|source| ManagerError::Bind { addr: bind, source })?;
         let cancel = CancellationToken::new();
-        let metrics = Arc::new(
-            Metrics::new(self.extensions.iter().map(|e| e.name()))
-                .with_sources(self.metric_sources.clone()),
-        );
+        let token_verifier = if settings.webhook_token_auth {
+            let audiences = self
+                .extensions
+                .iter()
+                .map(|e| {
+                    let path = crate::server::extension_path(e.name());
+                    let aud = crate::token_auth::audience(&settings, &path, addr.port());
+                    (path, aud)
+                })
+                .collect();
+            let verifier = crate::token_auth::TokenVerifier::discover(
+                client.clone(),
+                settings.configuration_name(),
+                audiences,
+            )
+            .await?;
+            Some(Arc::new(verifier))
+        } else {
+            None
+        };
+        let mut sources = self.metric_sources.clone();
+        if let Some(v) = &token_verifier {
+            let v = v.clone();
+            sources.push(Arc::new(move || v.render()));
+        }
+        let metrics =
+            Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())).with_sources(sources));
         let health = Arc::new(Health::new(settings.register_webhook));
         let resolver = Arc::new(CertResolver::new());
         let ctx = Context::new(client.clone(), settings.clone());
@@ -671,8 +701,13 @@ impl Manager {
             drain: settings.drain_period,
             stats: metrics.connections().clone(),
         };
-        let router =
+        let mut router =
             crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
+        if let Some(verifier) = token_verifier {
+            router = router.layer(axum::middleware::from_fn(move |req, next| {
+                crate::token_auth::require_token(verifier.clone(), req, next)
+            }));
+        }
         let server = tokio::spawn(crate::server::serve_tls(
             listener,
             tls,

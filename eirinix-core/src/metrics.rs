@@ -266,6 +266,14 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        // The extensions' own metrics.
+        for source in &self.sources {
+            let text = source();
+            out.push_str(&text);
+            if !text.is_empty() && !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
         out
     }
 }
@@ -298,5 +306,15 @@ mod tests {
         );
         assert!(text.contains("eirinix_certificate_expiry_timestamp_seconds 1900000000"));
         assert_eq!(e.count(Outcome::Patched), 2);
+    }
+
+    #[test]
+    fn the_extensions_own_metrics_are_rendered_too() {
+        let m = Metrics::new(["persi"]).with_sources(vec![
+            std::sync::Arc::new(|| "ext_a_total 3".to_owned()),
+            std::sync::Arc::new(|| "ext_b_total 4\n".to_owned()),
+        ]);
+        let text = m.render();
+        assert!(text.ends_with("ext_a_total 3\next_b_total 4\n"), "{text}");
     }
 }

@@ -186,6 +186,9 @@ pub struct Settings {
     pub field_manager: String,
     /// Also serve `/healthz`, `/readyz` and `/metrics` over plain HTTP on this port.
     pub admin_port: Option<u16>,
+    /// Require a webhook-bound ServiceAccount token on every review (KEP-6060, alpha in
+    /// Kubernetes 1.37; see SECURITY.md: apiservers that do not send one are refused). Default off.
+    pub webhook_token_auth: bool,
     /// PEM CA bundle file: when set, every client of the webhook port must present a
     /// certificate chaining to it (the apiserver's, from its admission kubeconfig). Default: none.
     pub client_ca: Option<PathBuf>,
@@ -224,6 +227,7 @@ impl Default for Settings {
             drain_period: Duration::ZERO,
             field_manager: "eirinix".into(),
             admin_port: None,
+            webhook_token_auth: false,
             client_ca: None,
         }
     }

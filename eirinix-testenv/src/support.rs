@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::api::{Api, ObjectMeta, PostParams};
 
 /// Log to the test output (`RUST_LOG` controls it, `warn` by default), once per test binary;
@@ -85,20 +85,13 @@ pub async fn service_account_token(
         metadata: meta(),
         rules: Some(rules),
     };
-    let binding = RoleBinding {
-        metadata: meta(),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.into(),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        }]),
-    };
+    // Built from JSON: field optionality differs across the k8s-openapi version features.
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }))
+    .expect("a valid RoleBinding");
     let create = PostParams::default();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     sas.create(&create, &account)
@@ -111,20 +104,25 @@ pub async fn service_account_token(
         .create(&create, &binding)
         .await
         .expect("RoleBinding created");
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create_token_request(name, &PostParams::default(), &request)
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))
+    .expect("a valid TokenRequest");
+    let issued = sas
+        .create_token_request(name, &PostParams::default(), &request)
         .await
-        .expect("token requested")
-        .status
-        .expect("token issued")
-        .token
+        .expect("token requested");
+    token_of(&issued).expect("token issued")
+}
+
+/// The token of an issued TokenRequest (read through JSON: its type differs across the
+/// k8s-openapi version features).
+pub fn token_of(issued: &TokenRequest) -> Option<String> {
+    serde_json::to_value(issued)
+        .ok()?
+        .pointer("/status/token")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Waits until pod `name` is Ready (all containers started and passing readiness) and returns

@@ -150,6 +150,7 @@ pub(crate) fn common_args(apps: &str, system: &str, fingerprint: &str) -> crate:
         repair_interval: 5,
         cert_check_interval: 60,
         drain_seconds: 0,
+        require_webhook_token: false,
         admin_port: None,
         http2: false,
         client_ca_file: None,

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, PostParams};
 
 pub use exec::ExecOutput;
 pub use images::{APP_IMAGE, APP_UID, app as app_image};
@@ -661,37 +661,21 @@ impl Cluster {
     /// The `kubernetes` Service's endpoint: the relay inside the node (the apiserver itself
     /// listens on the host's loopback, which pods cannot reach).
     async fn publish_apiserver_endpoint(&self, client: &kube::Client) -> Result<()> {
-        let slice = EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some("kubernetes-eirinix-testenv".into()),
-                namespace: Some("default".into()),
-                labels: Some(
-                    [
-                        ("kubernetes.io/service-name", "kubernetes"),
-                        ("endpointslice.kubernetes.io/managed-by", "eirinix-testenv"),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
-                ),
-                ..Default::default()
+        // Built from JSON: field optionality differs across the k8s-openapi version features.
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "kubernetes-eirinix-testenv",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "eirinix-testenv",
+                },
             },
-            address_type: "IPv4".into(),
-            endpoints: vec![Endpoint {
-                addresses: vec![self.addrs.node_ip().to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ports: Some(vec![EndpointPort {
-                name: Some("https".into()),
-                port: Some(i32::from(components::NODE_API_PORT)),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        };
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self.addrs.node_ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": components::NODE_API_PORT, "protocol": "TCP"}],
+        }))
+        .map_err(|e| Error::NodeStart(format!("the kubernetes EndpointSlice: {e}")))?;
         Api::<EndpointSlice>::namespaced(client.clone(), "default")
             .create(&PostParams::default(), &slice)
             .await?;
