@@ -297,7 +297,11 @@ fn every_variant_lints_and_renders() {
 /// CA keeps its key when renewed.
 #[test]
 fn cert_manager_renewals_keep_the_trusted_ca() {
-    let docs = render("eirinix-system", "eirini", &["certificates.mode=certManager"]);
+    let docs = render(
+        "eirinix-system",
+        "eirini",
+        &["certificates.mode=certManager"],
+    );
     let named = |kind: &str, name: &str| -> Value {
         by_kind(&docs, kind)
             .into_iter()
@@ -445,7 +449,11 @@ mod netpol {
     fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
         let (net, bits) = cidr.split_once('/').unwrap();
         let (net, bits): (Ipv4Addr, u32) = (net.parse().unwrap(), bits.parse().unwrap());
-        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
         u32::from(ip) & mask == u32::from(net) & mask
     }
 
@@ -453,9 +461,7 @@ mod netpol {
         if let Some(block) = peer.get("ipBlock") {
             let except = block["except"].as_array().into_iter().flatten();
             return in_cidr(src.ip, block["cidr"].as_str().unwrap())
-                && !except
-                    .filter_map(Value::as_str)
-                    .any(|c| in_cidr(src.ip, c));
+                && !except.filter_map(Value::as_str).any(|c| in_cidr(src.ip, c));
         }
         // Pod and namespace selectors only ever match pods.
         let Some(src_ns) = &src.namespace else {
@@ -507,7 +513,8 @@ mod netpol {
             for rule in p["spec"]["ingress"].as_array().into_iter().flatten() {
                 let ports: Vec<&Value> = rule["ports"].as_array().into_iter().flatten().collect();
                 let from: Vec<&Value> = rule["from"].as_array().into_iter().flatten().collect();
-                let port_ok = ports.is_empty() || ports.iter().any(|x| port_admits(x, port, protocol));
+                let port_ok =
+                    ports.is_empty() || ports.iter().any(|x| port_admits(x, port, protocol));
                 let from_ok = from.is_empty() || from.iter().any(|x| peer_admits(x, ns, src));
                 if port_ok && from_ok {
                     return Verdict::Allowed;
@@ -545,7 +552,10 @@ fn the_ssh_daemon_policy_admits_the_proxy_and_leaves_everything_else_to_the_clus
     let (sys, apps) = ("eirinix-system", "eirini");
     let app = Endpoint::pod(
         apps,
-        labels(&[("cloudfoundry.org/source_type", "APP"), ("cloudfoundry.org/guid", "g")]),
+        labels(&[
+            ("cloudfoundry.org/source_type", "APP"),
+            ("cloudfoundry.org/guid", "g"),
+        ]),
         [10, 244, 0, 10],
     );
     let proxy = Endpoint::pod(
@@ -559,7 +569,10 @@ fn the_ssh_daemon_policy_admits_the_proxy_and_leaves_everything_else_to_the_clus
     );
     let router = Endpoint::pod("routing", labels(&[("app", "router")]), [10, 244, 0, 30]);
     let other = Endpoint::pod("tenant", labels(&[("app", "x")]), [10, 244, 0, 40]);
-    let ssh = ["extensions.persi.enabled=false", "extensions.ssh.enabled=true"];
+    let ssh = [
+        "extensions.persi.enabled=false",
+        "extensions.ssh.enabled=true",
+    ];
 
     // Defaults: the chart adds no policy on app pods; a cluster without policies stays open,
     // UDP included.
@@ -575,11 +588,18 @@ fn the_ssh_daemon_policy_admits_the_proxy_and_leaves_everything_else_to_the_clus
     // Enabled, in a namespace with a default-deny and rules of its own (router -> 8080 TCP,
     // anyone -> 5353 UDP): the chart adds exactly proxy -> daemon port.
     let chart = network_policies(
-        &render(sys, apps, &[&ssh[..], &["extensions.ssh.proxy.networkPolicy=true"]].concat()),
+        &render(
+            sys,
+            apps,
+            &[&ssh[..], &["extensions.ssh.proxy.networkPolicy=true"]].concat(),
+        ),
         sys,
     );
     assert_eq!(
-        chart.iter().filter(|p| p["metadata"]["namespace"] == apps).count(),
+        chart
+            .iter()
+            .filter(|p| p["metadata"]["namespace"] == apps)
+            .count(),
         1,
         "{chart:#?}"
     );
@@ -596,14 +616,62 @@ fn the_ssh_daemon_policy_admits_the_proxy_and_leaves_everything_else_to_the_clus
     ];
     let all: Vec<Value> = [cluster.clone(), chart.clone()].concat();
     for (src, port, proto, expected, what) in [
-        (&proxy, 2222, "TCP", Verdict::Allowed, "the proxy reaches the daemon"),
-        (&other, 2222, "TCP", Verdict::Denied, "another pod does not reach the daemon"),
-        (&router, 2222, "TCP", Verdict::Denied, "the router does not reach the daemon"),
-        (&other, 8080, "TCP", Verdict::Denied, "the default-deny still holds for the app port"),
-        (&proxy, 8080, "TCP", Verdict::Denied, "the proxy reaches the daemon port only"),
-        (&other, 9000, "TCP", Verdict::Denied, "the default-deny still holds for other ports"),
-        (&router, 8080, "TCP", Verdict::Allowed, "the cluster's own rule"),
-        (&other, 5353, "UDP", Verdict::Allowed, "the cluster's own UDP rule"),
+        (
+            &proxy,
+            2222,
+            "TCP",
+            Verdict::Allowed,
+            "the proxy reaches the daemon",
+        ),
+        (
+            &other,
+            2222,
+            "TCP",
+            Verdict::Denied,
+            "another pod does not reach the daemon",
+        ),
+        (
+            &router,
+            2222,
+            "TCP",
+            Verdict::Denied,
+            "the router does not reach the daemon",
+        ),
+        (
+            &other,
+            8080,
+            "TCP",
+            Verdict::Denied,
+            "the default-deny still holds for the app port",
+        ),
+        (
+            &proxy,
+            8080,
+            "TCP",
+            Verdict::Denied,
+            "the proxy reaches the daemon port only",
+        ),
+        (
+            &other,
+            9000,
+            "TCP",
+            Verdict::Denied,
+            "the default-deny still holds for other ports",
+        ),
+        (
+            &router,
+            8080,
+            "TCP",
+            Verdict::Allowed,
+            "the cluster's own rule",
+        ),
+        (
+            &other,
+            5353,
+            "UDP",
+            Verdict::Allowed,
+            "the cluster's own UDP rule",
+        ),
     ] {
         assert_eq!(ingress(&all, src, &app, port, proto), expected, "{what}");
     }
@@ -635,11 +703,18 @@ fn the_webhook_port_admits_only_the_apiserver() {
         [10, 244, 0, 10],
     );
     let neighbour = Endpoint::pod(sys, labels(&[("app", "other")]), [10, 244, 0, 11]);
-    let monitoring = Endpoint::pod("monitoring", labels(&[("app", "prometheus")]), [10, 244, 0, 12]);
+    let monitoring = Endpoint::pod(
+        "monitoring",
+        labels(&[("app", "prometheus")]),
+        [10, 244, 0, 12],
+    );
     let outside = Endpoint::host([198, 51, 100, 1]);
     for sets in [
         vec![],
-        vec!["extensions.ssh.enabled=true", "extensions.rootfs.enabled=true"],
+        vec![
+            "extensions.ssh.enabled=true",
+            "extensions.rootfs.enabled=true",
+        ],
         vec!["certificates.mode=certManager"],
     ] {
         let docs = render(sys, apps, &sets);
@@ -672,11 +747,19 @@ fn the_webhook_port_admits_only_the_apiserver() {
     let docs = render(
         sys,
         apps,
-        &["metrics.allowFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring"],
+        &[
+            "metrics.allowFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+        ],
     );
     let chart = network_policies(&docs, sys);
-    assert_eq!(ingress(&chart, &monitoring, &server, 9090, "TCP"), Verdict::Allowed);
-    assert_eq!(ingress(&chart, &monitoring, &server, 2999, "TCP"), Verdict::Denied);
+    assert_eq!(
+        ingress(&chart, &monitoring, &server, 9090, "TCP"),
+        Verdict::Allowed
+    );
+    assert_eq!(
+        ingress(&chart, &monitoring, &server, 2999, "TCP"),
+        Verdict::Denied
+    );
     // Turned off, no policy is rendered.
     let docs = render(sys, apps, &["webhook.networkPolicy.enabled=false"]);
     assert!(network_policies(&docs, sys).is_empty());
@@ -810,7 +893,14 @@ async fn the_apiserver_addresses_are_looked_up_at_install() {
     }
     let (sys, apps) = namespaces(cp).await;
     let out = Command::new(helm())
-        .args(["template", "rel", CHART, "--dry-run=server", "--namespace", &sys])
+        .args([
+            "template",
+            "rel",
+            CHART,
+            "--dry-run=server",
+            "--namespace",
+            &sys,
+        ])
         .args(["--set", &format!("appNamespace={apps}")])
         .arg("--kubeconfig")
         .arg(cp.kubeconfig_path())

@@ -29,6 +29,7 @@ pub struct SshMetrics {
     sidecars: AtomicU64,
     skipped_no_command: AtomicU64,
     skipped_name_conflict: AtomicU64,
+    skipped_namespace: AtomicU64,
     secrets_created: AtomicU64,
     secrets_reused: AtomicU64,
     bad_secrets: AtomicU64,
@@ -50,6 +51,10 @@ impl SshMetrics {
     /// Pods left alone because they already use a name or mount path ssh would add.
     pub fn skipped_name_conflict(&self) -> u64 {
         self.skipped_name_conflict.load(Ordering::Relaxed)
+    }
+    /// Reviews for a namespace the manager does not serve (not sent by the apiserver).
+    pub fn skipped_namespace(&self) -> u64 {
+        self.skipped_namespace.load(Ordering::Relaxed)
     }
     /// Secrets created.
     pub fn secrets_created(&self) -> u64 {
@@ -87,6 +92,11 @@ impl SshMetrics {
                 "eirinix_ssh_skipped_name_conflict_total",
                 "Pods left without ssh: they already use a name or mount path ssh would add.",
                 self.skipped_name_conflict(),
+            ),
+            (
+                "eirinix_ssh_skipped_namespace_total",
+                "Reviews left alone: their namespace is not served (the apiserver never sends those).",
+                self.skipped_namespace(),
             ),
             (
                 "eirinix_ssh_secrets_created_total",
@@ -136,6 +146,18 @@ impl SshInjector {
     /// Its counters (shared: clone the Arc to expose them).
     pub fn metrics(&self) -> &Arc<SshMetrics> {
         &self.metrics
+    }
+}
+
+/// Whether the manager serves `namespace`: its namespace when it has one, else every namespace
+/// its webhook configuration does not exclude. Side effects (Secrets) stay within these.
+pub(crate) fn serves_namespace(settings: &eirinix_core::Settings, namespace: &str) -> bool {
+    match &settings.namespace {
+        Some(ns) => ns == namespace,
+        None => !settings
+            .effective_excluded_namespaces()
+            .iter()
+            .any(|n| n == namespace),
     }
 }
 
@@ -496,11 +518,24 @@ impl Extension for SshInjector {
                 "ssh: the pod already has {conflict}; ssh access not injected"
             )));
         }
+        // Whoever reaches the webhook port can send a review naming any namespace: Secrets are
+        // only ever created in the namespaces this manager serves (SECURITY.md). Dry runs
+        // (offline reviews included) have no side effects.
         let namespace = request
             .namespace
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
-            .unwrap_or_else(|| "default".into());
+            .unwrap_or_default();
+        if !request.dry_run
+            && (request.namespace.is_none() || !serves_namespace(ctx.settings(), &namespace))
+        {
+            self.metrics
+                .skipped_namespace
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(Mutation::unchanged().with_warning(format!(
+                "ssh: namespace {namespace:?} is not served by this webhook; ssh access not injected"
+            )));
+        }
         let secret = self.options.secret_name(guid);
         let mut warnings = Vec::new();
         if !request.dry_run {

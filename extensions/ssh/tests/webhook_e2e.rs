@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::{bounded, eventually, init_tracing};
+use common::{bounded, eventually, init_tracing, post_review};
 use eirinix_core::Manager;
 use eirinix_ssh::janitor::{JanitorOptions, run_janitor};
 use eirinix_ssh::keys::AppKeys;
@@ -425,6 +425,83 @@ async fn the_janitor_removes_orphans_only_when_their_app_has_no_pod() {
             1,
             "its app has a pod"
         );
+    })
+    .await
+}
+
+/// Issue item 5: any client reaching the webhook port could have the ssh webhook create key
+/// Secrets in namespaces it names. Secrets are created only in the namespace the manager serves
+/// (with no namespace: any but the excluded ones, the webhook's own among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_review_creates_no_secret_outside_the_served_namespaces() {
+    bounded(async {
+        let cp = plane().await;
+        let client = cp.client().await.unwrap();
+        let sys = cp.namespace("ssh-forge-sys").await.unwrap();
+        let apps = cp.namespace("ssh-forge-apps").await.unwrap();
+        let elsewhere = cp.namespace("ssh-forge-other").await.unwrap();
+        let pod_json = |guid: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "forged-0", "labels": labels(guid)},
+                "spec": {"containers": [{"name": "opi", "image": "eirini/app:1", "command": ["/bin/app"]}]}
+            })
+        };
+        for namespace in [Some(apps.clone()), None] {
+            let injector = SshInjector::new(SshOptions::default());
+            let metrics = injector.metrics().clone();
+            let mut builder = Manager::builder()
+                .fingerprint(unique_name("forge"))
+                .url_mode("127.0.0.1")
+                .bind_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .port(0)
+                .webhook_namespace(&sys)
+                .shutdown_timeout(Duration::from_secs(2))
+                .extension(injector);
+            if let Some(ns) = &namespace {
+                builder = builder.namespace(ns);
+            }
+            let running = builder
+                .build()
+                .unwrap()
+                .start(client.clone())
+                .await
+                .unwrap();
+            running.wait_ready(T).await.unwrap();
+            let addr = running.local_addr();
+            // Not served: another namespace (when one is configured), the webhook's own,
+            // kube-system.
+            let mut refused = vec![sys.clone(), "kube-system".to_owned()];
+            if namespace.is_some() {
+                refused.push(elsewhere.clone());
+            }
+            for ns in &refused {
+                let guid = format!("{}-guid", unique_name("forged"));
+                let response = post_review(addr, "/ssh", ns, &pod_json(&guid)).await;
+                assert!(
+                    ssh_secrets(&client, ns, &guid).await.is_empty(),
+                    "a forged review made a Secret in {ns} (manager namespace {namespace:?})"
+                );
+                let r = &response["response"];
+                assert_eq!(r["allowed"], true, "{response}");
+                assert!(r.get("patch").is_none(), "not mutated: {response}");
+                assert!(
+                    r["warnings"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("is not served by this webhook"),
+                    "{response}"
+                );
+            }
+            // The namespace it serves: injected, the Secret made.
+            let served = namespace.clone().unwrap_or_else(|| elsewhere.clone());
+            let guid = format!("{}-guid", unique_name("served"));
+            let response = post_review(addr, "/ssh", &served, &pod_json(&guid)).await;
+            assert!(response["response"]["patch"].is_string(), "{response}");
+            assert_eq!(ssh_secrets(&client, &served, &guid).await.len(), 1);
+            assert_eq!(metrics.skipped_namespace(), refused.len() as u64);
+            running.shutdown().await;
+        }
     })
     .await
 }
