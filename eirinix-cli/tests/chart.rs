@@ -996,6 +996,25 @@ fn impersonating(cp: &ControlPlane, user: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// A client acting as the identity of `kubeconfig` (see [`impersonating`]).
+async fn client_as(kubeconfig: &std::path::Path) -> kube::Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// `result` must be the apiserver's 403.
+fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: must be forbidden, got {other:?}"),
+    }
+}
+
 fn eirinix_as(kubeconfig: &std::path::Path, args: &[String]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eirinix"));
     c.args(args)
@@ -1026,12 +1045,13 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
             "extensions.rootfs.enabled=true",
             "extensions.rootfs.version=v2",
             "extensions.ssh.enabled=true",
+            "extensions.persi.broker.enabled=true",
             "extensions.logs.enabled=true",
             "extensions.logs.sinks[0].type=syslog",
             &sink,
         ],
     );
-    // Create what identities need (service accounts and RBAC), for real.
+    // Create what identities need (service accounts, RBAC, the Secrets the chart makes), for real.
     for doc in docs.iter().filter(|d| {
         matches!(
             d["kind"].as_str(),
@@ -1042,6 +1062,7 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
                     | "ClusterRole"
                     | "ClusterRoleBinding"
                     | "ConfigMap"
+                    | "Secret"
             )
         )
     }) {
@@ -1191,6 +1212,176 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
         banner.starts_with("SSH-2.0"),
         "ssh proxy as its service account: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The proxy reads no Secret but the master key's (app keys derive from it), and creates none.
+    let as_proxy = client_as(proxy_kc.path()).await;
+    let probe = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("not-the-proxys".into()),
+            ..Default::default()
+        },
+        string_data: Some([("k".to_owned(), "v".to_owned())].into()),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &apps)
+        .create(&PostParams::default(), &probe)
+        .await
+        .unwrap();
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_proxy.clone(), &apps)
+            .get("not-the-proxys")
+            .await,
+        "the proxy reads an app-namespace Secret",
+    );
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_proxy.clone(), &sys)
+            .create(&PostParams::default(), &probe)
+            .await,
+        "the proxy creates a Secret in the release namespace",
+    );
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_proxy, &sys)
+            .get(&format!("{fp}-ssh-master"))
+            .await
+            .is_ok(),
+        "the proxy reads the master key"
+    );
+
+    // The persi broker's identity provisions, binds, unbinds and deprovisions...
+    let broker_kc = impersonating(cp, &sa("persi-broker"));
+    let broker_cm = by_kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "rel-persi-broker")
+        .expect("broker ConfigMap");
+    let broker_yaml = broker_cm["data"]["broker.yaml"].as_str().unwrap();
+    let broker_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broker_file.path(), broker_yaml).unwrap();
+    let catalog: Value = serde_yaml::from_str(broker_yaml).unwrap();
+    let service_id = catalog["catalog"]["services"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plan_id = catalog["catalog"]["services"][0]["plans"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let broker_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = eirinix_as(
+        broker_kc.path(),
+        &[
+            "broker".into(),
+            format!("--config={}", broker_file.path().display()),
+            format!("--listen=127.0.0.1:{broker_port}"),
+        ],
+    )
+    .env("EIRINIX_BROKER_USERNAME", "broker")
+    .env("EIRINIX_BROKER_PASSWORD", "chart-test-password")
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let osb = |method: &str, path: &str, body: Option<Value>| -> u16 {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .args(["-u", "broker:chart-test-password", "-X", method])
+        .args([
+            "-H",
+            "X-Broker-API-Version: 2.17",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .arg(format!("http://127.0.0.1:{broker_port}{path}"));
+        if let Some(b) = body {
+            c.args(["--data-binary", &b.to_string()]);
+        }
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while osb("GET", "/v2/catalog", None) != 200 {
+        assert!(
+            Instant::now() < deadline && broker.try_wait().unwrap().is_none(),
+            "the broker never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let q = format!("service_id={service_id}&plan_id={plan_id}");
+    let provision = json!({"service_id": service_id, "plan_id": plan_id,
+        "organization_guid": "o", "space_guid": "s", "parameters": {}});
+    let bind = json!({"service_id": service_id, "plan_id": plan_id,
+        "bind_resource": {"app_guid": "app"}, "parameters": {}});
+    let results = [
+        osb("PUT", "/v2/service_instances/rbac-1", Some(provision)),
+        osb(
+            "PUT",
+            "/v2/service_instances/rbac-1/service_bindings/b-1",
+            Some(bind),
+        ),
+        osb(
+            "DELETE",
+            &format!("/v2/service_instances/rbac-1/service_bindings/b-1?{q}"),
+            None,
+        ),
+        osb("DELETE", &format!("/v2/service_instances/rbac-1?{q}"), None),
+    ];
+    let _ = broker.kill();
+    let output = broker.wait_with_output().unwrap();
+    assert_eq!(
+        results,
+        [201, 201, 200, 200],
+        "the broker as its service account: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // ...and can neither list nor update claims (it never does; deleting is checked in code).
+    let as_broker = client_as(broker_kc.path()).await;
+    let claims =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(as_broker, &apps);
+    forbidden(
+        claims.list(&Default::default()).await,
+        "the broker lists claims",
+    );
+    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "someone-elses"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    let theirs =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), &apps)
+            .create(&PostParams::default(), &pvc)
+            .await
+            .unwrap();
+    forbidden(
+        claims
+            .replace("someone-elses", &PostParams::default(), &theirs)
+            .await,
+        "the broker updates a claim",
+    );
+
+    // The server reads the master key and no other Secret of the release namespace.
+    let as_server_client = client_as(server_kc.path()).await;
+    let release_secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_server_client, &sys);
+    assert!(
+        release_secrets
+            .get(&format!("{fp}-ssh-master"))
+            .await
+            .is_ok()
+    );
+    forbidden(
+        release_secrets.create(&PostParams::default(), &probe).await,
+        "the server creates a Secret in the release namespace",
     );
 
     // ...and cannot write webhook configurations.
