@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ impl Default for Limits {
 pub(crate) struct Gate {
     slots: Arc<Semaphore>,
     auth_timeout: Duration,
+    waiting: Arc<AtomicU64>,
 }
 
 /// What a connection holds until it logs in: its slot, and the signal that ends its deadline.
@@ -58,15 +60,28 @@ pub(crate) struct Gate {
 pub(crate) struct Pending {
     slot: Option<OwnedSemaphorePermit>,
     signal: Option<oneshot::Sender<()>>,
+    waiting: Arc<AtomicU64>,
 }
 
 impl Pending {
     /// The connection logged in: its slot is free for another, its deadline is lifted.
     pub(crate) fn authenticated(&mut self) {
-        self.slot = None;
+        self.release();
         if let Some(tx) = self.signal.take() {
             let _ = tx.send(());
         }
+    }
+
+    fn release(&mut self) {
+        if self.slot.take().is_some() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -80,10 +95,12 @@ pub(crate) enum Ended {
 }
 
 impl Gate {
-    pub(crate) fn new(limits: &Limits) -> Self {
+    /// Slots for `limits`; `waiting` counts the connections holding one (a gauge).
+    pub(crate) fn new(limits: &Limits, waiting: Arc<AtomicU64>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_unauthenticated.max(1))),
             auth_timeout: limits.auth_timeout,
+            waiting,
         }
     }
 
@@ -91,19 +108,16 @@ impl Gate {
     /// receiver fires when the connection logs in.
     pub(crate) fn admit(&self) -> Option<(Pending, oneshot::Receiver<()>)> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         Some((
             Pending {
                 slot: Some(slot),
                 signal: Some(tx),
+                waiting: self.waiting.clone(),
             },
             rx,
         ))
-    }
-
-    /// Connections not logged in at the moment.
-    pub(crate) fn unauthenticated(&self, max: usize) -> usize {
-        max.max(1).saturating_sub(self.slots.available_permits())
     }
 
     /// Run an SSH connection whose handler holds the [`Pending`] of `logged_in`; it is closed

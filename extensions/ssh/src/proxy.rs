@@ -222,7 +222,7 @@ pub struct ProxyMetrics {
     connections: AtomicU64,
     refused_connections: AtomicU64,
     auth_timeouts: AtomicU64,
-    unauthenticated: AtomicU64,
+    unauthenticated: Arc<AtomicU64>,
     token_reviews: AtomicU64,
     access_reviews: AtomicU64,
     granted: AtomicU64,
@@ -426,17 +426,14 @@ impl Proxy {
     pub async fn serve(self, cancel: CancellationToken) -> Result<()> {
         let mut connections = JoinSet::new();
         let limits = &self.shared.config.limits;
-        let gate = Gate::new(limits);
-        let max = limits.max_unauthenticated;
         let metrics = self.shared.metrics.clone();
+        let gate = Gate::new(limits, metrics.unauthenticated.clone());
+        let max = limits.max_unauthenticated;
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
                 a = self.listener.accept() => a,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {
-                    metrics.unauthenticated.store(gate.unauthenticated(max) as u64, Ordering::Relaxed);
-                    continue;
-                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
             let (socket, peer) = match accepted {
                 Ok(a) => a,
@@ -453,9 +450,6 @@ impl Proxy {
                 drop(socket);
                 continue;
             };
-            metrics
-                .unauthenticated
-                .store(gate.unauthenticated(max) as u64, Ordering::Relaxed);
             let handler = ProxyHandler {
                 shared: self.shared.clone(),
                 peer,

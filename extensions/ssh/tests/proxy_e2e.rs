@@ -704,6 +704,7 @@ async fn connections_not_logged_in_are_capped() {
         // One logs in: its slot is free for a new connection, which gets the banner.
         let (ok, _, _) = attempt(&mut held[0], &format!("{}/0", s.guid), &s.tokens["dev"]).await;
         assert!(ok, "dev logs in");
+        assert_eq!(s.metrics.unauthenticated(), 2, "the gauge follows");
         let mut next = connect_from(&s, [127, 0, 0, 1]).await;
         let (ok, _, _) = attempt(&mut next, &format!("{}/0", s.guid), &s.tokens["dev"]).await;
         assert!(ok);

@@ -242,7 +242,7 @@ impl Daemon {
             nodelay: true,
             ..Default::default()
         };
-        let gate = Gate::new(&config.limits);
+        let gate = Gate::new(&config.limits, Arc::default());
         let env = match config.env {
             Some(env) => env,
             None => app_env(std::env::vars_os()),
