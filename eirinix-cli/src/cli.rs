@@ -259,12 +259,49 @@ pub struct SshProxyArgs {
     /// Namespace of the app pods (empty: all).
     #[arg(long, env = "EIRINIX_NAMESPACE", default_value = "")]
     pub namespace: String,
-    /// Secret `namespace/name` holding the proxy's host key (created if absent; shared by replicas).
-    #[arg(long, env = "EIRINIX_SSH_PROXY_HOST_KEY_SECRET")]
-    pub host_key_secret: String,
+    /// Secret `namespace/name` holding the ssh master key (key `master-key`): the apps' keys and
+    /// the proxy's host key derive from it (the webhook server reads the same Secret).
+    #[arg(long, env = "EIRINIX_SSH_PROXY_MASTER_SECRET")]
+    pub master_secret: String,
+    /// Create the master key Secret when it does not exist (the Helm chart creates it).
+    #[arg(long, env = "EIRINIX_SSH_PROXY_CREATE_MASTER_SECRET")]
+    pub create_master_secret: bool,
     /// Port of the in-pod daemons.
     #[arg(long, env = "EIRINIX_SSH_PORT", default_value_t = 2222)]
     pub daemon_port: u16,
+    /// Plain-HTTP port serving /metrics and /healthz (on the listen address); none when unset.
+    #[arg(long, env = "EIRINIX_SSH_PROXY_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Every refused login is answered this long after its password, whatever the reason (ms).
+    #[arg(
+        long,
+        env = "EIRINIX_SSH_PROXY_REFUSAL_TIME_MS",
+        default_value_t = 3000
+    )]
+    pub refusal_time_ms: u64,
+    /// Seconds a connection has to log in.
+    #[arg(long, env = "EIRINIX_SSH_PROXY_AUTH_TIMEOUT", default_value_t = 30)]
+    pub auth_timeout_secs: u64,
+    /// Connections not logged in yet, at once; more are closed at accept.
+    #[arg(
+        long,
+        env = "EIRINIX_SSH_PROXY_MAX_UNAUTHENTICATED",
+        default_value_t = 64
+    )]
+    pub max_unauthenticated: usize,
+    /// Password attempts (TokenReviews) per connection.
+    #[arg(long, env = "EIRINIX_SSH_PROXY_MAX_AUTH_ATTEMPTS", default_value_t = 3)]
+    pub max_auth_attempts: u32,
+    /// Password attempts a source address may make in a burst.
+    #[arg(long, env = "EIRINIX_SSH_PROXY_PER_SOURCE_BURST", default_value_t = 10)]
+    pub per_source_burst: u32,
+    /// Password attempts per minute a source address regains.
+    #[arg(
+        long,
+        env = "EIRINIX_SSH_PROXY_PER_SOURCE_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub per_source_per_minute: u32,
 }
 
 /// `dev` options.

@@ -155,23 +155,63 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Sshd { .. } => unreachable!("handled before the runtime starts"),
         Command::SshProxy(args) => {
             let (ns, name) = args
-                .host_key_secret
+                .master_secret
                 .split_once('/')
                 .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
-                .context("--host-key-secret must be namespace/name")?;
+                .context("--master-secret must be namespace/name")?;
             let client = client().await?;
-            let host_key = eirinix_ssh::proxy::proxy_host_key(&client, ns, name).await?;
-            let mut config = eirinix_ssh::ProxyConfig::new(host_key);
+            let master =
+                eirinix_ssh::MasterKey::from_secret(&client, ns, name, args.create_master_secret)
+                    .await?;
+            let mut config = eirinix_ssh::ProxyConfig::new(master)?;
             config.listen = args.listen;
             config.namespace = (!args.namespace.is_empty()).then_some(args.namespace);
             config.daemon_port = args.daemon_port;
+            config.refusal_time = std::time::Duration::from_millis(args.refusal_time_ms);
+            config.limits = eirinix_ssh::Limits {
+                auth_timeout: std::time::Duration::from_secs(args.auth_timeout_secs),
+                max_unauthenticated: args.max_unauthenticated,
+                max_auth_attempts: args.max_auth_attempts,
+                per_source_burst: args.per_source_burst,
+                per_source_per_minute: args.per_source_per_minute,
+            };
             let cancel = tokio_util::sync::CancellationToken::new();
             let stop = cancel.clone();
             tokio::spawn(async move {
                 eirinix_core::manager::shutdown_signal().await;
                 stop.cancel();
             });
-            eirinix_ssh::run_proxy(config, client, cancel).await?;
+            let proxy = eirinix_ssh::Proxy::bind(config, client).await?;
+            tracing::info!(addr = %proxy.local_addr()?, "eirinix ssh proxy listening");
+            if let Some(port) = args.admin_port {
+                let metrics = proxy.metrics().clone();
+                let listener = tokio::net::TcpListener::bind((args.listen.ip(), port))
+                    .await
+                    .with_context(|| format!("binding the admin port {port}"))?;
+                let router = axum::Router::new()
+                    .route(
+                        "/metrics",
+                        axum::routing::get(move || {
+                            let metrics = metrics.clone();
+                            async move { metrics.render() }
+                        }),
+                    )
+                    .route("/healthz", axum::routing::get(|| async { "ok" }));
+                let opts = eirinix_core::server::ServeOptions {
+                    max_connections: 64,
+                    handshake_timeout: std::time::Duration::from_secs(10),
+                    http2: false,
+                    shutdown_timeout: std::time::Duration::from_secs(5),
+                    stats: Default::default(),
+                };
+                tokio::spawn(eirinix_core::server::serve_plain(
+                    listener,
+                    router,
+                    opts,
+                    cancel.clone(),
+                ));
+            }
+            proxy.serve(cancel).await?;
         }
         Command::Dev(args) => dev::run(args).await?,
         Command::Demo(args) => demo::run(args).await?,

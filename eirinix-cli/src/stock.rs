@@ -42,6 +42,14 @@ pub struct StockArgs {
     /// ssh: add the daemon as a sidecar to containers with no explicit command (else they are left alone).
     #[arg(long, env = "EIRINIX_SSH_SIDECAR_FALLBACK")]
     pub ssh_sidecar_fallback: bool,
+    /// ssh: Secret in the webhook namespace holding the master key the apps' keys derive from
+    /// (default `<fingerprint>-ssh-master`; the ssh proxy reads the same one).
+    #[arg(long, env = "EIRINIX_SSH_MASTER_SECRET", default_value = "")]
+    pub ssh_master_secret: String,
+    /// ssh: never create the master key Secret (the Helm chart does; the server then needs no
+    /// right to create Secrets in its namespace).
+    #[arg(long, env = "EIRINIX_SSH_NO_CREATE_MASTER_SECRET")]
+    pub ssh_no_create_master_secret: bool,
 
     /// logs: configuration file (YAML: sinks, buffers, replicas; see extensions/logs/README.md).
     #[arg(long, env = "EIRINIX_LOGS_CONFIG")]
@@ -126,6 +134,8 @@ pub fn ssh_options(stock: &StockArgs) -> anyhow::Result<eirinix_ssh::SshOptions>
         image_binary: stock.ssh_image_binary.clone(),
         port: stock.ssh_port,
         sidecar_fallback: stock.ssh_sidecar_fallback,
+        master_secret: stock.ssh_master_secret.clone(),
+        create_master_secret: !stock.ssh_no_create_master_secret,
         failure_policy: stock
             .ssh_failure_policy
             .map_or(FailurePolicy::Ignore, policy),

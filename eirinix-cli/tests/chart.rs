@@ -11,9 +11,15 @@ use eirinix_testenv::{ControlPlane, unique_name};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/eirinix");
+
+/// Where "the apiserver" connects from in rendered charts (`helm template` cannot look it up).
+/// Only data in a NetworkPolicy: nothing is sent there.
+const APISERVER_CIDR: &str = "192.0.2.0/24";
+const APISERVER_PEER: &str = "webhook.networkPolicy.from[0].ipBlock.cidr=192.0.2.0/24";
 
 fn helm() -> PathBuf {
     let dir = eirinix_testenv::assets_dir()
@@ -115,6 +121,8 @@ fn render(release_ns: &str, app_ns: &str, sets: &[&str]) -> Vec<Value> {
         release_ns,
         "--set",
         &format!("appNamespace={app_ns}"),
+        "--set",
+        APISERVER_PEER,
     ]);
     for s in sets {
         cmd.args(["--set", s]);
@@ -142,7 +150,7 @@ fn by_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 fn every_variant_lints_and_renders() {
     for (name, sets) in variants() {
         let mut cmd = Command::new(helm());
-        cmd.args(["lint", CHART, "--strict"]);
+        cmd.args(["lint", CHART, "--strict", "--set", APISERVER_PEER]);
         for s in &sets {
             cmd.args(["--set", s]);
         }
@@ -258,9 +266,17 @@ fn every_variant_lints_and_renders() {
             ][..],
             "set appNamespace, or allowClusterWideSecrets=true",
         ),
+        (
+            // No peers given and no cluster to look the apiserver up in.
+            &["webhook.networkPolicy.enabled=true"][..],
+            "webhook.networkPolicy: set webhook.networkPolicy.from to where the kube-apiserver connects from",
+        ),
     ] {
         let mut cmd = Command::new(helm());
         cmd.args(["template", "rel", CHART]);
+        if !sets.iter().any(|s| s.starts_with("webhook.networkPolicy")) {
+            cmd.args(["--set", APISERVER_PEER]);
+        }
         for s in sets {
             cmd.args(["--set", s]);
         }
@@ -272,6 +288,481 @@ fn every_variant_lints_and_renders() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// cert-manager mode: the caBundle cert-manager injects (the `ca.crt` of the serving certificate's
+/// Secret) must survive a renewal of the serving certificate. With a self-signed issuer each leaf
+/// is its own CA, so every renewal changed the caBundle before the pods reloaded their files. The
+/// chart's chain is self-signed root -> CA Certificate -> CA Issuer -> serving certificate, and the
+/// CA keeps its key when renewed.
+#[test]
+fn cert_manager_renewals_keep_the_trusted_ca() {
+    let docs = render(
+        "eirinix-system",
+        "eirini",
+        &["certificates.mode=certManager"],
+    );
+    let named = |kind: &str, name: &str| -> Value {
+        by_kind(&docs, kind)
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let config = by_kind(&docs, "MutatingWebhookConfiguration")[0];
+    let inject = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .unwrap();
+    let serving = named("Certificate", inject.split_once('/').unwrap().1);
+    assert_eq!(serving["spec"]["issuerRef"]["kind"], "Issuer");
+    let issuer = named(
+        "Issuer",
+        serving["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
+    assert!(
+        issuer["spec"].get("selfSigned").is_none(),
+        "the serving certificate is signed by a self-signed issuer: each renewal is a new CA \
+         and changes the caBundle: {issuer}"
+    );
+    let ca_secret = issuer["spec"]["ca"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the serving certificate's issuer is not a CA issuer: {issuer}"));
+    let ca = by_kind(&docs, "Certificate")
+        .into_iter()
+        .find(|c| c["spec"]["secretName"] == ca_secret)
+        .expect("a Certificate makes the CA Secret");
+    assert_eq!(ca["spec"]["isCA"], true, "{ca}");
+    assert_eq!(
+        ca["spec"]["privateKey"]["rotationPolicy"], "Never",
+        "a renewed CA keeps its key, so leaves signed before stay valid: {ca}"
+    );
+    let root = named("Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap());
+    assert!(root["spec"].get("selfSigned").is_some(), "{root}");
+    // The CA outlives many serving certificates.
+    let hours = |v: &Value| -> u64 { v.as_str().unwrap().trim_end_matches('h').parse().unwrap() };
+    assert!(hours(&ca["spec"]["duration"]) >= 10 * hours(&serving["spec"]["duration"]));
+    assert_ne!(serving["spec"]["secretName"], ca["spec"]["secretName"]);
+
+    // An issuer of the user's is used as is (no chain of ours).
+    let docs = render(
+        "eirinix-system",
+        "eirini",
+        &[
+            "certificates.mode=certManager",
+            "certificates.certManager.issuerRef.name=corp-ca",
+            "certificates.certManager.issuerRef.kind=ClusterIssuer",
+        ],
+    );
+    assert_eq!(by_kind(&docs, "Certificate").len(), 1);
+    assert!(by_kind(&docs, "Issuer").is_empty());
+    assert_eq!(
+        by_kind(&docs, "Certificate")[0]["spec"]["issuerRef"]["name"],
+        "corp-ca"
+    );
+}
+
+/// A NetworkPolicy ingress evaluator (the semantics of networking.k8s.io/v1, for the fields the
+/// chart and these tests use), to check what the chart's policies admit on top of a cluster's own.
+mod netpol {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use serde_json::Value;
+
+    pub type Labels = BTreeMap<String, String>;
+
+    pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A pod (or, with no namespace, a host outside the cluster such as the apiserver).
+    #[derive(Clone, Debug)]
+    pub struct Endpoint {
+        pub namespace: Option<String>,
+        pub labels: Labels,
+        pub ip: Ipv4Addr,
+    }
+
+    impl Endpoint {
+        pub fn pod(namespace: &str, labels: Labels, ip: [u8; 4]) -> Self {
+            Endpoint {
+                namespace: Some(namespace.into()),
+                labels,
+                ip: ip.into(),
+            }
+        }
+        pub fn host(ip: [u8; 4]) -> Self {
+            Endpoint {
+                namespace: None,
+                labels: Labels::new(),
+                ip: ip.into(),
+            }
+        }
+        fn namespace_labels(&self) -> Labels {
+            self.namespace
+                .iter()
+                .map(|ns| ("kubernetes.io/metadata.name".to_owned(), ns.clone()))
+                .collect()
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Verdict {
+        /// No ingress policy selects the pod: everything is admitted.
+        NotIsolated,
+        Allowed,
+        Denied,
+    }
+
+    fn selects(selector: &Value, labels: &Labels) -> bool {
+        let matches_labels = selector["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+        let matches_expressions = selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| {
+                let value = labels.get(e["key"].as_str().unwrap_or_default());
+                let values: Vec<&str> = e["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                match e["operator"].as_str() {
+                    Some("In") => value.is_some_and(|v| values.contains(&v.as_str())),
+                    Some("NotIn") => value.is_none_or(|v| !values.contains(&v.as_str())),
+                    Some("Exists") => value.is_some(),
+                    Some("DoesNotExist") => value.is_none(),
+                    other => panic!("operator {other:?}"),
+                }
+            });
+        matches_labels && matches_expressions
+    }
+
+    fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
+        let (net, bits) = cidr.split_once('/').unwrap();
+        let (net, bits): (Ipv4Addr, u32) = (net.parse().unwrap(), bits.parse().unwrap());
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        u32::from(ip) & mask == u32::from(net) & mask
+    }
+
+    fn peer_admits(peer: &Value, policy_ns: &str, src: &Endpoint) -> bool {
+        if let Some(block) = peer.get("ipBlock") {
+            let except = block["except"].as_array().into_iter().flatten();
+            return in_cidr(src.ip, block["cidr"].as_str().unwrap())
+                && !except.filter_map(Value::as_str).any(|c| in_cidr(src.ip, c));
+        }
+        // Pod and namespace selectors only ever match pods.
+        let Some(src_ns) = &src.namespace else {
+            return false;
+        };
+        let ns_ok = match peer.get("namespaceSelector") {
+            Some(sel) => selects(sel, &src.namespace_labels()),
+            None => src_ns == policy_ns,
+        };
+        let pod_ok = peer
+            .get("podSelector")
+            .is_none_or(|sel| selects(sel, &src.labels));
+        ns_ok && pod_ok
+    }
+
+    fn port_admits(port: &Value, number: u16, protocol: &str) -> bool {
+        let proto = port["protocol"].as_str().unwrap_or("TCP");
+        if proto != protocol {
+            return false;
+        }
+        match port["port"].as_u64() {
+            None if port.get("port").is_none() => true,
+            None => false, // named ports: not used by the chart
+            Some(p) => {
+                let end = port["endPort"].as_u64().unwrap_or(p);
+                (p..=end).contains(&u64::from(number))
+            }
+        }
+    }
+
+    /// What the `policies` decide for a connection from `src` to port `port`/`protocol` of `dst`.
+    pub fn ingress(
+        policies: &[Value],
+        src: &Endpoint,
+        dst: &Endpoint,
+        port: u16,
+        protocol: &str,
+    ) -> Verdict {
+        let dst_ns = dst.namespace.as_deref().unwrap();
+        let mut isolated = false;
+        for p in policies {
+            let ns = p["metadata"]["namespace"].as_str().unwrap();
+            let types = p["spec"]["policyTypes"].as_array();
+            let ingress_type = types.is_none_or(|t| t.iter().any(|t| t == "Ingress"));
+            if ns != dst_ns || !ingress_type || !selects(&p["spec"]["podSelector"], &dst.labels) {
+                continue;
+            }
+            isolated = true;
+            for rule in p["spec"]["ingress"].as_array().into_iter().flatten() {
+                let ports: Vec<&Value> = rule["ports"].as_array().into_iter().flatten().collect();
+                let from: Vec<&Value> = rule["from"].as_array().into_iter().flatten().collect();
+                let port_ok =
+                    ports.is_empty() || ports.iter().any(|x| port_admits(x, port, protocol));
+                let from_ok = from.is_empty() || from.iter().any(|x| peer_admits(x, ns, src));
+                if port_ok && from_ok {
+                    return Verdict::Allowed;
+                }
+            }
+        }
+        if isolated {
+            Verdict::Denied
+        } else {
+            Verdict::NotIsolated
+        }
+    }
+}
+
+/// The chart's NetworkPolicies, each with its namespace (the release's when the chart sets none).
+fn network_policies(docs: &[Value], release_ns: &str) -> Vec<Value> {
+    by_kind(docs, "NetworkPolicy")
+        .into_iter()
+        .map(|p| {
+            let mut p = p.clone();
+            if p["metadata"]["namespace"].is_null() {
+                p["metadata"]["namespace"] = release_ns.into();
+            }
+            p
+        })
+        .collect()
+}
+
+/// Issue item 4: the ssh daemons' policy admitted every TCP port but the daemon's from anywhere
+/// (overriding a namespace's default-deny, since policies add up) and isolated app pods for UDP.
+/// Now it admits the proxy to the daemon port and nothing else, and it is off by default.
+#[test]
+fn the_ssh_daemon_policy_admits_the_proxy_and_leaves_everything_else_to_the_cluster() {
+    use netpol::{Endpoint, Verdict, ingress, labels};
+    let (sys, apps) = ("eirinix-system", "eirini");
+    let app = Endpoint::pod(
+        apps,
+        labels(&[
+            ("cloudfoundry.org/source_type", "APP"),
+            ("cloudfoundry.org/guid", "g"),
+        ]),
+        [10, 244, 0, 10],
+    );
+    let proxy = Endpoint::pod(
+        sys,
+        labels(&[
+            ("app.kubernetes.io/name", "eirinix"),
+            ("app.kubernetes.io/instance", "rel"),
+            ("app.kubernetes.io/component", "ssh-proxy"),
+        ]),
+        [10, 244, 0, 20],
+    );
+    let router = Endpoint::pod("routing", labels(&[("app", "router")]), [10, 244, 0, 30]);
+    let other = Endpoint::pod("tenant", labels(&[("app", "x")]), [10, 244, 0, 40]);
+    let ssh = [
+        "extensions.persi.enabled=false",
+        "extensions.ssh.enabled=true",
+    ];
+
+    // Defaults: the chart adds no policy on app pods; a cluster without policies stays open,
+    // UDP included.
+    let chart = network_policies(&render(sys, apps, &ssh), sys);
+    for (port, proto) in [(8080, "TCP"), (5353, "UDP"), (2222, "TCP")] {
+        assert_eq!(
+            ingress(&chart, &other, &app, port, proto),
+            Verdict::NotIsolated,
+            "by default the chart must not isolate app pods ({port}/{proto}): {chart:#?}"
+        );
+    }
+
+    // Enabled, in a namespace with a default-deny and rules of its own (router -> 8080 TCP,
+    // anyone -> 5353 UDP): the chart adds exactly proxy -> daemon port.
+    let chart = network_policies(
+        &render(
+            sys,
+            apps,
+            &[&ssh[..], &["extensions.ssh.proxy.networkPolicy=true"]].concat(),
+        ),
+        sys,
+    );
+    assert_eq!(
+        chart
+            .iter()
+            .filter(|p| p["metadata"]["namespace"] == apps)
+            .count(),
+        1,
+        "{chart:#?}"
+    );
+    let cluster: Vec<Value> = vec![
+        json!({"metadata": {"name": "default-deny", "namespace": apps},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+        json!({"metadata": {"name": "router", "namespace": apps},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{
+                   "ports": [{"port": 8080}],
+                   "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "routing"}}}]}]}}),
+        json!({"metadata": {"name": "udp", "namespace": apps},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{
+                   "ports": [{"port": 5353, "protocol": "UDP"}]}]}}),
+    ];
+    let all: Vec<Value> = [cluster.clone(), chart.clone()].concat();
+    for (src, port, proto, expected, what) in [
+        (
+            &proxy,
+            2222,
+            "TCP",
+            Verdict::Allowed,
+            "the proxy reaches the daemon",
+        ),
+        (
+            &other,
+            2222,
+            "TCP",
+            Verdict::Denied,
+            "another pod does not reach the daemon",
+        ),
+        (
+            &router,
+            2222,
+            "TCP",
+            Verdict::Denied,
+            "the router does not reach the daemon",
+        ),
+        (
+            &other,
+            8080,
+            "TCP",
+            Verdict::Denied,
+            "the default-deny still holds for the app port",
+        ),
+        (
+            &proxy,
+            8080,
+            "TCP",
+            Verdict::Denied,
+            "the proxy reaches the daemon port only",
+        ),
+        (
+            &other,
+            9000,
+            "TCP",
+            Verdict::Denied,
+            "the default-deny still holds for other ports",
+        ),
+        (
+            &router,
+            8080,
+            "TCP",
+            Verdict::Allowed,
+            "the cluster's own rule",
+        ),
+        (
+            &other,
+            5353,
+            "UDP",
+            Verdict::Allowed,
+            "the cluster's own UDP rule",
+        ),
+    ] {
+        assert_eq!(ingress(&all, src, &app, port, proto), expected, "{what}");
+    }
+    // What the chart adds on its own (documented): the proxy rule; the rest is isolated.
+    assert_eq!(ingress(&chart, &proxy, &app, 2222, "TCP"), Verdict::Allowed);
+    assert_eq!(ingress(&chart, &router, &app, 8080, "TCP"), Verdict::Denied);
+}
+
+/// Issue item 5: the webhook port admits the apiserver and nothing else (any pod reaching it
+/// could have the extensions create and probe Secrets).
+#[test]
+fn the_webhook_port_admits_only_the_apiserver() {
+    use netpol::{Endpoint, Verdict, ingress, labels};
+    let (sys, apps) = ("eirinix-system", "eirini");
+    let server = Endpoint::pod(
+        sys,
+        labels(&[
+            ("app.kubernetes.io/name", "eirinix"),
+            ("app.kubernetes.io/instance", "rel"),
+            ("app.kubernetes.io/component", "server"),
+        ]),
+        [10, 244, 0, 5],
+    );
+    assert!(APISERVER_CIDR.starts_with("192.0.2."));
+    let apiserver = Endpoint::host([192, 0, 2, 7]);
+    let app = Endpoint::pod(
+        apps,
+        labels(&[("cloudfoundry.org/source_type", "APP")]),
+        [10, 244, 0, 10],
+    );
+    let neighbour = Endpoint::pod(sys, labels(&[("app", "other")]), [10, 244, 0, 11]);
+    let monitoring = Endpoint::pod(
+        "monitoring",
+        labels(&[("app", "prometheus")]),
+        [10, 244, 0, 12],
+    );
+    let outside = Endpoint::host([198, 51, 100, 1]);
+    for sets in [
+        vec![],
+        vec![
+            "extensions.ssh.enabled=true",
+            "extensions.rootfs.enabled=true",
+        ],
+        vec!["certificates.mode=certManager"],
+    ] {
+        let docs = render(sys, apps, &sets);
+        let chart = network_policies(&docs, sys);
+        let webhook_port = 2999;
+        assert_eq!(
+            ingress(&chart, &apiserver, &server, webhook_port, "TCP"),
+            Verdict::Allowed,
+            "{sets:?}: the apiserver reaches the webhook"
+        );
+        for (src, what) in [
+            (&app, "an app pod"),
+            (&neighbour, "a pod of the release namespace"),
+            (&monitoring, "another namespace"),
+            (&outside, "an address outside the cluster"),
+        ] {
+            assert_eq!(
+                ingress(&chart, src, &server, webhook_port, "TCP"),
+                Verdict::Denied,
+                "{sets:?}: {what} must not reach the webhook port: {chart:#?}"
+            );
+            assert_eq!(
+                ingress(&chart, src, &server, 9090, "TCP"),
+                Verdict::Denied,
+                "{sets:?}: metrics only from metrics.allowFrom"
+            );
+        }
+    }
+    // Monitoring is admitted to the metrics port (only) when named.
+    let docs = render(
+        sys,
+        apps,
+        &[
+            "metrics.allowFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+        ],
+    );
+    let chart = network_policies(&docs, sys);
+    assert_eq!(
+        ingress(&chart, &monitoring, &server, 9090, "TCP"),
+        Verdict::Allowed
+    );
+    assert_eq!(
+        ingress(&chart, &monitoring, &server, 2999, "TCP"),
+        Verdict::Denied
+    );
+    // Turned off, no policy is rendered.
+    let docs = render(sys, apps, &["webhook.networkPolicy.enabled=false"]);
+    assert!(network_policies(&docs, sys).is_empty());
 }
 
 async fn stub_crds(client: &kube::Client) {
@@ -378,6 +869,62 @@ async fn every_rendered_manifest_is_accepted_by_the_apiserver() {
     }
 }
 
+/// At install (a server-side render, as `helm install` does), the webhook's NetworkPolicy admits
+/// the addresses of the `kubernetes` Service's EndpointSlice when no peers are configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_addresses_are_looked_up_at_install() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let cp = ControlPlane::shared().await.expect("control plane");
+    let client = cp.client().await.unwrap();
+    // This plane runs without an endpoint reconciler: publish the slice a cluster would have.
+    // Only data for the policy; nothing is sent to that address.
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.41"]}, {"addresses": ["192.0.2.42"]}],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    match slices.create(&PostParams::default(), &slice).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("{e}"),
+    }
+    let (sys, apps) = namespaces(cp).await;
+    let out = Command::new(helm())
+        .args([
+            "template",
+            "rel",
+            CHART,
+            "--dry-run=server",
+            "--namespace",
+            &sys,
+        ])
+        .args(["--set", &format!("appNamespace={apps}")])
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_slice(&out.stdout)
+        .filter_map(|d| Value::deserialize(d).ok().filter(|v| !v.is_null()))
+        .collect();
+    let policy = by_kind(&docs, "NetworkPolicy")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "rel-server")
+        .expect("the server's NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"],
+        json!([{"ipBlock": {"cidr": "192.0.2.41/32"}}, {"ipBlock": {"cidr": "192.0.2.42/32"}}]),
+        "{policy}"
+    );
+}
+
 fn run_args(docs: &[Value], deployment: &str) -> Vec<String> {
     let d = by_kind(docs, "Deployment")
         .into_iter()
@@ -449,6 +996,25 @@ fn impersonating(cp: &ControlPlane, user: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// A client acting as the identity of `kubeconfig` (see [`impersonating`]).
+async fn client_as(kubeconfig: &std::path::Path) -> kube::Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// `result` must be the apiserver's 403.
+fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: must be forbidden, got {other:?}"),
+    }
+}
+
 fn eirinix_as(kubeconfig: &std::path::Path, args: &[String]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eirinix"));
     c.args(args)
@@ -479,12 +1045,13 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
             "extensions.rootfs.enabled=true",
             "extensions.rootfs.version=v2",
             "extensions.ssh.enabled=true",
+            "extensions.persi.broker.enabled=true",
             "extensions.logs.enabled=true",
             "extensions.logs.sinks[0].type=syslog",
             &sink,
         ],
     );
-    // Create what identities need (service accounts and RBAC), for real.
+    // Create what identities need (service accounts, RBAC, the Secrets the chart makes), for real.
     for doc in docs.iter().filter(|d| {
         matches!(
             d["kind"].as_str(),
@@ -495,6 +1062,7 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
                     | "ClusterRole"
                     | "ClusterRoleBinding"
                     | "ConfigMap"
+                    | "Secret"
             )
         )
     }) {
@@ -644,6 +1212,176 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
         banner.starts_with("SSH-2.0"),
         "ssh proxy as its service account: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The proxy reads no Secret but the master key's (app keys derive from it), and creates none.
+    let as_proxy = client_as(proxy_kc.path()).await;
+    let probe = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("not-the-proxys".into()),
+            ..Default::default()
+        },
+        string_data: Some([("k".to_owned(), "v".to_owned())].into()),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &apps)
+        .create(&PostParams::default(), &probe)
+        .await
+        .unwrap();
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_proxy.clone(), &apps)
+            .get("not-the-proxys")
+            .await,
+        "the proxy reads an app-namespace Secret",
+    );
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_proxy.clone(), &sys)
+            .create(&PostParams::default(), &probe)
+            .await,
+        "the proxy creates a Secret in the release namespace",
+    );
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_proxy, &sys)
+            .get(&format!("{fp}-ssh-master"))
+            .await
+            .is_ok(),
+        "the proxy reads the master key"
+    );
+
+    // The persi broker's identity provisions, binds, unbinds and deprovisions...
+    let broker_kc = impersonating(cp, &sa("persi-broker"));
+    let broker_cm = by_kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "rel-persi-broker")
+        .expect("broker ConfigMap");
+    let broker_yaml = broker_cm["data"]["broker.yaml"].as_str().unwrap();
+    let broker_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broker_file.path(), broker_yaml).unwrap();
+    let catalog: Value = serde_yaml::from_str(broker_yaml).unwrap();
+    let service_id = catalog["catalog"]["services"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plan_id = catalog["catalog"]["services"][0]["plans"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let broker_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = eirinix_as(
+        broker_kc.path(),
+        &[
+            "broker".into(),
+            format!("--config={}", broker_file.path().display()),
+            format!("--listen=127.0.0.1:{broker_port}"),
+        ],
+    )
+    .env("EIRINIX_BROKER_USERNAME", "broker")
+    .env("EIRINIX_BROKER_PASSWORD", "chart-test-password")
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let osb = |method: &str, path: &str, body: Option<Value>| -> u16 {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .args(["-u", "broker:chart-test-password", "-X", method])
+        .args([
+            "-H",
+            "X-Broker-API-Version: 2.17",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .arg(format!("http://127.0.0.1:{broker_port}{path}"));
+        if let Some(b) = body {
+            c.args(["--data-binary", &b.to_string()]);
+        }
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while osb("GET", "/v2/catalog", None) != 200 {
+        assert!(
+            Instant::now() < deadline && broker.try_wait().unwrap().is_none(),
+            "the broker never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let q = format!("service_id={service_id}&plan_id={plan_id}");
+    let provision = json!({"service_id": service_id, "plan_id": plan_id,
+        "organization_guid": "o", "space_guid": "s", "parameters": {}});
+    let bind = json!({"service_id": service_id, "plan_id": plan_id,
+        "bind_resource": {"app_guid": "app"}, "parameters": {}});
+    let results = [
+        osb("PUT", "/v2/service_instances/rbac-1", Some(provision)),
+        osb(
+            "PUT",
+            "/v2/service_instances/rbac-1/service_bindings/b-1",
+            Some(bind),
+        ),
+        osb(
+            "DELETE",
+            &format!("/v2/service_instances/rbac-1/service_bindings/b-1?{q}"),
+            None,
+        ),
+        osb("DELETE", &format!("/v2/service_instances/rbac-1?{q}"), None),
+    ];
+    let _ = broker.kill();
+    let output = broker.wait_with_output().unwrap();
+    assert_eq!(
+        results,
+        [201, 201, 200, 200],
+        "the broker as its service account: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // ...and can neither list nor update claims (it never does; deleting is checked in code).
+    let as_broker = client_as(broker_kc.path()).await;
+    let claims =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(as_broker, &apps);
+    forbidden(
+        claims.list(&Default::default()).await,
+        "the broker lists claims",
+    );
+    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "someone-elses"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    let theirs =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), &apps)
+            .create(&PostParams::default(), &pvc)
+            .await
+            .unwrap();
+    forbidden(
+        claims
+            .replace("someone-elses", &PostParams::default(), &theirs)
+            .await,
+        "the broker updates a claim",
+    );
+
+    // The server reads the master key and no other Secret of the release namespace.
+    let as_server_client = client_as(server_kc.path()).await;
+    let release_secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_server_client, &sys);
+    assert!(
+        release_secrets
+            .get(&format!("{fp}-ssh-master"))
+            .await
+            .is_ok()
+    );
+    forbidden(
+        release_secrets.create(&PostParams::default(), &probe).await,
+        "the server creates a Secret in the release namespace",
     );
 
     // ...and cannot write webhook configurations.

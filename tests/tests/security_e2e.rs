@@ -758,22 +758,33 @@ catalog:
         let daemon_addr = daemon.local_addr().unwrap();
         let stop_ssh = CancellationToken::new();
         tokio::spawn(daemon.serve(stop_ssh.clone()));
-        let proxy_key_name = unique_name("sec-proxy-key");
-        let proxy_key = eirinix_ssh::proxy::proxy_host_key(&client, &sys, &proxy_key_name)
+        // The master key the webhook made at the first admission: the app keys and the
+        // proxy's host key derive from it.
+        let master_name = eirinix_ssh::SshOptions::default().master_secret_name(&fp);
+        let master_secret = Api::<Secret>::namespaced(client.clone(), &sys)
+            .get(&master_name)
             .await
             .unwrap();
-        let proxy_secret = Api::<Secret>::namespaced(client.clone(), &sys)
-            .get(&proxy_key_name)
+        secrets.add(
+            "the ssh master key",
+            secret_strings(&master_secret)["master-key"].clone(),
+        );
+        let master = eirinix_ssh::MasterKey::from_secret(&client, &sys, &master_name, false)
             .await
             .unwrap();
         secrets.add(
             "the proxy's host key",
-            secret_strings(&proxy_secret)["host-key"].clone(),
+            master
+                .proxy_host_key()
+                .unwrap()
+                .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                .unwrap()
+                .to_string(),
         );
-        let mut proxy_config = eirinix_ssh::ProxyConfig::new(proxy_key);
+        let mut proxy_config = eirinix_ssh::ProxyConfig::new(master).unwrap();
         proxy_config.listen = "127.0.0.1:0".parse().unwrap();
         proxy_config.namespace = Some(apps.clone());
-        proxy_config.auth_rejection_time = Duration::from_millis(100);
+        proxy_config.refusal_time = Duration::from_millis(300);
         proxy_config.resolver = Arc::new(LoopbackResolver(HashMap::from([(
             "dora-0".to_owned(),
             daemon_addr,
@@ -823,6 +834,14 @@ catalog:
                 &Secret {
                     metadata: ObjectMeta {
                         name: Some(eirinix_ssh::SshOptions::default().secret_name(&guid2)),
+                        // Ours (labelled): the webhook reads it and replaces the damaged keys.
+                        labels: Some(
+                            [
+                                ("eirinix.org/ssh".to_owned(), "keys".to_owned()),
+                                ("cloudfoundry.org/guid".to_owned(), guid2.clone()),
+                            ]
+                            .into(),
+                        ),
                         ..Default::default()
                     },
                     data: Some(broken),
@@ -963,7 +982,8 @@ catalog:
             "extension failed; denying (failure policy Fail)",
             "certificate secret is unusable",
             "ssh Secret has no usable keys",
-            "app Secret unusable",
+            "the ssh Secret held other keys than the master key gives",
+            "instance address unknown",
             "is not valid JSON",
         ] {
             assert!(logs.contains(expected), "the logs lack {expected:?}");

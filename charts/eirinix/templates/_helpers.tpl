@@ -44,6 +44,8 @@ app.kubernetes.io/component: {{ .component }}
 - --ssh-failure-policy={{ .failurePolicy | lower }}
 - --ssh-port={{ .port }}
 - --ssh-image={{ include "eirinix.image" $ }}
+- --ssh-master-secret={{ $.Values.fingerprint }}-ssh-master
+- --ssh-no-create-master-secret
 {{- if .sidecarFallback }}
 - --ssh-sidecar-fallback
 {{- end }}

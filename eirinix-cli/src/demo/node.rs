@@ -179,7 +179,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         "ssh: `cf ssh dora` through the ssh proxy (a real OpenSSH client, a Kubernetes token as password)",
     );
-    let ssh_out = ssh_through_proxy(&client, &apps, &system, &app, &pod_name).await?;
+    let ssh_out = ssh_through_proxy(&client, &apps, &system, &fingerprint, &app, &pod_name).await?;
     print_indented(&ssh_out);
 
     step(
@@ -420,13 +420,18 @@ async fn ssh_through_proxy(
     client: &kube::Client,
     apps: &str,
     system: &str,
+    fingerprint: &str,
     app: &EiriniApp,
     pod: &str,
 ) -> anyhow::Result<String> {
-    let key = eirinix_ssh::proxy::proxy_host_key(client, system, "eirinix-demo-ssh-proxy")
+    // The master key the webhook made at the app's admission: the proxy derives from it the
+    // app's keys and its own host key.
+    let master_secret = eirinix_ssh::SshOptions::default().master_secret_name(fingerprint);
+    let master = eirinix_ssh::MasterKey::from_secret(client, system, &master_secret, false)
         .await
-        .context("the proxy's host key")?;
-    let mut config = eirinix_ssh::ProxyConfig::new(key.clone());
+        .context("the ssh master key")?;
+    let key = master.proxy_host_key()?;
+    let mut config = eirinix_ssh::ProxyConfig::new(master)?;
     config.listen = "127.0.0.1:0".parse()?;
     config.namespace = Some(apps.into());
     let proxy = eirinix_ssh::Proxy::bind(config, client.clone()).await?;

@@ -289,6 +289,18 @@ impl Persi {
     }
 }
 
+/// Whether the manager serves `namespace`: its namespace when it has one, else every namespace
+/// its webhook configuration does not exclude.
+fn serves_namespace(settings: &eirinix_core::Settings, namespace: &str) -> bool {
+    match &settings.namespace {
+        Some(ns) => ns == namespace,
+        None => !settings
+            .effective_excluded_namespaces()
+            .iter()
+            .any(|n| n == namespace),
+    }
+}
+
 /// The string data of a Secret or ConfigMap (`None` when it does not exist).
 async fn fetch(
     ctx: &Context,
@@ -540,7 +552,14 @@ impl Extension for Persi {
                 .as_deref()
                 .or(pod.metadata.namespace.as_deref())
             {
-                Some(ns) => self.resolve(ctx, ns, pod, refs, &mut found).await,
+                // Reading objects is a side effect a caller could probe with: only in the
+                // namespaces this manager serves (a forged review may name any).
+                Some(ns) if serves_namespace(ctx.settings(), ns) => {
+                    self.resolve(ctx, ns, pod, refs, &mut found).await
+                }
+                Some(ns) => found.warnings.push(format!(
+                    "persi: namespace {ns:?} is not served by this webhook; VCAP_SERVICES references are not read"
+                )),
                 None => found.warnings.push(
                     "persi: the pod has no namespace; VCAP_SERVICES references are not read".into(),
                 ),

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::SshError;
 use crate::keys::{SECRET_LABEL, SECRET_LABEL_VALUE};
 use crate::options::GUID_LABEL;
+use crate::webhook::is_ssh_secret;
 
 /// When and what the janitor cleans.
 #[derive(Clone, Debug)]
@@ -63,6 +64,31 @@ pub async fn sweep(
     namespace: Option<&str>,
     options: &JanitorOptions,
 ) -> Result<usize, SshError> {
+    let mut deleted = 0;
+    for candidate in candidates(client, namespace, options).await? {
+        if remove(client, &candidate).await? {
+            tracing::info!(namespace = %candidate.namespace, secret = %candidate.name, "ssh Secret of a deleted app removed");
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// A Secret the janitor decided to delete, at the version it looked at.
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    namespace: String,
+    name: String,
+    uid: String,
+    resource_version: String,
+}
+
+/// The labelled ssh Secrets whose app is gone.
+pub(crate) async fn candidates(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    options: &JanitorOptions,
+) -> Result<Vec<Candidate>, SshError> {
     let secrets: Api<Secret> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -73,12 +99,18 @@ pub async fn sweep(
         .await?;
     // StatefulSet uids per namespace, fetched once per sweep.
     let mut sets: HashMap<String, HashMap<String, String>> = HashMap::new();
-    let mut deleted = 0;
+    let mut out = Vec::new();
     for secret in list.items {
-        let (Some(ns), Some(name), Some(uid)) = (
+        // RBAC lets the server delete any Secret of the namespace: only ours are considered
+        // (checked here as well as by the selector), and only at this version (see `remove`).
+        if !is_ssh_secret(&secret.metadata) {
+            continue;
+        }
+        let (Some(ns), Some(name), Some(uid), Some(resource_version)) = (
             secret.metadata.namespace.clone(),
             secret.metadata.name.clone(),
             secret.metadata.uid.clone(),
+            secret.metadata.resource_version.clone(),
         ) else {
             continue;
         };
@@ -132,23 +164,82 @@ pub async fn sweep(
             owners.iter().all(|o| live.get(&o.name) != Some(&o.uid))
         };
         if gone {
-            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match api.delete(&name, &dp).await {
-                Ok(_) => {
-                    tracing::info!(namespace = %ns, secret = %name, "ssh Secret of a deleted app removed");
-                    deleted += 1;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
+            out.push(Candidate {
+                namespace: ns,
+                name,
+                uid,
+                resource_version,
+            });
         }
     }
-    Ok(deleted)
+    Ok(out)
+}
+
+/// Delete `candidate` if it is still the version that was judged (label included); `false`
+/// when it is gone or changed since.
+pub(crate) async fn remove(client: &kube::Client, candidate: &Candidate) -> Result<bool, SshError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &candidate.namespace);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(candidate.uid.clone()),
+            resource_version: Some(candidate.resource_version.clone()),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&candidate.name, &dp).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::{Patch, PatchParams};
+
+    /// Issue item 8: the server may delete any Secret of the app namespace (RBAC cannot scope by
+    /// label); the janitor deletes only labelled Secrets, at the version it judged. One that
+    /// lost its label in between is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_secret_relabelled_after_the_sweep_looked_is_kept() {
+        let cp = eirinix_testenv::ControlPlane::shared()
+            .await
+            .expect("control plane (scripts/provision.sh)");
+        let client = cp.client().await.unwrap();
+        let ns = cp.namespace("ssh-janitor").await.unwrap();
+        let keys = crate::AppKeys::generate("orphan").unwrap();
+        for guid in ["orphan-a", "orphan-b"] {
+            let name = format!("eirinix-ssh-{guid}");
+            crate::webhook::ensure_secret(&client, &ns, &name, guid, None, &keys)
+                .await
+                .unwrap();
+        }
+        let now = JanitorOptions {
+            orphan_grace: Duration::ZERO,
+            ..JanitorOptions::default()
+        };
+        let found = candidates(&client, Some(&ns), &now).await.unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        // Someone reuses one of them for something else: no longer ours.
+        let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let patch = serde_json::json!({"metadata": {"labels": {SECRET_LABEL: null}}});
+        api.patch(
+            "eirinix-ssh-orphan-a",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+        let mut removed = Vec::new();
+        for c in &found {
+            if remove(&client, c).await.unwrap() {
+                removed.push(c.name.clone());
+            }
+        }
+        assert_eq!(removed, ["eirinix-ssh-orphan-b"]);
+        assert!(api.get_opt("eirinix-ssh-orphan-a").await.unwrap().is_some());
+        // And a later sweep never considers it.
+        assert_eq!(sweep(&client, Some(&ns), &now).await.unwrap(), 0);
+    }
 }

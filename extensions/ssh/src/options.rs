@@ -31,6 +31,12 @@ pub struct SshOptions {
     pub port: u16,
     /// Secret names are `<secret_prefix>-<app guid>`.
     pub secret_prefix: String,
+    /// Secret (in the webhook namespace) holding the master key every app's keys derive from;
+    /// empty: `<fingerprint>-ssh-master`. The ssh proxy reads the same Secret.
+    pub master_secret: String,
+    /// Create the master key Secret when it does not exist (needs `create` on Secrets in the
+    /// webhook namespace); the Helm chart creates it, so its server never needs to.
+    pub create_master_secret: bool,
     /// Container to wrap, by name; `None` wraps the first container.
     pub container: Option<String>,
     /// When the container has no explicit command, run the daemon as a sidecar instead of
@@ -56,6 +62,8 @@ impl Default for SshOptions {
             mount_path: "/eirinix/ssh".into(),
             port: DEFAULT_PORT,
             secret_prefix: NAME.into(),
+            master_secret: String::new(),
+            create_master_secret: true,
             container: None,
             sidecar_fallback: false,
             shell: None,
@@ -70,6 +78,15 @@ impl SshOptions {
     /// Path of the copied daemon binary in the app container.
     pub fn daemon_path(&self) -> String {
         format!("{}/eirinix-sshd", self.mount_path.trim_end_matches('/'))
+    }
+
+    /// Name of the master key Secret for a manager with `fingerprint`.
+    pub fn master_secret_name(&self, fingerprint: &str) -> String {
+        if self.master_secret.is_empty() {
+            format!("{fingerprint}-ssh-master")
+        } else {
+            self.master_secret.clone()
+        }
     }
 
     /// Name of the Secret holding the keys of app `guid`.

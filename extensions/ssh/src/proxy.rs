@@ -1,16 +1,20 @@
 //! The ssh proxy: `ssh -p <port> <app-guid>/<index>@<proxy>` (or `cf:<app-guid>/<index>`), with a
 //! Kubernetes bearer token as the password.
 //!
-//! Access: a TokenReview authenticates the token, a SubjectAccessReview checks that its user may
-//! `create pods/exec` on the target pod. The proxy then logs in to the pod's daemon with the
-//! app's client key, verifies the daemon's host key against the app Secret, and relays the
-//! session (shell, exec, exit status, signals, `-L` forwarding). Refusals are shown to the user
-//! (as a keyboard-interactive message) and logged, never with the token.
+//! Access: a TokenReview authenticates the token; SubjectAccessReviews check that its user may
+//! `create pods/exec` in the app namespace (before any pod is looked up) and on the target pod.
+//! The proxy then logs in to the pod's daemon with the app's client key and verifies the
+//! daemon's host key, both derived from the [`MasterKey`] (the proxy reads no app Secret), and
+//! relays the session (shell, exec, exit status, signals, `-L` forwarding).
+//!
+//! Every refusal before access is granted looks the same to the user: one message, answered
+//! [`ProxyConfig::refusal_time`] after the password arrived, whatever the reason. Reasons are
+//! logged, never the token. Unauthenticated connections are limited ([`Limits`]).
 
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +22,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInf
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
@@ -26,12 +30,15 @@ use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, SshId};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::DEFAULT_PORT;
 use crate::error::{Result, SshError};
-use crate::keys::{AppKeys, fingerprint};
-use crate::options::{GUID_LABEL, NAME};
+use crate::keys::{MasterKey, fingerprint};
+pub use crate::limits::Limits;
+use crate::limits::{Ended, Gate, Pending, SourceRate};
+use crate::options::GUID_LABEL;
 
 /// Finds the address of a pod's daemon (pluggable: tests map pods to loopback ports).
 #[async_trait]
@@ -62,12 +69,12 @@ impl PodResolver for PodIpResolver {
 pub struct ProxyConfig {
     /// Address to listen on (default `0.0.0.0:2222`).
     pub listen: SocketAddr,
-    /// The proxy's own host key (what users put in known_hosts).
+    /// The key the apps' keys derive from (the webhook's, from the same Secret).
+    pub master: MasterKey,
+    /// The proxy's own host key (what users put in known_hosts); derived from the master.
     pub host_key: PrivateKey,
     /// Namespace of the apps; `None` looks in all namespaces.
     pub namespace: Option<String>,
-    /// Prefix of the app Secrets (as in [`crate::SshOptions::secret_prefix`]).
-    pub secret_prefix: String,
     /// Port of the daemon in the pods.
     pub daemon_port: u16,
     /// User name sent to the daemon.
@@ -76,10 +83,13 @@ pub struct ProxyConfig {
     pub resolver: Arc<dyn PodResolver>,
     /// Audiences the tokens must carry (empty: the apiserver's default).
     pub audiences: Vec<String>,
-    /// Constant time a refused authentication takes.
-    pub auth_rejection_time: Duration,
+    /// Every refused login is answered this long after its password arrived, whatever the
+    /// reason; authorization not finished by then is refused (default 3 s).
+    pub refusal_time: Duration,
     /// Time allowed to reach and log in to a daemon.
     pub connect_timeout: Duration,
+    /// Limits on connections that have not logged in.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -88,42 +98,45 @@ impl std::fmt::Debug for ProxyConfig {
             .field("listen", &self.listen)
             .field("host_key", &fingerprint(self.host_key.public_key()))
             .field("namespace", &self.namespace)
-            .field("secret_prefix", &self.secret_prefix)
             .field("daemon_port", &self.daemon_port)
             .field("audiences", &self.audiences)
+            .field("refusal_time", &self.refusal_time)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl ProxyConfig {
-    /// Defaults: port 2222 on all addresses, all namespaces, pods reached on their IP.
-    pub fn new(host_key: PrivateKey) -> Self {
-        Self {
+    /// Defaults: port 2222 on all addresses, all namespaces, pods reached on their IP, the host
+    /// key derived from `master`.
+    pub fn new(master: MasterKey) -> Result<Self> {
+        Ok(Self {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
-            host_key,
+            host_key: master.proxy_host_key()?,
+            master,
             namespace: None,
-            secret_prefix: NAME.into(),
             daemon_port: DEFAULT_PORT,
             daemon_user: "vcap".into(),
             resolver: Arc::new(PodIpResolver),
             audiences: Vec::new(),
-            auth_rejection_time: Duration::from_secs(1),
+            refusal_time: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(10),
-        }
+            limits: Limits::default(),
+        })
     }
 }
 
 /// The app instance a user name designates.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// App guid (`cloudfoundry.org/guid`).
-    pub guid: String,
+    guid: String,
     /// Instance index (suffix of the pod name).
-    pub index: u32,
+    index: u32,
 }
 
 /// Parse `<app-guid>/<index>` or `cf:<app-guid>/<index>`.
-pub fn parse_target(user: &str) -> Option<Target> {
+pub(crate) fn parse_target(user: &str) -> Option<Target> {
     let rest = user.strip_prefix("cf:").unwrap_or(user);
     let (guid, index) = rest.rsplit_once('/')?;
     let valid_guid = !guid.is_empty()
@@ -140,13 +153,24 @@ pub fn parse_target(user: &str) -> Option<Target> {
     })
 }
 
-/// Why a login was refused; [`Refusal::message`] is what the user sees.
+/// What every refusal before access is granted says, whatever the reason (logged apart): the
+/// answer tells nothing about which apps, instances or namespaces exist.
+pub const DENIED: &str = "access denied: the user name must be <app-guid>/<index> of an instance, and the password a Kubernetes token allowed to create pods/exec on it";
+
+/// Why a login was refused (logged); [`Refusal::message`] is what the user sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The user name is not `<guid>/<index>`.
     BadUser,
     /// The token is not valid.
     Unauthenticated,
+    /// The user may not `create pods/exec` in the namespace (no pod was looked up).
+    ForbiddenNamespace {
+        /// Kubernetes user name.
+        user: String,
+        /// The namespace.
+        namespace: String,
+    },
     /// No such app instance.
     UnknownInstance(Target),
     /// The user may not `create pods/exec` on the pod.
@@ -158,42 +182,171 @@ pub enum Refusal {
         /// The pod.
         pod: String,
     },
-    /// The app has no usable key Secret.
-    NoKeys(Target),
-    /// The daemon cannot be reached or refused the proxy.
-    Unreachable(Target),
-    /// The Kubernetes API failed.
+    /// More password attempts on this connection than allowed (no TokenReview made).
+    TooManyAttempts,
+    /// The source address made too many attempts lately (no TokenReview made).
+    RateLimited,
+    /// The Kubernetes API failed, or did not answer within the refusal time.
     Internal,
+    /// Granted, but the app's pod was not injected with ssh.
+    NotEnabled(Target),
+    /// Granted, but the daemon cannot be reached or refused the proxy.
+    Unreachable(Target),
 }
 
 impl Refusal {
-    /// The message shown to the user.
-    pub fn message(&self) -> String {
+    /// Whether the user was granted access (then the reason may be told).
+    fn after_grant(&self) -> bool {
+        matches!(self, Refusal::NotEnabled(_) | Refusal::Unreachable(_))
+    }
+
+    /// The message shown to the user: [`DENIED`] for everything before access is granted.
+    pub(crate) fn message(&self) -> String {
         match self {
-            Refusal::BadUser => {
-                "the user name must be <app-guid>/<index> or cf:<app-guid>/<index>".into()
-            }
-            Refusal::Unauthenticated => {
-                "authentication failed: the password must be a valid Kubernetes bearer token".into()
-            }
-            Refusal::UnknownInstance(t) => {
-                format!(
-                    "unknown app or instance: no instance {} of app {}",
-                    t.index, t.guid
-                )
-            }
-            Refusal::Forbidden {
-                user,
-                namespace,
-                pod,
-            } => format!("not authorized: {user} may not create pods/exec on {namespace}/{pod}"),
-            Refusal::NoKeys(t) => format!("ssh is not enabled for app {} (no key Secret)", t.guid),
+            Refusal::NotEnabled(t) => format!(
+                "ssh is not enabled for instance {} of app {} (started before ssh was enabled, or without an explicit command)",
+                t.index, t.guid
+            ),
             Refusal::Unreachable(t) => format!(
                 "instance {} of app {} cannot be reached over ssh (not running, or started before ssh was enabled)",
                 t.index, t.guid
             ),
-            Refusal::Internal => "the proxy cannot check access right now; try again".into(),
+            _ => DENIED.into(),
         }
+    }
+}
+
+/// Counters of the proxy (render them with [`ProxyMetrics::render`]).
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    connections: AtomicU64,
+    refused_connections: AtomicU64,
+    auth_timeouts: AtomicU64,
+    unauthenticated: Arc<AtomicU64>,
+    token_reviews: AtomicU64,
+    access_reviews: AtomicU64,
+    granted: AtomicU64,
+    refused: AtomicU64,
+    rate_limited: AtomicU64,
+    too_many_attempts: AtomicU64,
+}
+
+impl ProxyMetrics {
+    /// Connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    /// Connections closed at accept: too many were not logged in yet.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
+    }
+    /// Connections closed because they did not log in in time.
+    pub fn auth_timeouts(&self) -> u64 {
+        self.auth_timeouts.load(Ordering::Relaxed)
+    }
+    /// Connections not logged in at the moment.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+    }
+    /// TokenReviews sent to the apiserver.
+    pub fn token_reviews(&self) -> u64 {
+        self.token_reviews.load(Ordering::Relaxed)
+    }
+    /// SubjectAccessReviews sent to the apiserver.
+    pub fn access_reviews(&self) -> u64 {
+        self.access_reviews.load(Ordering::Relaxed)
+    }
+    /// Logins granted.
+    pub fn granted(&self) -> u64 {
+        self.granted.load(Ordering::Relaxed)
+    }
+    /// Logins refused (any reason).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Password attempts refused without review: the source's rate was exceeded.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+    /// Password attempts refused without review: too many on one connection.
+    pub fn too_many_attempts(&self) -> u64 {
+        self.too_many_attempts.load(Ordering::Relaxed)
+    }
+
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "eirinix_ssh_proxy_connections_total",
+                "counter",
+                "Connections accepted by the ssh proxy.",
+                self.connections(),
+            ),
+            (
+                "eirinix_ssh_proxy_refused_connections_total",
+                "counter",
+                "Connections closed at accept: too many had not logged in yet.",
+                self.refused_connections(),
+            ),
+            (
+                "eirinix_ssh_proxy_auth_timeouts_total",
+                "counter",
+                "Connections closed because they did not log in in time.",
+                self.auth_timeouts(),
+            ),
+            (
+                "eirinix_ssh_proxy_unauthenticated_connections",
+                "gauge",
+                "Connections not logged in at the moment.",
+                self.unauthenticated(),
+            ),
+            (
+                "eirinix_ssh_proxy_token_reviews_total",
+                "counter",
+                "TokenReviews sent to the apiserver.",
+                self.token_reviews(),
+            ),
+            (
+                "eirinix_ssh_proxy_access_reviews_total",
+                "counter",
+                "SubjectAccessReviews sent to the apiserver.",
+                self.access_reviews(),
+            ),
+            (
+                "eirinix_ssh_proxy_logins_granted_total",
+                "counter",
+                "Logins granted.",
+                self.granted(),
+            ),
+            (
+                "eirinix_ssh_proxy_logins_refused_total",
+                "counter",
+                "Logins refused, whatever the reason.",
+                self.refused(),
+            ),
+            (
+                "eirinix_ssh_proxy_rate_limited_total",
+                "counter",
+                "Password attempts refused without review: the source address exceeded its rate.",
+                self.rate_limited(),
+            ),
+            (
+                "eirinix_ssh_proxy_too_many_attempts_total",
+                "counter",
+                "Password attempts refused without review: too many on one connection.",
+                self.too_many_attempts(),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
     }
 }
 
@@ -201,6 +354,8 @@ struct ProxyShared {
     config: ProxyConfig,
     client: kube::Client,
     upstream_config: Arc<client::Config>,
+    metrics: Arc<ProxyMetrics>,
+    rate: SourceRate,
 }
 
 /// A proxy bound to its port, not yet serving.
@@ -216,16 +371,21 @@ impl Proxy {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| SshError::io(format!("cannot listen on {}", config.listen), e))?;
+        let attempts = usize::try_from(config.limits.max_auth_attempts).unwrap_or(usize::MAX);
         let server_config = server::Config {
             server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-eirinix-ssh-proxy")),
             methods: MethodSet::from(&[MethodKind::Password][..]),
             keys: vec![config.host_key.clone()],
-            auth_rejection_time: config.auth_rejection_time,
+            // Password refusals wait for ProxyConfig::refusal_time in the handler; other
+            // methods (never accepted) are refused at once.
+            auth_rejection_time: Duration::ZERO,
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_max: 4,
-            max_auth_attempts: 6,
+            // Each password attempt is followed by a keyboard-interactive step (the refusal
+            // message); our own counter bounds the TokenReviews.
+            max_auth_attempts: attempts.saturating_mul(2).saturating_add(2),
             nodelay: true,
             ..Default::default()
         };
@@ -236,6 +396,7 @@ impl Proxy {
             nodelay: true,
             ..Default::default()
         };
+        let rate = SourceRate::new(&config.limits);
         Ok(Self {
             listener,
             server_config: Arc::new(server_config),
@@ -243,6 +404,8 @@ impl Proxy {
                 config,
                 client,
                 upstream_config: Arc::new(upstream_config),
+                metrics: Arc::default(),
+                rate,
             }),
         })
     }
@@ -254,9 +417,18 @@ impl Proxy {
             .map_err(|e| SshError::io("local address", e))
     }
 
+    /// Its counters (shared: clone the Arc to expose them).
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.shared.metrics
+    }
+
     /// Serve until `cancel`; open sessions are then closed.
     pub async fn serve(self, cancel: CancellationToken) -> Result<()> {
         let mut connections = JoinSet::new();
+        let limits = &self.shared.config.limits;
+        let metrics = self.shared.metrics.clone();
+        let gate = Gate::new(limits, metrics.unauthenticated.clone());
+        let max = limits.max_unauthenticated;
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -271,77 +443,39 @@ impl Proxy {
                     continue;
                 }
             };
+            ProxyMetrics::inc(&metrics.connections);
+            let Some((pending, logged_in)) = gate.admit() else {
+                ProxyMetrics::inc(&metrics.refused_connections);
+                tracing::warn!(%peer, limit = max, "too many connections not logged in; connection closed");
+                drop(socket);
+                continue;
+            };
             let handler = ProxyHandler {
                 shared: self.shared.clone(),
                 peer,
                 upstream: None,
                 refusal: None,
+                attempts: 0,
+                pending,
             };
             let config = self.server_config.clone();
+            let gate = gate.clone();
+            let metrics = metrics.clone();
             connections.spawn(async move {
-                match server::run_stream(config, socket, handler).await {
-                    Ok(session) => {
-                        if let Err(e) = session.await {
-                            tracing::debug!(%peer, error = %e, "proxy connection ended with an error");
-                        }
+                match gate.serve(config, socket, handler, logged_in).await {
+                    Ended::Finished(Ok(())) => {}
+                    Ended::Finished(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "proxy connection ended with an error")
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "proxy handshake failed"),
+                    Ended::TimedOut => {
+                        ProxyMetrics::inc(&metrics.auth_timeouts);
+                        tracing::info!(%peer, "connection closed: no login within the time limit");
+                    }
                 }
             });
         }
         connections.shutdown().await;
         Ok(())
-    }
-}
-
-/// The proxy's host key from Secret `namespace/name` (key `host-key`), created if absent.
-///
-/// Replicas of the proxy share it, so users pin one key; concurrent creation is safe (the
-/// loser of the race reads the winner's Secret).
-pub async fn proxy_host_key(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<PrivateKey> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let read = |secret: Secret| -> Result<PrivateKey> {
-        let pem = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(crate::keys::HOST_KEY))
-            .and_then(|b| std::str::from_utf8(&b.0).ok())
-            .ok_or_else(|| SshError::BadSecret {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                reason: format!("no {:?} entry", crate::keys::HOST_KEY),
-            })?;
-        crate::keys::parse_private_key(pem)
-    };
-    if let Some(secret) = api.get_opt(name).await? {
-        return read(secret);
-    }
-    let key = crate::keys::generate_ed25519("eirinix-ssh-proxy")?;
-    let pem = key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            [(
-                crate::keys::HOST_KEY.to_owned(),
-                k8s_openapi::ByteString(pem.as_bytes().to_vec()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(key),
-        Err(kube::Error::Api(s)) if s.code == 409 => read(api.get(name).await?),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -356,7 +490,7 @@ pub async fn run_proxy(
     proxy.serve(cancel).await
 }
 
-/// The login to the daemon: checks its host key against the app Secret.
+/// The login to the daemon: checks its host key against the app's (derived) one.
 struct Upstream {
     host_key: PublicKey,
 }
@@ -394,6 +528,7 @@ impl ProxyShared {
             },
             ..Default::default()
         };
+        ProxyMetrics::inc(&self.metrics.token_reviews);
         let reviewed = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
@@ -440,11 +575,12 @@ impl ProxyShared {
             .ok_or_else(|| Refusal::UnknownInstance(target.clone()))
     }
 
+    /// May `user` `create pods/exec` in `namespace` (on `pod`, or on any pod when `None`)?
     async fn may_exec(
         &self,
         user: &UserInfo,
         namespace: &str,
-        pod: &str,
+        pod: Option<&str>,
     ) -> std::result::Result<bool, Refusal> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -458,13 +594,14 @@ impl ProxyShared {
                     group: Some(String::new()),
                     resource: Some("pods".into()),
                     subresource: Some("exec".into()),
-                    name: Some(pod.to_owned()),
+                    name: pod.map(str::to_owned),
                     ..Default::default()
                 }),
                 ..Default::default()
             },
             ..Default::default()
         };
+        ProxyMetrics::inc(&self.metrics.access_reviews);
         let reviewed = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
@@ -475,6 +612,8 @@ impl ProxyShared {
         Ok(reviewed.status.is_some_and(|s| s.allowed))
     }
 
+    /// Token, then the namespace, then the pod: no pod is looked up for a user who may not
+    /// exec in the app namespace.
     async fn authorize(
         &self,
         target: &Target,
@@ -482,10 +621,18 @@ impl ProxyShared {
     ) -> std::result::Result<Granted, Refusal> {
         let user = self.review_token(token).await?;
         let username = user.username.clone().unwrap_or_default();
+        if let Some(ns) = &self.config.namespace
+            && !self.may_exec(&user, ns, None).await?
+        {
+            return Err(Refusal::ForbiddenNamespace {
+                user: username,
+                namespace: ns.clone(),
+            });
+        }
         let pod = self.find_pod(target).await?;
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        if !self.may_exec(&user, &namespace, &pod_name).await? {
+        if !self.may_exec(&user, &namespace, Some(&pod_name)).await? {
             return Err(Refusal::Forbidden {
                 user: username,
                 namespace,
@@ -504,19 +651,19 @@ impl ProxyShared {
         target: &Target,
         granted: &Granted,
     ) -> std::result::Result<client::Handle<Upstream>, Refusal> {
-        let secret_name = crate::keys::secret_name(&self.config.secret_prefix, &target.guid);
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &granted.namespace);
-        let secret = match secrets.get_opt(&secret_name).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Err(Refusal::NoKeys(target.clone())),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the app Secret failed");
-                return Err(Refusal::Internal);
-            }
-        };
-        let keys = AppKeys::from_secret(&secret).map_err(|e| {
-            tracing::warn!(error = %e, "app Secret unusable");
-            Refusal::NoKeys(target.clone())
+        let injected = granted
+            .pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&format!("eirinix.org/{}", crate::webhook::EXTENSION_NAME)))
+            .is_some();
+        if !injected {
+            return Err(Refusal::NotEnabled(target.clone()));
+        }
+        let keys = self.config.master.app_keys(&target.guid).map_err(|e| {
+            tracing::warn!(error = %e, "deriving the app keys failed");
+            Refusal::Unreachable(target.clone())
         })?;
         let addr = self
             .config
@@ -572,6 +719,8 @@ struct ProxyHandler {
     peer: SocketAddr,
     upstream: Option<Arc<client::Handle<Upstream>>>,
     refusal: Option<String>,
+    attempts: u32,
+    pending: Pending,
 }
 
 impl Drop for ProxyHandler {
@@ -588,19 +737,52 @@ impl Drop for ProxyHandler {
 }
 
 impl ProxyHandler {
-    fn refuse(&mut self, ssh_user: &str, refusal: &Refusal) -> Auth {
+    /// Refuse, `deadline` being when a refusal before the grant may be answered.
+    async fn refuse(&mut self, ssh_user: &str, refusal: &Refusal, deadline: Instant) -> Auth {
         tracing::warn!(
             peer = %self.peer,
             ssh_user,
             reason = ?refusal,
             "ssh access refused"
         );
+        ProxyMetrics::inc(&self.shared.metrics.refused);
+        if !refusal.after_grant() {
+            // The same time for every reason: nothing to learn from how long it took.
+            tokio::time::sleep_until(deadline).await;
+        }
         self.refusal = Some(refusal.message());
         // OpenSSH shows the instructions of a keyboard-interactive request: that is how the user
         // learns why. The request comes next; then everything is refused.
         Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
             partial_success: false,
+        }
+    }
+
+    async fn decide(
+        &mut self,
+        user: &str,
+        password: &str,
+        deadline: Instant,
+    ) -> std::result::Result<(Target, Granted), Refusal> {
+        self.attempts += 1;
+        let shared = self.shared.clone();
+        if self.attempts > shared.config.limits.max_auth_attempts {
+            ProxyMetrics::inc(&shared.metrics.too_many_attempts);
+            return Err(Refusal::TooManyAttempts);
+        }
+        if !shared.rate.try_take(self.peer) {
+            ProxyMetrics::inc(&shared.metrics.rate_limited);
+            return Err(Refusal::RateLimited);
+        }
+        let target = parse_target(user).ok_or(Refusal::BadUser)?;
+        let token = clean_token(password);
+        match tokio::time::timeout_at(deadline, shared.authorize(&target, token)).await {
+            Ok(granted) => Ok((target, granted?)),
+            Err(_) => {
+                tracing::warn!(peer = %self.peer, "authorization did not finish within the refusal time");
+                Err(Refusal::Internal)
+            }
         }
     }
 }
@@ -613,15 +795,12 @@ impl server::Handler for ProxyHandler {
         user: &str,
         password: &str,
     ) -> std::result::Result<Auth, Self::Error> {
-        let Some(target) = parse_target(user) else {
-            return Ok(self.refuse(user, &Refusal::BadUser));
-        };
-        let token = clean_token(password);
-        let shared = self.shared.clone();
-        let granted = match shared.authorize(&target, token).await {
+        let deadline = Instant::now() + self.shared.config.refusal_time;
+        let (target, granted) = match self.decide(user, password, deadline).await {
             Ok(g) => g,
-            Err(r) => return Ok(self.refuse(user, &r)),
+            Err(r) => return Ok(self.refuse(user, &r, deadline).await),
         };
+        let shared = self.shared.clone();
         match shared.connect(&target, &granted).await {
             Ok(handle) => {
                 tracing::info!(
@@ -631,10 +810,12 @@ impl server::Handler for ProxyHandler {
                     pod = granted.pod.metadata.name.as_deref().unwrap_or_default(),
                     "ssh access granted"
                 );
+                ProxyMetrics::inc(&shared.metrics.granted);
+                self.pending.authenticated();
                 self.upstream = Some(Arc::new(handle));
                 Ok(Auth::Accept)
             }
-            Err(r) => Ok(self.refuse(user, &r)),
+            Err(r) => Ok(self.refuse(user, &r, deadline).await),
         }
     }
 
@@ -894,14 +1075,35 @@ mod tests {
     }
 
     #[test]
-    fn refusal_messages_name_the_reason() {
-        let m = Refusal::Forbidden {
-            user: "system:serviceaccount:a:b".into(),
-            namespace: "a".into(),
-            pod: "app-0".into(),
+    fn refusals_before_the_grant_all_read_the_same() {
+        let target = Target {
+            guid: "g".into(),
+            index: 0,
+        };
+        let before = [
+            Refusal::BadUser,
+            Refusal::Unauthenticated,
+            Refusal::ForbiddenNamespace {
+                user: "u".into(),
+                namespace: "a".into(),
+            },
+            Refusal::UnknownInstance(target.clone()),
+            Refusal::Forbidden {
+                user: "system:serviceaccount:a:b".into(),
+                namespace: "a".into(),
+                pod: "app-0".into(),
+            },
+            Refusal::TooManyAttempts,
+            Refusal::RateLimited,
+            Refusal::Internal,
+        ];
+        for r in &before {
+            assert_eq!(r.message(), DENIED, "{r:?}");
         }
-        .message();
-        assert!(m.contains("may not create pods/exec on a/app-0"), "{m}");
-        assert!(Refusal::Unauthenticated.message().contains("bearer token"));
+        assert!(
+            Refusal::Unreachable(target)
+                .message()
+                .contains("cannot be reached")
+        );
     }
 }

@@ -16,7 +16,7 @@ use kube::core::admission::Operation;
 
 use crate::daemon::{ENV_AUTHORIZED_KEYS, ENV_HOST_KEY, ENV_PORT, ENV_SHELL};
 use crate::error::SshError;
-use crate::keys::{self, AppKeys};
+use crate::keys::{self, AppKeys, MasterKey};
 use crate::options::{GUID_LABEL, NAME, SshOptions};
 
 /// Name of the extension (webhook path `/ssh`, idempotency annotation `eirinix.org/ssh`).
@@ -29,9 +29,11 @@ pub struct SshMetrics {
     sidecars: AtomicU64,
     skipped_no_command: AtomicU64,
     skipped_name_conflict: AtomicU64,
+    skipped_namespace: AtomicU64,
     secrets_created: AtomicU64,
     secrets_reused: AtomicU64,
-    bad_secrets: AtomicU64,
+    secrets_rekeyed: AtomicU64,
+    foreign_secrets: AtomicU64,
 }
 
 impl SshMetrics {
@@ -51,6 +53,10 @@ impl SshMetrics {
     pub fn skipped_name_conflict(&self) -> u64 {
         self.skipped_name_conflict.load(Ordering::Relaxed)
     }
+    /// Reviews for a namespace the manager does not serve (not sent by the apiserver).
+    pub fn skipped_namespace(&self) -> u64 {
+        self.skipped_namespace.load(Ordering::Relaxed)
+    }
     /// Secrets created.
     pub fn secrets_created(&self) -> u64 {
         self.secrets_created.load(Ordering::Relaxed)
@@ -59,9 +65,13 @@ impl SshMetrics {
     pub fn secrets_reused(&self) -> u64 {
         self.secrets_reused.load(Ordering::Relaxed)
     }
-    /// Secrets found without usable keys.
-    pub fn bad_secrets(&self) -> u64 {
-        self.bad_secrets.load(Ordering::Relaxed)
+    /// Secrets of ours whose keys were replaced by the derived ones.
+    pub fn secrets_rekeyed(&self) -> u64 {
+        self.secrets_rekeyed.load(Ordering::Relaxed)
+    }
+    /// Secrets of an app's name that are not ours (no label), left alone.
+    pub fn foreign_secrets(&self) -> u64 {
+        self.foreign_secrets.load(Ordering::Relaxed)
     }
 
     /// The counters in the Prometheus text format.
@@ -89,6 +99,11 @@ impl SshMetrics {
                 self.skipped_name_conflict(),
             ),
             (
+                "eirinix_ssh_skipped_namespace_total",
+                "Reviews left alone: their namespace is not served (the apiserver never sends those).",
+                self.skipped_namespace(),
+            ),
+            (
                 "eirinix_ssh_secrets_created_total",
                 "App key Secrets created.",
                 self.secrets_created(),
@@ -99,9 +114,14 @@ impl SshMetrics {
                 self.secrets_reused(),
             ),
             (
-                "eirinix_ssh_bad_secrets_total",
-                "App key Secrets without usable keys.",
-                self.bad_secrets(),
+                "eirinix_ssh_secrets_rekeyed_total",
+                "App key Secrets whose keys were replaced by the ones the master key gives.",
+                self.secrets_rekeyed(),
+            ),
+            (
+                "eirinix_ssh_foreign_secrets_total",
+                "Secrets with an app's key Secret name but not ours (unlabelled), left alone.",
+                self.foreign_secrets(),
             ),
         ] {
             out.push_str(&format!(
@@ -117,6 +137,7 @@ impl SshMetrics {
 pub struct SshInjector {
     options: Arc<SshOptions>,
     metrics: Arc<SshMetrics>,
+    master: Arc<tokio::sync::OnceCell<MasterKey>>,
 }
 
 impl SshInjector {
@@ -125,7 +146,27 @@ impl SshInjector {
         Self {
             options: Arc::new(options),
             metrics: Arc::default(),
+            master: Arc::default(),
         }
+    }
+
+    /// The master key, read (or, when missing and allowed, created) at first use.
+    async fn master(&self, ctx: &Context) -> Result<MasterKey, ExtensionError> {
+        let client = ctx.client()?;
+        let settings = ctx.settings();
+        let name = self.options.master_secret_name(&settings.fingerprint);
+        let key = self
+            .master
+            .get_or_try_init(|| {
+                MasterKey::from_secret(
+                    client,
+                    &settings.webhook_namespace,
+                    &name,
+                    self.options.create_master_secret,
+                )
+            })
+            .await?;
+        Ok(key.clone())
     }
 
     /// Its options.
@@ -136,6 +177,18 @@ impl SshInjector {
     /// Its counters (shared: clone the Arc to expose them).
     pub fn metrics(&self) -> &Arc<SshMetrics> {
         &self.metrics
+    }
+}
+
+/// Whether the manager serves `namespace`: its namespace when it has one, else every namespace
+/// its webhook configuration does not exclude. Side effects (Secrets) stay within these.
+pub(crate) fn serves_namespace(settings: &eirinix_core::Settings, namespace: &str) -> bool {
+    match &settings.namespace {
+        Some(ns) => ns == namespace,
+        None => !settings
+            .effective_excluded_namespaces()
+            .iter()
+            .any(|n| n == namespace),
     }
 }
 
@@ -199,30 +252,45 @@ pub async fn statefulset_owner(
 /// What [`ensure_secret`] found or did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretOutcome {
-    /// The Secret was created with fresh keys.
+    /// The Secret was created with the app's keys.
     Created,
-    /// An existing Secret with usable keys is reused.
+    /// An existing Secret holds the app's keys.
     Reused,
-    /// A Secret exists but its keys are unusable (ssh will not work until it is fixed).
-    Unusable,
+    /// An existing Secret of ours held other keys (made before the master key, or under
+    /// another one): its keys were replaced. Instances started before keep the old keys (and
+    /// cannot be reached through the proxy) until they restart.
+    Rekeyed,
+    /// A Secret of that name exists without the label marking ours: left alone (ssh will not
+    /// work for the app until it is removed).
+    Foreign,
 }
 
-/// Make sure the key Secret of app `guid` exists: create-if-absent, "already exists" is reuse.
+/// Whether `secret` carries the label marking an eirinix ssh key Secret.
+pub(crate) fn is_ssh_secret(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(keys::SECRET_LABEL))
+        .is_some_and(|v| v == keys::SECRET_LABEL_VALUE)
+}
+
+/// Make sure the key Secret of app `guid` holds `keys`: create-if-absent, "already exists" is
+/// reuse, and a Secret of ours (labelled) with other keys gets these (compare-and-swap).
 ///
-/// Concurrent admissions of one app race on the create; the loser reads the winner's Secret.
-/// A missing owner reference (e.g. the StatefulSet was re-created) is added to an existing one.
+/// Concurrent admissions of one app race on the create; the loser reads the winner's Secret,
+/// which holds the same derived keys. A missing owner reference (e.g. the StatefulSet was
+/// re-created) is added to an existing one. A Secret without our label is never changed.
 pub async fn ensure_secret(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     guid: &str,
     owner: Option<OwnerReference>,
+    keys: &AppKeys,
 ) -> Result<SecretOutcome, SshError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let existing = match api.get_opt(name).await? {
         Some(s) => s,
         None => {
-            let keys = AppKeys::generate(guid)?;
             let secret = Secret {
                 metadata: ObjectMeta {
                     name: Some(name.to_owned()),
@@ -261,30 +329,76 @@ pub async fn ensure_secret(
             }
         }
     };
-    if let Some(owner) = owner {
-        let owned = existing
+    if !is_ssh_secret(&existing.metadata) {
+        tracing::warn!(
+            namespace,
+            secret = name,
+            "a Secret of this name exists without the eirinix.org/ssh=keys label; it is left alone and ssh will not work for the app"
+        );
+        return Ok(SecretOutcome::Foreign);
+    }
+    let mut patch = serde_json::Map::new();
+    let mut outcome = SecretOutcome::Reused;
+    if !keys.matches_secret(&existing) {
+        if let Err(e) = AppKeys::from_secret(&existing) {
+            tracing::warn!(namespace, secret = name, error = %e, "ssh Secret has no usable keys; replacing them");
+        }
+        // Compare-and-swap on the version read: the label checked above is still there.
+        patch.insert(
+            "data".into(),
+            serde_json::to_value(keys.to_secret_data()?)
+                .map_err(|e| SshError::Config(format!("encoding the ssh Secret: {e}")))?,
+        );
+        outcome = SecretOutcome::Rekeyed;
+    }
+    let owned = owner.as_ref().is_none_or(|owner| {
+        existing
             .metadata
             .owner_references
             .iter()
             .flatten()
-            .any(|o| o.uid == owner.uid);
-        if !owned {
-            // Strategic merge: ownerReferences merge by uid, the existing owners stay.
-            // Best effort: the Secret is usable either way, the janitor covers cleanup.
-            let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-            if let Err(e) = api
-                .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
-                .await
-            {
-                tracing::warn!(namespace, secret = name, error = %e, "cannot add the StatefulSet as owner of the ssh Secret");
-            }
-        }
+            .any(|o| o.uid == owner.uid)
+    });
+    if !owned && let Some(owner) = &owner {
+        // Strategic merge: ownerReferences merge by uid, the existing owners stay.
+        patch.insert(
+            "metadata".into(),
+            serde_json::json!({"ownerReferences": [owner]}),
+        );
     }
-    match AppKeys::from_secret(&existing) {
-        Ok(_) => Ok(SecretOutcome::Reused),
-        Err(e) => {
-            tracing::warn!(namespace, secret = name, error = %e, "ssh Secret has no usable keys");
-            Ok(SecretOutcome::Unusable)
+    if patch.is_empty() {
+        return Ok(outcome);
+    }
+    let meta = patch
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
+    meta["resourceVersion"] = serde_json::json!(existing.metadata.resource_version);
+    let patched = api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(&serde_json::Value::Object(patch)),
+        )
+        .await;
+    match (patched, outcome) {
+        (Ok(_), SecretOutcome::Rekeyed) => {
+            tracing::warn!(
+                namespace,
+                secret = name,
+                "the ssh Secret held other keys than the master key gives: replaced (instances started before need a restart for ssh)"
+            );
+            Ok(outcome)
+        }
+        (Ok(_), _) => Ok(outcome),
+        // Someone changed it meanwhile (another admission did the same): next admission checks again.
+        (Err(kube::Error::Api(s)), SecretOutcome::Rekeyed) if s.code == 409 => {
+            Ok(SecretOutcome::Rekeyed)
+        }
+        (Err(e), SecretOutcome::Rekeyed) => Err(e.into()),
+        (Err(e), _) => {
+            // Best effort: the Secret is usable either way, the janitor covers cleanup.
+            tracing::warn!(namespace, secret = name, error = %e, "cannot add the StatefulSet as owner of the ssh Secret");
+            Ok(outcome)
         }
     }
 }
@@ -496,13 +610,25 @@ impl Extension for SshInjector {
                 "ssh: the pod already has {conflict}; ssh access not injected"
             )));
         }
+        // Whoever reaches the webhook port can send a review naming any namespace: Secrets are
+        // only ever created in the namespaces this manager serves (SECURITY.md). Dry runs
+        // (offline reviews included) have no side effects.
         let namespace = request
             .namespace
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
-            .unwrap_or_else(|| "default".into());
+            .unwrap_or_default();
+        if !request.dry_run
+            && (request.namespace.is_none() || !serves_namespace(ctx.settings(), &namespace))
+        {
+            self.metrics
+                .skipped_namespace
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(Mutation::unchanged().with_warning(format!(
+                "ssh: namespace {namespace:?} is not served by this webhook; ssh access not injected"
+            )));
+        }
         let secret = self.options.secret_name(guid);
-        let mut warnings = Vec::new();
         if !request.dry_run {
             let client = ctx.client()?;
             let owner = if self.options.owner_references {
@@ -516,18 +642,23 @@ impl Extension for SshInjector {
             } else {
                 None
             };
-            match ensure_secret(client, &namespace, &secret, guid, owner).await? {
+            let keys = self.master(ctx).await?.app_keys(guid)?;
+            match ensure_secret(client, &namespace, &secret, guid, owner, &keys).await? {
                 SecretOutcome::Created => {
                     self.metrics.secrets_created.fetch_add(1, Ordering::Relaxed);
                 }
                 SecretOutcome::Reused => {
                     self.metrics.secrets_reused.fetch_add(1, Ordering::Relaxed);
                 }
-                SecretOutcome::Unusable => {
-                    self.metrics.bad_secrets.fetch_add(1, Ordering::Relaxed);
-                    warnings.push(format!(
-                        "ssh: Secret {namespace}/{secret} has no usable keys; delete it to get new ones"
-                    ));
+                SecretOutcome::Rekeyed => {
+                    self.metrics.secrets_rekeyed.fetch_add(1, Ordering::Relaxed);
+                }
+                SecretOutcome::Foreign => {
+                    // Its keys are not ours to hand to the daemon: no ssh for this pod.
+                    self.metrics.foreign_secrets.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Mutation::unchanged().with_warning(format!(
+                        "ssh: Secret {namespace}/{secret} exists and is not an eirinix ssh Secret (no eirinix.org/ssh=keys label); ssh access not injected until it is removed"
+                    )));
                 }
             }
         }
@@ -553,11 +684,7 @@ impl Extension for SshInjector {
             self.metrics.injected.fetch_add(1, Ordering::Relaxed);
         }
         p.mark(EXTENSION_NAME);
-        let mut mutation = Mutation::patch(p.build());
-        for w in warnings {
-            mutation = mutation.with_warning(w);
-        }
-        Ok(mutation)
+        Ok(Mutation::patch(p.build()))
     }
 }
 

@@ -305,3 +305,60 @@ async fn the_pty_follows_window_resizes() {
     })
     .await
 }
+
+/// Issue item 6, daemon side: connections that do not log in in time are closed, and only a
+/// few may wait at once (the proxy is the daemon's only client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_limits_connections_that_do_not_log_in() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    bounded(async {
+        init_tracing();
+        let keys = AppKeys::generate("app-limits").unwrap();
+        let mut config = eirinix_ssh::DaemonConfig::new(
+            keys.host.clone(),
+            vec![keys.authorized_public().clone()],
+        );
+        config.listen = Some(std::net::Ipv4Addr::LOCALHOST.into());
+        config.port = 0;
+        config.limits.auth_timeout = Duration::from_secs(2);
+        config.limits.max_unauthenticated = 2;
+        let daemon = eirinix_ssh::Daemon::bind(config).await.unwrap();
+        let addr = daemon.local_addr().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(daemon.serve(cancel.clone()));
+
+        let banner = |mut s: tokio::net::TcpStream| async move {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(T, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            let (mut s, b) = banner(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+            assert!(b.starts_with("SSH-2.0-"), "{b:?}");
+            s.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+            silent.push(s);
+        }
+        let (_, b) = banner(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        assert_eq!(b, "", "a third waiting connection is closed at accept");
+        let started = std::time::Instant::now();
+        for mut s in silent {
+            let mut buf = vec![0; 4096];
+            tokio::time::timeout(T, async {
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            })
+            .await
+            .expect("closed after the login time limit");
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        // The slots are free again: the proxy's key still logs in.
+        let files = SshFiles::new(Some(&keys.client), keys.host_public(), addr.port());
+        let out = run(files.ssh_with_key(addr.port(), "vcap").arg("true"), b"", T).await;
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        cancel.cancel();
+    })
+    .await
+}

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::{bounded, eventually, init_tracing};
+use common::{bounded, eventually, init_tracing, post_review};
 use eirinix_core::Manager;
 use eirinix_ssh::janitor::{JanitorOptions, run_janitor};
-use eirinix_ssh::keys::AppKeys;
+use eirinix_ssh::keys::{AppKeys, MasterKey};
 use eirinix_ssh::{SshInjector, SshOptions};
 use eirinix_testenv::{ControlPlane, unique_name};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -208,6 +208,11 @@ async fn the_webhook_injects_and_keeps_one_secret_per_app() {
             assert_eq!(owners[0].api_version, "apps/v1");
             assert_eq!(Some(&owners[0].uid), sts.metadata.uid.as_ref());
             AppKeys::from_secret(secret).expect("usable keys");
+            // The keys are the ones the master key gives that app (what the proxy derives).
+            let master = MasterKey::from_secret(&client, &sys, &format!("{fp}-ssh-master"), false)
+                .await
+                .expect("the master key Secret, made at first use");
+            assert!(master.app_keys(guid).unwrap().matches_secret(secret));
         }
         assert_eq!(metrics.secrets_created(), 4);
         assert_eq!(metrics.secrets_reused(), 4);
@@ -347,15 +352,17 @@ async fn concurrent_ensure_secret_creates_one_secret_and_never_fails() {
         let ns = cp.namespace("ssh-race").await.unwrap();
         let guid = format!("{}-guid", unique_name("race"));
         let name = format!("eirinix-ssh-{guid}");
-        let outcomes =
-            futures::future::join_all((0..8).map(|_| {
-                let (client, ns, name, guid) =
-                    (client.clone(), ns.clone(), name.clone(), guid.clone());
-                async move {
-                    eirinix_ssh::webhook::ensure_secret(&client, &ns, &name, &guid, None).await
-                }
-            }))
-            .await;
+        let outcomes = futures::future::join_all((0..8).map(|_| {
+            let (client, ns, name, guid) = (client.clone(), ns.clone(), name.clone(), guid.clone());
+            async move {
+                let keys = MasterKey::from_bytes(&[9; 32])
+                    .unwrap()
+                    .app_keys(&guid)
+                    .unwrap();
+                eirinix_ssh::webhook::ensure_secret(&client, &ns, &name, &guid, None, &keys).await
+            }
+        }))
+        .await;
         let outcomes: Vec<_> = outcomes
             .into_iter()
             .map(|o| o.expect("\"already exists\" is never an error"))
@@ -388,7 +395,8 @@ async fn the_janitor_removes_orphans_only_when_their_app_has_no_pod() {
         );
         for guid in [&alive, &gone] {
             let name = format!("eirinix-ssh-{guid}");
-            eirinix_ssh::webhook::ensure_secret(&client, &ns, &name, guid, None)
+            let keys = AppKeys::generate(guid).unwrap();
+            eirinix_ssh::webhook::ensure_secret(&client, &ns, &name, guid, None, &keys)
                 .await
                 .unwrap();
         }
@@ -424,6 +432,149 @@ async fn the_janitor_removes_orphans_only_when_their_app_has_no_pod() {
             ssh_secrets(&client, &ns, &alive).await.len(),
             1,
             "its app has a pod"
+        );
+    })
+    .await
+}
+
+/// Issue item 5: any client reaching the webhook port could have the ssh webhook create key
+/// Secrets in namespaces it names. Secrets are created only in the namespace the manager serves
+/// (with no namespace: any but the excluded ones, the webhook's own among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_review_creates_no_secret_outside_the_served_namespaces() {
+    bounded(async {
+        let cp = plane().await;
+        let client = cp.client().await.unwrap();
+        let sys = cp.namespace("ssh-forge-sys").await.unwrap();
+        let apps = cp.namespace("ssh-forge-apps").await.unwrap();
+        let elsewhere = cp.namespace("ssh-forge-other").await.unwrap();
+        let pod_json = |guid: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "forged-0", "labels": labels(guid)},
+                "spec": {"containers": [{"name": "opi", "image": "eirini/app:1", "command": ["/bin/app"]}]}
+            })
+        };
+        for namespace in [Some(apps.clone()), None] {
+            let injector = SshInjector::new(SshOptions::default());
+            let metrics = injector.metrics().clone();
+            let mut builder = Manager::builder()
+                .fingerprint(unique_name("forge"))
+                .url_mode("127.0.0.1")
+                .bind_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .port(0)
+                .webhook_namespace(&sys)
+                .shutdown_timeout(Duration::from_secs(2))
+                .extension(injector);
+            if let Some(ns) = &namespace {
+                builder = builder.namespace(ns);
+            }
+            let running = builder
+                .build()
+                .unwrap()
+                .start(client.clone())
+                .await
+                .unwrap();
+            running.wait_ready(T).await.unwrap();
+            let addr = running.local_addr();
+            // Not served: another namespace (when one is configured), the webhook's own,
+            // kube-system.
+            let mut refused = vec![sys.clone(), "kube-system".to_owned()];
+            if namespace.is_some() {
+                refused.push(elsewhere.clone());
+            }
+            for ns in &refused {
+                let guid = format!("{}-guid", unique_name("forged"));
+                let response = post_review(addr, "/ssh", ns, &pod_json(&guid)).await;
+                assert!(
+                    ssh_secrets(&client, ns, &guid).await.is_empty(),
+                    "a forged review made a Secret in {ns} (manager namespace {namespace:?})"
+                );
+                let r = &response["response"];
+                assert_eq!(r["allowed"], true, "{response}");
+                assert!(r.get("patch").is_none(), "not mutated: {response}");
+                assert!(
+                    r["warnings"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("is not served by this webhook"),
+                    "{response}"
+                );
+            }
+            // The namespace it serves: injected, the Secret made.
+            let served = namespace.clone().unwrap_or_else(|| elsewhere.clone());
+            let guid = format!("{}-guid", unique_name("served"));
+            let response = post_review(addr, "/ssh", &served, &pod_json(&guid)).await;
+            assert!(response["response"]["patch"].is_string(), "{response}");
+            assert_eq!(ssh_secrets(&client, &served, &guid).await.len(), 1);
+            assert_eq!(metrics.skipped_namespace(), refused.len() as u64);
+            running.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// A Secret of ours holding other keys (made before the master key, or under another one) gets
+/// the derived keys; a Secret of that name without our label is never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_secret_rekeys_its_own_secrets_and_leaves_foreign_ones_alone() {
+    use eirinix_ssh::webhook::{SecretOutcome, ensure_secret};
+    bounded(async {
+        let cp = plane().await;
+        let client = cp.client().await.unwrap();
+        let ns = cp.namespace("ssh-rekey").await.unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let master = MasterKey::from_bytes(&[3; 32]).unwrap();
+
+        let guid = format!("{}-guid", unique_name("old"));
+        let name = format!("eirinix-ssh-{guid}");
+        let random = AppKeys::generate(&guid).unwrap();
+        assert_eq!(
+            ensure_secret(&client, &ns, &name, &guid, None, &random)
+                .await
+                .unwrap(),
+            SecretOutcome::Created
+        );
+        let derived = master.app_keys(&guid).unwrap();
+        assert_eq!(
+            ensure_secret(&client, &ns, &name, &guid, None, &derived)
+                .await
+                .unwrap(),
+            SecretOutcome::Rekeyed
+        );
+        assert!(derived.matches_secret(&secrets.get(&name).await.unwrap()));
+        assert_eq!(
+            ensure_secret(&client, &ns, &name, &guid, None, &derived)
+                .await
+                .unwrap(),
+            SecretOutcome::Reused
+        );
+
+        let foreign_guid = format!("{}-guid", unique_name("foreign"));
+        let foreign_name = format!("eirinix-ssh-{foreign_guid}");
+        let foreign = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(foreign_name.clone()),
+                ..Default::default()
+            },
+            string_data: Some([("password".to_owned(), "hunter2".to_owned())].into()),
+            ..Default::default()
+        };
+        let before = secrets
+            .create(&PostParams::default(), &foreign)
+            .await
+            .unwrap();
+        let keys = master.app_keys(&foreign_guid).unwrap();
+        assert_eq!(
+            ensure_secret(&client, &ns, &foreign_name, &foreign_guid, None, &keys)
+                .await
+                .unwrap(),
+            SecretOutcome::Foreign
+        );
+        let after = secrets.get(&foreign_name).await.unwrap();
+        assert_eq!(
+            after.metadata.resource_version,
+            before.metadata.resource_version
         );
     })
     .await

@@ -35,7 +35,7 @@ pub use store::{
     SPACE_LABEL, StoredBinding, binding_key,
 };
 
-use store::{Instance, Lookup, NewInstance, Store, Update};
+use store::{Deletion, Instance, Lookup, NewInstance, Store, Update};
 
 /// The OSB API version this broker implements.
 pub const API_VERSION: &str = "2.17";
@@ -521,19 +521,29 @@ async fn deprovision(
     if let Err(r) = query_ids(&query) {
         return r;
     }
-    let instance = match state.store.lookup(&instance_id).await {
-        Ok(Lookup::Found(i)) if !i.terminating => i,
-        Ok(_) => return gone(),
-        Err(e) => return internal(&e),
-    };
-    match state.store.delete(&instance).await {
-        Ok(true) => {
-            tracing::info!(%instance_id, claim = %instance.claim, "service instance deprovisioned");
-            reply(StatusCode::OK, json!({}))
+    // Look up (the claim must carry the broker's labels), then delete that very version; a
+    // claim that changed in between is looked up again.
+    for _ in 0..5 {
+        let instance = match state.store.lookup(&instance_id).await {
+            Ok(Lookup::Found(i)) if !i.terminating => i,
+            Ok(_) => return gone(),
+            Err(e) => return internal(&e),
+        };
+        match state.store.delete(&instance).await {
+            Ok(Deletion::Done) => {
+                tracing::info!(%instance_id, claim = %instance.claim, "service instance deprovisioned");
+                return reply(StatusCode::OK, json!({}));
+            }
+            Ok(Deletion::Gone) => return gone(),
+            Ok(Deletion::Changed) => continue,
+            Err(e) => return internal(&e),
         }
-        Ok(false) => gone(),
-        Err(e) => internal(&e),
     }
+    osb_error(
+        StatusCode::CONFLICT,
+        "ConcurrencyError",
+        format!("service instance {instance_id:?} keeps changing; try again"),
+    )
 }
 
 /// Bind parameters: `mount` (absolute path), `mode` (`r`/`rw`) or `readonly` (bool).

@@ -125,6 +125,17 @@ pub struct Store {
     pvcs: Api<PersistentVolumeClaim>,
 }
 
+/// Result of [`Store::delete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The claim was deleted.
+    Done,
+    /// No claim of that name any more.
+    Gone,
+    /// The claim changed since it was read (or is another object now): nothing was deleted.
+    Changed,
+}
+
 /// Result of a conditional update: done, or the PVC changed meanwhile (retry).
 pub enum Update {
     /// Applied.
@@ -230,19 +241,22 @@ impl Store {
         }
     }
 
-    /// Delete the instance's PVC if it is still the object that was read; `Ok(false)` when gone.
-    pub async fn delete(&self, instance: &Instance) -> Result<bool, kube::Error> {
+    /// Delete the instance's PVC if it is still exactly the version that was read (the one whose
+    /// labels [`Store::lookup`] found to be the broker's): RBAC lets the broker delete any claim
+    /// of the namespace, so a claim relabelled or replaced since is never deleted.
+    pub async fn delete(&self, instance: &Instance) -> Result<Deletion, kube::Error> {
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: instance.uid.clone(),
-                resource_version: None,
+                resource_version: instance.resource_version.clone(),
             }),
             ..Default::default()
         };
         match self.pvcs.delete(&instance.claim, &dp).await {
-            Ok(_) => Ok(true),
-            // Gone, or replaced by another object of the same name.
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
+            Ok(_) => Ok(Deletion::Done),
+            Err(e) if is_status(&e, 404) => Ok(Deletion::Gone),
+            // Changed since it was read (a binding, a label), or replaced: look again.
+            Err(e) if is_status(&e, 409) => Ok(Deletion::Changed),
             Err(e) => Err(e),
         }
     }
@@ -277,5 +291,70 @@ impl Store {
             Err(e) if is_status(&e, 409) => Ok(Update::Conflict),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue item 8: the broker may delete any claim of its namespace (RBAC cannot scope by
+    /// label), so the code deletes only the version whose labels it checked. A claim relabelled
+    /// (adopted by someone else) between the lookup and the delete is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_changed_since_its_lookup_is_not_deleted() {
+        let cp = eirinix_testenv::ControlPlane::shared()
+            .await
+            .expect("control plane (scripts/provision.sh)");
+        let client = cp.client().await.unwrap();
+        let ns = cp.namespace("persi-store").await.unwrap();
+        let store = Store::new(client.clone(), &ns);
+        let new = NewInstance {
+            instance_id: "inst-1",
+            service_id: "s",
+            plan_id: "p",
+            parameters: &json!({}),
+            size: "1Gi",
+            access_mode: "ReadWriteOnce",
+            storage_class: None,
+            org: None,
+            space: None,
+            context: &json!({}),
+        };
+        assert!(store.create(&new).await.unwrap());
+        let Lookup::Found(instance) = store.lookup("inst-1").await.unwrap() else {
+            panic!("the broker's claim")
+        };
+        // Someone takes the claim over: it is not the broker's any more.
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({"metadata": {"labels": {MANAGED_BY_LABEL: "someone-else"}}});
+        pvcs.patch(
+            &instance.claim,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.delete(&instance).await.unwrap(), Deletion::Changed);
+        let kept = pvcs.get(&instance.claim).await.unwrap();
+        assert!(
+            kept.metadata.deletion_timestamp.is_none(),
+            "the claim was deleted"
+        );
+        assert!(matches!(
+            store.lookup("inst-1").await.unwrap(),
+            Lookup::Foreign(_)
+        ));
+
+        // Unchanged since the lookup: deleted.
+        let new = NewInstance {
+            instance_id: "inst-2",
+            ..new
+        };
+        assert!(store.create(&new).await.unwrap());
+        let Lookup::Found(instance) = store.lookup("inst-2").await.unwrap() else {
+            panic!("the broker's claim")
+        };
+        assert_eq!(store.delete(&instance).await.unwrap(), Deletion::Done);
     }
 }

@@ -409,3 +409,102 @@ async fn vcap_services_from_a_secret_is_read() {
     }
     hook.stop().await;
 }
+
+/// POST an AdmissionReview (CREATE of `pod` in `namespace`) straight to the webhook at `addr`,
+/// as any client that reaches the port could (curl, certificate not checked); the response.
+async fn post_review(addr: std::net::SocketAddr, namespace: &str, pod: &Pod) -> Value {
+    use tokio::io::AsyncWriteExt as _;
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "5b0f7a52-6a37-4c2e-8c6e-1d2f6f0c9a11",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "forger"},
+            "object": pod, "dryRun": false
+        }
+    });
+    let mut child = tokio::process::Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20", "-X", "POST"])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("https://{addr}/persi"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(review.to_string().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("curl finishes")
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).expect("an AdmissionReview response")
+}
+
+/// Issue item 5: a client reaching the webhook port could use persi to probe which Secrets and
+/// keys exist in any namespace (the denial said "it does not exist" or "the key does not
+/// exist"). References are read only in the namespace the manager serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_review_cannot_probe_secrets_outside_the_served_namespace() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let hook = Webhook::start(&client, PersiOptions::default()).await;
+    let elsewhere = cp.namespace("persi-other").await.expect("namespace");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("exists".into()),
+            ..Default::default()
+        },
+        string_data: Some([("VCAP_SERVICES".to_owned(), "{}".to_owned())].into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), &elsewhere)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let probe = |secret: &str, key: &str| {
+        let mut c = container("opi", None);
+        c["env"] = json!([{"name": "VCAP_SERVICES", "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}]);
+        app_pod("probe-0", vec![c])
+    };
+    let addr = hook.running.local_addr();
+    let mut answers = Vec::new();
+    for (secret, key) in [
+        ("exists", "VCAP_SERVICES"),
+        ("exists", "no-such-key"),
+        ("no-such-secret", "VCAP_SERVICES"),
+    ] {
+        let mut response = post_review(addr, &elsewhere, &probe(secret, key)).await;
+        assert_eq!(response["response"]["allowed"], true, "{response}");
+        response["response"].as_object_mut().unwrap().remove("uid");
+        answers.push(response);
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "the answers tell existing Secrets and keys apart: {answers:#?}"
+    );
+    assert!(
+        answers[0]["response"]["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not served by this webhook"),
+        "{:?}",
+        answers[0]
+    );
+    // In the served namespace references are read as before.
+    let response = post_review(addr, &hook.apps, &probe("no-such-secret", "VCAP_SERVICES")).await;
+    assert_eq!(response["response"]["allowed"], false, "{response}");
+    hook.stop().await;
+}

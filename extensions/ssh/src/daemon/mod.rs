@@ -26,6 +26,7 @@ pub use pty::TermSize;
 
 use crate::error::{Result, SshError};
 use crate::keys::{self, fingerprint};
+use crate::limits::{Ended, Gate, Pending};
 
 /// Default port of the daemon inside the pod.
 pub const DEFAULT_PORT: u16 = 2222;
@@ -66,6 +67,9 @@ pub struct DaemonConfig {
     pub connect_timeout: Duration,
     /// Constant time a failed authentication takes.
     pub auth_rejection_time: Duration,
+    /// Limits on connections that have not logged in (time to log in, how many at once,
+    /// attempts per connection; the per-source rate is the proxy's).
+    pub limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -103,6 +107,11 @@ impl DaemonConfig {
             allow_local_forwarding: true,
             connect_timeout: Duration::from_secs(10),
             auth_rejection_time: Duration::from_secs(1),
+            // Only the proxy logs in: a few slots are plenty.
+            limits: crate::limits::Limits {
+                max_unauthenticated: 16,
+                ..Default::default()
+            },
         }
     }
 
@@ -194,6 +203,7 @@ pub struct Daemon {
     listener: TcpListener,
     config: Arc<server::Config>,
     shared: Arc<Shared>,
+    gate: Gate,
 }
 
 impl Daemon {
@@ -226,9 +236,13 @@ impl Daemon {
             inactivity_timeout: None,
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_max: 4,
+            max_auth_attempts: usize::try_from(config.limits.max_auth_attempts)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
             nodelay: true,
             ..Default::default()
         };
+        let gate = Gate::new(&config.limits, Arc::default());
         let env = match config.env {
             Some(env) => env,
             None => app_env(std::env::vars_os()),
@@ -244,6 +258,7 @@ impl Daemon {
                 allow_local_forwarding: config.allow_local_forwarding,
                 connect_timeout: config.connect_timeout,
             }),
+            gate,
         })
     }
 
@@ -272,19 +287,27 @@ impl Daemon {
                     continue;
                 }
             };
+            let Some((pending, logged_in)) = self.gate.admit() else {
+                tracing::warn!(%peer, "too many connections not logged in; connection closed");
+                drop(socket);
+                continue;
+            };
             let handler = DaemonHandler {
                 shared: self.shared.clone(),
                 peer,
+                pending,
             };
             let config = self.config.clone();
+            let gate = self.gate.clone();
             connections.spawn(async move {
-                match server::run_stream(config, socket, handler).await {
-                    Ok(session) => {
-                        if let Err(e) = session.await {
-                            tracing::debug!(%peer, error = %e, "ssh connection ended with an error");
-                        }
+                match gate.serve(config, socket, handler, logged_in).await {
+                    Ended::Finished(Ok(())) => {}
+                    Ended::Finished(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "ssh connection ended with an error")
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "ssh handshake failed"),
+                    Ended::TimedOut => {
+                        tracing::info!(%peer, "connection closed: no login within the time limit")
+                    }
                 }
             });
         }
@@ -303,6 +326,7 @@ pub async fn run_daemon(config: DaemonConfig, cancel: CancellationToken) -> Resu
 struct DaemonHandler {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    pending: Pending,
 }
 
 impl server::Handler for DaemonHandler {
@@ -328,6 +352,7 @@ impl server::Handler for DaemonHandler {
         let fp = fingerprint(key.public_key);
         if self.shared.is_authorized(key.public_key) {
             tracing::info!(peer = %self.peer, user, key = %fp, "ssh login accepted");
+            self.pending.authenticated();
             Ok(Auth::Accept)
         } else {
             tracing::warn!(peer = %self.peer, user, key = %fp, "ssh login refused: key not authorized");

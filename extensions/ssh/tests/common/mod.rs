@@ -197,3 +197,44 @@ pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
         .await
         .unwrap_or_else(|_| panic!("test exceeded {TEST_LIMIT:?}"))
 }
+
+/// POST an AdmissionReview (CREATE of `pod` in `namespace`) straight to the webhook at `addr`,
+/// as any client that reaches the port could (curl, certificate not checked); the response.
+pub async fn post_review(
+    addr: SocketAddr,
+    path: &str,
+    namespace: &str,
+    pod: &serde_json::Value,
+) -> serde_json::Value {
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "0d7c3c36-5d0e-4a39-9f5e-3f8f1a1f2b01",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "forger"},
+            "object": pod, "dryRun": false
+        }
+    });
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "-k", "--max-time", "20", "-X", "POST"])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = run(
+        &mut cmd,
+        review.to_string().as_bytes(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(out.status.success(), "curl: {}", text(&out).1);
+    serde_json::from_slice(&out.stdout).expect("an AdmissionReview response")
+}
