@@ -10,13 +10,16 @@
 #
 #   scripts/provision.sh                   # everything the real single-node cluster needs
 #   scripts/provision.sh --control-plane   # only etcd + kube-apiserver
-#   scripts/provision.sh --helm            # also helm
+#   scripts/provision.sh --helm            # also helm and the CRDs the chart's options need
 #   scripts/provision.sh --print           # only print the assets directory
 set -euo pipefail
 
 KUBE_VERSION="${EIRINIX_KUBE_VERSION:-v1.37.2}"
 ETCD_VERSION="${EIRINIX_ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${EIRINIX_HELM_VERSION:-v3.19.2}"
+# CRDs the chart's optional manifests need (validated against their real schemas in tests).
+CERT_MANAGER_VERSION="${EIRINIX_CERT_MANAGER_VERSION:-v1.21.2}"
+PROMETHEUS_OPERATOR_VERSION="${EIRINIX_PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 CACHE_ROOT="${EIRINIX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eirinix}"
 ASSETS="$CACHE_ROOT/assets/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
 
@@ -116,6 +119,29 @@ build_etcd() {
   log "etcd: $("$out" --version | head -1)"
 }
 
+# The CustomResourceDefinitions of cert-manager (Certificate, Issuer) and prometheus-operator
+# (ServiceMonitor), copied from their Go modules (plain YAML in the module's tree).
+fetch_crds() {
+  local out="$ASSETS/crds"
+  local stamp="$out/.versions"
+  local want="cert-manager $CERT_MANAGER_VERSION prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    log "CRDs ($want) cached at $out"; return
+  fi
+  local work; work="$(mktemp -d)"
+  trap 'rm -rf "$work"' RETURN
+  printf 'module eirinix.local/crds\n\ngo 1.24\n' >"$work/go.mod"
+  local dir
+  mkdir -p "$out"
+  dir="$(cd "$work" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
+  cp "$dir/deploy/crds/cert-manager.io_certificates.yaml" "$dir/deploy/crds/cert-manager.io_issuers.yaml" "$out/"
+  dir="$(cd "$work" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
+  cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$out/"
+  chmod 0644 "$out"/*.yaml
+  echo "$want" >"$stamp"
+  log "CRDs: $(ls "$out" | tr '\n' ' ')"
+}
+
 build_helm() {
   local out="$ASSETS/helm"
   if [[ -x "$out" ]] && "$out" version --short 2>/dev/null | grep -q "$HELM_VERSION"; then
@@ -137,5 +163,5 @@ build_helm() {
 
 build_etcd
 build_kube
-[[ $want_helm == 1 ]] && build_helm
+if [[ $want_helm == 1 ]]; then build_helm; fetch_crds; fi
 echo "$ASSETS"

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | rootfs | Lease `<fingerprint>-rootfs` (webhook namespace) |
 //! | logs | its Lease and checkpoint ConfigMaps (names from `--logs-config`, else the chart's `<fingerprint>-logs`, `<fingerprint>-logs-checkpoint-<n>`) |
-//! | ssh | the proxy host key Secret `<fingerprint>-ssh-proxy-host-key`, and every app key Secret (label `eirinix.org/ssh=keys`) of the app namespace |
+//! | ssh | every app key Secret (label `eirinix.org/ssh=keys`) of the app namespace (the master key Secret `<fingerprint>-ssh-master` is the chart's, removed with the release) |
 //!
 //! App key Secrets are removed rather than left to the garbage collector (they are owned by the
 //! apps' StatefulSets): private keys outlive no install. Pods started before the uninstall keep
@@ -160,11 +160,6 @@ async fn remove_leftovers(
         }
     }
     if names.contains(&"ssh") {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let name = format!("{fp}-ssh-proxy-host-key");
-        if delete(&secrets, &name).await? {
-            removed.push(format!("Secret {ns}/{name}"));
-        }
         let apps: Api<Secret> = if common.namespace.is_empty() {
             Api::all(client.clone())
         } else {

@@ -202,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     handshake_timeout: std::time::Duration::from_secs(10),
                     http2: false,
                     shutdown_timeout: std::time::Duration::from_secs(5),
+                    drain: std::time::Duration::ZERO,
                     stats: Default::default(),
                 };
                 tokio::spawn(eirinix_core::server::serve_plain(

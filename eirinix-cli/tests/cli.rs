@@ -261,3 +261,115 @@ fn apiserver_only_demo_shows_the_stored_changes() {
         "apiserver defaults leak into the diff"
     );
 }
+
+/// `register --dry-run` with only EiriniX environment names set: the configuration it prints.
+fn dry_run_with(env: &[(&str, &str)]) -> String {
+    let mut cmd = eirinix();
+    cmd.args(["register", "--dry-run", "--extensions", "persi"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_eirinix_environment_name_is_read() {
+    // URL mode: NAMESPACE, OPERATOR_WEBHOOK_HOST, OPERATOR_WEBHOOK_PORT.
+    let url = dry_run_with(&[
+        ("NAMESPACE", "eirini-apps"),
+        ("OPERATOR_WEBHOOK_HOST", "10.1.2.3"),
+        ("OPERATOR_WEBHOOK_PORT", "3999"),
+    ]);
+    assert!(url.contains("url: https://10.1.2.3:3999/persi"), "{url}");
+    assert!(url.contains("- eirini-apps"), "namespaceSelector: {url}");
+    // Service mode: OPERATOR_SERVICE_NAME, OPERATOR_WEBHOOK_NAMESPACE (the registered port is
+    // the Service's, OPERATOR_WEBHOOK_PORT when no Service port is given).
+    let svc = dry_run_with(&[
+        ("OPERATOR_SERVICE_NAME", "eirinix-webhook"),
+        ("OPERATOR_WEBHOOK_NAMESPACE", "eirinix-sys"),
+        ("OPERATOR_WEBHOOK_PORT", "3999"),
+    ]);
+    for expected in [
+        "name: eirinix-webhook",
+        "namespace: eirinix-sys",
+        "port: 3999",
+    ] {
+        assert!(svc.contains(expected), "{expected}: {svc}");
+    }
+    assert!(!svc.contains("url:"), "{svc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eirini_extension_register_false_is_split_mode() {
+    let cp = eirinix_testenv::ControlPlane::shared()
+        .await
+        .expect("control plane");
+    let client = cp.client().await.unwrap();
+    let system = cp.namespace("legacy-sys").await.unwrap();
+    let fingerprint = eirinix_testenv::unique_name("legacy");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut run = eirinix()
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("OPERATOR_WEBHOOK_HOST", "127.0.0.1")
+        .env("OPERATOR_WEBHOOK_PORT", "0")
+        .env("OPERATOR_WEBHOOK_NAMESPACE", &system)
+        .env("EIRINI_EXTENSION_REGISTER", "false")
+        .args([
+            "run",
+            "--extensions",
+            "persi",
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .args([
+            "--fingerprint",
+            &fingerprint,
+            "--admin-port",
+            &admin.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready (certificates, handshake) without writing a configuration: split mode.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ready = loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", admin))
+            .and_then(|mut s| {
+                use std::io::{Read as _, Write as _};
+                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out.contains(" 200 "))
+            })
+            .unwrap_or(false);
+        if ok || std::time::Instant::now() > deadline || run.try_wait().unwrap().is_some() {
+            break ok;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(ready, "eirinix run never became ready");
+    let configs: kube::Api<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    > = kube::Api::all(client);
+    assert!(
+        configs
+            .get_opt(&format!("{fingerprint}-mutating-hook"))
+            .await
+            .unwrap()
+            .is_none(),
+        "EIRINI_EXTENSION_REGISTER=false must not register"
+    );
+}

@@ -8,6 +8,7 @@ use eirinix_core::{
     Request, WebhookOverrides, async_trait,
 };
 use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::admissionregistration::v1::MatchCondition;
 use k8s_openapi::api::core::v1::{
     ConfigMap, EnvVar, PersistentVolumeClaimVolumeSource, Pod, Secret, Volume, VolumeMount,
 };
@@ -40,7 +41,18 @@ pub struct PersiOptions {
     /// Read `VCAP_SERVICES` given through `valueFrom` (Secret or ConfigMap key) from the API;
     /// when off, such pods are admitted unchanged with a warning.
     pub resolve_references: bool,
+    /// Register a CEL `matchConditions` entry ([`VCAP_MATCH_CONDITION`]) so the apiserver does
+    /// not call persi for pods without a `VCAP_SERVICES` variable: they never get a volume.
+    pub match_condition: bool,
 }
+
+/// Name of persi's match condition.
+pub const VCAP_MATCH_CONDITION_NAME: &str = "has-vcap-services";
+
+/// The CEL expression of persi's match condition: some app container has a `VCAP_SERVICES`
+/// variable (the only place persi reads bindings from).
+pub const VCAP_MATCH_CONDITION: &str =
+    "object.spec.containers.exists(c, has(c.env) && c.env.exists(e, e.name == 'VCAP_SERVICES'))";
 
 impl Default for PersiOptions {
     fn default() -> Self {
@@ -50,6 +62,7 @@ impl Default for PersiOptions {
             failure_policy: None,
             service_labels: Vec::new(),
             resolve_references: true,
+            match_condition: true,
         }
     }
 }
@@ -574,10 +587,19 @@ impl Extension for Persi {
     }
 
     fn webhook(&self) -> WebhookOverrides {
+        let match_conditions = if self.options.match_condition {
+            vec![MatchCondition {
+                name: VCAP_MATCH_CONDITION_NAME.into(),
+                expression: VCAP_MATCH_CONDITION.into(),
+            }]
+        } else {
+            Vec::new()
+        };
         WebhookOverrides {
             failure_policy: self.options.failure_policy,
             // Pod volumes are immutable: UPDATE reviews could only fail.
             operations: Some(vec![Operation::Create]),
+            match_conditions,
             ..Default::default()
         }
     }

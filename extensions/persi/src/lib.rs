@@ -15,5 +15,6 @@ pub mod vcap;
 
 pub use broker::{BrokerConfig, broker_router, serve_broker};
 pub use extension::{
-    ContainerRequests, NAME, Persi, PersiError, PersiOptions, VCAP_GROUP, build_patch,
+    ContainerRequests, NAME, Persi, PersiError, PersiOptions, VCAP_GROUP, VCAP_MATCH_CONDITION,
+    VCAP_MATCH_CONDITION_NAME, build_patch,
 };

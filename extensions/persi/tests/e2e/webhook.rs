@@ -508,3 +508,49 @@ async fn a_forged_review_cannot_probe_secrets_outside_the_served_namespace() {
     assert_eq!(response["response"]["allowed"], false, "{response}");
     hook.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_without_vcap_services_are_not_sent_to_persi() {
+    let cp = plane().await;
+    let client = cp.client().await.expect("client");
+    let hook = Webhook::start(&client, PersiOptions::default()).await;
+    let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        Api::all(client.clone())
+            .get(&format!("{}-mutating-hook", hook.fingerprint))
+            .await
+            .expect("registered");
+    let registered = json!(config.webhooks.unwrap()[0].match_conditions);
+    assert_eq!(
+        registered,
+        json!([{"name": eirinix_persi::VCAP_MATCH_CONDITION_NAME, "expression": eirinix_persi::VCAP_MATCH_CONDITION}])
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &hook.apps);
+    let calls = || {
+        ["patched", "skipped", "denied", "errored", "invalid"]
+            .iter()
+            .map(|o| hook.reviews(o))
+            .sum::<u64>()
+    };
+    // An app pod without the variable: the apiserver evaluates the condition and does not call.
+    pods.create(
+        &PostParams::default(),
+        &app_pod("plain-0", vec![container("opi", None)]),
+    )
+    .await
+    .expect("admitted");
+    assert_eq!(
+        calls(),
+        0,
+        "persi was called for a pod without VCAP_SERVICES"
+    );
+    // With it (even without a volume binding), persi is called.
+    let v = vcap(vec![]);
+    pods.create(
+        &PostParams::default(),
+        &app_pod("bound-0", vec![container("opi", Some(&v))]),
+    )
+    .await
+    .expect("admitted");
+    assert_eq!(calls(), 1);
+    hook.stop().await;
+}
