@@ -430,6 +430,21 @@ impl Follower {
             self.view.borrow().deleted.then(|| Instant::now() + grace);
         let outputs = self.outputs.clone();
         loop {
+            // Back-pressure: a sink that is slower than the log, or down, is waited for before
+            // more is read, so the backlog stays in the container log on the node instead of
+            // being dropped. The time spent waiting does not count against a deleted pod's
+            // grace period: its stream can still deliver once the sink takes lines again.
+            if !has_room(&outputs) {
+                let waited = Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                    _ = wait_for_room(&outputs) => {}
+                }
+                if let Some(d) = deadline.as_mut() {
+                    *d += waited.elapsed();
+                }
+            }
             let piece = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return ReadEnd::Cancelled,
@@ -440,28 +455,25 @@ impl Follower {
                     }
                     continue;
                 }
-                // Flow control: a sink slower than the log waits for room before more is read,
-                // so the backlog stays in the container log instead of being dropped.
-                p = async {
-                    wait_for_room(&outputs).await;
-                    reader.next_piece().await
-                } => p,
+                p = reader.next_piece() => p,
             };
-            match piece {
+            let (record, end) = match piece {
                 Ok(None) => return ReadEnd::Ended { lines },
                 Ok(Some(Piece::Data { first, last })) => {
                     lines += 1;
                     let data = Bytes::copy_from_slice(reader.data());
-                    self.emit(&data, first, last, instance);
+                    (self.emit(&data, first, last, instance), None)
                 }
                 Ok(Some(Piece::Incomplete { first })) => {
                     // Cut inside a line: when following, the line is read again on resume.
-                    if final_read {
+                    let record = if final_read {
                         lines += 1;
                         let data = Bytes::copy_from_slice(reader.data());
-                        self.emit(&data, first, true, instance);
-                    }
-                    return ReadEnd::Ended { lines };
+                        self.emit(&data, first, true, instance)
+                    } else {
+                        None
+                    };
+                    (record, Some(ReadEnd::Ended { lines }))
                 }
                 Err(e) => {
                     self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
@@ -470,11 +482,34 @@ impl Follower {
                         error: e.to_string(),
                     };
                 }
+            };
+            if let Some(record) = record {
+                let waited = Instant::now();
+                for out in outputs.iter() {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                        _ = out.push_when_room(record.clone()) => {}
+                    }
+                }
+                if let Some(d) = deadline.as_mut() {
+                    *d += waited.elapsed();
+                }
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
     }
 
-    fn emit(&mut self, data: &Bytes, first: bool, last: bool, instance: i32) {
+    /// The record of a piece just read, or `None` when it was already forwarded.
+    fn emit(
+        &mut self,
+        data: &Bytes,
+        first: bool,
+        last: bool,
+        instance: i32,
+    ) -> Option<Arc<Record>> {
         self.metrics.lines_read.fetch_add(1, Ordering::Relaxed);
         let split = if first { split_timestamp(data) } else { None };
         let (ts, message) = match split {
@@ -498,23 +533,25 @@ impl Follower {
             self.metrics
                 .duplicates_skipped
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
-        let record = Arc::new(Record {
+        self.metrics
+            .records_forwarded
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Arc::new(Record {
             origin: self.origin.clone(),
             timestamp: ts,
             message,
             stream: None,
             partial: !last,
             ack: Some((self.progress.clone(), Cursor { ts, n, instance })),
-        });
-        for out in self.outputs.iter() {
-            out.push(record.clone());
-        }
-        self.metrics
-            .records_forwarded
-            .fetch_add(1, Ordering::Relaxed);
+        }))
     }
+}
+
+/// Whether every sink buffer has room (see [`BoundedBuffer::has_room`]).
+fn has_room(outputs: &[Arc<BoundedBuffer>]) -> bool {
+    outputs.iter().all(|o| o.has_room())
 }
 
 /// Wait until every sink buffer has room (see [`BoundedBuffer::wait_for_room`]).

@@ -21,7 +21,8 @@ pub struct LogsOptions {
     pub label_selector: String,
     /// Where lines go; every line is sent to every sink.
     pub sinks: Vec<SinkOptions>,
-    /// Per-sink buffer: most lines held while the aggregator is slow or down (oldest dropped beyond).
+    /// Per-sink buffer: most lines held while the aggregator is slow or down (reading waits beyond
+    /// half of it: the lines stay in the container logs on the node).
     pub buffer_lines: usize,
     /// Per-sink buffer: most bytes (message bytes plus a fixed overhead per line) held.
     pub buffer_bytes: usize,
@@ -37,7 +38,8 @@ pub struct LogsOptions {
     pub pod_deleted_grace_ms: u64,
     /// On shutdown, how long sinks may take to send what they hold, in milliseconds.
     pub drain_timeout_ms: u64,
-    /// Interval of the "lines dropped" log line, in seconds (only logged when lines were dropped).
+    /// Interval of the "sink send failed" warning while a sink fails, in seconds (the name is
+    /// kept from when a failing sink dropped lines; it no longer does).
     pub drop_report_interval_secs: u64,
     /// Replica coordination and checkpoints.
     pub replicas: ReplicaOptions,

@@ -126,11 +126,6 @@ impl LogsService {
         let sinks = Arc::new(SinkSet {
             handles: Mutex::new(handles),
         });
-        let reporter = tokio::spawn(report_drops(
-            metrics.clone(),
-            Duration::from_secs(options.drop_report_interval_secs.max(1)),
-            cancel.clone(),
-        ));
         let shared = Arc::new(Shared {
             client: client.clone(),
             options: options.clone(),
@@ -169,7 +164,6 @@ impl LogsService {
             term(shared, cancel.clone(), cancel.clone()).await;
         }
         sinks.drain(Duration::from_secs(1)).await;
-        reporter.abort();
     }
 }
 
@@ -494,30 +488,6 @@ async fn save(store: &mut CheckpointStore, term: &Term, metrics: &LogsMetrics) -
             metrics.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "writing checkpoints failed");
             false
-        }
-    }
-}
-
-/// Log, every `interval`, how many lines each sink dropped because its buffer was full.
-async fn report_drops(metrics: Arc<LogsMetrics>, interval: Duration, cancel: CancellationToken) {
-    let mut last: HashMap<String, u64> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = cancel.cancelled() => return,
-        }
-        for name in metrics.sink_names() {
-            let total = metrics.dropped(&name);
-            let before = last.insert(name.clone(), total).unwrap_or(0);
-            if total > before {
-                tracing::warn!(
-                    sink = %name,
-                    dropped = total - before,
-                    total,
-                    interval = ?interval,
-                    "sink buffer full: oldest log lines dropped"
-                );
-            }
         }
     }
 }

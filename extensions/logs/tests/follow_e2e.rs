@@ -157,7 +157,7 @@ async fn fast_exit_multiline_non_utf8_and_staging_reach_rsyslog_exactly_once() {
     );
 
     let m = &service.metrics;
-    assert_eq!(m.dropped_total(), 0);
+    assert_eq!(m.log_gaps.load(Ordering::Relaxed), 0);
     service.stop().await;
 }
 
