@@ -1,8 +1,9 @@
 //! Checkpoints: the position every sink has delivered, per container, kept in ConfigMaps so that
 //! a new leader resumes where the old one stopped.
 //!
-//! Keys are `<pod uid>.<container>` (a recreated pod with the same name starts afresh), values
-//! [`Cursor::encode`]. Entries are spread over `shards` ConfigMaps `<prefix>-<n>`, written with
+//! Keys are `<pod uid>.<container>` for the merged log and `<pod uid>.<container>.stdout` /
+//! `.stderr` for the streams read apart (a recreated pod with the same name starts afresh),
+//! values [`Cursor::encode`]. Entries are spread over `shards` ConfigMaps `<prefix>-<n>`, written with
 //! server-side apply (only shards that changed), by the leader only.
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,16 @@ pub const FIELD_MANAGER: &str = "eirinix-logs";
 /// The checkpoint key of `container` in the pod with `uid`.
 pub fn key(uid: &str, container: &str) -> String {
     format!("{uid}.{container}")
+}
+
+/// The checkpoint key of one output of `container` (`None`: the merged log, [`key`]):
+/// `<pod uid>.<container>.stdout` or `.stderr`.
+pub fn stream_key(uid: &str, container: &str, stream: Option<crate::record::Stream>) -> String {
+    match stream {
+        None => key(uid, container),
+        Some(crate::record::Stream::Stdout) => format!("{uid}.{container}.stdout"),
+        Some(crate::record::Stream::Stderr) => format!("{uid}.{container}.stderr"),
+    }
 }
 
 /// The pod uid part of a checkpoint key.

@@ -8,6 +8,12 @@
 //! - terminated: read once more without `follow` to get everything up to the end, then wait
 //!   for a restart or the pod's deletion;
 //! - otherwise: the stream broke, resume with `sinceTime` and drop the overlap ([`Dedup`]).
+//!
+//! A follower reads one output of the container: stdout or stderr (`stream=Stdout|Stderr`, where
+//! the apiserver offers it) or both merged (the stream is then unknown). An apiserver that does
+//! not offer the parameter answers the first request with an error ([`FollowEnd::SplitUnsupported`]),
+//! and the caller follows the merged log instead. A resume that finds the last forwarded line gone
+//! from the node (the log was rotated before it was read again) is counted and reported as a gap.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,7 +31,7 @@ use crate::buffer::BoundedBuffer;
 use crate::cursor::{Cursor, Dedup, Progress, split_timestamp};
 use crate::lines::{LineReader, Piece};
 use crate::metrics::LogsMetrics;
-use crate::record::{Origin, Record};
+use crate::record::{Origin, Record, Stream};
 use crate::sink::Backoff;
 
 /// What the follower needs to know about its pod, updated by the pod watcher.
@@ -147,6 +153,9 @@ pub enum FollowEnd {
     PodDeleted,
     /// Stopped from outside (shutdown or lost leadership).
     Cancelled,
+    /// The apiserver refused the `stream` parameter (an apiserver without the
+    /// `PodLogsQuerySplitStreams` feature): follow the merged log instead.
+    SplitUnsupported,
 }
 
 /// Settings of a follower.
@@ -182,10 +191,35 @@ enum ReadEnd {
     },
     Cancelled,
     Deleted,
+    /// The `stream` parameter was refused.
+    Unsupported,
+}
+
+/// Whether `e` is the apiserver refusing the `stream` parameter of `pods/log` (its
+/// `PodLogsQuerySplitStreams` feature is off: 422 "stream: Forbidden: may not be specified").
+pub fn split_streams_refused(e: &kube::Error) -> bool {
+    let kube::Error::Api(status) = e else {
+        return false;
+    };
+    let message = status.message.to_ascii_lowercase();
+    matches!(status.code, 400 | 403 | 422)
+        && message.contains("stream")
+        && ["may not be specified", "forbidden", "not supported"]
+            .iter()
+            .any(|m| message.contains(m))
+}
+
+/// The `stream` query value of `stream`.
+fn stream_param(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "Stdout",
+        Stream::Stderr => "Stderr",
+    }
 }
 
 /// Follows one container of one pod and pushes its records into the sink buffers.
 pub struct Follower {
+    client: kube::Client,
     api: Api<Pod>,
     pod: String,
     origin: Arc<Origin>,
@@ -196,6 +230,11 @@ pub struct Follower {
     config: FollowerConfig,
     dedup: Dedup,
     instance: Option<i32>,
+    /// The instance the last forwarded line came from, when known (a resume of its log must
+    /// repeat that line, or the node lost part of the log).
+    last_instance: Option<i32>,
+    /// The output read: stdout, stderr, or both merged (`None`).
+    stream: Option<Stream>,
     line_ts: Option<Timestamp>,
 }
 
@@ -214,7 +253,8 @@ impl Follower {
         config: FollowerConfig,
     ) -> Self {
         Follower {
-            api: Api::namespaced(client, &origin.namespace),
+            api: Api::namespaced(client.clone(), &origin.namespace),
+            client,
             pod: origin.pod.clone(),
             origin,
             view,
@@ -224,8 +264,24 @@ impl Follower {
             config,
             dedup: Dedup::new(start),
             instance: start.map(|c| c.instance),
+            last_instance: start.map(|c| c.instance),
+            stream: None,
             line_ts: None,
         }
+    }
+
+    /// Read only `stream` (stdout or stderr) instead of the merged log; its records say which.
+    pub fn with_stream(mut self, stream: Option<Stream>) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// The start position was not written by a follower of this same output (a checkpoint of
+    /// the merged log resuming one stream, or the other way round): its line may not be in the
+    /// log read, so its absence is not a gap.
+    pub fn inexact_start(mut self) -> Self {
+        self.last_instance = None;
+        self
     }
 
     /// Follow until the pod is deleted or `cancel` fires.
@@ -274,6 +330,7 @@ impl Follower {
                 match self.read(cancel, false, true, current - 1, true).await {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                    ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
                     ReadEnd::Ended { .. } => previous_failures = 0,
                     ReadEnd::Failed { error, .. } => {
                         previous_failures += 1;
@@ -320,6 +377,7 @@ impl Follower {
             let lines = match outcome {
                 ReadEnd::Cancelled => return FollowEnd::Cancelled,
                 ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
                 ReadEnd::Ended { lines } => lines,
                 ReadEnd::Failed { lines, error } => {
                     tracing::debug!(pod = %self.pod, container = %name, %error, "log stream failed; resuming");
@@ -341,6 +399,7 @@ impl Follower {
                 match self.read(cancel, false, false, current, true).await {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                    ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
                     ReadEnd::Ended { .. } => {
                         complete = Some(current);
                         backoff.reset();
@@ -409,10 +468,13 @@ impl Follower {
         let stream = tokio::select! {
             biased;
             _ = cancel.cancelled() => return ReadEnd::Cancelled,
-            s = self.api.log_stream(&self.pod, &params) => s,
+            s = self.log_stream(&params) => s,
         };
         let stream = match stream {
             Ok(s) => s,
+            Err(e) if self.stream.is_some() && split_streams_refused(&e) => {
+                return ReadEnd::Unsupported;
+            }
             Err(e) => {
                 self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
                 return ReadEnd::Failed {
@@ -421,7 +483,11 @@ impl Follower {
                 };
             }
         };
-        self.dedup.begin();
+        if self.last_instance == Some(instance) {
+            self.dedup.begin_resume();
+        } else {
+            self.dedup.begin();
+        }
         self.line_ts = None;
         let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
         let mut lines = 0u64;
@@ -502,6 +568,26 @@ impl Follower {
         }
     }
 
+    /// Open a `pods/log` stream with `params`, and the `stream` parameter when reading one
+    /// output (kube's `LogParams` has no field for it).
+    async fn log_stream(
+        &self,
+        params: &LogParams,
+    ) -> kube::Result<impl futures::io::AsyncBufRead + use<>> {
+        let url = self.api.resource_url();
+        let mut req = kube::core::Request::new(url)
+            .logs(&self.pod, params)
+            .map_err(kube::Error::BuildRequest)?;
+        if let Some(stream) = self.stream {
+            let uri = format!("{}&stream={}", req.uri(), stream_param(stream));
+            *req.uri_mut() = uri.parse().map_err(|e: http::uri::InvalidUri| {
+                kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e.into()))
+            })?;
+        }
+        req.extensions_mut().insert("log_stream");
+        self.client.request_stream(req).await
+    }
+
     /// The record of a piece just read, or `None` when it was already forwarded.
     fn emit(
         &mut self,
@@ -535,6 +621,18 @@ impl Follower {
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        if let Some((last, first)) = self.dedup.take_gap() {
+            self.metrics.log_gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                namespace = %self.origin.namespace, pod = %self.pod,
+                container = %self.origin.container, stream = ?self.stream,
+                last_forwarded = %crate::cursor::format_nanos(last),
+                first_read = %crate::cursor::format_nanos(first),
+                "the node no longer has this log after the last forwarded line (rotated away before \
+                 it was read again): lines written between these two times are lost"
+            );
+        }
+        self.last_instance = Some(instance);
         self.metrics
             .records_forwarded
             .fetch_add(1, Ordering::Relaxed);
@@ -542,7 +640,7 @@ impl Follower {
             origin: self.origin.clone(),
             timestamp: ts,
             message,
-            stream: None,
+            stream: self.stream,
             partial: !last,
             ack: Some((self.progress.clone(), Cursor { ts, n, instance })),
         }))
@@ -584,6 +682,43 @@ mod tests {
             last_state: last,
             ..ContainerStatus::default()
         }
+    }
+
+    #[test]
+    fn a_refused_stream_parameter_is_told_from_other_errors() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        // kube-apiserver without PodLogsQuerySplitStreams (checked against 1.37).
+        assert!(split_streams_refused(&api(
+            422,
+            "PodLogOptions \"dora-0\" is invalid: stream: Forbidden: may not be specified"
+        )));
+        assert!(split_streams_refused(&api(
+            400,
+            "stream parameter not supported"
+        )));
+        // Anything else is an ordinary failure, retried.
+        assert!(!split_streams_refused(&api(
+            404,
+            "pods \"dora-0\" not found"
+        )));
+        assert!(!split_streams_refused(&api(
+            403,
+            "pods \"dora-0\" is forbidden: User \"x\" cannot get resource \"pods/log\""
+        )));
+        assert!(!split_streams_refused(&api(
+            400,
+            "container \"opi\" in pod \"dora-0\" is waiting to start: ContainerCreating"
+        )));
+        assert!(!split_streams_refused(&api(500, "stream error")));
+        assert!(!split_streams_refused(
+            &kube::Error::LinesCodecMaxLineLengthExceeded
+        ));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct LogsMetrics {
     pub checkpoint_errors: AtomicU64,
     /// Whether this replica is the leader (1) or not (0).
     pub leader: AtomicI64,
+    /// Whether stdout and stderr are followed apart (1) or merged, stream unknown (0).
+    pub split_streams: AtomicI64,
     sinks: Mutex<Vec<SinkEntry>>,
 }
 
@@ -176,6 +178,12 @@ impl LogsMetrics {
             "eirinix_logs_leader",
             "1 while this replica leads.",
             self.leader.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_split_streams",
+            "1 while stdout and stderr are followed apart, 0 when merged (stream unknown).",
+            self.split_streams.load(Ordering::Relaxed),
         );
         let sinks: Vec<SinkEntry> = self
             .sinks

@@ -30,6 +30,10 @@ pub struct LogsOptions {
     pub batch_size: usize,
     /// Longer lines are split into pieces of at most this many bytes, marked as partial.
     pub max_line_bytes: usize,
+    /// Follow stdout and stderr apart (`pods/log?stream=`, apiserver and kubelets with the
+    /// `PodLogsQuerySplitStreams` feature); an apiserver that refuses it gets the merged log.
+    /// Turn off for kubelets older than the apiserver that ignore the parameter.
+    pub split_streams: bool,
     /// First reconnect delay of a sink, in milliseconds (doubles up to `reconnectMaxMs`).
     pub reconnect_initial_ms: u64,
     /// Longest reconnect delay of a sink, in milliseconds.
@@ -55,6 +59,7 @@ impl Default for LogsOptions {
             buffer_bytes: 32 * 1024 * 1024,
             batch_size: 256,
             max_line_bytes: 16 * 1024,
+            split_streams: true,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
             pod_deleted_grace_ms: 2_000,
