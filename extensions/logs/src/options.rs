@@ -122,8 +122,12 @@ impl LogsOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum SinkOptions {
-    /// RFC 5424 syslog over TCP (or TLS) with octet-counting framing (RFC 6587).
+    /// RFC 5424 syslog over TCP (or TLS) with octet-counting framing (RFC 6587); no
+    /// acknowledgement: a receiver crash loses what it had not yet stored.
     Syslog(SyslogOptions),
+    /// RFC 5424 syslog over RELP (rsyslog's `imrelp`, TCP or TLS): every message acknowledged,
+    /// only acknowledged ones count as delivered (at least once across receiver crashes).
+    Relp(SyslogOptions),
     /// Cloud Foundry Loggregator v2 ingress (gRPC `BatchSender`) with mutual TLS.
     Loggregator(LoggregatorOptions),
 }
@@ -136,6 +140,10 @@ impl SinkOptions {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("syslog:{}", s.address)),
+            SinkOptions::Relp(s) => s
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("relp:{}", s.address)),
             SinkOptions::Loggregator(l) => l
                 .name
                 .clone()
@@ -145,7 +153,7 @@ impl SinkOptions {
 
     fn validate(&self) -> Result<(), LogsError> {
         let address = match self {
-            SinkOptions::Syslog(s) => &s.address,
+            SinkOptions::Syslog(s) | SinkOptions::Relp(s) => &s.address,
             SinkOptions::Loggregator(l) => &l.address,
         };
         if address
@@ -156,14 +164,14 @@ impl SinkOptions {
                 "sink address {address:?} is not host:port"
             )));
         }
-        if let SinkOptions::Syslog(s) = self {
+        if let SinkOptions::Syslog(s) | SinkOptions::Relp(s) = self {
             crate::syslog::validate_sd_id(&s.structured_data_id)?;
         }
         Ok(())
     }
 }
 
-/// A syslog destination.
+/// A syslog destination (plain syslog or RELP).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyslogOptions {
@@ -298,6 +306,8 @@ sinks:
   - type: syslog
     name: plain
     address: 10.0.0.5:514
+  - type: relp
+    address: logs.example.com:2514
   - type: loggregator
     address: localhost:3458
     tls:
@@ -315,7 +325,7 @@ replicas:
         assert_eq!(o.namespaces, ["eirini"]);
         assert_eq!(o.buffer_lines, 5000);
         assert_eq!(o.batch_size, LogsOptions::default().batch_size);
-        assert_eq!(o.sinks.len(), 3);
+        assert_eq!(o.sinks.len(), 4);
         match &o.sinks[0] {
             SinkOptions::Syslog(s) => {
                 assert_eq!(s.non_utf8, NonUtf8::Lossy);
@@ -328,7 +338,9 @@ replicas:
             other => panic!("{other:?}"),
         }
         assert_eq!(o.sinks[1].name(), "plain");
-        assert_eq!(o.sinks[2].name(), "loggregator:localhost:3458");
+        assert_eq!(o.sinks[2].name(), "relp:logs.example.com:2514");
+        assert!(matches!(&o.sinks[2], SinkOptions::Relp(r) if r.tls.is_none()));
+        assert_eq!(o.sinks[3].name(), "loggregator:localhost:3458");
         assert_eq!(o.replicas.namespace.as_deref(), Some("eirinix"));
         assert_eq!(o.replicas.lease_duration_secs, 10);
         assert!(o.replicas.leader_election);

@@ -45,6 +45,7 @@ pub trait Sink: Send + 'static {
 pub fn build_sink(options: &SinkOptions) -> Result<Box<dyn Sink>, LogsError> {
     Ok(match options {
         SinkOptions::Syslog(s) => Box::new(crate::syslog::SyslogSink::new(s)?),
+        SinkOptions::Relp(s) => Box::new(crate::relp::RelpSink::new(s)?),
         SinkOptions::Loggregator(l) => Box::new(crate::loggregator::LoggregatorSink::new(l)?),
     })
 }
