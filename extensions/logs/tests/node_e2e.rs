@@ -606,3 +606,83 @@ async fn a_log_the_node_rotated_away_while_no_leader_ran_is_counted_as_a_gap() {
     );
     service.stop().await;
 }
+
+/// The fenced block of the README that starts with the line `first`.
+fn readme_block(first: &str) -> String {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find(&format!("```\n{first}\n"))
+        .or_else(|| readme.find(&format!("```yaml\n{first}\n")))
+        .unwrap_or_else(|| panic!("README block {first:?}"));
+    let body = &readme[readme[start..].find('\n').unwrap() + start + 1..];
+    body[..body.find("\n```").unwrap()].to_owned()
+}
+
+/// The README's flow with the README's own configuration blocks (the aggregator bound to
+/// loopback here, its files in a temp dir): two instances of an app writing to stdout and
+/// stderr; each app's file reads like `cf logs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_flow_gives_cf_logs_lines_per_app() {
+    let (cluster, client, ns) = cluster("logs-node-readme").await;
+    let port = free_port();
+    let rsyslog_conf = readme_block("# /etc/rsyslog.d/cf-apps.conf");
+    assert!(rsyslog_conf.contains(r#"port="2514""#), "{rsyslog_conf}");
+    let rsyslog = Rsyslog::start_custom(port, |dir| {
+        rsyslog_conf
+            .replace(
+                r#"port="2514""#,
+                &format!(r#"port="{port}" address="127.0.0.1""#),
+            )
+            .replace("/var/log/cf", &dir.display().to_string())
+    });
+    let yaml = readme_block("# logs.yaml")
+        .replace("logs.example.com:2514", &format!("127.0.0.1:{port}"))
+        .replace("[eirini]", &format!("[{ns}]"));
+    let options = LogsOptions::from_yaml(&yaml).unwrap();
+    assert!(matches!(options.sinks[..], [SinkOptions::Relp(_)]));
+    let service = start_service(&client, &ns, options);
+
+    let mut app = EiriniApp::new("dora");
+    app.replicas = 2;
+    app.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo \"Starting $HOSTNAME on port $PORT\"; echo 'warning: cache cold' >&2; \
+         mkdir -p /tmp/www; echo ok > /tmp/www/index.html; exec httpd -f -p \"$PORT\" -h /tmp/www"
+            .into(),
+    ];
+    Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &app.statefulset())
+        .await
+        .unwrap();
+    let file = rsyslog.dir.path().join(format!("{}.log", app.guid));
+    let lines = |want: usize| {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() >= want).then_some(lines)
+    };
+    eventually(T, "both instances' lines in the app's file", || {
+        lines(4).is_some()
+    })
+    .await;
+    let lines = lines(4).unwrap();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for index in 0..2u32 {
+        let pod = app.pod_name(index);
+        let node = node_log(cluster, &ns, &pod, "opi");
+        for (stream, text) in [
+            ("OUT", format!("Starting {pod} on port 8080")),
+            ("ERR", "warning: cache cold".to_owned()),
+        ] {
+            let tail = format!(" [APP/PROC/WEB/{index}] {stream} {text}");
+            let line = lines
+                .iter()
+                .find(|l| l.ends_with(&tail))
+                .unwrap_or_else(|| panic!("{tail:?} in {lines:?}"));
+            let ts: jiff::Timestamp = line[..line.len() - tail.len()].parse().unwrap();
+            let written = node.iter().find(|l| l.msg == text).unwrap();
+            assert_eq!(ts, micros(written.ts), "the line's own timestamp: {line}");
+        }
+    }
+    service.stop().await;
+}

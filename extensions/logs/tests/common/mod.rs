@@ -230,6 +230,28 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
         r
     }
 
+    /// rsyslogd with the configuration `conf(dir)` returns (`dir`: its work directory), listening
+    /// on `port`; `received` does not apply (its output is whatever `conf` says).
+    pub fn start_custom(port: u16, conf: impl FnOnce(&std::path::Path) -> String) -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "global(workDirectory=\"{}\")\n{}",
+            dir.path().display(),
+            conf(dir.path())
+        );
+        let conf_path = dir.path().join("rsyslog.conf");
+        std::fs::write(&conf_path, text).unwrap();
+        let mut r = Rsyslog {
+            out: dir.path().join("out.log"),
+            dir,
+            port,
+            conf: conf_path,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
     /// Crash rsyslogd (SIGKILL: no flush, no goodbye to clients); `restart` brings it back.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
