@@ -217,9 +217,7 @@ impl SinkWorker {
         self.metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
         pending.drain(..n);
     }
-}
 
-impl SinkWorker {
     async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
         let mut pending: Vec<Arc<Record>> = Vec::new();
         let mut pending_epoch = 0;
