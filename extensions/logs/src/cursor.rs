@@ -101,11 +101,17 @@ fn in_rfc3339_range(ts: Timestamp) -> bool {
 /// older than the last forwarded one, and the first `n` lines carrying exactly its timestamp;
 /// from the first new line on, everything in that response is new (so a node clock stepping
 /// backwards causes repeats on a later resume, never losses).
+///
+/// A response that should repeat the last forwarded line ([`Dedup::begin_resume`]: same log)
+/// but passes its timestamp before all `n` lines at it were seen shows that the node no longer
+/// has that part of the log (rotated away): [`Dedup::take_gap`] reports it.
 #[derive(Clone, Debug, Default)]
 pub struct Dedup {
     last: Option<(Timestamp, u32)>,
     skip: u32,
     passed: bool,
+    expect_last: bool,
+    gap: Option<(Timestamp, Timestamp)>,
 }
 
 impl Dedup {
@@ -115,6 +121,8 @@ impl Dedup {
             last: cursor.map(|c| (c.ts, c.n)),
             skip: 0,
             passed: cursor.is_none(),
+            expect_last: false,
+            gap: None,
         }
     }
 
@@ -122,6 +130,20 @@ impl Dedup {
     pub fn begin(&mut self) {
         self.skip = self.last.map_or(0, |(_, n)| n);
         self.passed = self.last.is_none();
+        self.expect_last = false;
+    }
+
+    /// Like [`Dedup::begin`], for a response from the same log as the last forwarded line: it
+    /// must repeat that line, or the node lost the log after it ([`Dedup::take_gap`]).
+    pub fn begin_resume(&mut self) {
+        self.begin();
+        self.expect_last = self.last.is_some();
+    }
+
+    /// The gap found since the last call, if any: the last forwarded line's timestamp and the
+    /// first one read after it (lines written in between may be lost).
+    pub fn take_gap(&mut self) -> Option<(Timestamp, Timestamp)> {
+        self.gap.take()
     }
 
     /// The `sinceTime` to ask for: the last timestamp truncated to the second (the apiserver's
@@ -147,6 +169,9 @@ impl Dedup {
                 if ts == last && self.skip > 0 {
                     self.skip -= 1;
                     return None;
+                }
+                if self.expect_last && self.skip > 0 && ts > last {
+                    self.gap = Some((last, ts));
                 }
             }
             self.passed = true;
@@ -293,6 +318,48 @@ mod tests {
         assert_eq!(d.admit(b), None);
         assert_eq!(d.admit(b), None);
         assert_eq!(d.admit(b), Some(3));
+    }
+
+    #[test]
+    fn a_resume_that_does_not_repeat_the_last_line_is_a_gap() {
+        let a = ts("2024-01-01T00:00:01.5Z");
+        let b = ts("2024-01-01T00:00:01.7Z");
+        let c = ts("2024-01-01T00:00:09Z");
+        let at_b = Some(Cursor {
+            ts: b,
+            n: 2,
+            instance: 0,
+        });
+        // The log still has the line: no gap.
+        let mut d = Dedup::new(at_b);
+        d.begin_resume();
+        assert_eq!(d.admit(a), None);
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(c), Some(1));
+        assert_eq!(d.take_gap(), None);
+        // Rotated: the first line read is past the last forwarded one.
+        let mut d = Dedup::new(at_b);
+        d.begin_resume();
+        assert_eq!(d.admit(c), Some(1));
+        assert_eq!(d.take_gap(), Some((b, c)));
+        assert_eq!(d.take_gap(), None, "reported once");
+        // Only part of the lines at that timestamp are left.
+        let mut d = Dedup::new(at_b);
+        d.begin_resume();
+        assert_eq!(d.admit(b), None);
+        assert_eq!(d.admit(c), Some(1));
+        assert_eq!(d.take_gap(), Some((b, c)));
+        // Another log (a new container instance) is not expected to repeat it.
+        let mut d = Dedup::new(at_b);
+        d.begin();
+        assert_eq!(d.admit(c), Some(1));
+        assert_eq!(d.take_gap(), None);
+        // From the start there is nothing to repeat.
+        let mut d = Dedup::new(None);
+        d.begin_resume();
+        assert_eq!(d.admit(a), Some(1));
+        assert_eq!(d.take_gap(), None);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum LogsError {
         /// Why it is invalid.
         message: String,
     },
+    /// A receiver broke its protocol (malformed or unexpected frame) or refused a message.
+    #[error("{0}")]
+    Protocol(String),
     /// A sink operation did not finish in time.
     #[error("{0} timed out")]
     Timeout(String),

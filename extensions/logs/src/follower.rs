@@ -8,6 +8,12 @@
 //! - terminated: read once more without `follow` to get everything up to the end, then wait
 //!   for a restart or the pod's deletion;
 //! - otherwise: the stream broke, resume with `sinceTime` and drop the overlap ([`Dedup`]).
+//!
+//! A follower reads one output of the container: stdout or stderr (`stream=Stdout|Stderr`, where
+//! the apiserver offers it) or both merged (the stream is then unknown). An apiserver that does
+//! not offer the parameter answers the first request with an error ([`FollowEnd::SplitUnsupported`]),
+//! and the caller follows the merged log instead. A resume that finds the last forwarded line gone
+//! from the node (the log was rotated before it was read again) is counted and reported as a gap.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,7 +31,7 @@ use crate::buffer::BoundedBuffer;
 use crate::cursor::{Cursor, Dedup, Progress, split_timestamp};
 use crate::lines::{LineReader, Piece};
 use crate::metrics::LogsMetrics;
-use crate::record::{Origin, Record};
+use crate::record::{Origin, Record, Stream};
 use crate::sink::Backoff;
 
 /// What the follower needs to know about its pod, updated by the pod watcher.
@@ -147,6 +153,9 @@ pub enum FollowEnd {
     PodDeleted,
     /// Stopped from outside (shutdown or lost leadership).
     Cancelled,
+    /// The apiserver refused the `stream` parameter (an apiserver without the
+    /// `PodLogsQuerySplitStreams` feature): follow the merged log instead.
+    SplitUnsupported,
 }
 
 /// Settings of a follower.
@@ -182,10 +191,35 @@ enum ReadEnd {
     },
     Cancelled,
     Deleted,
+    /// The `stream` parameter was refused.
+    Unsupported,
+}
+
+/// Whether `e` is the apiserver refusing the `stream` parameter of `pods/log` (its
+/// `PodLogsQuerySplitStreams` feature is off: 422 "stream: Forbidden: may not be specified").
+pub fn split_streams_refused(e: &kube::Error) -> bool {
+    let kube::Error::Api(status) = e else {
+        return false;
+    };
+    let message = status.message.to_ascii_lowercase();
+    matches!(status.code, 400 | 403 | 422)
+        && message.contains("stream")
+        && ["may not be specified", "forbidden", "not supported"]
+            .iter()
+            .any(|m| message.contains(m))
+}
+
+/// The `stream` query value of `stream`.
+fn stream_param(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "Stdout",
+        Stream::Stderr => "Stderr",
+    }
 }
 
 /// Follows one container of one pod and pushes its records into the sink buffers.
 pub struct Follower {
+    client: kube::Client,
     api: Api<Pod>,
     pod: String,
     origin: Arc<Origin>,
@@ -196,6 +230,11 @@ pub struct Follower {
     config: FollowerConfig,
     dedup: Dedup,
     instance: Option<i32>,
+    /// The instance the last forwarded line came from, when known (a resume of its log must
+    /// repeat that line, or the node lost part of the log).
+    last_instance: Option<i32>,
+    /// The output read: stdout, stderr, or both merged (`None`).
+    stream: Option<Stream>,
     line_ts: Option<Timestamp>,
 }
 
@@ -214,7 +253,8 @@ impl Follower {
         config: FollowerConfig,
     ) -> Self {
         Follower {
-            api: Api::namespaced(client, &origin.namespace),
+            api: Api::namespaced(client.clone(), &origin.namespace),
+            client,
             pod: origin.pod.clone(),
             origin,
             view,
@@ -224,8 +264,24 @@ impl Follower {
             config,
             dedup: Dedup::new(start),
             instance: start.map(|c| c.instance),
+            last_instance: start.map(|c| c.instance),
+            stream: None,
             line_ts: None,
         }
+    }
+
+    /// Read only `stream` (stdout or stderr) instead of the merged log; its records say which.
+    pub fn with_stream(mut self, stream: Option<Stream>) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// The start position was not written by a follower of this same output (a checkpoint of
+    /// the merged log resuming one stream, or the other way round): its line may not be in the
+    /// log read, so its absence is not a gap.
+    pub fn inexact_start(mut self) -> Self {
+        self.last_instance = None;
+        self
     }
 
     /// Follow until the pod is deleted or `cancel` fires.
@@ -274,6 +330,7 @@ impl Follower {
                 match self.read(cancel, false, true, current - 1, true).await {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                    ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
                     ReadEnd::Ended { .. } => previous_failures = 0,
                     ReadEnd::Failed { error, .. } => {
                         previous_failures += 1;
@@ -320,6 +377,7 @@ impl Follower {
             let lines = match outcome {
                 ReadEnd::Cancelled => return FollowEnd::Cancelled,
                 ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
                 ReadEnd::Ended { lines } => lines,
                 ReadEnd::Failed { lines, error } => {
                     tracing::debug!(pod = %self.pod, container = %name, %error, "log stream failed; resuming");
@@ -341,6 +399,7 @@ impl Follower {
                 match self.read(cancel, false, false, current, true).await {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
+                    ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
                     ReadEnd::Ended { .. } => {
                         complete = Some(current);
                         backoff.reset();
@@ -409,10 +468,13 @@ impl Follower {
         let stream = tokio::select! {
             biased;
             _ = cancel.cancelled() => return ReadEnd::Cancelled,
-            s = self.api.log_stream(&self.pod, &params) => s,
+            s = self.log_stream(&params) => s,
         };
         let stream = match stream {
             Ok(s) => s,
+            Err(e) if self.stream.is_some() && split_streams_refused(&e) => {
+                return ReadEnd::Unsupported;
+            }
             Err(e) => {
                 self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
                 return ReadEnd::Failed {
@@ -421,7 +483,11 @@ impl Follower {
                 };
             }
         };
-        self.dedup.begin();
+        if self.last_instance == Some(instance) {
+            self.dedup.begin_resume();
+        } else {
+            self.dedup.begin();
+        }
         self.line_ts = None;
         let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
         let mut lines = 0u64;
@@ -430,6 +496,21 @@ impl Follower {
             self.view.borrow().deleted.then(|| Instant::now() + grace);
         let outputs = self.outputs.clone();
         loop {
+            // Back-pressure: a sink that is slower than the log, or down, is waited for before
+            // more is read, so the backlog stays in the container log on the node instead of
+            // being dropped. The time spent waiting does not count against a deleted pod's
+            // grace period: its stream can still deliver once the sink takes lines again.
+            if !has_room(&outputs) {
+                let waited = Instant::now();
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                    _ = wait_for_room(&outputs) => {}
+                }
+                if let Some(d) = deadline.as_mut() {
+                    *d += waited.elapsed();
+                }
+            }
             let piece = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return ReadEnd::Cancelled,
@@ -440,28 +521,25 @@ impl Follower {
                     }
                     continue;
                 }
-                // Flow control: a sink slower than the log waits for room before more is read,
-                // so the backlog stays in the container log instead of being dropped.
-                p = async {
-                    wait_for_room(&outputs).await;
-                    reader.next_piece().await
-                } => p,
+                p = reader.next_piece() => p,
             };
-            match piece {
+            let (record, end) = match piece {
                 Ok(None) => return ReadEnd::Ended { lines },
                 Ok(Some(Piece::Data { first, last })) => {
                     lines += 1;
                     let data = Bytes::copy_from_slice(reader.data());
-                    self.emit(&data, first, last, instance);
+                    (self.emit(&data, first, last, instance), None)
                 }
                 Ok(Some(Piece::Incomplete { first })) => {
                     // Cut inside a line: when following, the line is read again on resume.
-                    if final_read {
+                    let record = if final_read {
                         lines += 1;
                         let data = Bytes::copy_from_slice(reader.data());
-                        self.emit(&data, first, true, instance);
-                    }
-                    return ReadEnd::Ended { lines };
+                        self.emit(&data, first, true, instance)
+                    } else {
+                        None
+                    };
+                    (record, Some(ReadEnd::Ended { lines }))
                 }
                 Err(e) => {
                     self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
@@ -470,11 +548,54 @@ impl Follower {
                         error: e.to_string(),
                     };
                 }
+            };
+            if let Some(record) = record {
+                let waited = Instant::now();
+                for out in outputs.iter() {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                        _ = out.push_when_room(record.clone()) => {}
+                    }
+                }
+                if let Some(d) = deadline.as_mut() {
+                    *d += waited.elapsed();
+                }
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
     }
 
-    fn emit(&mut self, data: &Bytes, first: bool, last: bool, instance: i32) {
+    /// Open a `pods/log` stream with `params`, and the `stream` parameter when reading one
+    /// output (kube's `LogParams` has no field for it).
+    async fn log_stream(
+        &self,
+        params: &LogParams,
+    ) -> kube::Result<impl futures::io::AsyncBufRead + use<>> {
+        let url = self.api.resource_url();
+        let mut req = kube::core::Request::new(url)
+            .logs(&self.pod, params)
+            .map_err(kube::Error::BuildRequest)?;
+        if let Some(stream) = self.stream {
+            let uri = format!("{}&stream={}", req.uri(), stream_param(stream));
+            *req.uri_mut() = uri.parse().map_err(|e: http::uri::InvalidUri| {
+                kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e.into()))
+            })?;
+        }
+        req.extensions_mut().insert("log_stream");
+        self.client.request_stream(req).await
+    }
+
+    /// The record of a piece just read, or `None` when it was already forwarded.
+    fn emit(
+        &mut self,
+        data: &Bytes,
+        first: bool,
+        last: bool,
+        instance: i32,
+    ) -> Option<Arc<Record>> {
         self.metrics.lines_read.fetch_add(1, Ordering::Relaxed);
         let split = if first { split_timestamp(data) } else { None };
         let (ts, message) = match split {
@@ -498,23 +619,37 @@ impl Follower {
             self.metrics
                 .duplicates_skipped
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
-        let record = Arc::new(Record {
-            origin: self.origin.clone(),
-            timestamp: ts,
-            message,
-            stream: None,
-            partial: !last,
-            ack: Some((self.progress.clone(), Cursor { ts, n, instance })),
-        });
-        for out in self.outputs.iter() {
-            out.push(record.clone());
+        if let Some((last, first)) = self.dedup.take_gap() {
+            self.metrics.log_gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                namespace = %self.origin.namespace, pod = %self.pod,
+                container = %self.origin.container, stream = ?self.stream,
+                last_forwarded = %crate::cursor::format_nanos(last),
+                first_read = %crate::cursor::format_nanos(first),
+                "the node no longer has this log after the last forwarded line (rotated away before \
+                 it was read again): lines written between these two times are lost"
+            );
         }
+        self.last_instance = Some(instance);
         self.metrics
             .records_forwarded
             .fetch_add(1, Ordering::Relaxed);
+        Some(Arc::new(Record {
+            origin: self.origin.clone(),
+            timestamp: ts,
+            message,
+            stream: self.stream,
+            partial: !last,
+            ack: Some((self.progress.clone(), Cursor { ts, n, instance })),
+        }))
     }
+}
+
+/// Whether every sink buffer has room (see [`BoundedBuffer::has_room`]).
+fn has_room(outputs: &[Arc<BoundedBuffer>]) -> bool {
+    outputs.iter().all(|o| o.has_room())
 }
 
 /// Wait until every sink buffer has room (see [`BoundedBuffer::wait_for_room`]).
@@ -547,6 +682,43 @@ mod tests {
             last_state: last,
             ..ContainerStatus::default()
         }
+    }
+
+    #[test]
+    fn a_refused_stream_parameter_is_told_from_other_errors() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        // kube-apiserver without PodLogsQuerySplitStreams (checked against 1.37).
+        assert!(split_streams_refused(&api(
+            422,
+            "PodLogOptions \"dora-0\" is invalid: stream: Forbidden: may not be specified"
+        )));
+        assert!(split_streams_refused(&api(
+            400,
+            "stream parameter not supported"
+        )));
+        // Anything else is an ordinary failure, retried.
+        assert!(!split_streams_refused(&api(
+            404,
+            "pods \"dora-0\" not found"
+        )));
+        assert!(!split_streams_refused(&api(
+            403,
+            "pods \"dora-0\" is forbidden: User \"x\" cannot get resource \"pods/log\""
+        )));
+        assert!(!split_streams_refused(&api(
+            400,
+            "container \"opi\" in pod \"dora-0\" is waiting to start: ContainerCreating"
+        )));
+        assert!(!split_streams_refused(&api(500, "stream error")));
+        assert!(!split_streams_refused(
+            &kube::Error::LinesCodecMaxLineLengthExceeded
+        ));
     }
 
     #[test]

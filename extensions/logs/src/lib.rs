@@ -1,10 +1,11 @@
 //! eirinix logs: the stock extension that follows the logs of Eirini app and staging pods
 //! through the Kubernetes API and forwards every line, with its app identity, to syslog
-//! (RFC 5424 over TCP or TLS) and/or Loggregator v2 — without losing or repeating lines.
+//! (RFC 5424 over TCP or TLS, or over RELP with acknowledgements) and/or Loggregator v2.
 //!
 //! Add it to a manager with [`install`] (or [`try_install`] to get configuration errors), or
 //! use the pieces alone: [`follower::Follower`] (one container), [`record::Record`],
-//! [`sink::Sink`] with [`syslog::SyslogSink`] and [`loggregator::LoggregatorSink`], and
+//! [`sink::Sink`] with [`syslog::SyslogSink`], [`relp::RelpSink`] and
+//! [`loggregator::LoggregatorSink`], and
 //! [`buffer::BoundedBuffer`]. See the README for the record format and the guarantees.
 
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod loggregator;
 pub mod metrics;
 pub mod options;
 pub mod record;
+pub mod relp;
 pub mod service;
 pub mod sink;
 pub mod syslog;

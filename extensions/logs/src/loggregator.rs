@@ -30,8 +30,9 @@ use proto::{Envelope, EnvelopeBatch, Log, envelope, log};
 
 /// The v2 envelope of a record: `source_id` = app guid, `instance_id` = instance index,
 /// `timestamp` = the line's timestamp in nanoseconds, tags = source type, process type,
-/// namespace, pod, container and `stream` (`unknown`: the `Log.type` of OUT is only protobuf's
-/// default, not a claim that the line went to stdout).
+/// namespace, pod, container and `stream`; `Log.type` is `OUT` for stdout, `ERR` for stderr, and
+/// `OUT` when the stream is unknown (merged log: protobuf's default, not a claim that the line
+/// went to stdout; the `stream` tag says `unknown`).
 pub fn envelope(record: &Record) -> Envelope {
     let o = &record.origin;
     let mut tags = HashMap::with_capacity(8);

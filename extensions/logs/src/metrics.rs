@@ -32,6 +32,9 @@ pub struct LogsMetrics {
     pub stream_errors: AtomicU64,
     /// Container instances whose logs could not be read (restarted more than once between reads).
     pub instances_missed: AtomicU64,
+    /// Resumes that found the last forwarded line gone from the node (the kubelet rotated the log
+    /// past it before it was read again): the lines in between are lost.
+    pub log_gaps: AtomicU64,
     /// Containers being followed now.
     pub followers: AtomicI64,
     /// Checkpoint ConfigMap writes.
@@ -40,6 +43,8 @@ pub struct LogsMetrics {
     pub checkpoint_errors: AtomicU64,
     /// Whether this replica is the leader (1) or not (0).
     pub leader: AtomicI64,
+    /// Whether stdout and stderr are followed apart (1) or merged, stream unknown (0).
+    pub split_streams: AtomicI64,
     sinks: Mutex<Vec<SinkEntry>>,
 }
 
@@ -68,25 +73,21 @@ impl LogsMetrics {
             .map(|(_, m, b)| f(m, b))
     }
 
-    /// Records dropped by sink `name` because its buffer was full.
-    pub fn dropped(&self, name: &str) -> u64 {
-        self.sink(name, |_, b| b.dropped()).unwrap_or(0)
-    }
-
-    /// Records dropped by every sink together.
-    pub fn dropped_total(&self) -> u64 {
-        self.sinks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(_, _, b)| b.dropped())
-            .sum()
-    }
-
     /// Records delivered by sink `name`.
     pub fn sent(&self, name: &str) -> u64 {
         self.sink(name, |m, _| m.sent.load(Ordering::Relaxed))
             .unwrap_or(0)
+    }
+
+    /// Failed sends of sink `name`.
+    pub fn errors(&self, name: &str) -> u64 {
+        self.sink(name, |m, _| m.errors.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Times followers waited for sink `name` (it was slower than the logs, or down).
+    pub fn waits(&self, name: &str) -> u64 {
+        self.sink(name, |_, b| b.waits()).unwrap_or(0)
     }
 
     /// Names of the registered sinks.
@@ -150,6 +151,12 @@ impl LogsMetrics {
         );
         counter(
             &mut out,
+            "eirinix_logs_log_gaps_total",
+            "Resumes that found the node no longer had the log after the last forwarded line (lines lost).",
+            l(&self.log_gaps),
+        );
+        counter(
+            &mut out,
             "eirinix_logs_checkpoints_written_total",
             "Checkpoint writes.",
             l(&self.checkpoints_written),
@@ -172,21 +179,22 @@ impl LogsMetrics {
             "1 while this replica leads.",
             self.leader.load(Ordering::Relaxed),
         );
+        gauge(
+            &mut out,
+            "eirinix_logs_split_streams",
+            "1 while stdout and stderr are followed apart, 0 when merged (stream unknown).",
+            self.split_streams.load(Ordering::Relaxed),
+        );
         let sinks: Vec<SinkEntry> = self
             .sinks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let families: [(&str, &str, &str); 7] = [
+        let families: [(&str, &str, &str); 6] = [
             (
                 "eirinix_logs_sink_sent_total",
                 "counter",
                 "Records delivered by the sink.",
-            ),
-            (
-                "eirinix_logs_sink_dropped_total",
-                "counter",
-                "Records dropped because the sink buffer was full.",
             ),
             ("eirinix_logs_sink_errors_total", "counter", "Failed sends."),
             (
@@ -207,7 +215,7 @@ impl LogsMetrics {
             (
                 "eirinix_logs_sink_flow_control_waits_total",
                 "counter",
-                "Times reading paused because the sink was slower than the logs (buffer half full).",
+                "Times reading paused because the sink was slower than the logs or down (buffer half full).",
             ),
         ];
         for (i, (family, kind, help)) in families.iter().enumerate() {
@@ -215,11 +223,10 @@ impl LogsMetrics {
             for (name, m, b) in &sinks {
                 let v = match i {
                     0 => m.sent.load(Ordering::Relaxed),
-                    1 => b.dropped(),
-                    2 => m.errors.load(Ordering::Relaxed),
-                    3 => m.connects.load(Ordering::Relaxed),
-                    4 => b.len() as u64,
-                    5 => b.bytes() as u64,
+                    1 => m.errors.load(Ordering::Relaxed),
+                    2 => m.connects.load(Ordering::Relaxed),
+                    3 => b.len() as u64,
+                    4 => b.bytes() as u64,
                     _ => b.waits(),
                 };
                 let _ = writeln!(out, "{family}{{sink=\"{}\"}} {v}", escape_label(name));

@@ -21,7 +21,8 @@ pub struct LogsOptions {
     pub label_selector: String,
     /// Where lines go; every line is sent to every sink.
     pub sinks: Vec<SinkOptions>,
-    /// Per-sink buffer: most lines held while the aggregator is slow or down (oldest dropped beyond).
+    /// Per-sink buffer: most lines held while the aggregator is slow or down (reading waits beyond
+    /// half of it: the lines stay in the container logs on the node).
     pub buffer_lines: usize,
     /// Per-sink buffer: most bytes (message bytes plus a fixed overhead per line) held.
     pub buffer_bytes: usize,
@@ -29,6 +30,10 @@ pub struct LogsOptions {
     pub batch_size: usize,
     /// Longer lines are split into pieces of at most this many bytes, marked as partial.
     pub max_line_bytes: usize,
+    /// Follow stdout and stderr apart (`pods/log?stream=`, apiserver and kubelets with the
+    /// `PodLogsQuerySplitStreams` feature); an apiserver that refuses it gets the merged log.
+    /// Turn off for kubelets older than the apiserver that ignore the parameter.
+    pub split_streams: bool,
     /// First reconnect delay of a sink, in milliseconds (doubles up to `reconnectMaxMs`).
     pub reconnect_initial_ms: u64,
     /// Longest reconnect delay of a sink, in milliseconds.
@@ -37,7 +42,8 @@ pub struct LogsOptions {
     pub pod_deleted_grace_ms: u64,
     /// On shutdown, how long sinks may take to send what they hold, in milliseconds.
     pub drain_timeout_ms: u64,
-    /// Interval of the "lines dropped" log line, in seconds (only logged when lines were dropped).
+    /// Interval of the "sink send failed" warning while a sink fails, in seconds (the name is
+    /// kept from when a failing sink dropped lines; it no longer does).
     pub drop_report_interval_secs: u64,
     /// Replica coordination and checkpoints.
     pub replicas: ReplicaOptions,
@@ -53,6 +59,7 @@ impl Default for LogsOptions {
             buffer_bytes: 32 * 1024 * 1024,
             batch_size: 256,
             max_line_bytes: 16 * 1024,
+            split_streams: true,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
             pod_deleted_grace_ms: 2_000,
@@ -115,8 +122,12 @@ impl LogsOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum SinkOptions {
-    /// RFC 5424 syslog over TCP (or TLS) with octet-counting framing (RFC 6587).
+    /// RFC 5424 syslog over TCP (or TLS) with octet-counting framing (RFC 6587); no
+    /// acknowledgement: a receiver crash loses what it had not yet stored.
     Syslog(SyslogOptions),
+    /// RFC 5424 syslog over RELP (rsyslog's `imrelp`, TCP or TLS): every message acknowledged,
+    /// only acknowledged ones count as delivered (at least once across receiver crashes).
+    Relp(SyslogOptions),
     /// Cloud Foundry Loggregator v2 ingress (gRPC `BatchSender`) with mutual TLS.
     Loggregator(LoggregatorOptions),
 }
@@ -129,6 +140,10 @@ impl SinkOptions {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("syslog:{}", s.address)),
+            SinkOptions::Relp(s) => s
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("relp:{}", s.address)),
             SinkOptions::Loggregator(l) => l
                 .name
                 .clone()
@@ -138,7 +153,7 @@ impl SinkOptions {
 
     fn validate(&self) -> Result<(), LogsError> {
         let address = match self {
-            SinkOptions::Syslog(s) => &s.address,
+            SinkOptions::Syslog(s) | SinkOptions::Relp(s) => &s.address,
             SinkOptions::Loggregator(l) => &l.address,
         };
         if address
@@ -149,14 +164,14 @@ impl SinkOptions {
                 "sink address {address:?} is not host:port"
             )));
         }
-        if let SinkOptions::Syslog(s) = self {
+        if let SinkOptions::Syslog(s) | SinkOptions::Relp(s) = self {
             crate::syslog::validate_sd_id(&s.structured_data_id)?;
         }
         Ok(())
     }
 }
 
-/// A syslog destination.
+/// A syslog destination (plain syslog or RELP).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyslogOptions {
@@ -291,6 +306,8 @@ sinks:
   - type: syslog
     name: plain
     address: 10.0.0.5:514
+  - type: relp
+    address: logs.example.com:2514
   - type: loggregator
     address: localhost:3458
     tls:
@@ -308,7 +325,7 @@ replicas:
         assert_eq!(o.namespaces, ["eirini"]);
         assert_eq!(o.buffer_lines, 5000);
         assert_eq!(o.batch_size, LogsOptions::default().batch_size);
-        assert_eq!(o.sinks.len(), 3);
+        assert_eq!(o.sinks.len(), 4);
         match &o.sinks[0] {
             SinkOptions::Syslog(s) => {
                 assert_eq!(s.non_utf8, NonUtf8::Lossy);
@@ -321,7 +338,9 @@ replicas:
             other => panic!("{other:?}"),
         }
         assert_eq!(o.sinks[1].name(), "plain");
-        assert_eq!(o.sinks[2].name(), "loggregator:localhost:3458");
+        assert_eq!(o.sinks[2].name(), "relp:logs.example.com:2514");
+        assert!(matches!(&o.sinks[2], SinkOptions::Relp(r) if r.tls.is_none()));
+        assert_eq!(o.sinks[3].name(), "loggregator:localhost:3458");
         assert_eq!(o.replicas.namespace.as_deref(), Some("eirinix"));
         assert_eq!(o.replicas.lease_duration_secs, 10);
         assert!(o.replicas.leader_election);

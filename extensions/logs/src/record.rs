@@ -85,8 +85,8 @@ pub fn instance_index(pod_name: &str) -> Option<u32> {
     suffix.parse().ok()
 }
 
-/// Which output stream a line was written to. `pods/log` merges both streams, so records read
-/// through the Kubernetes API carry `None`: the stream is unknown, not stdout.
+/// Which output stream a line was written to: known when the follower reads one stream
+/// (`pods/log?stream=`); records read from the merged log carry `None` (unknown, not stdout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     /// Standard output.
@@ -104,7 +104,7 @@ pub struct Record {
     pub timestamp: Timestamp,
     /// The line without its newline and timestamp prefix; any bytes, not necessarily UTF-8.
     pub message: Bytes,
-    /// Output stream, when known (never through `pods/log`).
+    /// Output stream, when known (read apart with `pods/log?stream=`).
     pub stream: Option<Stream>,
     /// True when the line was longer than the limit and continues in the next record.
     pub partial: bool,

@@ -18,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::buffer::BoundedBuffer;
-use crate::checkpoint::{CheckpointStore, key, uid_of};
+use crate::checkpoint::{CheckpointStore, key, stream_key, uid_of};
 use crate::cursor::{Cursor, Progress};
 use crate::error::LogsError;
 use crate::follower::{FollowEnd, Follower, FollowerConfig, PodView};
 use crate::metrics::LogsMetrics;
 use crate::options::LogsOptions;
-use crate::record::Origin;
+use crate::record::{Origin, Stream};
 use crate::sink::{Sink, SinkHandle, build_sink, spawn_sink};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,11 +126,6 @@ impl LogsService {
         let sinks = Arc::new(SinkSet {
             handles: Mutex::new(handles),
         });
-        let reporter = tokio::spawn(report_drops(
-            metrics.clone(),
-            Duration::from_secs(options.drop_report_interval_secs.max(1)),
-            cancel.clone(),
-        ));
         let shared = Arc::new(Shared {
             client: client.clone(),
             options: options.clone(),
@@ -169,7 +164,6 @@ impl LogsService {
             term(shared, cancel.clone(), cancel.clone()).await;
         }
         sinks.drain(Duration::from_secs(1)).await;
-        reporter.abort();
     }
 }
 
@@ -214,6 +208,8 @@ struct Term {
     resume: Mutex<HashMap<String, Cursor>>,
     followers: TaskTracker,
     cancel: CancellationToken,
+    /// Follow stdout and stderr apart (until the apiserver refuses the `stream` parameter).
+    split: std::sync::atomic::AtomicBool,
 }
 
 struct PodEntry {
@@ -279,33 +275,143 @@ impl Term {
         container: &str,
         view: watch::Receiver<Arc<PodView>>,
     ) {
-        let k = key(uid, container);
-        let start = lock(&self.resume).remove(&k);
-        let progress = Progress::new(self.shared.outputs.len(), start);
-        lock(&self.progress).insert(k.clone(), progress.clone());
         let origin = Arc::new(Origin::from_pod(pod, container));
+        let term = self.clone();
+        let uid = uid.to_owned();
+        self.followers
+            .spawn(async move { term.follow_container(origin, uid, view).await });
+    }
+
+    /// Follow one container: stdout and stderr apart where the apiserver offers it, else (or
+    /// when it refuses) the merged log.
+    async fn follow_container(
+        self: Arc<Self>,
+        origin: Arc<Origin>,
+        uid: String,
+        view: watch::Receiver<Arc<PodView>>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let c = origin.container.clone();
+        let k = key(&uid, &c);
+        // Where the merged log resumes if it is followed, and whether that position was written
+        // by a follower of the merged log (a gap can only be told from an exact position).
+        let mut merged_start: Option<(Option<Cursor>, bool)> = None;
+        if self.split.load(Ordering::Relaxed) {
+            let merged = lock(&self.resume).remove(&k);
+            let mut own = false;
+            let both = [Stream::Stdout, Stream::Stderr].map(|stream| {
+                let sk = stream_key(&uid, &c, Some(stream));
+                let (start, exact) = match lock(&self.resume).remove(&sk) {
+                    Some(cursor) => {
+                        own = true;
+                        (Some(cursor), true)
+                    }
+                    // A checkpoint of the merged log (written before streams were split).
+                    None => (merged, merged.is_none()),
+                };
+                let follower = self.follower(&uid, &origin, Some(stream), start, exact, &view);
+                (sk, follower)
+            });
+            let split = self.cancel.child_token();
+            let run = |(sk, follower): (String, Follower)| {
+                let split = split.clone();
+                let term = self.clone();
+                async move {
+                    let end = follower.run(split.clone()).await;
+                    match end {
+                        FollowEnd::SplitUnsupported => split.cancel(),
+                        FollowEnd::PodDeleted => {
+                            lock(&term.progress).remove(&sk);
+                        }
+                        FollowEnd::Cancelled => {}
+                    }
+                    (sk, end)
+                }
+            };
+            let [out, err] = both;
+            let (out, err) = tokio::join!(run(out), run(err));
+            let refused = [&out, &err]
+                .iter()
+                .any(|(_, end)| *end == FollowEnd::SplitUnsupported);
+            if !refused || self.cancel.is_cancelled() {
+                return;
+            }
+            if self.split.swap(false, Ordering::Relaxed) {
+                self.shared
+                    .metrics
+                    .split_streams
+                    .store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    "the apiserver does not offer stdout and stderr apart (feature \
+                     PodLogsQuerySplitStreams): following the merged logs, stream unknown"
+                );
+            }
+            // Resume the merged log where the streams were (the earlier of the two).
+            let streams = [out.0, err.0]
+                .iter()
+                .filter_map(|sk| lock(&self.progress).remove(sk)?.checkpoint())
+                .min();
+            merged_start = Some(if own {
+                (streams, streams.is_none())
+            } else {
+                (merged, true)
+            });
+        }
+        let (start, exact) = merged_start.unwrap_or_else(|| {
+            let mut resume = lock(&self.resume);
+            match resume.remove(&k) {
+                Some(cursor) => (Some(cursor), true),
+                // Checkpoints of split streams (the apiserver no longer offers them): the earlier.
+                None => {
+                    let start = [Stream::Stdout, Stream::Stderr]
+                        .iter()
+                        .filter_map(|s| resume.remove(&stream_key(&uid, &c, Some(*s))))
+                        .min();
+                    (start, start.is_none())
+                }
+            }
+        });
+        let follower = self.follower(&uid, &origin, None, start, exact, &view);
+        if follower.run(self.cancel.clone()).await == FollowEnd::PodDeleted {
+            lock(&self.progress).remove(&k);
+        }
+    }
+
+    /// A follower of one output of `origin` (`None`: merged) starting after `start`, its
+    /// progress registered for the checkpoints.
+    fn follower(
+        &self,
+        uid: &str,
+        origin: &Arc<Origin>,
+        stream: Option<Stream>,
+        start: Option<Cursor>,
+        exact: bool,
+        view: &watch::Receiver<Arc<PodView>>,
+    ) -> Follower {
+        let k = stream_key(uid, &origin.container, stream);
+        let progress = Progress::new(self.shared.outputs.len(), start);
+        lock(&self.progress).insert(k, progress.clone());
         tracing::debug!(
-            namespace = %origin.namespace, pod = %origin.pod, container,
-            resume = ?start.map(|c| c.encode()),
+            namespace = %origin.namespace, pod = %origin.pod, container = %origin.container,
+            ?stream, resume = ?start.map(|c| c.encode()),
             "following container"
         );
         let follower = Follower::new(
             self.shared.client.clone(),
-            origin,
-            view,
+            origin.clone(),
+            view.clone(),
             self.shared.outputs.clone(),
             start,
             progress,
             self.shared.metrics.clone(),
             self.follower_config(),
-        );
-        let term = self.clone();
-        let cancel = self.cancel.clone();
-        self.followers.spawn(async move {
-            if follower.run(cancel).await == FollowEnd::PodDeleted {
-                lock(&term.progress).remove(&k);
-            }
-        });
+        )
+        .with_stream(stream);
+        if exact {
+            follower
+        } else {
+            follower.inexact_start()
+        }
     }
 
     /// Current positions: delivered by every sink for followed containers, else as loaded.
@@ -413,7 +519,12 @@ async fn term(shared: Arc<Shared>, token: CancellationToken, shutdown: Cancellat
         resume: Mutex::new(loaded),
         followers: TaskTracker::new(),
         cancel: token.child_token(),
+        split: std::sync::atomic::AtomicBool::new(o.split_streams),
     });
+    shared
+        .metrics
+        .split_streams
+        .store(i64::from(o.split_streams), Ordering::Relaxed);
 
     // Pod watchers: one per namespace (or one for all).
     let watch_cancel = token.child_token();
@@ -494,30 +605,6 @@ async fn save(store: &mut CheckpointStore, term: &Term, metrics: &LogsMetrics) -
             metrics.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "writing checkpoints failed");
             false
-        }
-    }
-}
-
-/// Log, every `interval`, how many lines each sink dropped because its buffer was full.
-async fn report_drops(metrics: Arc<LogsMetrics>, interval: Duration, cancel: CancellationToken) {
-    let mut last: HashMap<String, u64> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = cancel.cancelled() => return,
-        }
-        for name in metrics.sink_names() {
-            let total = metrics.dropped(&name);
-            let before = last.insert(name.clone(), total).unwrap_or(0);
-            if total > before {
-                tracing::warn!(
-                    sink = %name,
-                    dropped = total - before,
-                    total,
-                    interval = ?interval,
-                    "sink buffer full: oldest log lines dropped"
-                );
-            }
         }
     }
 }

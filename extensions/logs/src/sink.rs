@@ -1,6 +1,7 @@
-//! Sinks: where records go. A [`Sink`] delivers batches; a [`SinkWorker`] feeds it from its
+//! Sinks: where records go. A [`Sink`] delivers batches; a worker feeds it from its
 //! [`BoundedBuffer`], batching, retrying with exponential backoff, and acknowledging delivered
-//! records (which advances the checkpoint).
+//! records (which advances the checkpoint). A batch is retried until it is delivered: nothing is
+//! dropped, and while a sink fails its buffer fills and the followers wait (back-pressure).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,13 @@ pub trait Sink: Send + 'static {
     /// the records count as delivered and the checkpoint moves past them.
     async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), LogsError>;
 
+    /// After a failed [`Sink::send`]: how many records at the start of that batch the receiver
+    /// confirmed anyway. They count as delivered and are not sent again (sinks with per-message
+    /// acknowledgements, like RELP, keep the repeats after a failure to what was unconfirmed).
+    fn confirmed_before_failure(&mut self) -> usize {
+        0
+    }
+
     /// Forget the connection after a failure; the next `send` reconnects.
     async fn reset(&mut self);
 
@@ -37,6 +45,7 @@ pub trait Sink: Send + 'static {
 pub fn build_sink(options: &SinkOptions) -> Result<Box<dyn Sink>, LogsError> {
     Ok(match options {
         SinkOptions::Syslog(s) => Box::new(crate::syslog::SyslogSink::new(s)?),
+        SinkOptions::Relp(s) => Box::new(crate::relp::RelpSink::new(s)?),
         SinkOptions::Loggregator(l) => Box::new(crate::loggregator::LoggregatorSink::new(l)?),
     })
 }
@@ -88,9 +97,10 @@ pub struct SinkHandle {
 }
 
 impl SinkHandle {
-    /// Queue a record for this sink.
-    pub fn push(&self, record: Arc<Record>) {
-        self.buffer.push(record);
+    /// Queue a record for this sink at once (no waiting: see [`BoundedBuffer::push`]); false
+    /// when the sink stopped.
+    pub fn push(&self, record: Arc<Record>) -> bool {
+        self.buffer.push(record)
     }
 
     /// Drop everything waiting, including a batch being retried (a replica that lost leadership).
@@ -131,7 +141,7 @@ impl SinkHandle {
 impl Drop for SinkHandle {
     fn drop(&mut self) {
         // Nobody sends any more: producers must not wait for room.
-        self.buffer.set_flow_control(false);
+        self.buffer.close();
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.abort();
@@ -165,6 +175,7 @@ pub fn spawn_sink(
         batch_size: options.batch_size.max(1),
         backoff: Backoff::new(options.reconnect_initial(), options.reconnect_max()),
         epoch: epoch.clone(),
+        report_interval: Duration::from_secs(options.drop_report_interval_secs.max(1)),
     };
     let task = tokio::spawn(worker.run(drain.clone(), stop.clone()));
     SinkHandle {
@@ -187,12 +198,26 @@ struct SinkWorker {
     batch_size: usize,
     backoff: Backoff,
     epoch: Arc<AtomicU64>,
+    /// Errors of a failing sink are logged at most this often.
+    report_interval: Duration,
 }
 
-/// Errors of a failing sink are logged at most this often.
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
-
 impl SinkWorker {
+    /// `pending[..n]` was delivered: acknowledge it (unless discarded meanwhile) and count it.
+    fn delivered(&self, pending: &mut Vec<Arc<Record>>, n: usize, epoch: u64) {
+        let n = n.min(pending.len());
+        if n == 0 {
+            return;
+        }
+        if epoch == self.epoch.load(Ordering::SeqCst) {
+            for r in &pending[..n] {
+                r.delivered(self.index);
+            }
+        }
+        self.metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
+        pending.drain(..n);
+    }
+
     async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
         let mut pending: Vec<Arc<Record>> = Vec::new();
         let mut pending_epoch = 0;
@@ -226,17 +251,9 @@ impl SinkWorker {
             };
             match result {
                 Ok(()) => {
-                    if pending_epoch == self.epoch.load(Ordering::SeqCst) {
-                        for r in &pending {
-                            r.delivered(self.index);
-                        }
-                    }
-                    self.metrics
-                        .sent
-                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    pending.clear();
+                    let n = pending.len();
+                    self.delivered(&mut pending, n, pending_epoch);
                     self.backoff.reset();
-                    self.buffer.set_flow_control(true);
                     if let Some(since) = failing_since.take() {
                         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
@@ -247,17 +264,22 @@ impl SinkWorker {
                     }
                 }
                 Err(e) => {
+                    // What the receiver confirmed before the failure is delivered; the rest of
+                    // the batch is sent again. Meanwhile the buffer fills and the followers wait:
+                    // the lines stay in the container logs on the node, nothing is dropped.
+                    let confirmed = self.sink.confirmed_before_failure();
+                    self.delivered(&mut pending, confirmed, pending_epoch);
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                    // Failing: producers stop waiting; a full buffer drops its oldest records.
-                    self.buffer.set_flow_control(false);
                     failing_since.get_or_insert_with(Instant::now);
-                    if last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
+                    if last_error_log.is_none_or(|t| t.elapsed() >= self.report_interval) {
                         last_error_log = Some(Instant::now());
                         tracing::warn!(
                             sink = %self.name,
                             error = %e,
-                            buffered = self.buffer.len(),
-                            "sink send failed; retrying with backoff"
+                            buffered = self.buffer.len() + pending.len(),
+                            down_for = ?failing_since.map(|t| t.elapsed()),
+                            "sink send failed; retrying with backoff (reading waits for it: \
+                             the lines stay in the container logs on the node)"
                         );
                     }
                     self.sink.reset().await;
@@ -269,7 +291,7 @@ impl SinkWorker {
                 }
             }
         }
-        self.buffer.set_flow_control(false);
+        self.buffer.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.close()).await;
     }
 }

@@ -26,9 +26,13 @@ use crate::sink::Sink;
 /// Cloud Foundry Foundation's private enterprise number).
 pub const DEFAULT_SD_ID: &str = "tags@47450";
 
-/// PRI of every message: facility user (1), severity informational (6). The severity cannot be
-/// told apart because `pods/log` merges stdout and stderr.
+/// PRI of stdout lines, and of lines whose stream is unknown (read merged): facility user (1),
+/// severity informational (6), as Cloud Foundry's syslog drains write `OUT` lines.
 pub const PRI: u8 = 14;
+
+/// PRI of stderr lines: facility user (1), severity error (3), as Cloud Foundry's syslog drains
+/// write `ERR` lines.
+pub const PRI_STDERR: u8 = 11;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -130,7 +134,11 @@ pub fn procid(record: &Record) -> String {
 pub fn format_message(record: &Record, format: &SyslogFormat, out: &mut Vec<u8>) {
     use std::io::Write as _;
     let o = &record.origin;
-    let _ = write!(out, "<{PRI}>1 ");
+    let pri = match record.stream {
+        Some(crate::record::Stream::Stderr) => PRI_STDERR,
+        _ => PRI,
+    };
+    let _ = write!(out, "<{pri}>1 ");
     push_timestamp(out, record.timestamp);
     out.push(b' ');
     push_header_field(out, &o.pod, 255);
@@ -424,6 +432,23 @@ mod tests {
              [tags@47450 app_id=\"6f1c-guid\" source_type=\"APP/PROC/WEB\" process_type=\"web\" \
              instance_id=\"3\" namespace=\"eirini\" pod=\"dora-3\" container=\"opi\" stream=\"unknown\"] hello world"
         );
+    }
+
+    #[test]
+    fn streams_set_the_severity_and_the_stream_parameter() {
+        let mut r = record(b"x");
+        let mut out = Vec::new();
+        r.stream = Some(crate::record::Stream::Stderr);
+        format_message(&r, &SyslogFormat::default(), &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("<11>1 "), "{s}");
+        assert!(s.contains(r#" stream="stderr"]"#), "{s}");
+        let mut out = Vec::new();
+        r.stream = Some(crate::record::Stream::Stdout);
+        format_message(&r, &SyslogFormat::default(), &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("<14>1 "), "{s}");
+        assert!(s.contains(r#" stream="stdout"]"#), "{s}");
     }
 
     #[test]

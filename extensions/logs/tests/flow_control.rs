@@ -1,10 +1,10 @@
 //! Flow control between followers and sinks, through the real kube-apiserver (fake kubelet): a
-//! sink slower than the logs makes the followers wait (nothing is dropped), while a sink that is
-//! down never stops the others (its buffer drops the oldest lines instead).
+//! sink slower than the logs, or down, makes the followers wait (back-pressure); the lines stay
+//! in the container log and nothing is dropped, also when the outage outlasts the buffer.
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,16 +39,56 @@ impl Sink for SlowSink {
     async fn reset(&mut self) {}
 }
 
-/// A receiver that is down.
-struct DownSink;
+/// A receiver that is down while `down` is set, then collects messages.
+struct FlakySink {
+    down: Arc<AtomicBool>,
+    got: Arc<Mutex<Vec<String>>>,
+}
 
 #[async_trait]
-impl Sink for DownSink {
-    async fn send(&mut self, _: &[Arc<Record>]) -> Result<(), LogsError> {
-        Err(LogsError::Config("down".into()))
+impl Sink for FlakySink {
+    async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), LogsError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(LogsError::Config("down".into()));
+        }
+        let mut got = self.got.lock().unwrap();
+        got.extend(
+            batch
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.message).into_owned()),
+        );
+        Ok(())
     }
 
     async fn reset(&mut self) {}
+}
+
+fn flaky() -> (FlakySink, Arc<AtomicBool>, Arc<Mutex<Vec<String>>>) {
+    let down = Arc::new(AtomicBool::new(true));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = FlakySink {
+        down: down.clone(),
+        got: got.clone(),
+    };
+    (sink, down, got)
+}
+
+/// Counter `eirinix_logs_sink_<family>_total` of sink `sink`, from the Prometheus text.
+fn sink_counter(metrics: &eirinix_logs::LogsMetrics, family: &str, sink: &str) -> u64 {
+    metric(
+        metrics,
+        &format!("eirinix_logs_sink_{family}_total{{sink=\"{sink}\"}}"),
+    )
+}
+
+/// The value of the series named `series` in the Prometheus text (0 when absent).
+fn metric(metrics: &eirinix_logs::LogsMetrics, series: &str) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 struct Setup {
@@ -121,23 +161,53 @@ async fn a_slow_sink_makes_followers_wait_and_loses_nothing() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_sequence(&got.lock().unwrap(), "s-", n);
-    assert_eq!(metrics.dropped("slow"), 0, "nothing dropped");
-    let text = metrics.render();
-    let waits: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("eirinix_logs_sink_flow_control_waits_total{sink=\"slow\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(waits > 0, "the follower waited for the sink: {text}");
+    let waits = sink_counter(&metrics, "flow_control_waits", "slow");
+    assert!(waits > 0, "the follower waited for the sink");
     cancel.cancel();
     task.await.unwrap();
 }
 
+/// The defect this guards against: one failed send turned flow control off, the follower read
+/// the backlog at full speed, the buffer kept only its newest lines, and the next successful
+/// send moved the checkpoint past the gap: lines that were still on the node were lost for good.
 #[tokio::test]
-async fn a_sink_that_is_down_does_not_stop_the_others() {
+async fn a_sink_that_fails_during_a_backlog_loses_nothing() {
+    let s = setup("logs-flow-fail").await;
+    let n = 10_000;
+    backlog(&s, "fail-0", "f-", n).await;
+    let (sink, down, got) = flaky();
+    let (cancel, task, metrics) = run(&s, vec![("flaky".into(), Box::new(sink))]);
+    // The aggregator is down while the backlog is read: the follower stops reading (before the
+    // fix it read on to the end and the buffer dropped all but its newest lines).
+    eventually(T, "the follower waits for the failing sink", || {
+        sink_counter(&metrics, "errors", "flaky") >= 3
+            && (sink_counter(&metrics, "flow_control_waits", "flaky") > 0
+                || metrics.lines_read.load(Ordering::Relaxed) == n as u64)
+    })
+    .await;
+    let read = metrics.lines_read.load(Ordering::Relaxed);
+    assert!(
+        read <= 1_000,
+        "reading stopped at the buffer's high-water mark, not at the end of the backlog: {read} of {n} read"
+    );
+    down.store(false, Ordering::SeqCst);
+    eventually(T, "every line once the sink recovers", || {
+        got.lock().unwrap().len() >= n
+    })
+    .await;
+    assert_sequence(&got.lock().unwrap(), "f-", n);
+    assert_eq!(metric(&metrics, "eirinix_logs_log_gaps_total"), 0);
+    cancel.cancel();
+    task.await.unwrap();
+    assert_sequence(&got.lock().unwrap(), "f-", n);
+}
+
+#[tokio::test]
+async fn a_sink_that_is_down_holds_every_sink_back_and_nothing_is_lost() {
     let s = setup("logs-flow-down").await;
     let n = 20_000;
     backlog(&s, "down-0", "d-", n).await;
+    let (down_sink, down, down_got) = flaky();
     let got = Arc::new(Mutex::new(Vec::new()));
     let slow = SlowSink {
         delay: Duration::from_millis(1),
@@ -146,21 +216,26 @@ async fn a_sink_that_is_down_does_not_stop_the_others() {
     let (cancel, task, metrics) = run(
         &s,
         vec![
-            ("down".into(), Box::new(DownSink)),
+            ("down".into(), Box::new(down_sink)),
             ("slow".into(), Box::new(slow)),
         ],
     );
-    eventually(T, "every line through the healthy sink", || {
-        got.lock().unwrap().len() >= n
+    // The followers are shared: a sink that is down holds the reading back for all of them.
+    eventually(T, "reading waits for the sink that is down", || {
+        sink_counter(&metrics, "flow_control_waits", "down") > 0
+            && sink_counter(&metrics, "errors", "down") >= 3
+    })
+    .await;
+    let read = metrics.lines_read.load(Ordering::Relaxed);
+    assert!(read <= 1_000, "{read} of {n} read while a sink is down");
+    assert!(got.lock().unwrap().len() <= 1_000);
+    down.store(false, Ordering::SeqCst);
+    eventually(T, "every line through both sinks", || {
+        got.lock().unwrap().len() >= n && down_got.lock().unwrap().len() >= n
     })
     .await;
     assert_sequence(&got.lock().unwrap(), "d-", n);
-    assert_eq!(metrics.dropped("slow"), 0);
-    let dropped = metrics.dropped("down");
-    assert!(
-        dropped >= (n - 1_000 - 50) as u64,
-        "the down sink drops its oldest lines ({dropped})"
-    );
+    assert_sequence(&down_got.lock().unwrap(), "d-", n);
     assert_eq!(metrics.lines_read.load(Ordering::Relaxed), n as u64);
     cancel.cancel();
     task.await.unwrap();

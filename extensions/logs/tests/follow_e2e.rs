@@ -157,7 +157,64 @@ async fn fast_exit_multiline_non_utf8_and_staging_reach_rsyslog_exactly_once() {
     );
 
     let m = &service.metrics;
-    assert_eq!(m.dropped_total(), 0);
+    assert_eq!(m.log_gaps.load(Ordering::Relaxed), 0);
+    // The plain control plane refuses `stream=` (PodLogsQuerySplitStreams is off there): the
+    // followers fell back to the merged log, marked unknown above, every line once.
+    assert_eq!(m.split_streams.load(Ordering::Relaxed), 0);
+    service.stop().await;
+}
+
+/// The checkpoint points at a line the node no longer has (the kubelet rotated the log past it
+/// while no leader ran): what is left is forwarded, and the gap is counted and reported.
+#[tokio::test]
+async fn a_log_rotated_past_the_checkpoint_is_counted_as_a_gap() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-gap").await;
+    let node = kubelet.node_name().to_owned();
+    let pod = create_pod(&client, &ns, &app_pod("rot-0", "APP", &["opi"], &node)).await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    set_status(&client, &ns, "rot-0", "opi", 0, State::Running).await;
+    let t0 = SystemTime::now() - Duration::from_secs(60);
+    // What the node still has: lines from 10 s after the last one forwarded.
+    let log = kubelet.container(&ns, "rot-0", "opi");
+    for i in 0..10u64 {
+        log.push_line_at(t0 + Duration::from_secs(10 + i), format!("g-{i}"));
+    }
+    let forwarded = eirinix_logs::cursor::Cursor {
+        ts: jiff::Timestamp::try_from(t0).unwrap(),
+        n: 1,
+        instance: 0,
+    };
+    let mut store = eirinix_logs::checkpoint::CheckpointStore::new(
+        client.clone(),
+        &ns,
+        "eirinix-logs-checkpoint",
+        4,
+    );
+    store
+        .save(&std::collections::HashMap::from([(
+            eirinix_logs::checkpoint::key(&uid, "opi"),
+            forwarded,
+        )]))
+        .await
+        .unwrap();
+
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    let got = rsyslog
+        .wait_for(T, "the lines the node still has", |r| {
+            messages_with(r, "g-").len() >= 10
+        })
+        .await;
+    assert_sequence(&messages_with(&got, "g-"), "g-", 10);
+    eventually(T, "the gap counted", || {
+        service.metrics.log_gaps.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(
+        service
+            .metrics
+            .render()
+            .contains("eirinix_logs_log_gaps_total 1")
+    );
     service.stop().await;
 }
 

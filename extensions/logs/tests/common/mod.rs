@@ -112,6 +112,7 @@ pub struct Received {
     pub msgid: String,
     pub sd: String,
     pub timestamp: String,
+    pub pri: String,
     pub msg: Vec<u8>,
 }
 
@@ -146,18 +147,42 @@ pub struct Rsyslog {
     child: Option<Child>,
 }
 
+/// What a test rsyslogd listens for.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// Syslog over TCP (`imtcp`), or over TLS with the server certificate of the PKI.
+    Syslog(Option<&'a Pki>),
+    /// RELP (`imrelp`), or RELP over TLS requiring a client certificate of the PKI.
+    Relp(Option<&'a Pki>),
+}
+
 impl Rsyslog {
     pub fn start(tls: Option<&Pki>) -> Rsyslog {
         Self::start_on(free_port(), tls)
     }
 
     pub fn start_on(port: u16, tls: Option<&Pki>) -> Rsyslog {
+        Self::start_input(port, Input::Syslog(tls))
+    }
+
+    /// rsyslogd receiving RELP. Its ruleset runs in the input's thread (`queue.type="Direct"`):
+    /// a message is written to the output file before imrelp acknowledges it, so what was
+    /// acknowledged survives a SIGKILL.
+    pub fn start_relp(tls: Option<&Pki>) -> Rsyslog {
+        Self::start_input(free_port(), Input::Relp(tls))
+    }
+
+    pub fn start_input(port: u16, input: Input<'_>) -> Rsyslog {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let out = dir.path().join("out.log");
-        let (globals, module) = match tls {
-            None => (String::new(), r#"module(load="imtcp")"#.to_owned()),
-            Some(pki) => (
+        let (globals, module, input) = match input {
+            Input::Syslog(None) => (
+                String::new(),
+                r#"module(load="imtcp")"#.to_owned(),
+                format!(r#"input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="r")"#),
+            ),
+            Input::Syslog(Some(pki)) => (
                 format!(
                     "global(DefaultNetstreamDriverCAFile=\"{}\" DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")\n",
                     pki.ca.display(),
@@ -165,15 +190,31 @@ impl Rsyslog {
                     pki.server_key.display()
                 ),
                 r#"module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")"#.to_owned(),
+                format!(r#"input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="r")"#),
+            ),
+            Input::Relp(None) => (
+                String::new(),
+                r#"module(load="imrelp")"#.to_owned(),
+                format!(r#"input(type="imrelp" port="{port}" address="127.0.0.1" ruleset="r")"#),
+            ),
+            Input::Relp(Some(pki)) => (
+                String::new(),
+                r#"module(load="imrelp")"#.to_owned(),
+                format!(
+                    r#"input(type="imrelp" port="{port}" address="127.0.0.1" ruleset="r" tls="on" tls.authMode="certvalid" tls.cacert="{}" tls.mycert="{}" tls.myprivkey="{}")"#,
+                    pki.ca.display(),
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                ),
             ),
         };
         let conf = format!(
             r#"global(maxMessageSize="65536")
 global(workDirectory="{d}")
 {globals}{module}
-input(type="imtcp" port="{port}" address="127.0.0.1" ruleset="r")
-template(name="raw" type="string" string="%HOSTNAME%|%APP-NAME%|%PROCID%|%MSGID%|%STRUCTURED-DATA%|%TIMESTAMP:::date-rfc3339%|%msg%\n")
-ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
+{input}
+template(name="raw" type="string" string="%HOSTNAME%|%APP-NAME%|%PROCID%|%MSGID%|%STRUCTURED-DATA%|%TIMESTAMP:::date-rfc3339%|%PRI%|%msg%\n")
+ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
 "#
         );
         let conf_path = dir.path().join("rsyslog.conf");
@@ -187,6 +228,36 @@ ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
         };
         r.spawn();
         r
+    }
+
+    /// rsyslogd with the configuration `conf(dir)` returns (`dir`: its work directory), listening
+    /// on `port`; `received` does not apply (its output is whatever `conf` says).
+    pub fn start_custom(port: u16, conf: impl FnOnce(&std::path::Path) -> String) -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "global(workDirectory=\"{}\")\n{}",
+            dir.path().display(),
+            conf(dir.path())
+        );
+        let conf_path = dir.path().join("rsyslog.conf");
+        std::fs::write(&conf_path, text).unwrap();
+        let mut r = Rsyslog {
+            out: dir.path().join("out.log"),
+            dir,
+            port,
+            conf: conf_path,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Crash rsyslogd (SIGKILL: no flush, no goodbye to clients); `restart` brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn address(&self) -> String {
@@ -268,7 +339,7 @@ ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
         data.split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| {
-                let mut parts = l.splitn(7, |b| *b == b'|');
+                let mut parts = l.splitn(8, |b| *b == b'|');
                 let mut next =
                     || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                 let host = next();
@@ -277,6 +348,7 @@ ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
                 let msgid = next();
                 let sd = next();
                 let timestamp = next();
+                let pri = next();
                 let msg = parts.next().unwrap_or_default().to_vec();
                 Received {
                     host,
@@ -285,6 +357,7 @@ ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="raw") }}
                     msgid,
                     sd,
                     timestamp,
+                    pri,
                     msg,
                 }
             })
