@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod certs;
+pub mod compat;
 pub mod extension;
 pub mod leader;
 pub mod manager;

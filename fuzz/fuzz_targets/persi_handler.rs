@@ -28,6 +28,7 @@ fn options(u: &mut Unstructured) -> arbitrary::Result<PersiOptions> {
             .choose(&[Some("OnRootMismatch"), Some("Always"), None])?
             .map(str::to_owned),
         failure_policy: None,
+        match_condition: u.arbitrary()?,
         service_labels: u
             .choose(&[
                 &[][..],

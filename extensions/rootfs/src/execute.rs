@@ -80,7 +80,8 @@ pub fn roll_patch(sts: &StatefulSet, change: &Change, started: Timestamp) -> Pat
             value: Value::String(i.to.clone()),
         }));
     }
-    let template_meta = sts.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+    let template_meta =
+        eirinix_core::compat::statefulset_spec(sts).and_then(|s| s.template.metadata.as_ref());
     match template_meta {
         Some(meta) => {
             let label = ["spec", "template", "metadata", "labels", ROOTFS_LABEL];

@@ -76,7 +76,9 @@ pub fn deployment_status(d: &Deployment) -> GateStatus {
         d.metadata.namespace.as_deref().unwrap_or_default(),
         d.metadata.name.as_deref().unwrap_or_default()
     );
-    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let wanted = eirinix_core::compat::deployment_spec(d)
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     let Some(st) = &d.status else {
         return GateStatus::closed(format!("{name}: no status yet"));
     };

@@ -274,8 +274,7 @@ impl fmt::Display for Plan {
 
 /// The rootfs label of `sts`'s pod template.
 pub fn template_version(sts: &StatefulSet) -> Option<&str> {
-    sts.spec
-        .as_ref()?
+    eirinix_core::compat::statefulset_spec(sts)?
         .template
         .metadata
         .as_ref()?
@@ -295,7 +294,9 @@ pub fn rollout_complete(sts: &StatefulSet) -> bool {
         (Some(_), None) => return false,
         _ => {}
     }
-    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let replicas = eirinix_core::compat::statefulset_spec(sts)
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     if replicas == 0 {
         return true;
     }
@@ -310,7 +311,7 @@ pub fn change_for(sts: &StatefulSet, desired: &Desired) -> Option<Change> {
     let mut images = Vec::new();
     if let (Some(pattern), Some(spec)) = (
         &desired.pattern,
-        sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
+        eirinix_core::compat::statefulset_spec(sts).and_then(|s| s.template.spec.as_ref()),
     ) {
         let lists: [(bool, &[Container]); 2] = [
             (true, spec.init_containers.as_deref().unwrap_or_default()),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
+use k8s_openapi::api::authentication::v1::{TokenReview, UserInfo};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -520,14 +520,11 @@ struct Granted {
 
 impl ProxyShared {
     async fn review_token(&self, token: &str) -> std::result::Result<UserInfo, Refusal> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: (!self.config.audiences.is_empty())
-                    .then(|| self.config.audiences.clone()),
-            },
-            ..Default::default()
-        };
+        let review =
+            eirinix_core::compat::token_review(token, &self.config.audiences).map_err(|e| {
+                tracing::warn!(error = %e, "building the TokenReview failed");
+                Refusal::Internal
+            })?;
         ProxyMetrics::inc(&self.metrics.token_reviews);
         let reviewed = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)

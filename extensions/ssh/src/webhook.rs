@@ -230,9 +230,7 @@ pub async fn statefulset_owner(
     let Some(sts) = api.get_opt(sts_name).await? else {
         return Ok(None);
     };
-    let same_app = sts
-        .spec
-        .as_ref()
+    let same_app = eirinix_core::compat::statefulset_spec(&sts)
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.as_ref())
         .and_then(|l| l.get(GUID_LABEL))
