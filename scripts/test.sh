@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: provision the real control plane (cached after the
-# first run), install the Debian servers tests talk to, check lints, run every test.
+# The whole test suite, as CI runs it: provision the real Kubernetes binaries (cached after the
+# first run), install the Debian packages the tests use, check formatting and lints, run every
+# test on the newest supported Kubernetes and the end-to-end core on the oldest, fuzz briefly.
+#
+#   scripts/test.sh                     # everything
+#   scripts/test.sh -- --test-threads=1 # extra arguments go to `cargo test` (newest version)
+#
+# Environment: EIRINIX_KUBE_VERSION (newest, default v1.37.2) and EIRINIX_OLDEST_KUBE_VERSION
+# (default v1.33.13, "skip" to leave it out) choose the two versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+NEWEST="${EIRINIX_KUBE_VERSION:-v1.37.2}"
+OLDEST="${EIRINIX_OLDEST_KUBE_VERSION:-v1.33.13}"
 start=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - start ))" >&2; }
+failed=()
+# Runs a step that may fail without stopping the suite: every failure is reported at the end.
+check() {
+  local name="$1"; shift
+  if ! "$@"; then
+    failed+=("$name")
+    printf '\n!!! %s failed\n' "$name" >&2
+  fi
+}
 
-step "provisioning the Kubernetes binaries and helm (cached; a cold build takes about 10 minutes)"
-assets="$(scripts/provision.sh --helm)"
+step "provisioning Kubernetes $NEWEST, helm and CRDs (cached; a cold build takes about 9 minutes)"
+assets="$(EIRINIX_KUBE_VERSION="$NEWEST" scripts/provision.sh --helm)"
 echo "Kubernetes $("$assets/kube-apiserver" --version | cut -d' ' -f2) from $assets" >&2
 step "installing Debian packages the tests use"
 scripts/install-deps.sh
@@ -20,16 +38,47 @@ step "cargo fmt --check and clippy (fuzz crate, its own workspace)"
 (cd fuzz && cargo fmt -- --check)
 CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/eirinix/fuzz-clippy" \
   cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings
+step "the library crates compile with k8s-openapi's oldest and newest version features (v1_33, v1_37)"
+libs=(-p eirinix-core -p eirinix-testenv -p eirinix-persi -p eirinix-ssh -p eirinix-logs -p eirinix-rootfs)
+for feature in v1_33 v1_37; do
+  cargo check --quiet --lib "${libs[@]}" --features "k8s-openapi/$feature" --target-dir target/k8s-openapi-check
+done
 step "cargo test: build"
 cargo test --workspace --no-run --quiet
 # The suite's own (static) eirinix binary is the image the node tests load.
 export EIRINIX_IMAGE_BINARY="$PWD/target/x86_64-unknown-linux-gnu/debug/eirinix"
 step "the eirinix image from that binary (scripts/build-image.sh)"
 scripts/build-image.sh --binary "$EIRINIX_IMAGE_BINARY" --profile dev
-step "cargo test"
-cargo test --workspace --no-fail-fast "$@"
+step "cargo test on Kubernetes $NEWEST"
+check "tests on Kubernetes $NEWEST" env EIRINIX_KUBE_VERSION="$NEWEST" \
+  cargo test --workspace --no-fail-fast "$@"
+
+if [[ "$OLDEST" != skip ]]; then
+  step "provisioning Kubernetes $OLDEST (cached; a cold build takes about 8 minutes)"
+  EIRINIX_KUBE_VERSION="$OLDEST" scripts/provision.sh >/dev/null
+  step "the end-to-end core of the framework and of each stock extension on Kubernetes $OLDEST"
+  oldest_tests=(
+    "eirinix-e2e framework_e2e"
+    "eirinix-persi e2e"
+    "eirinix-rootfs rootfs_e2e" "eirinix-rootfs node_e2e"
+    "eirinix-ssh webhook_e2e" "eirinix-ssh node_e2e"
+    "eirinix-logs follow_e2e" "eirinix-logs node_e2e"
+    "eirinix-cli node"
+  )
+  for t in "${oldest_tests[@]}"; do
+    read -r package target <<<"$t"
+    check "$package --test $target on Kubernetes $OLDEST" env EIRINIX_KUBE_VERSION="$OLDEST" \
+      cargo test --quiet -p "$package" --test "$target" --no-fail-fast
+  done
+fi
+
 # Bounded fuzzing: 60 s per target, two at a time; the instrumented build is cached outside the
-# clone (a cold build takes about 17 minutes on 2 cores, an incremental one about a minute).
+# clone (see fuzz/README.md).
 step "fuzzing (scripts/fuzz.sh)"
-FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eirinix/fuzz-target}" scripts/fuzz.sh
-step "done"
+check "fuzzing" env FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eirinix/fuzz-target}" \
+  scripts/fuzz.sh
+step "done: Kubernetes $NEWEST (everything) and ${OLDEST} (end-to-end core)"
+if ((${#failed[@]})); then
+  printf 'FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
