@@ -177,8 +177,9 @@ fn workspace() -> Result<std::path::PathBuf, String> {
         .ok_or_else(|| "no workspace root".to_owned())
 }
 
-/// The static `eirinix` binary: `EIRINIX_IMAGE_BINARY`, else built by cargo.
-fn eirinix_binary() -> Result<std::path::PathBuf, String> {
+/// The static `eirinix` binary [`eirinix_image`] packs: `EIRINIX_IMAGE_BINARY`, else built by
+/// cargo (profile `EIRINIX_IMAGE_PROFILE`, default `dev`).
+pub fn eirinix_binary() -> Result<std::path::PathBuf, String> {
     if let Some(bin) = std::env::var_os("EIRINIX_IMAGE_BINARY").filter(|b| !b.is_empty()) {
         return Ok(bin.into());
     }

@@ -233,19 +233,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// The static eirinix binary the image was built from.
 fn eirinix_binary() -> Vec<u8> {
-    let profile = std::env::var("EIRINIX_IMAGE_PROFILE").unwrap_or_else(|_| "dev".into());
-    let target = std::env::var_os("EIRINIX_IMAGE_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/image"));
-    let dir = if profile == "dev" {
-        "debug".to_owned()
-    } else {
-        profile
-    };
-    let path = target
-        .join("x86_64-unknown-linux-gnu")
-        .join(dir)
-        .join("eirinix");
+    let path = eirinix_testenv::eirini::eirinix_binary().expect("the eirinix binary");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
