@@ -254,7 +254,8 @@ impl ManagerBuilder {
         /// Largest request body (default 4 MiB; 413 above).
         body_limit: usize);
     setter!(
-        /// Time allowed to read one request (default 15 s).
+        /// Time allowed to read and answer one request (default 15 s; raised to the largest
+        /// webhook timeout when that is longer).
         request_timeout: Duration);
     setter!(
         /// Serve HTTP/2 too (default off).
@@ -637,9 +638,16 @@ impl Manager {
             }
         };
 
-        // The server.
-        let timeout =
-            Duration::from_secs(u64::try_from(settings.timeout_seconds.max(1)).unwrap_or(10));
+        // The server. Each extension answers before the apiserver gives up on its webhook (the
+        // timeout registered for it), so the apiserver gets the failure-policy answer.
+        let registered_timeout = |e: &Arc<dyn Extension>| {
+            let secs = e
+                .webhook()
+                .timeout_seconds
+                .unwrap_or(settings.timeout_seconds)
+                .clamp(1, 30);
+            Duration::from_secs(u64::try_from(secs).unwrap_or(10))
+        };
         let handlers = self
             .extensions
             .iter()
@@ -649,9 +657,16 @@ impl Manager {
                     .webhook()
                     .failure_policy
                     .unwrap_or(settings.failure_policy);
-                ExtensionHandler::new(e.clone(), policy, timeout, i)
+                let budget = crate::admission::answer_budget(registered_timeout(e));
+                ExtensionHandler::new(e.clone(), policy, budget, i)
             })
             .collect();
+        // The HTTP request timeout never cuts a review the apiserver still waits for.
+        let request_timeout = self
+            .extensions
+            .iter()
+            .map(registered_timeout)
+            .fold(settings.request_timeout, Duration::max);
         let state = Arc::new(AppState {
             handlers,
             ctx: ctx.clone(),
@@ -671,8 +686,7 @@ impl Manager {
             drain: settings.drain_period,
             stats: metrics.connections().clone(),
         };
-        let router =
-            crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
+        let router = crate::server::router(state.clone(), settings.body_limit, request_timeout);
         let server = tokio::spawn(crate::server::serve_tls(
             listener,
             tls,

@@ -170,7 +170,7 @@ pub struct Settings {
     pub cert_check_interval: Duration,
     /// Largest accepted request body (413 above).
     pub body_limit: usize,
-    /// Time allowed to read a request (headers and body).
+    /// Time allowed to read and answer a request (raised to the largest webhook timeout).
     pub request_timeout: Duration,
     /// Serve HTTP/2 too (off by default: Rapid Reset).
     pub http2: bool,

@@ -109,11 +109,20 @@ pub fn extension_path(name: &str) -> String {
     format!("/{name}")
 }
 
-async fn review(state: Arc<AppState>, index: usize, body: Bytes) -> Response {
+async fn review(
+    state: Arc<AppState>,
+    index: usize,
+    query: Option<String>,
+    body: Bytes,
+) -> Response {
     let Some(handler) = state.handlers.get(index) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    match handler.handle_body(&state.ctx, &state.metrics, &body).await {
+    let caller_timeout = crate::admission::caller_timeout(query.as_deref());
+    match handler
+        .handle_body_within(&state.ctx, &state.metrics, &body, caller_timeout)
+        .await
+    {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => {
             tracing::info!(error = %e, extension = handler.name(), "bad admission request");
@@ -147,7 +156,8 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The full router: one POST path per extension plus the admin routes.
+/// The full router: one POST path per extension plus the admin routes. `request_timeout`
+/// bounds reading and answering a request: keep it above the largest webhook timeout.
 pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration) -> Router {
     let mut webhooks = Router::new();
     for (index, handler) in state.handlers.iter().enumerate() {
@@ -155,7 +165,9 @@ pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration
         let st = state.clone();
         webhooks = webhooks.route(
             &path,
-            post(move |body: Bytes| review(st.clone(), index, body)),
+            post(move |uri: axum::http::Uri, body: Bytes| {
+                review(st.clone(), index, uri.query().map(str::to_owned), body)
+            }),
         );
     }
     webhooks
