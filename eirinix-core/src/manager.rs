@@ -570,7 +570,26 @@ impl Manager {
     }
 
     /// Start everything in the background and return a handle (tests use port 0 and short lifetimes).
+    ///
+    /// If starting fails, whatever was already started (server, certificate tasks) is stopped
+    /// before the error is returned: the port is free again and no task keeps running.
     pub async fn start(self, client: kube::Client) -> Result<RunningManager, ManagerError> {
+        let mut spawned = Spawned::default();
+        match self.launch(client, &mut spawned).await {
+            Ok(running) => Ok(running),
+            Err(e) => {
+                spawned.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Self::start`]: every task it spawns goes into `spawned` first.
+    async fn launch(
+        self,
+        client: kube::Client,
+        spawned: &mut Spawned,
+    ) -> Result<RunningManager, ManagerError> {
         crate::tls::install_default_provider();
         let settings = self.settings.clone();
         // Before any side effect: a bad client CA file is a configuration error.
@@ -586,7 +605,7 @@ impl Manager {
         let addr = listener
             .local_addr()
             .map_err(|source| ManagerError::Bind { addr: bind, source })?;
-        let cancel = CancellationToken::new();
+        let cancel = spawned.cancel.clone();
         let metrics = Arc::new(
             Metrics::new(self.extensions.iter().map(|e| e.name()))
                 .with_sources(self.metric_sources.clone()),
@@ -594,7 +613,6 @@ impl Manager {
         let health = Arc::new(Health::new(settings.register_webhook));
         let resolver = Arc::new(CertResolver::new());
         let ctx = Context::new(client.clone(), settings.clone());
-        let mut background = Vec::new();
 
         // Certificates first: nothing is served or registered without them.
         let published = match &settings.cert_source {
@@ -614,7 +632,7 @@ impl Manager {
                 );
                 rotator.tick().await?;
                 let rx = rotator.subscribe();
-                background.push(tokio::spawn(
+                spawned.push(tokio::spawn(
                     rotator.run(settings.cert_check_interval, cancel.clone()),
                 ));
                 rx
@@ -630,7 +648,7 @@ impl Manager {
                 ));
                 source.tick()?;
                 let rx = source.subscribe();
-                background.push(tokio::spawn(source.run(
+                spawned.push(tokio::spawn(source.run(
                     settings.cert_check_interval.min(Duration::from_secs(10)),
                     cancel.clone(),
                 )));
@@ -687,13 +705,13 @@ impl Manager {
             stats: metrics.connections().clone(),
         };
         let router = crate::server::router(state.clone(), settings.body_limit, request_timeout);
-        let server = tokio::spawn(crate::server::serve_tls(
+        spawned.server = Some(tokio::spawn(crate::server::serve_tls(
             listener,
             tls,
             router,
             serve_opts.clone(),
             cancel.clone(),
-        ));
+        )));
         if let Some(port) = settings.admin_port {
             let admin_addr = SocketAddr::new(settings.bind_address, port);
             let admin =
@@ -703,7 +721,7 @@ impl Manager {
                         addr: admin_addr,
                         source,
                     })?;
-            background.push(tokio::spawn(crate::server::serve_plain(
+            spawned.push(tokio::spawn(crate::server::serve_plain(
                 admin,
                 crate::server::admin_router(state),
                 ServeOptions {
@@ -732,12 +750,22 @@ impl Manager {
             .cloned()
             .or_else(|| names.ips.first().map(ToString::to_string))
             .unwrap_or_else(|| "localhost".into());
-        background.push(tokio::spawn(readiness_loop(
-            self_addr,
-            server_name,
+        spawned.push(tokio::spawn(readiness_loop(
             published.clone(),
             health.clone(),
             cancel.clone(),
+            move |ca: String| {
+                let server_name = server_name.clone();
+                async move {
+                    match crate::server::self_handshake(self_addr, &server_name, &ca).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "readiness self-check failed");
+                            false
+                        }
+                    }
+                }
+            },
         )));
 
         // Registration and drift repair.
@@ -760,7 +788,7 @@ impl Manager {
             registrar.apply(&desired_for(&initial)).await?;
             health.set_configuration_ok(true);
             tracing::info!(configuration = %settings.configuration_name(), "webhook configuration applied");
-            background.push(tokio::spawn(registration_loop(
+            spawned.push(tokio::spawn(registration_loop(
                 registrar,
                 desired_for,
                 published.clone(),
@@ -772,7 +800,7 @@ impl Manager {
         }
 
         for w in self.watchers {
-            background.push(tokio::spawn(run_pod_watcher(
+            spawned.push(tokio::spawn(run_pod_watcher(
                 w,
                 ctx.clone(),
                 metrics.clone(),
@@ -781,9 +809,11 @@ impl Manager {
         }
         for (name, task) in self.tasks {
             tracing::debug!(task = %name, "starting background task");
-            background.push(tokio::spawn(task(ctx.clone(), cancel.clone())));
+            spawned.push(tokio::spawn(task(ctx.clone(), cancel.clone())));
         }
 
+        // Nothing fails from here on: the tasks are the running manager's now.
+        let (server, background) = spawned.hand_over();
         Ok(RunningManager {
             addr,
             cancel,
@@ -827,25 +857,73 @@ fn promotion_gate(client: kube::Client, settings: &Settings) -> crate::rotation:
     })
 }
 
-async fn readiness_loop(
-    addr: SocketAddr,
-    server_name: String,
+/// What [`Manager::start`] has spawned: stopped if starting fails, aborted if the start is
+/// dropped half-way, handed to the [`RunningManager`] once it succeeds.
+struct Spawned {
+    cancel: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Default for Spawned {
+    fn default() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            server: None,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl Spawned {
+    fn push(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Cancel and abort everything, and wait until it is gone (sockets closed).
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        for task in self.server.take().into_iter().chain(self.tasks.drain(..)) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// The server and background tasks, no longer stopped by this guard.
+    fn hand_over(&mut self) -> (JoinHandle<()>, Vec<JoinHandle<()>>) {
+        let server = self.server.take().unwrap_or_else(|| tokio::spawn(async {}));
+        (server, std::mem::take(&mut self.tasks))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.server.is_some() || !self.tasks.is_empty() {
+            self.cancel.cancel();
+            for task in self.server.iter().chain(&self.tasks) {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Readiness: `check` (a real TLS handshake to ourselves) with the CA bundle the apiserver is
+/// given, again after every certificate change, every 10 s while it passes and every 500 ms
+/// while it fails. If the certificate source stops, the timer alone drives the checks.
+async fn readiness_loop<C, F>(
     mut published: watch::Receiver<Option<Published>>,
     health: Arc<Health>,
     cancel: CancellationToken,
-) {
+    mut check: C,
+) where
+    C: FnMut(String) -> F,
+    F: Future<Output = bool>,
+{
+    let mut source_alive = true;
     loop {
         let ca = published.borrow().as_ref().map(|p| p.ca_bundle.clone());
         let ok = match ca {
-            Some(ca) if !ca.is_empty() => {
-                match crate::server::self_handshake(addr, &server_name, &ca).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "readiness self-check failed");
-                        false
-                    }
-                }
-            }
+            Some(ca) if !ca.is_empty() => check(ca).await,
             // Certificates from files without a CA: the loaded certificate is all we can check.
             Some(_) => true,
             None => false,
@@ -858,7 +936,12 @@ async fn readiness_loop(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = published.changed() => {}
+            changed = published.changed(), if source_alive => {
+                if changed.is_err() {
+                    source_alive = false;
+                    tracing::error!("the certificate task stopped; certificates are no longer renewed");
+                }
+            }
             _ = cancel.cancelled() => return,
         }
     }
@@ -1049,5 +1132,52 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate task that is gone must not make the readiness loop spin: it keeps
+    /// checking on its timer (500 ms while failing), no faster.
+    #[tokio::test(start_paused = true)]
+    async fn readiness_waits_when_the_certificate_task_is_gone() {
+        let (tx, rx) = watch::channel(Some(Published {
+            ca_bundle: "CA".into(),
+            serving_chain: "CHAIN".into(),
+        }));
+        drop(tx);
+        let cancel = CancellationToken::new();
+        let checks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let check = {
+            let (checks, cancel) = (checks.clone(), cancel.clone());
+            move |_ca: String| {
+                let mut c = checks.lock().unwrap();
+                c.push(tokio::time::Instant::now());
+                if c.len() == 5 {
+                    cancel.cancel();
+                }
+                async { false }
+            }
+        };
+        let health = Arc::new(Health::new(false));
+        tokio::time::timeout(
+            Duration::from_secs(3600),
+            readiness_loop(rx, health.clone(), cancel, check),
+        )
+        .await
+        .expect("the loop stops when cancelled");
+        let checks = checks.lock().unwrap();
+        assert_eq!(checks.len(), 5);
+        // The first check, one more at once on noticing the source is gone, then the timer.
+        for pair in checks[1..].windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(500),
+                "checks {:?} apart",
+                pair[1] - pair[0]
+            );
+        }
+        assert!(health.readiness().is_err());
     }
 }
