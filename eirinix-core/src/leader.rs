@@ -344,6 +344,58 @@ impl LeaseLock {
     }
 }
 
+/// Where replicas elect the one that runs leader-only work (a Lease), and as whom: for
+/// [`crate::ManagerBuilder::leader_task`] and [`crate::ManagerBuilder::leader_reconciler`].
+#[derive(Clone, Debug)]
+pub struct Election {
+    namespace: Option<String>,
+    name: String,
+    identity: Option<String>,
+    lease_duration: Duration,
+}
+
+impl Election {
+    /// Lease `name` in the manager's webhook namespace, held as [`default_identity`], 15 s.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            namespace: None,
+            name: name.into(),
+            identity: None,
+            lease_duration: Duration::from_secs(15),
+        }
+    }
+
+    /// Keep the Lease in `namespace` instead of the webhook namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Hold the Lease as `identity` (unique per replica) instead of [`default_identity`].
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    /// How long the Lease stays valid without renewal (failover takes about this long).
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d;
+        self
+    }
+
+    /// The lock this election uses, its Lease in `default_namespace` unless set.
+    pub(crate) fn lock(&self, client: kube::Client, default_namespace: &str) -> LeaseLock {
+        let identity = self.identity.clone().unwrap_or_else(default_identity);
+        LeaseLock::new(
+            client,
+            self.namespace.as_deref().unwrap_or(default_namespace),
+            &self.name,
+            identity,
+        )
+        .lease_duration(self.lease_duration)
+    }
+}
+
 /// Run `work` only while holding `lock`: it starts when the lease is acquired and its token is
 /// cancelled when the lease is lost, handed over ([`HANDOVER_ANNOTATION`]) or `cancel` fires;
 /// then it waits to be leader again. The work is over (aborted if it ignores its token) before

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::ExtensionHandler;
 use crate::certs::{CertPolicy, Clock, SubjectNames, SystemClock};
 use crate::extension::{Context, Extension, is_valid_name};
+use crate::leader::{Election, run_while_leader};
 use crate::metrics::Metrics;
 use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
@@ -305,7 +306,8 @@ impl ManagerBuilder {
         self
     }
 
-    /// Add a reconciler running on a kube-runtime Controller.
+    /// Add a reconciler running on a kube-runtime Controller, in every replica (see
+    /// [`Self::leader_reconciler`] for work that must run once per cluster).
     pub fn reconciler<R: Reconciler>(mut self, reconciler: R) -> Self {
         let r = Arc::new(reconciler);
         let name = r.name().to_owned();
@@ -314,6 +316,39 @@ impl ManagerBuilder {
             Box::new(move |ctx, cancel| Box::pin(run_reconciler(r, ctx, cancel))),
         ));
         self
+    }
+
+    /// Add a reconciler that runs only in the replica holding the Lease of `election`: for
+    /// work that must happen once per cluster (several replicas would act on every object).
+    pub fn leader_reconciler<R: Reconciler>(self, reconciler: R, election: Election) -> Self {
+        let r = Arc::new(reconciler);
+        let name = r.name().to_owned();
+        self.leader_task(name, election, move |ctx, token| {
+            run_reconciler(r.clone(), ctx, token)
+        })
+    }
+
+    /// Add a background task that runs only in the replica holding the Lease of `election`.
+    /// It starts whenever this replica becomes leader, and its token is cancelled when the
+    /// lease is lost or handed over, or the manager stops (the lease is then released).
+    pub fn leader_task<F, Fut>(self, name: impl Into<String>, election: Election, task: F) -> Self
+    where
+        F: Fn(Context, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let name = name.into();
+        let task = Arc::new(task);
+        self.task(name.clone(), move |ctx: Context, cancel| async move {
+            let client = match ctx.client() {
+                Ok(client) => client.clone(),
+                Err(e) => {
+                    tracing::error!(task = %name, error = %e, "leader task cannot start");
+                    return;
+                }
+            };
+            let lock = election.lock(client, &ctx.settings().webhook_namespace);
+            run_while_leader(lock, cancel, None, move |token| task(ctx.clone(), token)).await;
+        })
     }
 
     /// Append an extension's own metrics (Prometheus text) to the manager's `/metrics`.

@@ -11,11 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use eirinix_core::leader::{HANDOVER_ANNOTATION, LeaseLock, Led, lead_once, run_while_leader};
+use eirinix_core::leader::{
+    Election, HANDOVER_ANNOTATION, LeaseLock, Led, lead_once, run_while_leader,
+};
+use eirinix_core::reconciler::Reconciler;
+use eirinix_core::{Context, ExtensionError, Manager, async_trait};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::controller::Action;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -387,4 +393,127 @@ async fn a_handover_request_of_a_dead_requester_goes_stale() {
     );
     b_cancel.cancel();
     b.await.unwrap();
+}
+
+/// Records which replica reconciled which ConfigMap, and when.
+struct Recorder {
+    namespace: String,
+    replica: &'static str,
+    log: Arc<Mutex<Vec<(&'static str, String, Instant)>>>,
+}
+
+#[async_trait]
+impl Reconciler for Recorder {
+    type Object = ConfigMap;
+
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn api(&self, ctx: &Context) -> Result<Api<ConfigMap>, ExtensionError> {
+        Ok(Api::namespaced(ctx.client()?.clone(), &self.namespace))
+    }
+
+    async fn reconcile(&self, cm: Arc<ConfigMap>, _: &Context) -> Result<Action, ExtensionError> {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.replica, name, Instant::now()));
+        Ok(Action::await_change())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_reconcilers_run_in_one_replica_at_a_time() {
+    let (client, sys, ns, fp) = setup("lead-recon", "e2e-leadrecon").await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let replica = |who: &'static str| {
+        Manager::builder()
+            .fingerprint(&fp)
+            .webhook_namespace(&sys)
+            .namespace(&ns)
+            .register_webhook(false)
+            .port(0)
+            .bind_address("127.0.0.1".parse().unwrap())
+            .shutdown_timeout(Duration::from_secs(2))
+            .leader_reconciler(
+                Recorder {
+                    namespace: ns.clone(),
+                    replica: who,
+                    log: log.clone(),
+                },
+                Election::new(format!("{fp}-recorder"))
+                    .identity(who)
+                    .lease_duration(LEASE),
+            )
+            .build()
+            .unwrap()
+            .start(client.clone())
+    };
+    let a = replica("a").await.unwrap();
+    let b = replica("b").await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    for i in 0..3 {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("cm-{i}")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let reconciled_by = |log: &[(&'static str, String, Instant)]| {
+        let mut who: Vec<&str> = log.iter().map(|(w, _, _)| *w).collect();
+        who.sort();
+        who.dedup();
+        who
+    };
+    let first = eventually(
+        Duration::from_secs(20),
+        "the 3 ConfigMaps reconciled",
+        || async {
+            let log = log.lock().unwrap();
+            let names: std::collections::BTreeSet<&str> =
+                log.iter().map(|(_, n, _)| n.as_str()).collect();
+            (names.len() == 3).then(|| reconciled_by(&log))
+        },
+    )
+    .await;
+    assert_eq!(
+        first.len(),
+        1,
+        "one replica reconciles: {:?}",
+        log.lock().unwrap()
+    );
+    let leader = first[0];
+    // The leader stops: the other replica takes over (its controller lists everything anew).
+    let (stopping, staying) = if leader == "a" { (a, b) } else { (b, a) };
+    let stopping_at = Instant::now();
+    stopping.shutdown().await;
+    eventually(
+        Duration::from_secs(20),
+        "the other replica to reconcile",
+        || async {
+            let log = log.lock().unwrap();
+            (log.iter().filter(|(w, _, _)| *w != leader).count() >= 3).then_some(())
+        },
+    )
+    .await;
+    {
+        let log = log.lock().unwrap();
+        let last_by_leader = log
+            .iter()
+            .filter(|(w, _, _)| *w == leader)
+            .map(|e| e.2)
+            .max();
+        for (who, name, at) in log.iter().filter(|(w, _, _)| *w != leader) {
+            assert!(
+                *at >= stopping_at && last_by_leader.is_none_or(|l| l <= *at),
+                "{who} reconciled {name} while {leader} led: {log:?}"
+            );
+        }
+    }
+    staying.shutdown().await;
 }
