@@ -57,6 +57,11 @@ pub enum ConfigError {
     /// Certificate policy out of range.
     #[error("certificate policy: {0}")]
     InvalidCertPolicy(String),
+    /// An apiserver client certificate to check, but no client CA to check it against.
+    #[error(
+        "the apiserver's client certificate is checked against the client CA: set the client CA file too"
+    )]
+    ClientCertWithoutCa,
 }
 
 /// A failure while starting or running the manager.
@@ -185,6 +190,15 @@ impl ManagerBuilder {
     /// (the apiserver presents one when its admission kubeconfig says so); read at start.
     pub fn client_ca_file(mut self, ca: impl Into<PathBuf>) -> Self {
         self.settings.client_ca = Some(ca.into());
+        self
+    }
+
+    /// The apiserver's admission client certificate (PEM, public part) in file `cert`: checked
+    /// against the [`Self::client_ca_file`] at start (refused if it does not verify) and while
+    /// running (not ready once it no longer does, e.g. expired). The only way the webhook can
+    /// know its client CA is right before the apiserver calls; needs `client_ca_file`.
+    pub fn apiserver_client_cert_file(mut self, cert: impl Into<PathBuf>) -> Self {
+        self.settings.apiserver_client_cert = Some(cert.into());
         self
     }
 
@@ -415,6 +429,9 @@ impl ManagerBuilder {
         s.cert_policy
             .validate()
             .map_err(|e| ConfigError::InvalidCertPolicy(e.to_string()))?;
+        if s.apiserver_client_cert.is_some() && s.client_ca.is_none() {
+            return Err(ConfigError::ClientCertWithoutCa);
+        }
         Ok(Manager {
             settings: Arc::new(self.settings),
             extensions: self.extensions,
@@ -627,12 +644,16 @@ impl Manager {
     ) -> Result<RunningManager, ManagerError> {
         crate::tls::install_default_provider();
         let settings = self.settings.clone();
-        // Before any side effect: a bad client CA file is a configuration error.
+        // Before any side effect: a client CA that cannot verify anyone (unreadable, expired),
+        // or not the apiserver's certificate we were given, is a configuration error.
         let client_ca = settings
             .client_ca
             .as_deref()
             .map(crate::tls::ClientCa::from_file)
             .transpose()?;
+        if let Some(ca) = &client_ca {
+            client_ca_check(ca, settings.apiserver_client_cert.as_deref())?;
+        }
         let bind = SocketAddr::new(settings.bind_address, settings.port);
         let listener = TcpListener::bind(bind)
             .await
@@ -641,11 +662,21 @@ impl Manager {
             .local_addr()
             .map_err(|source| ManagerError::Bind { addr: bind, source })?;
         let cancel = spawned.cancel.clone();
-        let metrics = Arc::new(
-            Metrics::new(self.extensions.iter().map(|e| e.name()))
-                .with_sources(self.metric_sources.clone()),
-        );
+        let mut metrics = Metrics::new(self.extensions.iter().map(|e| e.name()))
+            .with_sources(self.metric_sources.clone());
+        if let Some(ca) = &client_ca {
+            metrics = metrics.with_client_certs(ca.stats().clone());
+        }
+        let metrics = Arc::new(metrics);
         let health = Arc::new(Health::new(settings.register_webhook));
+        if let Some(ca) = &client_ca {
+            spawned.push(tokio::spawn(client_ca_loop(
+                ca.clone(),
+                settings.apiserver_client_cert.clone(),
+                health.clone(),
+                cancel.clone(),
+            )));
+        }
         let resolver = Arc::new(CertResolver::new());
         let ctx = Context::new(client.clone(), settings.clone());
 
@@ -942,6 +973,66 @@ impl Drop for Spawned {
     }
 }
 
+/// Check that the client CA can verify someone now and, when given the apiserver's client
+/// certificate (file `cert`), that it verifies that one.
+fn client_ca_check(
+    ca: &crate::tls::ClientCa,
+    cert: Option<&std::path::Path>,
+) -> Result<(), crate::tls::ClientCaError> {
+    let now = rustls::pki_types::UnixTime::now();
+    ca.check_validity(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))?;
+    if let Some(path) = cert {
+        let pem =
+            std::fs::read_to_string(path).map_err(|source| crate::tls::ClientCaError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        ca.verify_client_pem(&pem, &path.display().to_string(), now)?;
+    }
+    Ok(())
+}
+
+/// Readiness of the client CA: the checks of [`client_ca_check`] every minute and at every
+/// validity boundary of the certificates involved (the file of the apiserver's certificate is
+/// read anew each time, so a renewed one is picked up).
+async fn client_ca_loop(
+    ca: crate::tls::ClientCa,
+    cert: Option<PathBuf>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let problem = client_ca_check(&ca, cert.as_deref()).err();
+        let failing = problem.is_some();
+        if let Some(p) = &problem {
+            tracing::error!(problem = %p, "the client CA cannot verify the apiserver: not ready");
+        }
+        health.set_client_ca_problem(problem.map(|p| p.to_string()));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let pem = cert
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let next = ca
+            .boundaries(pem.as_deref())
+            .into_iter()
+            .filter(|b| *b > now)
+            .min()
+            .map_or(Duration::from_secs(60), |b| {
+                Duration::from_secs(u64::try_from(b - now).unwrap_or(60))
+            });
+        // While failing, look again soon: a renewed certificate file is picked up quickly.
+        let longest = if failing {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(60)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(next.clamp(Duration::from_secs(1), longest)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
 /// Readiness: `check` (a real TLS handshake to ourselves) with the CA bundle the apiserver is
 /// given, again after every certificate change, every 10 s while it passes and every 500 ms
 /// while it fails. If the certificate source stops, the timer alone drives the checks.
@@ -973,6 +1064,9 @@ async fn readiness_loop<C, F>(
             _ = tokio::time::sleep(wait) => {}
             changed = published.changed(), if source_alive => {
                 if changed.is_err() {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
                     source_alive = false;
                     tracing::error!("the certificate task stopped; certificates are no longer renewed");
                 }

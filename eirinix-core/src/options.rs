@@ -189,6 +189,11 @@ pub struct Settings {
     /// PEM CA bundle file: when set, every client of the webhook port must present a
     /// certificate chaining to it (the apiserver's, from its admission kubeconfig). Default: none.
     pub client_ca: Option<PathBuf>,
+    /// PEM file with the apiserver's admission client certificate (public part, the one its
+    /// admission kubeconfig names; intermediates after it): checked against `client_ca` at
+    /// start (refused if it does not verify) and while running (not ready once it no longer
+    /// does). Needs `client_ca`. Default: none (a wrong CA then shows only in the metrics).
+    pub apiserver_client_cert: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -225,6 +230,7 @@ impl Default for Settings {
             field_manager: "eirinix".into(),
             admin_port: None,
             client_ca: None,
+            apiserver_client_cert: None,
         }
     }
 }

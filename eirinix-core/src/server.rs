@@ -36,6 +36,7 @@ pub struct Health {
     handshake_ok: AtomicBool,
     configuration_ok: AtomicBool,
     shutting_down: AtomicBool,
+    client_ca_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -46,6 +47,7 @@ impl Health {
             handshake_ok: AtomicBool::new(false),
             configuration_ok: AtomicBool::new(!registering),
             shutting_down: AtomicBool::new(false),
+            client_ca_problem: std::sync::Mutex::new(None),
         }
     }
 
@@ -62,6 +64,14 @@ impl Health {
     /// The registered configuration carries our current CA.
     pub fn set_configuration_ok(&self, v: bool) {
         self.configuration_ok.store(v, Ordering::Relaxed);
+    }
+
+    /// Why the client CA cannot verify the apiserver's client certificate now, if it cannot.
+    pub fn set_client_ca_problem(&self, problem: Option<String>) {
+        *self
+            .client_ca_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     /// Shutdown started: report not ready so load balancers drain us.
@@ -84,6 +94,13 @@ impl Health {
         if self.shutting_down.load(Ordering::Relaxed) {
             why.push("shutting down");
         }
+        let client_ca = self
+            .client_ca_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut why: Vec<String> = why.into_iter().map(str::to_owned).collect();
+        why.extend(client_ca);
         if why.is_empty() {
             Ok(())
         } else {
