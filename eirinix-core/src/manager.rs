@@ -88,6 +88,12 @@ pub enum ManagerError {
     /// The CA for verifying client certificates could not be loaded.
     #[error("client certificate verification: {0}")]
     ClientCa(#[from] crate::tls::ClientCaError),
+    /// URL mode registration ahead of the server (split mode) with port 0: that port is only
+    /// picked when the server starts, so there is no URL to register.
+    #[error(
+        "cannot register a URL with port 0: port 0 picks a free port when the server starts, so the server's port is not known yet; give the port the server will listen on (--port)"
+    )]
+    NoPortToRegister,
 }
 
 type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -514,8 +520,19 @@ impl Manager {
         )
     }
 
+    /// The port [`Self::register`] writes into the configuration: the server's port, which URL
+    /// mode needs known (not 0) ahead of the server; service mode registers the Service's port.
+    pub fn registration_port(&self) -> Result<u16, ManagerError> {
+        match &self.settings.endpoint {
+            Endpoint::Url { .. } if self.settings.port == 0 => Err(ManagerError::NoPortToRegister),
+            Endpoint::Url { .. } => Ok(self.settings.port),
+            Endpoint::Service { port, .. } => Ok(*port),
+        }
+    }
+
     /// One-shot registration (split mode): certificates and configuration, then return.
     pub async fn register(&self, client: kube::Client) -> Result<(), ManagerError> {
+        let registered_port = self.registration_port()?;
         let metrics = Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())));
         let health = Arc::new(Health::new(false));
         let ca_bundle = match &self.settings.cert_source {
@@ -560,7 +577,6 @@ impl Manager {
                 ca.unwrap_or_default()
             }
         };
-        let registered_port = self.settings.port;
         let desired = self.webhook_configuration(ca_bundle.as_bytes(), registered_port);
         Registrar::new(client, &self.settings.field_manager)
             .apply(&desired)

@@ -670,3 +670,41 @@ fn builder_rejects_bad_configuration_up_front() {
     assert!(err(Manager::builder().extension(Sticky).url_mode("")).contains("needs a host"));
     assert!(Manager::builder().extension(Sticky).build().is_ok());
 }
+
+#[tokio::test]
+async fn registering_a_url_with_port_0_is_refused_before_touching_the_cluster() {
+    // Nothing listens at this address: the refusal comes first.
+    let client =
+        kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    let manager = Manager::builder()
+        .url_mode("127.0.0.1")
+        .port(0)
+        .extension(Sticky)
+        .build()
+        .unwrap();
+    let err = manager.register(client.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, eirinix_core::manager::ManagerError::NoPortToRegister),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--port"), "{err}");
+    // Service mode registers the Service's port: the server's may be anything.
+    let service = Manager::builder()
+        .service("eirinix", "eirinix-system", 443)
+        .port(0)
+        .extension(Sticky)
+        .build()
+        .unwrap();
+    assert_eq!(service.registration_port().unwrap(), 443);
+    assert_eq!(
+        Manager::builder()
+            .url_mode("127.0.0.1")
+            .port(4443)
+            .extension(Sticky)
+            .build()
+            .unwrap()
+            .registration_port()
+            .unwrap(),
+        4443
+    );
+}
