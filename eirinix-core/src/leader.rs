@@ -261,10 +261,10 @@ impl LeaseLock {
         let mut next = lease;
         next.spec = Some(self.spec(transitions, acquire));
         // Taking the lease answers a request for us, or ends a stale one.
-        if !ours || record.handover_to.as_deref() == Some(self.identity.as_str()) {
-            if let Some(a) = next.metadata.annotations.as_mut() {
-                a.remove(HANDOVER_ANNOTATION);
-            }
+        if (!ours || record.handover_to.as_deref() == Some(self.identity.as_str()))
+            && let Some(a) = next.metadata.annotations.as_mut()
+        {
+            a.remove(HANDOVER_ANNOTATION);
         }
         match self
             .api

@@ -27,9 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 const LEASE: Duration = Duration::from_secs(2);
 
-/// Who worked as the leader, and when: `(identity, started, stopped)`.
+/// One stretch of work as the leader: `(identity, started, stopped)`.
+type Stretch = (String, Instant, Option<Instant>);
+
+/// Who worked as the leader, and when.
 #[derive(Clone, Default)]
-struct WorkLog(Arc<Mutex<Vec<(String, Instant, Option<Instant>)>>>);
+struct WorkLog(Arc<Mutex<Vec<Stretch>>>);
 
 impl WorkLog {
     /// Work for `run_while_leader`: log the start, run until cancelled, log the stop.
@@ -395,11 +398,14 @@ async fn a_handover_request_of_a_dead_requester_goes_stale() {
     b.await.unwrap();
 }
 
+/// Which replica reconciled which ConfigMap, and when.
+type Reconciled = (&'static str, String, Instant);
+
 /// Records which replica reconciled which ConfigMap, and when.
 struct Recorder {
     namespace: String,
     replica: &'static str,
-    log: Arc<Mutex<Vec<(&'static str, String, Instant)>>>,
+    log: Arc<Mutex<Vec<Reconciled>>>,
 }
 
 #[async_trait]
@@ -464,7 +470,7 @@ async fn leader_reconcilers_run_in_one_replica_at_a_time() {
         };
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
-    let reconciled_by = |log: &[(&'static str, String, Instant)]| {
+    let reconciled_by = |log: &[Reconciled]| {
         let mut who: Vec<&str> = log.iter().map(|(w, _, _)| *w).collect();
         who.sort();
         who.dedup();
