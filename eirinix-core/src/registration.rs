@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -393,6 +393,39 @@ pub fn other_replica(
     (!drifted(&pointed, live)).then_some(other).flatten()
 }
 
+/// A JSON patch turning the webhook entries of `live` named in `want` into the wanted ones and
+/// adding those it lacks. It carries `live`'s resourceVersion, so the apiserver refuses it
+/// (409) if the configuration changed since it was read; `test`s pin the positions.
+fn owned_entries_patch(
+    want: &[MutatingWebhook],
+    live: &MutatingWebhookConfiguration,
+) -> json_patch::Patch {
+    let have = live.webhooks.as_deref().unwrap_or_default();
+    let mut ops = vec![json!({
+        "op": "replace",
+        "path": "/metadata/resourceVersion",
+        "value": live.metadata.resource_version,
+    })];
+    if live.webhooks.is_none() {
+        ops.push(json!({"op": "add", "path": "/webhooks", "value": []}));
+    }
+    for (i, entry) in have.iter().enumerate() {
+        if let Some(w) = want.iter().find(|w| w.name == entry.name) {
+            ops.push(
+                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": entry.name}),
+            );
+            ops.push(json!({"op": "replace", "path": format!("/webhooks/{i}"), "value": w}));
+        }
+    }
+    for w in want
+        .iter()
+        .filter(|w| !have.iter().any(|h| h.name == w.name))
+    {
+        ops.push(json!({"op": "add", "path": "/webhooks/-", "value": w}));
+    }
+    serde_json::from_value(Value::Array(ops)).unwrap_or_else(|_| json_patch::Patch(Vec::new()))
+}
+
 /// Writes and repairs the configuration with server-side apply under one field manager, and
 /// replaces the entries it owns wholesale when apply alone cannot restore them (server-side
 /// apply keeps fields other managers added, such as a `matchCondition`).
@@ -461,36 +494,26 @@ impl Registrar {
     }
 
     /// Replace the entries of `live` named in `desired` by the desired ones (others' entries
-    /// stay where they are), guarded by `live`'s resourceVersion; re-read and retry on conflict.
+    /// stay where they are) with one JSON patch (the `patch` verb, which a register Job has),
+    /// guarded by `live`'s resourceVersion; re-read and retry on conflict.
     async fn replace_owned(
         &self,
         desired: &MutatingWebhookConfiguration,
         mut live: MutatingWebhookConfiguration,
     ) -> Result<(), RegistrationError> {
         let name = desired.metadata.name.clone().unwrap_or_default();
-        let want = desired.webhooks.clone().unwrap_or_default();
-        let params = PostParams {
+        let want = desired.webhooks.as_deref().unwrap_or_default();
+        let params = PatchParams {
             field_manager: Some(self.field_manager.clone()),
             ..Default::default()
         };
         for attempt in 1..=REPLACE_ATTEMPTS {
-            let mut hooks = live.webhooks.take().unwrap_or_default();
-            for hook in &mut hooks {
-                if let Some(w) = want.iter().find(|w| w.name == hook.name) {
-                    *hook = w.clone();
-                }
-            }
-            for w in &want {
-                if !hooks.iter().any(|h| h.name == w.name) {
-                    hooks.push(w.clone());
-                }
-            }
-            live.webhooks = Some(hooks);
-            let labels = live.metadata.labels.get_or_insert_with(BTreeMap::new);
-            labels.extend(desired.metadata.labels.clone().unwrap_or_default());
-            // Left out, the apiserver keeps the ownership records and updates them.
-            live.metadata.managed_fields = None;
-            match self.api.replace(&name, &params, &live).await {
+            let patch = owned_entries_patch(want, &live);
+            match self
+                .api
+                .patch(&name, &params, &Patch::<()>::Json(patch))
+                .await
+            {
                 Ok(stored) => {
                     self.learn(desired, &stored);
                     return Ok(());

@@ -252,3 +252,104 @@ async fn another_managers_webhook_entry_is_left_alone() {
     assert!(sticky(&admit(&client, &ns, &app_pod("with-foreign")).await).is_some());
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_restores_owned_entries_with_only_the_patch_verb() {
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject,
+    };
+    use kube::api::{ObjectMeta, PostParams};
+
+    let (admin, sys, ns, fp) = setup("drift-split", "e2e-split").await;
+    // The chart's register Job: Secrets in its namespace; on webhook configurations only
+    // create, and get and patch (no update).
+    let token = eirinix_testenv::support::service_account_token(
+        &admin,
+        &sys,
+        "register",
+        vec![eirinix_testenv::support::core_rule(
+            "secrets",
+            &["get", "create", "update"],
+        )],
+    )
+    .await;
+    let role = format!("{fp}-register");
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: ObjectMeta {
+                    name: Some(role.clone()),
+                    ..Default::default()
+                },
+                rules: Some(vec![PolicyRule {
+                    api_groups: Some(vec!["admissionregistration.k8s.io".into()]),
+                    resources: Some(vec!["mutatingwebhookconfigurations".into()]),
+                    verbs: vec!["create".into(), "get".into(), "patch".into()],
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(role.clone()),
+                    ..Default::default()
+                },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: role.clone(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: "register".into(),
+                    namespace: Some(sys.clone()),
+                    ..Default::default()
+                }]),
+            },
+        )
+        .await
+        .unwrap();
+    let mut config = plane().await.config().await.unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let job = kube::Client::try_from(config).unwrap();
+    let manager = manager(&fp, &sys, &ns)
+        .register_webhook(false)
+        .port(4443)
+        .extension(Sticky)
+        .build()
+        .unwrap();
+    manager.register(job.clone()).await.unwrap();
+    let cfgs = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let name = config_name(&fp);
+    let op = json!([
+        {"op": "add", "path": "/webhooks/0/matchConditions", "value": [{"name": "nobody", "expression": "false"}]},
+        {"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 30}
+    ]);
+    let editor = PatchParams {
+        field_manager: Some("someone-else".into()),
+        ..Default::default()
+    };
+    cfgs.patch(
+        &name,
+        &editor,
+        &Patch::<()>::Json(serde_json::from_value(op).unwrap()),
+    )
+    .await
+    .unwrap();
+    // Registering again (helm upgrade) restores the entry as a whole.
+    manager.register(job).await.unwrap();
+    let live = cfgs.get(&name).await.unwrap();
+    let hook = &live.webhooks.as_ref().unwrap()[0];
+    assert_eq!(hook.match_conditions, None, "{hook:?}");
+    assert_eq!(hook.timeout_seconds, Some(10), "{hook:?}");
+}
