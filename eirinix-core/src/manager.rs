@@ -710,7 +710,8 @@ impl Manager {
                         health.clone(),
                         true,
                     )
-                    .with_promotion_gate(promotion_gate(client.clone(), &settings)),
+                    .with_promotion_gate(promotion_gate(client.clone(), &settings))
+                    .restore_deleted_secret(!settings.register_webhook),
                 );
                 rotator.tick().await?;
                 let rx = rotator.subscribe();
