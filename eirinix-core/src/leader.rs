@@ -541,8 +541,9 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    // Polled quickly: a released lease is left to us only until our request goes stale.
-    let poll = lock.retry_period().min(Duration::from_millis(250));
+    // Polled often: a released lease is left to us only until our request goes stale (a
+    // lease duration); 8 times per lease duration, at least once a second.
+    let poll = (lock.lease_duration / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let deadline = Instant::now() + wait;
     let renewed_at = loop {
         let started = Instant::now();
