@@ -216,6 +216,15 @@ pub struct CommonArgs {
     /// file (the apiserver's admission client certificate; see SECURITY.md).
     #[arg(long, env = "EIRINIX_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
+    /// The apiserver's admission client certificate (PEM, public part): checked against
+    /// --client-ca-file at start (refused if it does not verify) and while running (not ready
+    /// once it no longer does). Without it, a wrong client CA shows only in the metrics.
+    #[arg(
+        long,
+        env = "EIRINIX_APISERVER_CLIENT_CERT_FILE",
+        requires = "client_ca_file"
+    )]
+    pub apiserver_client_cert_file: Option<PathBuf>,
 }
 
 /// Failure policy values.
@@ -319,9 +328,23 @@ pub struct DevArgs {
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Run against the cluster of KUBECONFIG (in a throwaway namespace, apiserver-only view)
-    /// instead of a local cluster.
+    /// instead of a local cluster; needs --webhook-host.
     #[arg(long)]
     pub cluster: bool,
+    /// With --cluster: the host name or IP address at which the cluster's apiserver reaches
+    /// this machine. The webhook is registered as https://HOST:PORT (HOST in its certificate)
+    /// and listens on all interfaces.
+    #[arg(long, env = "EIRINIX_DEMO_WEBHOOK_HOST", requires = "cluster")]
+    pub webhook_host: Option<String>,
+    /// With --cluster: the port the webhook listens on and registers (0: a free one); open it
+    /// to the apiserver.
+    #[arg(
+        long,
+        env = "EIRINIX_DEMO_WEBHOOK_PORT",
+        default_value_t = 0,
+        requires = "cluster"
+    )]
+    pub webhook_port: u16,
     /// Show what the extensions change as the apiserver stores it, on a local control plane
     /// without a node (no pod runs; faster, needs no root).
     #[arg(long)]

@@ -103,8 +103,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             serve: args,
         }) => {
             let manager = stock::registration_manager(&args.common, &args.extensions, &args.stock)?;
+            let port = manager.registration_port()?;
             if dry_run {
-                let config = manager.webhook_configuration(b"", manager.settings().port);
+                let config = manager.webhook_configuration(b"", port);
                 print!("{}", serde_yaml::to_string(&config)?);
                 return Ok(std::process::ExitCode::SUCCESS);
             }
@@ -152,7 +153,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Review(args) => return stock::review(args).await,
-        Command::Sshd { .. } => unreachable!("handled before the runtime starts"),
+        // Reached when options come before it (`eirinix --log-format json sshd`): the daemon
+        // forks, so it only runs as the first argument, before any thread exists.
+        Command::Sshd { .. } => anyhow::bail!(
+            "sshd must be the first argument (`eirinix sshd ...`); options before it are not supported"
+        ),
         Command::SshProxy(args) => {
             let (ns, name) = args
                 .master_secret

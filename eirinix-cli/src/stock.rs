@@ -256,6 +256,9 @@ pub fn framework(common: &CommonArgs) -> anyhow::Result<ManagerBuilder> {
     if let Some(ca) = &common.client_ca_file {
         b = b.client_ca_file(ca.clone());
     }
+    if let Some(cert) = &common.apiserver_client_cert_file {
+        b = b.apiserver_client_cert_file(cert.clone());
+    }
     if let Some(cert) = &common.cert_file {
         let key: PathBuf = common
             .key_file

@@ -373,3 +373,117 @@ async fn eirini_extension_register_false_is_split_mode() {
         "EIRINI_EXTENSION_REGISTER=false must not register"
     );
 }
+
+#[test]
+fn what_cannot_work_is_refused_with_a_clear_error() {
+    let cases: &[(&[&str], &str)] = &[
+        // A remote apiserver cannot call 127.0.0.1: the demo on a cluster needs the address.
+        (&["demo", "--cluster"], "--cluster needs --webhook-host"),
+        (
+            &["demo", "--cluster", "--webhook-host", " "],
+            "--cluster needs --webhook-host",
+        ),
+        (&["demo", "--webhook-host", "10.0.0.5"], "--cluster"),
+        // Port 0 is picked when the server starts: register has no URL to write.
+        (
+            &[
+                "register",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--extensions",
+                "persi",
+            ],
+            "cannot register a URL with port 0",
+        ),
+        (
+            &[
+                "register",
+                "--dry-run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--extensions",
+                "persi",
+            ],
+            "cannot register a URL with port 0",
+        ),
+        // The in-pod daemon only runs as the first argument; no panic otherwise.
+        (
+            &["--log-format", "text", "sshd", "--port", "2222"],
+            "sshd must be the first argument",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = eirinix().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(if err.contains("Usage:") { 2 } else { 1 }),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Service mode registers the Service's port, whatever the server's.
+    let out = eirinix()
+        .args([
+            "register",
+            "--dry-run",
+            "--service-name",
+            "eirinix",
+            "--webhook-namespace",
+            "eirinix-system",
+            "--service-port",
+            "443",
+            "--port",
+            "0",
+            "--extensions",
+            "persi",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("port: 443"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_demo_registers_the_host_it_is_given() {
+    let cp = eirinix_testenv::ControlPlane::shared()
+        .await
+        .expect("control plane (see eirinix-testenv README)");
+    // `localhost`, not the 127.0.0.1 the local demo uses: the registered URL and the serving
+    // certificate carry the given host, and the apiserver reaches the webhook through it.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_eirinix"))
+        .args(["demo", "--cluster", "--webhook-host", "localhost"])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "URL mode, https://localhost:<port>",
+        "+     cloudfoundry.org/rootfs-version: v2.0",
+        "claimName: dora-data-7f3a",
+    ] {
+        assert!(
+            text.contains(expected),
+            "demo output lacks {expected:?}:\n{text}"
+        );
+    }
+}

@@ -324,6 +324,43 @@ impl Answer {
     }
 }
 
+/// How long an extension may take in-process when its caller (the apiserver) waits `timeout`
+/// for the whole call: less a margin for connecting, sending the review and the answer, so the
+/// failure-policy answer (and its message) reaches the apiserver before it gives up.
+pub fn answer_budget(timeout: Duration) -> Duration {
+    let margin = (timeout / 5).clamp(Duration::from_millis(400), Duration::from_secs(2));
+    timeout.saturating_sub(margin)
+}
+
+/// The apiserver's `timeout` query parameter (a Go duration, e.g. `10s` or `1m0s`): the time it
+/// still waits for this call, rounded up to a second.
+pub(crate) fn caller_timeout(query: Option<&str>) -> Option<Duration> {
+    let value = query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))?;
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (number, tail) = rest.split_at(digits);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(number * scale).ok()?;
+        rest = tail;
+    }
+    (!total.is_zero()).then_some(total)
+}
+
 /// Dispatches decoded reviews to one extension, applying its failure policy and recording metrics.
 pub struct ExtensionHandler {
     extension: Arc<dyn Extension>,
@@ -334,7 +371,9 @@ pub struct ExtensionHandler {
 }
 
 impl ExtensionHandler {
-    /// A handler for `extension`, registered at position `index` in the manager's metrics.
+    /// A handler for `extension`, registered at position `index` in the manager's metrics;
+    /// the extension gets at most `timeout` per review ([`answer_budget`] of its webhook's
+    /// `timeoutSeconds` in the manager).
     pub fn new(
         extension: Arc<dyn Extension>,
         failure_policy: FailurePolicy,
@@ -363,6 +402,19 @@ impl ExtensionHandler {
         metrics: &Metrics,
         body: &[u8],
     ) -> Result<Vec<u8>, ReviewError> {
+        self.handle_body_within(ctx, metrics, body, None).await
+    }
+
+    /// [`Self::handle_body`] for a caller that waits at most `caller_timeout` for the answer
+    /// (the apiserver's `?timeout=`): the extension's time is cut so that the failure-policy
+    /// answer still arrives in time.
+    pub async fn handle_body_within(
+        &self,
+        ctx: &Context,
+        metrics: &Metrics,
+        body: &[u8],
+        caller_timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, ReviewError> {
         let decoded = match decode(body) {
             Ok(d) => d,
             Err(e) => {
@@ -389,7 +441,11 @@ impl ExtensionHandler {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        let (answer, outcome) = self.answer(ctx, &decoded).instrument(span.clone()).await;
+        let budget = caller_timeout.map_or(self.timeout, |t| self.timeout.min(answer_budget(t)));
+        let (answer, outcome) = self
+            .answer_within(ctx, &decoded, budget)
+            .instrument(span.clone())
+            .await;
         let elapsed = start.elapsed();
         span.record("outcome", outcome.as_str());
         span.record("duration_us", elapsed.as_micros() as u64);
@@ -402,6 +458,16 @@ impl ExtensionHandler {
 
     /// Decide the answer to a decoded review.
     pub async fn answer(&self, ctx: &Context, decoded: &DecodedReview) -> (Answer, Outcome) {
+        self.answer_within(ctx, decoded, self.timeout).await
+    }
+
+    /// [`Self::answer`], the extension given at most `budget`.
+    async fn answer_within(
+        &self,
+        ctx: &Context,
+        decoded: &DecodedReview,
+        budget: Duration,
+    ) -> (Answer, Outcome) {
         let req = &decoded.request;
         if matches!(req.operation, Operation::Delete | Operation::Connect) {
             return (Answer::allow(Vec::new()), Outcome::Skipped);
@@ -414,16 +480,13 @@ impl ExtensionHandler {
             }
         };
         let call = AssertUnwindSafe(self.extension.mutate(ctx, req, pod)).catch_unwind();
-        let result = match tokio::time::timeout(self.timeout, call).await {
+        let result = match tokio::time::timeout(budget, call).await {
             Ok(Ok(Ok(mutation))) => Ok(mutation),
             Ok(Ok(Err(e))) => Err((e.code(), e.message())),
             Ok(Err(_panic)) => Err((500, format!("extension {} panicked", self.name))),
             Err(_) => Err((
                 500,
-                format!(
-                    "extension {} did not answer within {:?}",
-                    self.name, self.timeout
-                ),
+                format!("extension {} did not answer within {budget:?}", self.name),
             )),
         };
         match result {
@@ -463,5 +526,45 @@ impl ExtensionHandler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apiservers_timeout_parameter_is_read() {
+        let secs = Duration::from_secs;
+        assert_eq!(caller_timeout(Some("timeout=10s")), Some(secs(10)));
+        assert_eq!(caller_timeout(Some("a=b&timeout=1m0s")), Some(secs(60)));
+        assert_eq!(
+            caller_timeout(Some("timeout=1.5s")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            caller_timeout(Some("timeout=250ms")),
+            Some(Duration::from_millis(250))
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("timeout="),
+            Some("timeout=10"),
+            Some("timeout=s"),
+            Some("timeout=3x"),
+        ] {
+            assert_eq!(caller_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_answer_leaves_a_margin_before_the_callers_deadline() {
+        let ms = Duration::from_millis;
+        assert_eq!(answer_budget(ms(1000)), ms(600));
+        assert_eq!(answer_budget(ms(2000)), ms(1600));
+        assert_eq!(answer_budget(ms(10_000)), ms(8_000));
+        assert_eq!(answer_budget(ms(30_000)), ms(28_000));
+        assert_eq!(answer_budget(ms(100)), Duration::ZERO);
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::ExtensionHandler;
 use crate::certs::{CertPolicy, Clock, SubjectNames, SystemClock};
 use crate::extension::{Context, Extension, is_valid_name};
+use crate::leader::{Election, run_while_leader};
 use crate::metrics::Metrics;
 use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
@@ -56,6 +57,11 @@ pub enum ConfigError {
     /// Certificate policy out of range.
     #[error("certificate policy: {0}")]
     InvalidCertPolicy(String),
+    /// An apiserver client certificate to check, but no client CA to check it against.
+    #[error(
+        "the apiserver's client certificate is checked against the client CA: set the client CA file too"
+    )]
+    ClientCertWithoutCa,
 }
 
 /// A failure while starting or running the manager.
@@ -85,6 +91,12 @@ pub enum ManagerError {
     /// Webhook token verification could not be set up.
     #[error("webhook token authentication: {0}")]
     TokenAuth(#[from] crate::token_auth::TokenAuthError),
+    /// URL mode registration ahead of the server (split mode) with port 0: that port is only
+    /// picked when the server starts, so there is no URL to register.
+    #[error(
+        "cannot register a URL with port 0: port 0 picks a free port when the server starts, so the server's port is not known yet; give the port the server will listen on (--port)"
+    )]
+    NoPortToRegister,
 }
 
 type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -190,6 +202,15 @@ impl ManagerBuilder {
         self
     }
 
+    /// The apiserver's admission client certificate (PEM, public part) in file `cert`: checked
+    /// against the [`Self::client_ca_file`] at start (refused if it does not verify) and while
+    /// running (not ready once it no longer does, e.g. expired). The only way the webhook can
+    /// know its client CA is right before the apiserver calls; needs `client_ca_file`.
+    pub fn apiserver_client_cert_file(mut self, cert: impl Into<PathBuf>) -> Self {
+        self.settings.apiserver_client_cert = Some(cert.into());
+        self
+    }
+
     /// Extra object selector, merged with the Eirini-app filter.
     pub fn object_selector(mut self, selector: LabelSelector) -> Self {
         self.settings.object_selector = Some(selector);
@@ -257,7 +278,8 @@ impl ManagerBuilder {
         /// Largest request body (default 4 MiB; 413 above).
         body_limit: usize);
     setter!(
-        /// Time allowed to read one request (default 15 s).
+        /// Time allowed to read and answer one request (default 15 s; raised to the largest
+        /// webhook timeout when that is longer).
         request_timeout: Duration);
     setter!(
         /// Serve HTTP/2 too (default off).
@@ -311,7 +333,8 @@ impl ManagerBuilder {
         self
     }
 
-    /// Add a reconciler running on a kube-runtime Controller.
+    /// Add a reconciler running on a kube-runtime Controller, in every replica (see
+    /// [`Self::leader_reconciler`] for work that must run once per cluster).
     pub fn reconciler<R: Reconciler>(mut self, reconciler: R) -> Self {
         let r = Arc::new(reconciler);
         let name = r.name().to_owned();
@@ -320,6 +343,39 @@ impl ManagerBuilder {
             Box::new(move |ctx, cancel| Box::pin(run_reconciler(r, ctx, cancel))),
         ));
         self
+    }
+
+    /// Add a reconciler that runs only in the replica holding the Lease of `election`: for
+    /// work that must happen once per cluster (several replicas would act on every object).
+    pub fn leader_reconciler<R: Reconciler>(self, reconciler: R, election: Election) -> Self {
+        let r = Arc::new(reconciler);
+        let name = r.name().to_owned();
+        self.leader_task(name, election, move |ctx, token| {
+            run_reconciler(r.clone(), ctx, token)
+        })
+    }
+
+    /// Add a background task that runs only in the replica holding the Lease of `election`.
+    /// It starts whenever this replica becomes leader, and its token is cancelled when the
+    /// lease is lost or handed over, or the manager stops (the lease is then released).
+    pub fn leader_task<F, Fut>(self, name: impl Into<String>, election: Election, task: F) -> Self
+    where
+        F: Fn(Context, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let name = name.into();
+        let task = Arc::new(task);
+        self.task(name.clone(), move |ctx: Context, cancel| async move {
+            let client = match ctx.client() {
+                Ok(client) => client.clone(),
+                Err(e) => {
+                    tracing::error!(task = %name, error = %e, "leader task cannot start");
+                    return;
+                }
+            };
+            let lock = election.lock(client, &ctx.settings().webhook_namespace);
+            run_while_leader(lock, cancel, None, move |token| task(ctx.clone(), token)).await;
+        })
     }
 
     /// Append an extension's own metrics (Prometheus text) to the manager's `/metrics`.
@@ -386,6 +442,9 @@ impl ManagerBuilder {
         s.cert_policy
             .validate()
             .map_err(|e| ConfigError::InvalidCertPolicy(e.to_string()))?;
+        if s.apiserver_client_cert.is_some() && s.client_ca.is_none() {
+            return Err(ConfigError::ClientCertWithoutCa);
+        }
         Ok(Manager {
             settings: Arc::new(self.settings),
             extensions: self.extensions,
@@ -468,8 +527,19 @@ impl Manager {
         )
     }
 
+    /// The port [`Self::register`] writes into the configuration: the server's port, which URL
+    /// mode needs known (not 0) ahead of the server; service mode registers the Service's port.
+    pub fn registration_port(&self) -> Result<u16, ManagerError> {
+        match &self.settings.endpoint {
+            Endpoint::Url { .. } if self.settings.port == 0 => Err(ManagerError::NoPortToRegister),
+            Endpoint::Url { .. } => Ok(self.settings.port),
+            Endpoint::Service { port, .. } => Ok(*port),
+        }
+    }
+
     /// One-shot registration (split mode): certificates and configuration, then return.
     pub async fn register(&self, client: kube::Client) -> Result<(), ManagerError> {
+        let registered_port = self.registration_port()?;
         let metrics = Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())));
         let health = Arc::new(Health::new(false));
         let ca_bundle = match &self.settings.cert_source {
@@ -514,7 +584,6 @@ impl Manager {
                 ca.unwrap_or_default()
             }
         };
-        let registered_port = self.settings.port;
         let desired = self.webhook_configuration(ca_bundle.as_bytes(), registered_port);
         Registrar::new(client, &self.settings.field_manager)
             .apply(&desired)
@@ -576,15 +645,38 @@ impl Manager {
     }
 
     /// Start everything in the background and return a handle (tests use port 0 and short lifetimes).
+    ///
+    /// If starting fails, whatever was already started (server, certificate tasks) is stopped
+    /// before the error is returned: the port is free again and no task keeps running.
     pub async fn start(self, client: kube::Client) -> Result<RunningManager, ManagerError> {
+        let mut spawned = Spawned::default();
+        match self.launch(client, &mut spawned).await {
+            Ok(running) => Ok(running),
+            Err(e) => {
+                spawned.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Self::start`]: every task it spawns goes into `spawned` first.
+    async fn launch(
+        self,
+        client: kube::Client,
+        spawned: &mut Spawned,
+    ) -> Result<RunningManager, ManagerError> {
         crate::tls::install_default_provider();
         let settings = self.settings.clone();
-        // Before any side effect: a bad client CA file is a configuration error.
+        // Before any side effect: a client CA that cannot verify anyone (unreadable, expired),
+        // or not the apiserver's certificate we were given, is a configuration error.
         let client_ca = settings
             .client_ca
             .as_deref()
             .map(crate::tls::ClientCa::from_file)
             .transpose()?;
+        if let Some(ca) = &client_ca {
+            client_ca_check(ca, settings.apiserver_client_cert.as_deref())?;
+        }
         let bind = SocketAddr::new(settings.bind_address, settings.port);
         let listener = TcpListener::bind(bind)
             .await
@@ -592,7 +684,7 @@ impl Manager {
         let addr = listener
             .local_addr()
             .map_err(|source| ManagerError::Bind { addr: bind, source })?;
-        let cancel = CancellationToken::new();
+        let cancel = spawned.cancel.clone();
         let token_verifier = if settings.webhook_token_auth {
             let audiences = self
                 .extensions
@@ -618,12 +710,23 @@ impl Manager {
             let v = v.clone();
             sources.push(Arc::new(move || v.render()));
         }
-        let metrics =
-            Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())).with_sources(sources));
+        let mut metrics =
+            Metrics::new(self.extensions.iter().map(|e| e.name())).with_sources(sources);
+        if let Some(ca) = &client_ca {
+            metrics = metrics.with_client_certs(ca.stats().clone());
+        }
+        let metrics = Arc::new(metrics);
         let health = Arc::new(Health::new(settings.register_webhook));
+        if let Some(ca) = &client_ca {
+            spawned.push(tokio::spawn(client_ca_loop(
+                ca.clone(),
+                settings.apiserver_client_cert.clone(),
+                health.clone(),
+                cancel.clone(),
+            )));
+        }
         let resolver = Arc::new(CertResolver::new());
         let ctx = Context::new(client.clone(), settings.clone());
-        let mut background = Vec::new();
 
         // Certificates first: nothing is served or registered without them.
         let published = match &settings.cert_source {
@@ -639,11 +742,12 @@ impl Manager {
                         health.clone(),
                         true,
                     )
-                    .with_promotion_gate(promotion_gate(client.clone(), &settings)),
+                    .with_promotion_gate(promotion_gate(client.clone(), &settings))
+                    .restore_deleted_secret(!settings.register_webhook),
                 );
                 rotator.tick().await?;
                 let rx = rotator.subscribe();
-                background.push(tokio::spawn(
+                spawned.push(tokio::spawn(
                     rotator.run(settings.cert_check_interval, cancel.clone()),
                 ));
                 rx
@@ -659,7 +763,7 @@ impl Manager {
                 ));
                 source.tick()?;
                 let rx = source.subscribe();
-                background.push(tokio::spawn(source.run(
+                spawned.push(tokio::spawn(source.run(
                     settings.cert_check_interval.min(Duration::from_secs(10)),
                     cancel.clone(),
                 )));
@@ -667,9 +771,16 @@ impl Manager {
             }
         };
 
-        // The server.
-        let timeout =
-            Duration::from_secs(u64::try_from(settings.timeout_seconds.max(1)).unwrap_or(10));
+        // The server. Each extension answers before the apiserver gives up on its webhook (the
+        // timeout registered for it), so the apiserver gets the failure-policy answer.
+        let registered_timeout = |e: &Arc<dyn Extension>| {
+            let secs = e
+                .webhook()
+                .timeout_seconds
+                .unwrap_or(settings.timeout_seconds)
+                .clamp(1, 30);
+            Duration::from_secs(u64::try_from(secs).unwrap_or(10))
+        };
         let handlers = self
             .extensions
             .iter()
@@ -679,9 +790,16 @@ impl Manager {
                     .webhook()
                     .failure_policy
                     .unwrap_or(settings.failure_policy);
-                ExtensionHandler::new(e.clone(), policy, timeout, i)
+                let budget = crate::admission::answer_budget(registered_timeout(e));
+                ExtensionHandler::new(e.clone(), policy, budget, i)
             })
             .collect();
+        // The HTTP request timeout never cuts a review the apiserver still waits for.
+        let request_timeout = self
+            .extensions
+            .iter()
+            .map(registered_timeout)
+            .fold(settings.request_timeout, Duration::max);
         let state = Arc::new(AppState {
             handlers,
             ctx: ctx.clone(),
@@ -702,19 +820,19 @@ impl Manager {
             stats: metrics.connections().clone(),
         };
         let mut router =
-            crate::server::router(state.clone(), settings.body_limit, settings.request_timeout);
+            crate::server::router(state.clone(), settings.body_limit, request_timeout);
         if let Some(verifier) = token_verifier {
             router = router.layer(axum::middleware::from_fn(move |req, next| {
                 crate::token_auth::require_token(verifier.clone(), req, next)
             }));
         }
-        let server = tokio::spawn(crate::server::serve_tls(
+        spawned.server = Some(tokio::spawn(crate::server::serve_tls(
             listener,
             tls,
             router,
             serve_opts.clone(),
             cancel.clone(),
-        ));
+        )));
         if let Some(port) = settings.admin_port {
             let admin_addr = SocketAddr::new(settings.bind_address, port);
             let admin =
@@ -724,7 +842,7 @@ impl Manager {
                         addr: admin_addr,
                         source,
                     })?;
-            background.push(tokio::spawn(crate::server::serve_plain(
+            spawned.push(tokio::spawn(crate::server::serve_plain(
                 admin,
                 crate::server::admin_router(state),
                 ServeOptions {
@@ -753,12 +871,22 @@ impl Manager {
             .cloned()
             .or_else(|| names.ips.first().map(ToString::to_string))
             .unwrap_or_else(|| "localhost".into());
-        background.push(tokio::spawn(readiness_loop(
-            self_addr,
-            server_name,
+        spawned.push(tokio::spawn(readiness_loop(
             published.clone(),
             health.clone(),
             cancel.clone(),
+            move |ca: String| {
+                let server_name = server_name.clone();
+                async move {
+                    match crate::server::self_handshake(self_addr, &server_name, &ca).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "readiness self-check failed");
+                            false
+                        }
+                    }
+                }
+            },
         )));
 
         // Registration and drift repair.
@@ -781,7 +909,7 @@ impl Manager {
             registrar.apply(&desired_for(&initial)).await?;
             health.set_configuration_ok(true);
             tracing::info!(configuration = %settings.configuration_name(), "webhook configuration applied");
-            background.push(tokio::spawn(registration_loop(
+            spawned.push(tokio::spawn(registration_loop(
                 registrar,
                 desired_for,
                 published.clone(),
@@ -793,7 +921,7 @@ impl Manager {
         }
 
         for w in self.watchers {
-            background.push(tokio::spawn(run_pod_watcher(
+            spawned.push(tokio::spawn(run_pod_watcher(
                 w,
                 ctx.clone(),
                 metrics.clone(),
@@ -802,9 +930,11 @@ impl Manager {
         }
         for (name, task) in self.tasks {
             tracing::debug!(task = %name, "starting background task");
-            background.push(tokio::spawn(task(ctx.clone(), cancel.clone())));
+            spawned.push(tokio::spawn(task(ctx.clone(), cancel.clone())));
         }
 
+        // Nothing fails from here on: the tasks are the running manager's now.
+        let (server, background) = spawned.hand_over();
         Ok(RunningManager {
             addr,
             cancel,
@@ -848,25 +978,133 @@ fn promotion_gate(client: kube::Client, settings: &Settings) -> crate::rotation:
     })
 }
 
-async fn readiness_loop(
-    addr: SocketAddr,
-    server_name: String,
-    mut published: watch::Receiver<Option<Published>>,
+/// What [`Manager::start`] has spawned: stopped if starting fails, aborted if the start is
+/// dropped half-way, handed to the [`RunningManager`] once it succeeds.
+struct Spawned {
+    cancel: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Default for Spawned {
+    fn default() -> Self {
+        Self {
+            cancel: CancellationToken::new(),
+            server: None,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+impl Spawned {
+    fn push(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Cancel and abort everything, and wait until it is gone (sockets closed).
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        for task in self.server.take().into_iter().chain(self.tasks.drain(..)) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// The server and background tasks, no longer stopped by this guard.
+    fn hand_over(&mut self) -> (JoinHandle<()>, Vec<JoinHandle<()>>) {
+        let server = self.server.take().unwrap_or_else(|| tokio::spawn(async {}));
+        (server, std::mem::take(&mut self.tasks))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.server.is_some() || !self.tasks.is_empty() {
+            self.cancel.cancel();
+            for task in self.server.iter().chain(&self.tasks) {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Check that the client CA can verify someone now and, when given the apiserver's client
+/// certificate (file `cert`), that it verifies that one.
+fn client_ca_check(
+    ca: &crate::tls::ClientCa,
+    cert: Option<&std::path::Path>,
+) -> Result<(), crate::tls::ClientCaError> {
+    let now = rustls::pki_types::UnixTime::now();
+    ca.check_validity(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))?;
+    if let Some(path) = cert {
+        let pem =
+            std::fs::read_to_string(path).map_err(|source| crate::tls::ClientCaError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        ca.verify_client_pem(&pem, &path.display().to_string(), now)?;
+    }
+    Ok(())
+}
+
+/// Readiness of the client CA: the checks of [`client_ca_check`] every minute and at every
+/// validity boundary of the certificates involved (the file of the apiserver's certificate is
+/// read anew each time, so a renewed one is picked up).
+async fn client_ca_loop(
+    ca: crate::tls::ClientCa,
+    cert: Option<PathBuf>,
     health: Arc<Health>,
     cancel: CancellationToken,
 ) {
     loop {
+        let problem = client_ca_check(&ca, cert.as_deref()).err();
+        let failing = problem.is_some();
+        if let Some(p) = &problem {
+            tracing::error!(problem = %p, "the client CA cannot verify the apiserver: not ready");
+        }
+        health.set_client_ca_problem(problem.map(|p| p.to_string()));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let pem = cert
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let next = ca
+            .boundaries(pem.as_deref())
+            .into_iter()
+            .filter(|b| *b > now)
+            .min()
+            .map_or(Duration::from_secs(60), |b| {
+                Duration::from_secs(u64::try_from(b - now).unwrap_or(60))
+            });
+        // While failing, look again soon: a renewed certificate file is picked up quickly.
+        let longest = if failing {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(60)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(next.clamp(Duration::from_secs(1), longest)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Readiness: `check` (a real TLS handshake to ourselves) with the CA bundle the apiserver is
+/// given, again after every certificate change, every 10 s while it passes and every 500 ms
+/// while it fails. If the certificate source stops, the timer alone drives the checks.
+async fn readiness_loop<C, F>(
+    mut published: watch::Receiver<Option<Published>>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+    mut check: C,
+) where
+    C: FnMut(String) -> F,
+    F: Future<Output = bool>,
+{
+    let mut source_alive = true;
+    loop {
         let ca = published.borrow().as_ref().map(|p| p.ca_bundle.clone());
         let ok = match ca {
-            Some(ca) if !ca.is_empty() => {
-                match crate::server::self_handshake(addr, &server_name, &ca).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "readiness self-check failed");
-                        false
-                    }
-                }
-            }
+            Some(ca) if !ca.is_empty() => check(ca).await,
             // Certificates from files without a CA: the loaded certificate is all we can check.
             Some(_) => true,
             None => false,
@@ -879,7 +1117,15 @@ async fn readiness_loop(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = published.changed() => {}
+            changed = published.changed(), if source_alive => {
+                if changed.is_err() {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    source_alive = false;
+                    tracing::error!("the certificate task stopped; certificates are no longer renewed");
+                }
+            }
             _ = cancel.cancelled() => return,
         }
     }
@@ -1070,5 +1316,52 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate task that is gone must not make the readiness loop spin: it keeps
+    /// checking on its timer (500 ms while failing), no faster.
+    #[tokio::test(start_paused = true)]
+    async fn readiness_waits_when_the_certificate_task_is_gone() {
+        let (tx, rx) = watch::channel(Some(Published {
+            ca_bundle: "CA".into(),
+            serving_chain: "CHAIN".into(),
+        }));
+        drop(tx);
+        let cancel = CancellationToken::new();
+        let checks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let check = {
+            let (checks, cancel) = (checks.clone(), cancel.clone());
+            move |_ca: String| {
+                let mut c = checks.lock().unwrap();
+                c.push(tokio::time::Instant::now());
+                if c.len() == 5 {
+                    cancel.cancel();
+                }
+                async { false }
+            }
+        };
+        let health = Arc::new(Health::new(false));
+        tokio::time::timeout(
+            Duration::from_secs(3600),
+            readiness_loop(rx, health.clone(), cancel, check),
+        )
+        .await
+        .expect("the loop stops when cancelled");
+        let checks = checks.lock().unwrap();
+        assert_eq!(checks.len(), 5);
+        // The first check, one more at once on noticing the source is gone, then the timer.
+        for pair in checks[1..].windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(500),
+                "checks {:?} apart",
+                pair[1] - pair[0]
+            );
+        }
+        assert!(health.readiness().is_err());
     }
 }

@@ -95,6 +95,7 @@ pub struct Metrics {
     config_repairs: AtomicU64,
     watch_restarts: AtomicU64,
     connections: Arc<crate::server::ConnectionStats>,
+    client_certs: Option<Arc<crate::tls::ClientCertStats>>,
     sources: Vec<crate::manager::MetricSource>,
 }
 
@@ -121,8 +122,15 @@ impl Metrics {
             config_repairs: AtomicU64::new(0),
             watch_restarts: AtomicU64::new(0),
             connections: Arc::default(),
+            client_certs: None,
             sources: Vec::new(),
         }
+    }
+
+    /// Also render the verdicts on client certificates (when a client CA is configured).
+    pub fn with_client_certs(mut self, stats: Arc<crate::tls::ClientCertStats>) -> Self {
+        self.client_certs = Some(stats);
+        self
     }
 
     /// Also render these extra sources (extensions' own metrics) on `/metrics`.
@@ -264,6 +272,14 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        if let Some(c) = &self.client_certs {
+            let _ = writeln!(
+                out,
+                "# HELP eirinix_client_certificates_total Client certificates presented on the webhook port, by verdict of the client CA.\n# TYPE eirinix_client_certificates_total counter\neirinix_client_certificates_total{{result=\"verified\"}} {}\neirinix_client_certificates_total{{result=\"rejected\"}} {}",
+                c.verified(),
+                c.rejected()
             );
         }
         // The extensions' own metrics.

@@ -170,7 +170,7 @@ pub struct Settings {
     pub cert_check_interval: Duration,
     /// Largest accepted request body (413 above).
     pub body_limit: usize,
-    /// Time allowed to read a request (headers and body).
+    /// Time allowed to read and answer a request (raised to the largest webhook timeout).
     pub request_timeout: Duration,
     /// Serve HTTP/2 too (off by default: Rapid Reset).
     pub http2: bool,
@@ -192,6 +192,11 @@ pub struct Settings {
     /// PEM CA bundle file: when set, every client of the webhook port must present a
     /// certificate chaining to it (the apiserver's, from its admission kubeconfig). Default: none.
     pub client_ca: Option<PathBuf>,
+    /// PEM file with the apiserver's admission client certificate (public part, the one its
+    /// admission kubeconfig names; intermediates after it): checked against `client_ca` at
+    /// start (refused if it does not verify) and while running (not ready once it no longer
+    /// does). Needs `client_ca`. Default: none (a wrong CA then shows only in the metrics).
+    pub apiserver_client_cert: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -229,6 +234,7 @@ impl Default for Settings {
             admin_port: None,
             webhook_token_auth: false,
             client_ca: None,
+            apiserver_client_cert: None,
         }
     }
 }

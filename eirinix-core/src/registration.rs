@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::ObjectMeta;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::extension::WebhookOverrides;
 use crate::metrics::Metrics;
@@ -214,27 +214,140 @@ pub fn desired_configuration(
     }
 }
 
-/// Whether every field set in `desired` has the same value in `live` (fields set only in live are ignored).
-pub fn is_subset(desired: &Value, live: &Value) -> bool {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d
-            .iter()
-            .all(|(k, dv)| dv.is_null() || l.get(k).is_some_and(|lv| is_subset(dv, lv))),
-        (Value::Array(d), Value::Array(l)) => {
-            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
+/// Fill in what the apiserver defaults in a stored `MutatingWebhook` (admissionregistration/v1
+/// `SetDefaults_MutatingWebhook`, `SetDefaults_Rule`, `SetDefaults_ServiceReference`), so an
+/// entry as eirinix writes it and as the apiserver returns it compare equal.
+fn with_defaults(entry: &mut Value) {
+    let Some(e) = entry.as_object_mut() else {
+        return;
+    };
+    let unset = |e: &serde_json::Map<String, Value>, k: &str| e.get(k).is_none_or(Value::is_null);
+    for (key, default) in [
+        ("failurePolicy", json!("Fail")),
+        ("matchPolicy", json!("Equivalent")),
+        ("namespaceSelector", json!({})),
+        ("objectSelector", json!({})),
+        ("timeoutSeconds", json!(10)),
+        ("reinvocationPolicy", json!("Never")),
+    ] {
+        if unset(e, key) {
+            e.insert(key.to_owned(), default);
         }
-        _ => desired == live,
+    }
+    if let Some(rules) = e.get_mut("rules").and_then(Value::as_array_mut) {
+        for rule in rules.iter_mut().filter_map(Value::as_object_mut) {
+            if unset(rule, "scope") {
+                rule.insert("scope".to_owned(), json!("*"));
+            }
+        }
+    }
+    if let Some(service) = e
+        .get_mut("clientConfig")
+        .and_then(|c| c.get_mut("service"))
+        .and_then(Value::as_object_mut)
+        && unset(service, "port")
+    {
+        service.insert("port".to_owned(), json!(443));
     }
 }
 
-/// Whether `live` differs from `desired` in any field eirinix sets.
+/// `v` without nulls, empty objects and empty arrays (the apiserver omits them when it stores an
+/// object; an empty selector and no selector select the same); `None` if nothing is left.
+fn prune(v: Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::Object(map) => {
+            let map: serde_json::Map<String, Value> = map
+                .into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect();
+            (!map.is_empty()).then_some(Value::Object(map))
+        }
+        Value::Array(items) => {
+            let items: Vec<Value> = items
+                .into_iter()
+                // Positions matter in a list: an element that prunes to nothing stays, as `{}`.
+                .map(|v| prune(v).unwrap_or_else(|| json!({})))
+                .collect();
+            (!items.is_empty()).then_some(Value::Array(items))
+        }
+        other => Some(other),
+    }
+}
+
+/// A webhook entry in the form two equivalent entries share: apiserver defaults filled in,
+/// empty values dropped.
+fn canonical(entry: &MutatingWebhook) -> Value {
+    let mut v = serde_json::to_value(entry).unwrap_or(Value::Null);
+    with_defaults(&mut v);
+    prune(v).unwrap_or(Value::Null)
+}
+
+/// The top-level fields in which two canonical entries differ.
+fn differing_fields(want: &Value, have: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (w, h) = (
+        want.as_object().unwrap_or(&empty),
+        have.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = w.keys().chain(h.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| w.get(*k) != h.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Entries written by eirinix whose stored form differs from [`canonical`] only through
+/// defaults this version does not know (a newer apiserver): per entry name, the canonical form
+/// written and the one stored, learned from the apiserver's answer to eirinix's own write.
+type Learned = std::collections::HashMap<String, (Value, Value)>;
+
+/// How each webhook entry of `desired` differs in `live`: `"<name>: missing"` or
+/// `"<name>: <field>, <field>"`. Entries of other names in `live` are not eirinix's and ignored.
+fn differences_with(
+    desired: &MutatingWebhookConfiguration,
+    live: &MutatingWebhookConfiguration,
+    learned: &Learned,
+) -> Vec<String> {
+    let have = live.webhooks.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    for want in desired.webhooks.as_deref().unwrap_or_default() {
+        let Some(entry) = have.iter().find(|h| h.name == want.name) else {
+            out.push(format!("{}: missing", want.name));
+            continue;
+        };
+        let (w, h) = (canonical(want), canonical(entry));
+        if w == h || learned.get(&want.name) == Some(&(w.clone(), h.clone())) {
+            continue;
+        }
+        out.push(format!(
+            "{}: {}",
+            want.name,
+            differing_fields(&w, &h).join(", ")
+        ));
+    }
+    out
+}
+
+/// How the webhook entries eirinix owns (those named in `desired`) differ in `live`, entry by
+/// entry and field by field (every field counts, including ones eirinix leaves unset, such as
+/// `matchConditions` or an `objectSelector` added by someone else); empty when they match.
+pub fn differences(
+    desired: &MutatingWebhookConfiguration,
+    live: &MutatingWebhookConfiguration,
+) -> Vec<String> {
+    differences_with(desired, live, &Learned::new())
+}
+
+/// Whether any webhook entry of `desired` is missing from `live` or differs from it in any
+/// field once the apiserver's defaults are taken into account.
 pub fn drifted(
     desired: &MutatingWebhookConfiguration,
     live: &MutatingWebhookConfiguration,
 ) -> bool {
-    let d = serde_json::to_value(&desired.webhooks).unwrap_or(Value::Null);
-    let l = serde_json::to_value(&live.webhooks).unwrap_or(Value::Null);
-    !is_subset(&d, &l)
+    !differences(desired, live).is_empty()
 }
 
 /// `host` and `port` of an `https://host:port/path` webhook URL (IPv6 hosts without brackets).
@@ -280,13 +393,52 @@ pub fn other_replica(
     (!drifted(&pointed, live)).then_some(other).flatten()
 }
 
-/// Writes and repairs the configuration with server-side apply under one field manager.
+/// A JSON patch turning the webhook entries of `live` named in `want` into the wanted ones and
+/// adding those it lacks. It carries `live`'s resourceVersion, so the apiserver refuses it
+/// (409) if the configuration changed since it was read; `test`s pin the positions.
+fn owned_entries_patch(
+    want: &[MutatingWebhook],
+    live: &MutatingWebhookConfiguration,
+) -> json_patch::Patch {
+    let have = live.webhooks.as_deref().unwrap_or_default();
+    let mut ops = vec![json!({
+        "op": "replace",
+        "path": "/metadata/resourceVersion",
+        "value": live.metadata.resource_version,
+    })];
+    if live.webhooks.is_none() {
+        ops.push(json!({"op": "add", "path": "/webhooks", "value": []}));
+    }
+    for (i, entry) in have.iter().enumerate() {
+        if let Some(w) = want.iter().find(|w| w.name == entry.name) {
+            ops.push(
+                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": entry.name}),
+            );
+            ops.push(json!({"op": "replace", "path": format!("/webhooks/{i}"), "value": w}));
+        }
+    }
+    for w in want
+        .iter()
+        .filter(|w| !have.iter().any(|h| h.name == w.name))
+    {
+        ops.push(json!({"op": "add", "path": "/webhooks/-", "value": w}));
+    }
+    serde_json::from_value(Value::Array(ops)).unwrap_or_else(|_| json_patch::Patch(Vec::new()))
+}
+
+/// Writes and repairs the configuration with server-side apply under one field manager, and
+/// replaces the entries it owns wholesale when apply alone cannot restore them (server-side
+/// apply keeps fields other managers added, such as a `matchCondition`).
 #[derive(Clone)]
 pub struct Registrar {
     api: Api<MutatingWebhookConfiguration>,
     field_manager: String,
     metrics: Option<Arc<Metrics>>,
+    learned: Arc<std::sync::Mutex<Learned>>,
 }
+
+/// Attempts at replacing the owned entries when someone else writes the configuration meanwhile.
+const REPLACE_ATTEMPTS: usize = 3;
 
 impl Registrar {
     /// A registrar applying as `field_manager`.
@@ -295,6 +447,7 @@ impl Registrar {
             api: Api::all(client),
             field_manager: field_manager.into(),
             metrics: None,
+            learned: Arc::default(),
         }
     }
 
@@ -311,18 +464,92 @@ impl Registrar {
         }
     }
 
-    /// Apply `desired` (create or update in place, taking ownership of our fields).
+    fn differences(
+        &self,
+        desired: &MutatingWebhookConfiguration,
+        live: &MutatingWebhookConfiguration,
+    ) -> Vec<String> {
+        let learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        differences_with(desired, live, &learned)
+    }
+
+    /// Apply `desired` (create or update in place, taking ownership of our fields); if the
+    /// result still differs in the entries eirinix owns (fields of other managers that apply
+    /// leaves in place), replace those entries as a whole.
     pub async fn apply(
         &self,
         desired: &MutatingWebhookConfiguration,
     ) -> Result<(), RegistrationError> {
         let name = desired.metadata.name.clone().unwrap_or_default();
         let params = PatchParams::apply(&self.field_manager).force();
-        self.api
+        let live = self
+            .api
             .patch(&name, &params, &Patch::Apply(desired))
             .await
             .map_err(|e| Self::err(&name, e))?;
+        if !self.differences(desired, &live).is_empty() {
+            self.replace_owned(desired, live).await?;
+        }
         Ok(())
+    }
+
+    /// Replace the entries of `live` named in `desired` by the desired ones (others' entries
+    /// stay where they are) with one JSON patch (the `patch` verb, which a register Job has),
+    /// guarded by `live`'s resourceVersion; re-read and retry on conflict.
+    async fn replace_owned(
+        &self,
+        desired: &MutatingWebhookConfiguration,
+        mut live: MutatingWebhookConfiguration,
+    ) -> Result<(), RegistrationError> {
+        let name = desired.metadata.name.clone().unwrap_or_default();
+        let want = desired.webhooks.as_deref().unwrap_or_default();
+        let params = PatchParams {
+            field_manager: Some(self.field_manager.clone()),
+            ..Default::default()
+        };
+        for attempt in 1..=REPLACE_ATTEMPTS {
+            let patch = owned_entries_patch(want, &live);
+            match self
+                .api
+                .patch(&name, &params, &Patch::<()>::Json(patch))
+                .await
+            {
+                Ok(stored) => {
+                    self.learn(desired, &stored);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 && attempt < REPLACE_ATTEMPTS => {
+                    live = self.api.get(&name).await.map_err(|e| Self::err(&name, e))?;
+                    if self.differences(desired, &live).is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(Self::err(&name, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After eirinix's own write of the owned entries: an entry stored differently from what
+    /// was written differs only by apiserver defaults this version does not know. Remember it,
+    /// so it is not mistaken for drift and rewritten at every check.
+    fn learn(&self, desired: &MutatingWebhookConfiguration, stored: &MutatingWebhookConfiguration) {
+        let have = stored.webhooks.as_deref().unwrap_or_default();
+        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        for want in desired.webhooks.as_deref().unwrap_or_default() {
+            let Some(entry) = have.iter().find(|h| h.name == want.name) else {
+                continue;
+            };
+            let (w, h) = (canonical(want), canonical(entry));
+            if w != h {
+                tracing::warn!(
+                    webhook = %want.name,
+                    fields = %differing_fields(&w, &h).join(", "),
+                    "the apiserver stores this webhook entry with values eirinix did not write; taken as defaults of this apiserver"
+                );
+                learned.insert(want.name.clone(), (w, h));
+            }
+        }
     }
 
     /// Compare the live configuration with `desired` and re-apply if it is missing or drifted; true if repaired.
@@ -350,16 +577,18 @@ impl Registrar {
             .get_opt(&name)
             .await
             .map_err(|e| Self::err(&name, e))?;
-        let reason = match live {
-            None => Some("missing"),
-            Some(live) if drifted(desired, &live) => (!keep(live).await).then_some("drifted"),
-            Some(_) => None,
-        };
-        let Some(reason) = reason else {
-            return Ok(false);
+        let (reason, differences) = match live {
+            None => ("missing", Vec::new()),
+            Some(live) => {
+                let differences = self.differences(desired, &live);
+                if differences.is_empty() || keep(live).await {
+                    return Ok(false);
+                }
+                ("drifted", differences)
+            }
         };
         self.apply(desired).await?;
-        tracing::warn!(configuration = %name, reason, "webhook configuration repaired");
+        tracing::warn!(configuration = %name, reason, ?differences, "webhook configuration repaired");
         if let Some(m) = &self.metrics {
             m.config_repaired();
         }

@@ -244,6 +244,8 @@ pub struct Rotator {
     gate: Option<PromotionGate>,
     /// The bundle served last: restores a deleted Secret in split mode.
     last: std::sync::Mutex<Option<CertBundle>>,
+    /// Split mode: restore a deleted Secret from `last` instead of making a new CA.
+    restore_deleted: bool,
     /// CAs the configuration trusts already: kept as the previous CA of a fresh bundle.
     previously_trusted: Option<String>,
 }
@@ -274,8 +276,18 @@ impl Rotator {
             may_write,
             gate: None,
             last: std::sync::Mutex::new(None),
+            restore_deleted: false,
             previously_trusted: None,
         }
+    }
+
+    /// Split mode: restore a deleted Secret from the certificates this replica serves (a new
+    /// CA would be trusted only after the next `register`). Otherwise (the default, a server
+    /// that registers) a deleted Secret is replaced by a new CA, which is how a suspected key
+    /// compromise is answered.
+    pub fn restore_deleted_secret(mut self, restore: bool) -> Self {
+        self.restore_deleted = restore;
+        self
     }
 
     /// When this rotator has to create the Secret from scratch, keep `ca_bundle_pem` (what the
@@ -316,7 +328,7 @@ impl Rotator {
                 None if self.may_write => {
                     // Split mode: a fresh CA would be trusted only after the next `register`, so
                     // a deleted Secret is restored from what this replica serves.
-                    let restored = if self.gate.is_some() {
+                    let restored = if self.restore_deleted {
                         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
                     } else {
                         None

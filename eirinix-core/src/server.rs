@@ -36,6 +36,7 @@ pub struct Health {
     handshake_ok: AtomicBool,
     configuration_ok: AtomicBool,
     shutting_down: AtomicBool,
+    client_ca_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -46,6 +47,7 @@ impl Health {
             handshake_ok: AtomicBool::new(false),
             configuration_ok: AtomicBool::new(!registering),
             shutting_down: AtomicBool::new(false),
+            client_ca_problem: std::sync::Mutex::new(None),
         }
     }
 
@@ -62,6 +64,14 @@ impl Health {
     /// The registered configuration carries our current CA.
     pub fn set_configuration_ok(&self, v: bool) {
         self.configuration_ok.store(v, Ordering::Relaxed);
+    }
+
+    /// Why the client CA cannot verify the apiserver's client certificate now, if it cannot.
+    pub fn set_client_ca_problem(&self, problem: Option<String>) {
+        *self
+            .client_ca_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     /// Shutdown started: report not ready so load balancers drain us.
@@ -84,6 +94,13 @@ impl Health {
         if self.shutting_down.load(Ordering::Relaxed) {
             why.push("shutting down");
         }
+        let client_ca = self
+            .client_ca_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut why: Vec<String> = why.into_iter().map(str::to_owned).collect();
+        why.extend(client_ca);
         if why.is_empty() {
             Ok(())
         } else {
@@ -109,11 +126,20 @@ pub fn extension_path(name: &str) -> String {
     format!("/{name}")
 }
 
-async fn review(state: Arc<AppState>, index: usize, body: Bytes) -> Response {
+async fn review(
+    state: Arc<AppState>,
+    index: usize,
+    query: Option<String>,
+    body: Bytes,
+) -> Response {
     let Some(handler) = state.handlers.get(index) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    match handler.handle_body(&state.ctx, &state.metrics, &body).await {
+    let caller_timeout = crate::admission::caller_timeout(query.as_deref());
+    match handler
+        .handle_body_within(&state.ctx, &state.metrics, &body, caller_timeout)
+        .await
+    {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => {
             tracing::info!(error = %e, extension = handler.name(), "bad admission request");
@@ -147,7 +173,8 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The full router: one POST path per extension plus the admin routes.
+/// The full router: one POST path per extension plus the admin routes. `request_timeout`
+/// bounds reading and answering a request: keep it above the largest webhook timeout.
 pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration) -> Router {
     let mut webhooks = Router::new();
     for (index, handler) in state.handlers.iter().enumerate() {
@@ -155,7 +182,9 @@ pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration
         let st = state.clone();
         webhooks = webhooks.route(
             &path,
-            post(move |body: Bytes| review(st.clone(), index, body)),
+            post(move |uri: axum::http::Uri, body: Bytes| {
+                review(st.clone(), index, uri.query().map(str::to_owned), body)
+            }),
         );
     }
     webhooks

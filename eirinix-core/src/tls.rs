@@ -6,10 +6,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use rustls::ServerConfig;
-use rustls::server::danger::ClientCertVerifier;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 /// The process-wide crypto provider (ring): every rustls config is built with it explicitly.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -96,6 +100,115 @@ pub enum ClientCaError {
         /// Where the PEM came from (a path, or `PEM`).
         origin: String,
     },
+    /// No CA certificate of the bundle is valid now: every client would be refused.
+    #[error("client CA {origin}: no certificate in it is valid now (valid {windows})")]
+    NotValid {
+        /// Where the PEM came from.
+        origin: String,
+        /// The validity windows of its certificates.
+        windows: String,
+    },
+    /// The apiserver's client certificate given to check the CA against is not accepted by it.
+    #[error(
+        "client CA {ca} does not accept the apiserver's client certificate {certificate}: {reason}"
+    )]
+    Rejects {
+        /// Where the CA came from.
+        ca: String,
+        /// Where the client certificate came from.
+        certificate: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Client certificates presented on the webhook port and checked against the client CA: a
+/// count of rejections with no verification is the sign of a client CA that does not match the
+/// apiserver's certificate (`eirinix_client_certificates_total`).
+#[derive(Debug, Default)]
+pub struct ClientCertStats {
+    verified: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl ClientCertStats {
+    /// Client certificates that chained to the client CA.
+    pub fn verified(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    /// Client certificates that did not.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+}
+
+/// The webpki verifier, counting its verdicts on presented certificates.
+#[derive(Debug)]
+struct CountingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    stats: Arc<ClientCertStats>,
+}
+
+impl ClientCertVerifier for CountingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
+        let counter = if verdict.is_ok() {
+            &self.stats.verified
+        } else {
+            &self.stats.rejected
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Validity window of a DER certificate, in Unix seconds.
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// The CA bundle that client certificates must chain to (the apiserver's admission client
@@ -104,13 +217,18 @@ pub enum ClientCaError {
 #[derive(Clone)]
 pub struct ClientCa {
     verifier: Arc<dyn ClientCertVerifier>,
-    anchors: usize,
+    plain: Arc<dyn ClientCertVerifier>,
+    stats: Arc<ClientCertStats>,
+    /// Validity windows of the CA certificates (Unix seconds).
+    windows: Vec<(i64, i64)>,
+    origin: String,
 }
 
 impl fmt::Debug for ClientCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCa")
-            .field("anchors", &self.anchors)
+            .field("anchors", &self.windows.len())
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
@@ -136,31 +254,119 @@ impl ClientCa {
             reason,
         };
         let mut roots = rustls::RootCertStore::empty();
+        let mut windows = Vec::new();
         for block in pem::parse_many(pem).map_err(|e| invalid(e.to_string()))? {
             if block.tag() != "CERTIFICATE" {
                 continue;
             }
+            let der = block.into_contents();
+            let window = validity(&der)
+                .ok_or_else(|| invalid("a certificate does not parse as X.509".into()))?;
             roots
-                .add(rustls::pki_types::CertificateDer::from(
-                    block.into_contents(),
-                ))
+                .add(CertificateDer::from(der))
                 .map_err(|e| invalid(e.to_string()))?;
+            windows.push(window);
         }
         if roots.is_empty() {
             return Err(ClientCaError::Empty {
                 origin: origin.to_owned(),
             });
         }
-        let anchors = roots.len();
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        let plain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Self { verifier, anchors })
+        let stats = Arc::new(ClientCertStats::default());
+        let verifier = Arc::new(CountingVerifier {
+            inner: plain.clone(),
+            stats: stats.clone(),
+        });
+        Ok(Self {
+            verifier,
+            plain,
+            stats,
+            windows,
+            origin: origin.to_owned(),
+        })
     }
 
     /// How many CA certificates are trusted.
     pub fn anchors(&self) -> usize {
-        self.anchors
+        self.windows.len()
+    }
+
+    /// Verdicts on the client certificates presented on the webhook port so far.
+    pub fn stats(&self) -> &Arc<ClientCertStats> {
+        &self.stats
+    }
+
+    /// `Err` when no CA certificate of the bundle is valid at `now` (Unix seconds): every
+    /// client certificate would be refused.
+    pub fn check_validity(&self, now: i64) -> Result<(), ClientCaError> {
+        if self
+            .windows
+            .iter()
+            .any(|(from, to)| *from <= now && now <= *to)
+        {
+            return Ok(());
+        }
+        let fmt = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| t.to_string())
+        };
+        Err(ClientCaError::NotValid {
+            origin: self.origin.clone(),
+            windows: self
+                .windows
+                .iter()
+                .map(|(from, to)| format!("{} to {}", fmt(*from), fmt(*to)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// `Ok` when the client certificate in `chain_pem` (leaf first, then intermediates; PEM
+    /// from `origin`) would be accepted at `now`: chains to this CA, clientAuth usage, valid.
+    pub fn verify_client_pem(
+        &self,
+        chain_pem: &str,
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<(), ClientCaError> {
+        let rejects = |reason: String| ClientCaError::Rejects {
+            ca: self.origin.clone(),
+            certificate: origin.to_owned(),
+            reason,
+        };
+        let chain: Vec<CertificateDer<'static>> = pem::parse_many(chain_pem)
+            .map_err(|e| rejects(e.to_string()))?
+            .into_iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .map(|b| CertificateDer::from(b.into_contents()))
+            .collect();
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(rejects("no CERTIFICATE block".into()));
+        };
+        self.plain
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+            .map_err(|e| rejects(e.to_string()))
+    }
+
+    /// The validity boundaries (Unix seconds) of the CA certificates and of the certificates
+    /// in `chain_pem`: when a check of them can change its verdict.
+    pub(crate) fn boundaries(&self, chain_pem: Option<&str>) -> Vec<i64> {
+        let chain = chain_pem
+            .and_then(|p| pem::parse_many(p).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| validity(b.contents()));
+        self.windows
+            .iter()
+            .copied()
+            .chain(chain)
+            .flat_map(|(from, to)| [from, to.saturating_add(1)])
+            .collect()
     }
 }
 

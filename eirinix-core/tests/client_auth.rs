@@ -371,3 +371,219 @@ async fn the_manager_refuses_to_start_with_an_unreadable_client_ca() {
         Ok(_) => panic!("the manager started without its client CA"),
     }
 }
+
+/// The PEM of a leaf's certificate chain.
+fn chain_pem(identity: &Identity) -> String {
+    identity
+        .0
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect()
+}
+
+/// A client leaf of `ca` valid from `from` to `to` (seconds from now).
+fn leaf_valid(ca: &TestCa, from: i64, to: i64) -> Identity {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = name("kube-apiserver-admission");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::seconds(from);
+    params.not_after = now + time::Duration::seconds(to);
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
+
+/// A CA valid from `from` to `to` (seconds from now).
+fn ca_valid(cn: &str, from: i64, to: i64) -> TestCa {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = name(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::seconds(from);
+    params.not_after = now + time::Duration::seconds(to);
+    let cert = params.self_signed(&key).unwrap();
+    TestCa {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+#[test]
+fn the_apiservers_client_certificate_is_checked_against_the_client_ca() {
+    let now = rustls::pki_types::UnixTime::now;
+    let apiserver_ca = ca("apiserver-client-ca");
+    let client_ca = ClientCa::from_pem(&apiserver_ca.pem).unwrap();
+    let good = leaf(
+        &apiserver_ca,
+        "kube-apiserver-admission",
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    client_ca
+        .verify_client_pem(&chain_pem(&good), "good.pem", now())
+        .unwrap();
+    let cases = [
+        (
+            "another CA",
+            leaf(&ca("other"), "x", ExtendedKeyUsagePurpose::ClientAuth),
+            "UnknownIssuer",
+        ),
+        (
+            "a server certificate",
+            leaf(&apiserver_ca, "x", ExtendedKeyUsagePurpose::ServerAuth),
+            "",
+        ),
+        (
+            "an expired one",
+            leaf_valid(&apiserver_ca, -7200, -3600),
+            "certificate expired",
+        ),
+        (
+            "a future one",
+            leaf_valid(&apiserver_ca, 3600, 7200),
+            "not valid",
+        ),
+    ];
+    for (what, identity, reason) in cases {
+        let err = client_ca
+            .verify_client_pem(&chain_pem(&identity), "apiserver.pem", now())
+            .expect_err(what);
+        let text = err.to_string();
+        println!("{what}: {text}");
+        assert!(
+            matches!(err, ClientCaError::Rejects { .. }),
+            "{what}: {err:?}"
+        );
+        assert!(
+            text.contains("does not accept the apiserver's client certificate apiserver.pem")
+                && text.contains(reason),
+            "{what}: {text}"
+        );
+    }
+    // Checking is not counted as a client of the webhook port.
+    assert_eq!(
+        client_ca.stats().verified() + client_ca.stats().rejected(),
+        0
+    );
+
+    // A CA bundle none of whose certificates is valid now verifies nobody.
+    let secs = |t: rustls::pki_types::UnixTime| t.as_secs() as i64;
+    let expired = ClientCa::from_pem(&ca_valid("old", -7200, -3600).pem).unwrap();
+    let err = expired.check_validity(secs(now())).unwrap_err();
+    assert!(matches!(err, ClientCaError::NotValid { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("no certificate in it is valid now"),
+        "{err}"
+    );
+    let rotating = format!("{}{}", ca_valid("old", -7200, -3600).pem, apiserver_ca.pem);
+    ClientCa::from_pem(&rotating)
+        .unwrap()
+        .check_validity(secs(now()))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn client_certificates_presented_on_the_port_are_counted() {
+    let apiserver_ca = ca("apiserver-client-ca");
+    let client_ca = ClientCa::from_pem(&apiserver_ca.pem).unwrap();
+    let server = start(Some(&client_ca)).await;
+    let good = leaf(&apiserver_ca, "k", ExtendedKeyUsagePurpose::ClientAuth);
+    exchange(&server, Some(good), &rustls::version::TLS13)
+        .await
+        .unwrap();
+    let stranger = leaf(&ca("other"), "k", ExtendedKeyUsagePurpose::ClientAuth);
+    exchange(&server, Some(stranger), &rustls::version::TLS13)
+        .await
+        .unwrap_err();
+    assert_eq!(client_ca.stats().verified(), 1);
+    assert_eq!(client_ca.stats().rejected(), 1);
+    let metrics = Metrics::new(["allow"]).with_client_certs(client_ca.stats().clone());
+    let text = metrics.render();
+    assert!(
+        text.contains("eirinix_client_certificates_total{result=\"verified\"} 1")
+            && text.contains("eirinix_client_certificates_total{result=\"rejected\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_manager_refuses_a_client_ca_that_cannot_verify_the_apiserver() {
+    let config = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let apiserver_ca = ca("apiserver-client-ca");
+    let apiserver_cert = write(
+        "apiserver.pem",
+        &chain_pem(&leaf(
+            &apiserver_ca,
+            "k",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )),
+    );
+    let manager = |ca: &std::path::Path, cert: Option<&std::path::Path>| {
+        let mut b = Manager::builder()
+            .port(0)
+            .bind_address("127.0.0.1".parse().unwrap())
+            .client_ca_file(ca)
+            .extension(Allow);
+        if let Some(cert) = cert {
+            b = b.apiserver_client_cert_file(cert);
+        }
+        b.build().unwrap()
+    };
+    let start_err = |m: Manager| {
+        let client = client.clone();
+        async move {
+            match m.start(client).await {
+                Err(e) => e,
+                Ok(_) => panic!("the manager started"),
+            }
+        }
+    };
+    // Not the CA of the apiserver's certificate.
+    let other = write("other-ca.pem", &ca("someone-else").pem);
+    let err = start_err(manager(&other, Some(&apiserver_cert))).await;
+    println!("{err}");
+    assert!(
+        matches!(&err, ManagerError::ClientCa(ClientCaError::Rejects { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    // A CA that has expired.
+    let expired = write("expired-ca.pem", &ca_valid("old", -7200, -3600).pem);
+    let err = start_err(manager(&expired, None)).await;
+    assert!(
+        matches!(&err, ManagerError::ClientCa(ClientCaError::NotValid { .. })),
+        "{err}"
+    );
+    // The certificate file must be readable.
+    let err = start_err(manager(
+        &write("ca.pem", &apiserver_ca.pem),
+        Some(std::path::Path::new("/nonexistent/apiserver.pem")),
+    ))
+    .await;
+    assert!(
+        err.to_string().contains("/nonexistent/apiserver.pem"),
+        "{err}"
+    );
+    // A certificate to check needs a CA to check it against.
+    let err = Manager::builder()
+        .apiserver_client_cert_file(&apiserver_cert)
+        .extension(Allow)
+        .build()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("client CA"), "{err}");
+}

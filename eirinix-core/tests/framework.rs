@@ -9,7 +9,7 @@ use eirinix_core::admission::{ExtensionHandler, ReviewError, decode};
 use eirinix_core::metrics::{Metrics, Outcome};
 use eirinix_core::options::Endpoint;
 use eirinix_core::registration::{
-    WebhookSpec, desired_configuration, drifted, other_replica, url_authority,
+    WebhookSpec, desired_configuration, differences, drifted, other_replica, url_authority,
 };
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Manager, Mutation, PodPatch,
@@ -575,6 +575,70 @@ fn drift_detection_ignores_server_defaults_but_sees_edits() {
     stale.webhooks.as_mut().unwrap()[0].client_config.ca_bundle =
         Some(k8s_openapi::ByteString(b"OLD".to_vec()));
     assert!(drifted(&desired, &stale));
+
+    // What the apiserver fills in or drops is not drift; anything added to an entry is.
+    let plain = |mut s: Settings| {
+        s.filter_eirini_apps = false;
+        s
+    };
+    let desired = desired_configuration(&plain(s.clone()), &hooks, b"PEM", 2999);
+    assert!(
+        desired.webhooks.as_ref().unwrap()[0]
+            .object_selector
+            .is_none()
+    );
+    let mut stored = serde_json::to_value(&desired).unwrap();
+    let hook = &mut stored["webhooks"][0];
+    hook["objectSelector"] = json!({});
+    hook["matchConditions"] = json!([]);
+    hook["rules"][0]["scope"] = json!("*");
+    hook["clientConfig"]["service"]["port"] = json!(443);
+    let mut expected = desired.clone();
+    expected.webhooks.as_mut().unwrap()[0]
+        .rules
+        .as_mut()
+        .unwrap()[0]
+        .scope = None;
+    expected.webhooks.as_mut().unwrap()[0]
+        .client_config
+        .service
+        .as_mut()
+        .unwrap()
+        .port = None;
+    let stored: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(stored).unwrap();
+    assert!(
+        !drifted(&expected, &stored),
+        "{:?}",
+        differences(&expected, &stored)
+    );
+    for (field, value) in [
+        (
+            "matchConditions",
+            json!([{"name": "x", "expression": "false"}]),
+        ),
+        ("objectSelector", json!({"matchLabels": {"a": "b"}})),
+    ] {
+        let mut edited = serde_json::to_value(&desired).unwrap();
+        edited["webhooks"][0][field] = value;
+        let edited = serde_json::from_value(edited).unwrap();
+        assert_eq!(
+            differences(&desired, &edited),
+            vec![format!("persi.eirini-x.org: {field}")]
+        );
+    }
+    let mut gone = desired.clone();
+    gone.webhooks = Some(Vec::new());
+    assert_eq!(
+        differences(&desired, &gone),
+        vec!["persi.eirini-x.org: missing".to_owned()]
+    );
+    // Entries of other names are not eirinix's.
+    let mut extra = desired.clone();
+    let mut other = extra.webhooks.as_ref().unwrap()[0].clone();
+    other.name = "someone.else.org".into();
+    extra.webhooks.as_mut().unwrap().push(other);
+    assert!(!drifted(&desired, &extra));
 }
 
 #[test]
@@ -605,4 +669,42 @@ fn builder_rejects_bad_configuration_up_front() {
     );
     assert!(err(Manager::builder().extension(Sticky).url_mode("")).contains("needs a host"));
     assert!(Manager::builder().extension(Sticky).build().is_ok());
+}
+
+#[tokio::test]
+async fn registering_a_url_with_port_0_is_refused_before_touching_the_cluster() {
+    // Nothing listens at this address: the refusal comes first.
+    let client =
+        kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    let manager = Manager::builder()
+        .url_mode("127.0.0.1")
+        .port(0)
+        .extension(Sticky)
+        .build()
+        .unwrap();
+    let err = manager.register(client.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, eirinix_core::manager::ManagerError::NoPortToRegister),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--port"), "{err}");
+    // Service mode registers the Service's port: the server's may be anything.
+    let service = Manager::builder()
+        .service("eirinix", "eirinix-system", 443)
+        .port(0)
+        .extension(Sticky)
+        .build()
+        .unwrap();
+    assert_eq!(service.registration_port().unwrap(), 443);
+    assert_eq!(
+        Manager::builder()
+            .url_mode("127.0.0.1")
+            .port(4443)
+            .extension(Sticky)
+            .build()
+            .unwrap()
+            .registration_port()
+            .unwrap(),
+        4443
+    );
 }

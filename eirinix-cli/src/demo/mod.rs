@@ -15,6 +15,14 @@ use crate::stock::{self, StockArgs};
 
 /// Run the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.cluster
+            || args
+                .webhook_host
+                .as_deref()
+                .is_some_and(|h| !h.trim().is_empty()),
+        "--cluster needs --webhook-host: the host name or IP address at which that cluster's apiserver reaches this machine (the local demo registers 127.0.0.1, which a remote apiserver would dial on its own host)"
+    );
     if args.apiserver_only || args.cluster {
         plane::run(args).await
     } else {
@@ -154,5 +162,6 @@ pub(crate) fn common_args(apps: &str, system: &str, fingerprint: &str) -> crate:
         admin_port: None,
         http2: false,
         client_ca_file: None,
+        apiserver_client_cert_file: None,
     }
 }

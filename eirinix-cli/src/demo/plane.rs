@@ -3,6 +3,7 @@
 //! lines come from a fake kubelet).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -76,9 +77,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("   system namespace {system}, app namespace {apps}");
 
-    step("starting eirinix with every stock extension (URL mode, https://127.0.0.1:<port>)");
     let fingerprint = unique_name("demo");
-    let common = super::common_args(&apps, &system, &fingerprint);
+    let mut common = super::common_args(&apps, &system, &fingerprint);
+    if let Some(host) = args.webhook_host.as_deref().filter(|_| args.cluster) {
+        // The apiserver is elsewhere: it dials this host; listen wherever that arrives.
+        let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+        common.bind_address = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        common.host = Some(host.to_owned());
+        common.port = args.webhook_port;
+    }
+    step(&format!(
+        "starting eirinix with every stock extension (URL mode, https://{}:{})",
+        common.host.as_deref().unwrap_or("127.0.0.1"),
+        if common.port == 0 {
+            "<port>".to_owned()
+        } else {
+            common.port.to_string()
+        }
+    ));
     let stock_args = StockArgs {
         persi_fs_group: 2000,
         rootfs_version: Some("v2.0".into()),

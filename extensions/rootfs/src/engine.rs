@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use eirinix_core::leader::{LeaseLock, Led, default_identity, lead_once};
+
 use crate::error::RootfsError;
 use crate::execute::{EventType, Executor, RollOutcome};
 use crate::gate::{self, GateStatus};
@@ -57,6 +59,11 @@ pub struct RollReport {
     pub gate: Option<GateStatus>,
     /// The one-shot deadline passed before everything settled.
     pub deadline_exceeded: bool,
+    /// One-shot: the Lease of the servers' roller could not be used (no permission), so this
+    /// roll ran beside it and `maxInFlight` may have been exceeded.
+    pub uncoordinated: bool,
+    /// One-shot: the Lease was lost during the roll, which was stopped.
+    pub lease_lost: bool,
 }
 
 impl RollReport {
@@ -65,6 +72,7 @@ impl RollReport {
         self.failed.is_empty()
             && self.timed_out.is_empty()
             && !self.deadline_exceeded
+            && !self.lease_lost
             && (self.dry_run || self.gate.as_ref().is_none_or(|g| g.open))
     }
 }
@@ -89,6 +97,15 @@ impl fmt::Display for RollReport {
                 ""
             }
         )?;
+        if self.uncoordinated {
+            writeln!(
+                f,
+                "warning: rolled without the Lease of the servers' roller (no permission on it): both may have rolled at once"
+            )?;
+        }
+        if self.lease_lost {
+            writeln!(f, "the Lease was lost during the roll; stopped")?;
+        }
         if let Some(g) = &self.gate {
             writeln!(
                 f,
@@ -497,12 +514,43 @@ pub async fn roll_once_with_state(
     client: kube::Client,
 ) -> Result<RollReport, RootfsError> {
     state.load_config_map(&client).await?;
-    let deadline = Instant::now() + state.options().once_deadline;
-    drive(
-        state,
-        client,
-        CancellationToken::new(),
-        Mode::Once { deadline },
-    )
-    .await
+    let opts = state.options().clone();
+    let deadline = Instant::now() + opts.once_deadline;
+    let once = |cancel| {
+        drive(
+            state.clone(),
+            client.clone(),
+            cancel,
+            Mode::Once { deadline },
+        )
+    };
+    // A dry run changes nothing: no need to stop the servers' roller for it.
+    let Some(lease) = opts.leader_lease.filter(|_| !opts.dry_run) else {
+        return once(CancellationToken::new()).await;
+    };
+    let identity = opts
+        .reporter_instance
+        .clone()
+        .unwrap_or_else(default_identity);
+    let lock = LeaseLock::new(client.clone(), &lease.namespace, &lease.name, identity)
+        .lease_duration(opts.lease_duration);
+    match lead_once(lock, opts.once_deadline, once).await {
+        Ok(Led::Done(report)) => report,
+        Ok(Led::Lost(report)) => {
+            let mut report = report.transpose()?.unwrap_or_default();
+            report.lease_lost = true;
+            Ok(report)
+        }
+        Ok(Led::NotAcquired) => Err(RootfsError::Lease(format!(
+            "{}/{}: not acquired within {:?} (the servers' roller did not hand it over)",
+            lease.namespace, lease.name, opts.once_deadline
+        ))),
+        Err(e) if e.is_forbidden() => {
+            tracing::warn!(error = %e, "no permission on the Lease of the servers' roller: rolling without it, both may roll at once (grant get, create and update on it)");
+            let mut report = once(CancellationToken::new()).await?;
+            report.uncoordinated = true;
+            Ok(report)
+        }
+        Err(e) => Err(RootfsError::Lease(e.to_string())),
+    }
 }

@@ -17,6 +17,9 @@ pub enum RootfsError {
     /// A Kubernetes API call failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The Lease shared with the servers' roller could not be taken for a one-shot roll.
+    #[error("rootfs roller Lease {0}")]
+    Lease(String),
     /// The StatefulSet watch did not deliver its first list in time (RBAC? apiserver down?).
     #[error("StatefulSet watch not synced: {0}")]
     NotSynced(String),

@@ -21,8 +21,8 @@ pub mod plan;
 pub mod state;
 pub mod webhook;
 
-use eirinix_core::ManagerBuilder;
-use eirinix_core::leader::{LeaseLock, default_identity, run_while_leader};
+use eirinix_core::leader::Election;
+use eirinix_core::{Context, ManagerBuilder};
 use tokio_util::sync::CancellationToken;
 
 pub use engine::RollReport;
@@ -49,6 +49,11 @@ pub async fn run(
 
 /// One-shot mode for a Helm hook: roll until everything settled or `once_deadline` passes.
 ///
+/// With `leader_lease` set, the roll runs as the holder of that Lease, so the servers' roller
+/// ([`install`]) pauses meanwhile and the two never roll at once (`maxInFlight` holds): a live
+/// holder is asked to hand over, and the Lease is released at the end. Without permission on
+/// the Lease the roll goes ahead uncoordinated ([`RollReport::uncoordinated`], with a warning).
+///
 /// A report that is not [`RollReport::is_clean`] should end the hook with a non-zero exit code.
 /// With `dry_run`, returns after one pass with the plan and changes nothing.
 pub async fn roll_once(
@@ -59,7 +64,9 @@ pub async fn roll_once(
 }
 
 /// Add rootfs to a manager: the webhook and, in background tasks, the ConfigMap, opt-out and
-/// gate watchers (every replica) and the roller (the leader only, when `leader_lease` is set).
+/// gate watchers (every replica) and the roller (the leader only, when `leader_lease` is set:
+/// a [`ManagerBuilder::leader_task`] on that Lease, which a one-shot [`roll_once`] takes over
+/// while it runs).
 ///
 /// Returns the builder and the shared state (its [`RootfsState::metrics`] are to be served).
 pub fn install(
@@ -93,37 +100,32 @@ pub fn install(
                     s.watch_gate(client.clone(), cancel).await;
                 }
             }
-        })
-        .task("rootfs-roller", move |ctx, cancel| async move {
+        });
+    let lease = s.options().leader_lease.clone();
+    let identity = s.options().reporter_instance.clone();
+    let lease_duration = s.options().lease_duration;
+    let roller = move |ctx: Context, cancel: CancellationToken| {
+        let s = s.clone();
+        async move {
             let Ok(client) = ctx.client().cloned() else {
                 return;
             };
-            let lease = s.options().leader_lease.clone();
-            match lease {
-                None => {
-                    if let Err(e) = engine::roll(s, client, cancel).await {
-                        tracing::error!(error = %e, "rootfs roller stopped");
-                    }
-                }
-                Some(lease) => {
-                    let identity = s
-                        .options()
-                        .reporter_instance
-                        .clone()
-                        .unwrap_or_else(default_identity);
-                    let lock =
-                        LeaseLock::new(client.clone(), &lease.namespace, &lease.name, identity);
-                    run_while_leader(lock, cancel, None, move |token| {
-                        let (s, client) = (s.clone(), client.clone());
-                        async move {
-                            if let Err(e) = engine::roll(s, client, token).await {
-                                tracing::error!(error = %e, "rootfs roller stopped");
-                            }
-                        }
-                    })
-                    .await;
-                }
+            if let Err(e) = engine::roll(s, client, cancel).await {
+                tracing::error!(error = %e, "rootfs roller stopped");
             }
-        });
+        }
+    };
+    let builder = match lease {
+        None => builder.task("rootfs-roller", roller),
+        Some(lease) => {
+            let mut election = Election::new(lease.name)
+                .namespace(lease.namespace)
+                .lease_duration(lease_duration);
+            if let Some(identity) = identity {
+                election = election.identity(identity);
+            }
+            builder.leader_task("rootfs-roller", election, roller)
+        }
+    };
     Ok((builder, state))
 }

@@ -87,9 +87,13 @@ pub struct RootfsOptions {
     pub reporter: String,
     /// Reporting instance of Events (e.g. the pod name).
     pub reporter_instance: Option<String>,
-    /// Lease that elects the one replica rolling StatefulSets ([`crate::install`]); `None`: every
-    /// manager rolls (one replica only!).
+    /// Lease that elects the one replica rolling StatefulSets ([`crate::install`]), and that a
+    /// one-shot roll ([`crate::roll_once`]) holds while it rolls; `None`: every manager rolls
+    /// (one replica only!).
     pub leader_lease: Option<NamespacedName>,
+    /// Validity of that Lease without renewal: a dead roller is replaced, and a one-shot roll
+    /// gets the Lease handed over, within about this long (a quarter of it for a handover).
+    pub lease_duration: Duration,
 }
 
 impl Default for RootfsOptions {
@@ -112,6 +116,7 @@ impl Default for RootfsOptions {
             reporter: "eirinix-rootfs".into(),
             reporter_instance: None,
             leader_lease: None,
+            lease_duration: Duration::from_secs(15),
         }
     }
 }
@@ -153,6 +158,9 @@ impl RootfsOptions {
         }
         if self.gate_interval.is_zero() || self.once_deadline.is_zero() {
             return bad("gate_interval and once_deadline must be positive");
+        }
+        if self.lease_duration < Duration::from_secs(1) {
+            return bad("lease_duration must be at least 1 s");
         }
         if self.opt_out_annotation.is_empty() {
             return bad("opt_out_annotation must not be empty");
