@@ -244,6 +244,10 @@ pub struct ReviewArgs {
     pub extension: String,
     /// Pod manifest (YAML or JSON); `-` reads standard input.
     pub pod: PathBuf,
+    /// Review the pod even when it is not an Eirini app (as `run --all-pods` would send it);
+    /// without it, a pod the webhook's object selector excludes exits with code 3.
+    #[arg(long)]
+    pub all_pods: bool,
     #[command(flatten)]
     pub stock: crate::stock::StockArgs,
 }

@@ -364,10 +364,21 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<std::process::ExitCode> 
         "logs" => anyhow::bail!("logs has no webhook to review: it follows pod logs"),
         other => anyhow::bail!("unknown extension {other:?} (known: {})", ALL.join(", ")),
     };
-    let result =
-        eirinix_core::review::review_with(ext, Arc::new(eirinix_core::Settings::default()), &pod)
-            .await;
+    let settings = eirinix_core::Settings {
+        filter_eirini_apps: !args.all_pods,
+        ..Default::default()
+    };
+    let result = eirinix_core::review::review_with(ext, Arc::new(settings), &pod).await;
     match result {
+        Ok(reviewed) if !reviewed.sent => {
+            eprintln!(
+                "not sent: the webhook's object selector excludes this pod (it is not an Eirini \
+                 app: no cloudfoundry.org/source_type label); the apiserver would admit it \
+                 unchanged without calling {}. Use --all-pods to review it anyway.",
+                args.extension
+            );
+            Ok(std::process::ExitCode::from(3))
+        }
         Ok(reviewed) => {
             for w in &reviewed.mutation.warnings {
                 eprintln!("warning: {w}");

@@ -179,7 +179,7 @@ spec:
         "{text}"
     );
 
-    std::fs::write(&pod, r#"{"metadata":{"name":"a","namespace":"n"},"spec":{"containers":[{"name":"opi","env":[{"name":"VCAP_SERVICES","value":"{not json"}]}]}}"#).unwrap();
+    std::fs::write(&pod, r#"{"metadata":{"name":"a","namespace":"n","labels":{"cloudfoundry.org/source_type":"APP"}},"spec":{"containers":[{"name":"opi","env":[{"name":"VCAP_SERVICES","value":"{not json"}]}]}}"#).unwrap();
     let out = eirinix()
         .args(["review", "-e", "persi"])
         .arg(&pod)
@@ -187,6 +187,39 @@ spec:
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("VCAP_SERVICES"));
+}
+
+/// A pod the webhook's object selector excludes (not an Eirini app) is reported as not sent,
+/// exactly as the apiserver would skip it; `--all-pods` reviews it anyway.
+#[test]
+fn review_says_when_the_object_selector_excludes_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = dir.path().join("pod.json");
+    std::fs::write(&pod, r#"{"metadata":{"name":"a","namespace":"n"},"spec":{"containers":[{"name":"opi","env":[{"name":"VCAP_SERVICES","value":"{\"eirini-persi\":[{\"name\":\"v\",\"credentials\":{\"volume_id\":\"c\"},\"volume_mounts\":[{\"container_dir\":\"/d\"}]}]}"}]}]}}"#).unwrap();
+    let out = eirinix()
+        .args(["review", "-e", "persi"])
+        .arg(&pod)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not sent") && stderr.contains("--all-pods"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed as a patch: {out:?}"
+    );
+
+    let out = eirinix()
+        .args(["review", "-e", "persi", "--all-pods"])
+        .arg(&pod)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("claimName: c"), "{text}");
 }
 
 #[test]

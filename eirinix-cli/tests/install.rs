@@ -305,6 +305,20 @@ extensions:
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release_ns);
     let server = deployments.get("eirinix-server").await.unwrap();
     assert_eq!(server.status.unwrap().ready_replicas, Some(2));
+    // The webhook port admits the apiserver, found at install through the `kubernetes`
+    // Service's EndpointSlices (here the relay inside the node).
+    let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        client.clone(),
+        &release_ns,
+    )
+    .get("eirinix-server")
+    .await
+    .expect("the server's NetworkPolicy");
+    let policy = serde_json::to_string(&policy.spec).unwrap();
+    assert!(
+        policy.contains(&format!("{}/32", cluster.node_ip())),
+        "the apiserver's address is admitted: {policy}"
+    );
 
     // An app created afterwards is mutated through the Service and runs.
     let claim: PersistentVolumeClaim = serde_json::from_value(json!({

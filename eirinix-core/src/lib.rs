@@ -28,7 +28,7 @@ pub use async_trait::async_trait;
 pub use extension::{
     Context, Extension, ExtensionError, Mutation, Request, Verdict, WebhookOverrides,
 };
-pub use manager::{Manager, ManagerBuilder, RunningManager};
+pub use manager::{Manager, ManagerBuilder, NotReady, RunningManager};
 pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 pub use patch::{ContainerRef, PodPatch};
 pub use watcher::{PodEvent, PodWatcher};

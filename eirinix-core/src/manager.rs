@@ -466,7 +466,21 @@ pub struct Manager {
     metric_sources: Vec<MetricSource>,
 }
 
+/// A manager did not become ready in time ([`RunningManager::wait_ready`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not ready after {timeout:?}: {reasons}")]
+pub struct NotReady {
+    /// How long was waited.
+    pub timeout: Duration,
+    /// What readiness still lacked (as `/readyz` reports it).
+    pub reasons: String,
+}
+
 /// A running manager: its address, state and a way to stop it.
+///
+/// Dropping it without [`RunningManager::shutdown`] leaves the server and background tasks
+/// running on the runtime until it shuts down (they are not tied to this handle); call
+/// `shutdown` (graceful) or [`RunningManager::abort`] (at once) to stop them.
 pub struct RunningManager {
     addr: SocketAddr,
     cancel: CancellationToken,
@@ -819,8 +833,7 @@ impl Manager {
             drain: settings.drain_period,
             stats: metrics.connections().clone(),
         };
-        let mut router =
-            crate::server::router(state.clone(), settings.body_limit, request_timeout);
+        let mut router = crate::server::router(state.clone(), settings.body_limit, request_timeout);
         if let Some(verifier) = token_verifier {
             router = router.layer(axum::middleware::from_fn(move |req, next| {
                 crate::token_auth::require_token(verifier.clone(), req, next)
@@ -1248,13 +1261,16 @@ impl RunningManager {
         self.published.borrow().clone()
     }
 
-    /// Wait until ready (certificates, self handshake, configuration), up to `timeout`.
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+    /// Wait until ready (certificates, self handshake, configuration), up to `timeout`; the
+    /// error says what was still missing (it works with `?` into `anyhow`).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), NotReady> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.health.readiness() {
                 Ok(()) => return Ok(()),
-                Err(why) if tokio::time::Instant::now() >= deadline => return Err(why),
+                Err(reasons) if tokio::time::Instant::now() >= deadline => {
+                    return Err(NotReady { timeout, reasons });
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }

@@ -273,10 +273,71 @@ impl<'a> PodPatch<'a> {
         Ok(self)
     }
 
+    /// Set an env var of a container: replace the effective definition of that name (the
+    /// last one, as the kubelet reads it) when it differs, append it when absent, nothing when
+    /// it is already exactly so. Idempotent by the pod's actual state, with no marker.
+    pub fn set_env(&mut self, c: ContainerRef, env: &EnvVar) -> Result<&mut Self, PatchError> {
+        let container = self.container(c)?;
+        let found = container.env.as_ref().and_then(|list| {
+            list.iter()
+                .enumerate()
+                .rev()
+                .find(|(_, e)| e.name == env.name)
+        });
+        match found {
+            Some((_, existing)) if existing == env => {}
+            Some((index, _)) => {
+                let (list, i, _) = c.list();
+                let value = Self::to_value(env)?;
+                self.ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path: ptr(&["spec", list, &i.to_string(), "env", &index.to_string()]),
+                    value,
+                }));
+            }
+            None => {
+                self.add_env(c, env)?;
+            }
+        }
+        Ok(self)
+    }
+
     /// Mark the pod as injected by `extension` (see [`is_marked`]).
     pub fn mark(&mut self, extension: &str) -> &mut Self {
         self.set_annotation(&marker_key(extension), "injected")
     }
+
+    /// Mark the pod as injected by `extension` with a digest of what was injected (see
+    /// [`is_marked_with`] and [`digest`]).
+    pub fn mark_with(&mut self, extension: &str, digest: &str) -> &mut Self {
+        self.set_annotation(&marker_key(extension), digest)
+    }
+}
+
+/// A digest (`sha256:<hex>`) of what an extension injects (its config, the values it sets),
+/// for [`PodPatch::mark_with`]: a copied pod whose marker carries another digest is stale.
+pub fn digest<T: Serialize>(injected: &T) -> Result<String, PatchError> {
+    use sha2::Digest as _;
+    let bytes = serde_json::to_vec(injected)?;
+    let hash = sha2::Sha256::digest(&bytes);
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Ok(out)
+}
+
+/// Whether `pod` carries `extension`'s marker with exactly `digest`. Like [`is_marked`], this
+/// trusts what the pod says about itself: whoever creates the pod can set the annotation, so
+/// use it to skip work only when skipping is harmless (the injected state is also checked, or
+/// a forged marker only harms the pod's own author), never to skip a security control.
+pub fn is_marked_with(pod: &Pod, extension: &str, digest: &str) -> bool {
+    let key = marker_key(extension);
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&key))
+        .is_some_and(|v| v == digest)
 }
 
 /// The idempotency annotation key of `extension`.
@@ -284,7 +345,11 @@ pub fn marker_key(extension: &str) -> String {
     format!("{MARKER_DOMAIN}/{extension}")
 }
 
-/// Whether `pod` was already injected by `extension` (reinvocation, retries): skip it then.
+/// Whether `pod` carries `extension`'s marker (reinvocation, retries). Any pod author can set
+/// the annotation, and a copied pod keeps it with whatever it then holds: prefer checking the
+/// actual state ([`PodPatch::set_env`] and friends are no-ops when it is already right), or a
+/// marker with a digest ([`is_marked_with`]); trust a bare marker only where skipping is
+/// harmless.
 pub fn is_marked(pod: &Pod, extension: &str) -> bool {
     let key = marker_key(extension);
     pod.metadata
@@ -315,4 +380,54 @@ pub fn apply(pod: &Pod, patch: &Patch) -> Result<Pod, PatchError> {
     let mut v = serde_json::to_value(pod)?;
     json_patch::patch(&mut v, patch)?;
     serde_json::from_value(v).map_err(PatchError::InvalidResult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(n: &str, v: &str) -> EnvVar {
+        EnvVar {
+            name: n.into(),
+            value: Some(v.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn set_env_replaces_appends_or_leaves_alone() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "a", "image": "i",
+                "env": [{"name": "X", "value": "old"}, {"name": "Y", "value": "y"}]}]}
+        }))
+        .unwrap();
+        // Already so: no operation.
+        let mut p = PodPatch::new(&pod);
+        p.set_env(ContainerRef::App(0), &env("Y", "y")).unwrap();
+        assert!(p.is_empty());
+        // Different: replaced in place; absent: appended.
+        let mut p = PodPatch::new(&pod);
+        p.set_env(ContainerRef::App(0), &env("X", "new")).unwrap();
+        p.set_env(ContainerRef::App(0), &env("Z", "z")).unwrap();
+        let patched = apply(&pod, &p.build()).unwrap();
+        let envs = serde_json::to_value(&patched.spec.unwrap().containers[0].env).unwrap();
+        assert_eq!(
+            envs,
+            serde_json::json!([{"name": "X", "value": "new"}, {"name": "Y", "value": "y"}, {"name": "Z", "value": "z"}])
+        );
+    }
+
+    #[test]
+    fn a_marker_with_a_digest_is_stale_when_what_is_injected_changes() {
+        let pod = Pod::default();
+        let d1 = digest(&["STICKY", "hello"]).unwrap();
+        let d2 = digest(&["STICKY", "bye"]).unwrap();
+        assert_ne!(d1, d2);
+        let mut p = PodPatch::new(&pod);
+        p.mark_with("sticky", &d1);
+        let marked = apply(&pod, &p.build()).unwrap();
+        assert!(is_marked_with(&marked, "sticky", &d1));
+        assert!(!is_marked_with(&marked, "sticky", &d2));
+        assert!(is_marked(&marked, "sticky"));
+    }
 }

@@ -1,6 +1,10 @@
 //! Offline review: run an extension on a pod from YAML or JSON, with no cluster and no server.
 //!
 //! Extension authors unit-test with it; the operator binary exposes it as `eirinix review`.
+//! The webhook's object selector (the Eirini app filter and `Settings::object_selector`) is
+//! applied as the apiserver would: a pod it excludes is not sent to the extension
+//! ([`Reviewed::sent`] is false). What needs a cluster is not evaluated offline: the
+//! namespace selector (namespace labels) and CEL `matchConditions`.
 
 use std::sync::Arc;
 
@@ -30,6 +34,9 @@ pub enum OfflineError {
 /// The result of an offline review.
 #[derive(Debug, Clone)]
 pub struct Reviewed {
+    /// Whether the webhook's object selector lets the pod through to the extension; when
+    /// false the extension was not called and the mutation is "unchanged".
+    pub sent: bool,
     /// What the extension decided.
     pub mutation: Mutation,
     /// The pod after the patch (the input when unchanged or denied).
@@ -95,6 +102,20 @@ pub async fn review_with(
     settings: Arc<Settings>,
     pod: &Pod,
 ) -> Result<Reviewed, OfflineError> {
+    // As registered: the extension's own selector replaces the manager's.
+    let selector = extension
+        .webhook()
+        .object_selector
+        .or_else(|| crate::registration::object_selector(&settings));
+    if let Some(selector) = &selector
+        && !selects(selector, pod.metadata.labels.as_ref())
+    {
+        return Ok(Reviewed {
+            sent: false,
+            mutation: Mutation::unchanged(),
+            pod: pod.clone(),
+        });
+    }
     let ctx = Context::offline(settings);
     let request = create_request(pod);
     // Failures surface as errors here, not as the webhook's failure-policy answer.
@@ -107,7 +128,131 @@ pub async fn review_with(
         None => pod.clone(),
     };
     Ok(Reviewed {
+        sent: true,
         mutation,
         pod: patched,
     })
+}
+
+/// Whether `labels` satisfy a label selector (`matchLabels` and `matchExpressions` with `In`,
+/// `NotIn`, `Exists`, `DoesNotExist`), as the apiserver evaluates an object selector.
+pub(crate) fn selects(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k));
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => get(&e.key).is_some(),
+            "DoesNotExist" => get(&e.key).is_none(),
+            // An operator the apiserver would refuse selects nothing.
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use std::collections::BTreeMap;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
+        LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: (!values.is_empty())
+                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn selectors_evaluate_like_the_apiserver() {
+        let app = labels(&[("cloudfoundry.org/source_type", "APP"), ("x", "1")]);
+        let by_label = LabelSelector {
+            match_labels: Some(labels(&[("x", "1")])),
+            ..Default::default()
+        };
+        assert!(selects(&by_label, Some(&app)));
+        assert!(!selects(&by_label, None));
+        assert!(selects(&expr("x", "In", &["1", "2"]), Some(&app)));
+        assert!(!selects(&expr("x", "In", &["2"]), Some(&app)));
+        assert!(selects(&expr("x", "NotIn", &["2"]), Some(&app)));
+        assert!(
+            selects(&expr("y", "NotIn", &["2"]), Some(&app)),
+            "absent key is not in"
+        );
+        assert!(selects(&expr("x", "Exists", &[]), Some(&app)));
+        assert!(!selects(&expr("x", "DoesNotExist", &[]), Some(&app)));
+        assert!(
+            !selects(&expr("x", "Gt", &["0"]), Some(&app)),
+            "unknown operator"
+        );
+        assert!(
+            selects(&LabelSelector::default(), None),
+            "empty selects all"
+        );
+    }
+
+    struct Mark;
+
+    #[async_trait::async_trait]
+    impl Extension for Mark {
+        fn name(&self) -> &str {
+            "mark"
+        }
+        async fn mutate(
+            &self,
+            _ctx: &Context,
+            _req: &crate::Request,
+            pod: &Pod,
+        ) -> Result<Mutation, crate::ExtensionError> {
+            let mut patch = crate::PodPatch::new(pod);
+            patch.set_label("marked", "yes");
+            Ok(Mutation::patch(patch.build()))
+        }
+    }
+
+    #[tokio::test]
+    async fn pods_the_object_selector_excludes_are_not_sent() {
+        let mut pod =
+            parse_pod(r#"{"metadata":{"name":"a"},"spec":{"containers":[{"name":"c"}]}}"#).unwrap();
+        let skipped = review(Mark, &pod).await.unwrap();
+        assert!(!skipped.sent);
+        assert!(skipped.patch_json().as_array().is_none_or(|a| a.is_empty()));
+
+        pod.metadata.labels = Some(labels(&[("cloudfoundry.org/source_type", "APP")]));
+        let reviewed = review(Mark, &pod).await.unwrap();
+        assert!(reviewed.sent);
+        assert_eq!(reviewed.pod.metadata.labels.unwrap()["marked"], "yes");
+
+        let all = Settings {
+            filter_eirini_apps: false,
+            ..Default::default()
+        };
+        pod.metadata.labels = None;
+        let reviewed = review_with(Arc::new(Mark), Arc::new(all), &pod)
+            .await
+            .unwrap();
+        assert!(reviewed.sent, "without the app filter every pod is sent");
+    }
 }

@@ -195,14 +195,19 @@ pub fn eirinix_binary() -> Result<std::path::PathBuf, String> {
     if !status.success() {
         return Err(format!("building the eirinix binary failed ({status})"));
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
     let dir = if profile == "dev" { "debug" } else { &profile };
-    Ok(target
+    Ok(target_dir(&repo)
         .join("x86_64-unknown-linux-gnu")
         .join(dir)
         .join("eirinix"))
+}
+
+/// Cargo's target directory for `repo` (`CARGO_TARGET_DIR`, as scripts/test.sh sets it, else
+/// `target/`).
+fn target_dir(repo: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"))
 }
 
 fn build_eirinix_image(binary: Option<std::path::PathBuf>) -> Result<crate::ImageBuilder, String> {
@@ -212,7 +217,7 @@ fn build_eirinix_image(binary: Option<std::path::PathBuf>) -> Result<crate::Imag
         Some(bin) => bin,
         None => eirinix_binary()?,
     };
-    let target = repo.join("target").join("image");
+    let target = target_dir(&repo).join("image");
     let profile = bin
         .parent()
         .and_then(|p| p.file_name())

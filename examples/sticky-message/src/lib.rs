@@ -3,10 +3,9 @@
 use eirinix_core::deps::k8s_openapi::api::core::v1::{EnvVar, Pod};
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, Mutation, PodPatch, Request, async_trait,
-    patch,
 };
 
-/// Injects `STICKY_MESSAGE=<message>` into every container of an app pod, once.
+/// Sets `STICKY_MESSAGE=<message>` in every container of an app pod, exactly once.
 pub struct StickyMessage {
     /// The message to inject.
     pub message: String,
@@ -24,19 +23,20 @@ impl Extension for StickyMessage {
         _: &Request,
         pod: &Pod,
     ) -> Result<Mutation, ExtensionError> {
-        if patch::is_marked(pod, self.name()) {
-            return Ok(Mutation::unchanged());
-        }
         let env = EnvVar {
             name: "STICKY_MESSAGE".into(),
             value: Some(self.message.clone()),
             ..Default::default()
         };
         let mut p = PodPatch::new(pod);
+        // Idempotent by the pod's own state: a reinvocation, a retry or a copied pod that
+        // already has the value gets no operation; a stale or forged value is replaced.
         for i in 0..pod.spec.as_ref().map_or(0, |s| s.containers.len()) {
-            p.add_env(ContainerRef::App(i), &env)?;
+            p.set_env(ContainerRef::App(i), &env)?;
         }
-        p.mark(self.name());
+        if p.is_empty() {
+            return Ok(Mutation::unchanged());
+        }
         Ok(Mutation::patch(p.build()))
     }
 }

@@ -55,6 +55,25 @@ async fn injects_into_every_container_once() {
     .unwrap();
     assert!(
         again.mutation.as_patch().is_none(),
-        "a marked pod must not be patched twice"
+        "a pod that already has the message must not be patched twice"
     );
+    // A copied pod with a stale value (another message) is corrected, not trusted.
+    let changed = review(
+        StickyMessage {
+            message: "new".into(),
+        },
+        &first.pod,
+    )
+    .await
+    .unwrap();
+    for c in &changed.pod.spec.as_ref().unwrap().containers {
+        let values: Vec<_> = c
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "STICKY_MESSAGE")
+            .map(|e| e.value.as_deref())
+            .collect();
+        assert_eq!(values, [Some("new")], "{}", c.name);
+    }
 }

@@ -144,14 +144,18 @@ async fn a_service_restarted_with_fewer_shards_resumes_every_container() {
         .wait_for(T, "the first lines of every pod", |r| r.len() >= pods * 10)
         .await;
     service.stop().await;
-    assert_eq!(
-        shards(&client, &ns)
-            .await
-            .values()
-            .filter(|d| !d.is_empty())
-            .count(),
-        8,
-        "24 containers spread over 8 shards"
+    // Containers hash over the 8 shards (an empty one or two is chance); what matters is that
+    // entries sit in shards that a single-shard service would not read without migration.
+    let spread = shards(&client, &ns).await;
+    let entries: usize = spread.values().map(BTreeMap::len).sum();
+    let beyond_first = spread
+        .iter()
+        .filter(|(name, d)| !name.ends_with("-0") && !d.is_empty())
+        .count();
+    assert_eq!(entries, pods, "one entry per container: {spread:?}");
+    assert!(
+        beyond_first >= 2,
+        "24 containers spread over 8 shards: {spread:?}"
     );
 
     opts.replicas.checkpoint_shards = 1;
