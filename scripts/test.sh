@@ -56,6 +56,10 @@ libs=(-p eirinix-core -p eirinix-testenv -p eirinix-persi -p eirinix-ssh -p eiri
 for feature in v1_33 v1_37; do
   cargo check --quiet --lib "${libs[@]}" --features "k8s-openapi/$feature" --target-dir "$cache/k8s-openapi-check"
 done
+step "the publishable crates: docs without warnings, cargo package (eirinix-core, eirinix-testenv)"
+K8S_OPENAPI_ENABLED_VERSION=1.37 RUSTDOCFLAGS="-D warnings" \
+  cargo doc --no-deps --quiet -p eirinix-core -p eirinix-testenv
+cargo package --quiet --no-verify --allow-dirty -p eirinix-testenv -p eirinix-core
 step "cargo test: build"
 cargo test --workspace --no-run --quiet
 # The suite's own (static) eirinix binary is the image the node tests load.

@@ -106,7 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let port = manager.registration_port()?;
             if dry_run {
                 let config = manager.webhook_configuration(b"", port);
-                print!("{}", serde_yaml::to_string(&config)?);
+                print!("{}", yaml_serde::to_string(&config)?);
                 return Ok(std::process::ExitCode::SUCCESS);
             }
             manager.register(client().await?).await?;
@@ -122,9 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let text = std::fs::read_to_string(&args.config)
                 .with_context(|| format!("reading {}", args.config.display()))?;
             // Credentials may come from the environment (a Secret) instead of the config file.
-            let mut value: serde_yaml::Value = serde_yaml::from_str(&text)
+            let mut value: yaml_serde::Value = yaml_serde::from_str(&text)
                 .with_context(|| format!("parsing {}", args.config.display()))?;
-            if let serde_yaml::Value::Mapping(map) = &mut value {
+            if let yaml_serde::Value::Mapping(map) = &mut value {
                 for (key, env) in [
                     ("username", "EIRINIX_BROKER_USERNAME"),
                     ("password", "EIRINIX_BROKER_PASSWORD"),
@@ -134,7 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     }
                 }
             }
-            let config = eirinix_persi::BrokerConfig::from_yaml(&serde_yaml::to_string(&value)?)?;
+            let config = eirinix_persi::BrokerConfig::from_yaml(&yaml_serde::to_string(&value)?)?;
             config.validate()?;
             eirinix_persi::serve_broker(
                 config,

@@ -391,7 +391,7 @@ pub async fn review(args: ReviewArgs) -> anyhow::Result<std::process::ExitCode> 
                 "# patch\n{}",
                 serde_json::to_string_pretty(&reviewed.patch_json())?
             );
-            println!("# patched pod\n{}", serde_yaml::to_string(&reviewed.pod)?);
+            println!("# patched pod\n{}", yaml_serde::to_string(&reviewed.pod)?);
             Ok(std::process::ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -134,9 +134,9 @@ fn render(release_ns: &str, app_ns: &str, sets: &[&str]) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .filter_map(|d| {
-            let v: Value = serde_yaml::with::singleton_map_recursive::deserialize(d).ok()?;
+            let v: Value = yaml_serde::with::singleton_map_recursive::deserialize(d).ok()?;
             (!v.is_null()).then_some(v)
         })
         .collect()
@@ -786,7 +786,7 @@ async fn real_crds(client: &kube::Client) {
                 path.display()
             )
         });
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+        let crd: CustomResourceDefinition = yaml_serde::from_str(&text).unwrap();
         names.push(crd.metadata.name.clone().unwrap());
         match crds.create(&PostParams::default(), &crd).await {
             Ok(_) => {}
@@ -918,7 +918,7 @@ async fn the_apiserver_addresses_are_looked_up_at_install() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_slice(&out.stdout)
+    let docs: Vec<Value> = yaml_serde::Deserializer::from_slice(&out.stdout)
         .filter_map(|d| Value::deserialize(d).ok().filter(|v| !v.is_null()))
         .collect();
     let policy = by_kind(&docs, "NetworkPolicy")
@@ -983,7 +983,7 @@ fn chart_configuration_equals_what_the_binary_registers() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let binary: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+        let binary: Value = yaml_serde::from_slice(&out.stdout).unwrap();
         assert_eq!(
             webhook_fields(chart),
             webhook_fields(&binary),
@@ -994,12 +994,12 @@ fn chart_configuration_equals_what_the_binary_registers() {
 
 /// A kubeconfig that impersonates `user`, next to the plane's.
 fn impersonating(cp: &ControlPlane, user: &str) -> tempfile::NamedTempFile {
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(cp.kubeconfig_yaml()).unwrap();
+    let mut kc: yaml_serde::Value = yaml_serde::from_str(cp.kubeconfig_yaml()).unwrap();
     for u in kc["users"].as_sequence_mut().unwrap() {
         u["user"]["as"] = user.into();
     }
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_yaml::to_string(&kc).unwrap()).unwrap();
+    std::fs::write(file.path(), yaml_serde::to_string(&kc).unwrap()).unwrap();
     file
 }
 
@@ -1265,7 +1265,7 @@ async fn the_chart_rbac_is_enough_for_each_component_and_no_more() {
     let broker_yaml = broker_cm["data"]["broker.yaml"].as_str().unwrap();
     let broker_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(broker_file.path(), broker_yaml).unwrap();
-    let catalog: Value = serde_yaml::from_str(broker_yaml).unwrap();
+    let catalog: Value = yaml_serde::from_str(broker_yaml).unwrap();
     let service_id = catalog["catalog"]["services"][0]["id"]
         .as_str()
         .unwrap()

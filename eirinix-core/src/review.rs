@@ -59,7 +59,7 @@ pub fn parse_pod(input: &str) -> Result<Pod, OfflineError> {
     if trimmed.starts_with('{') {
         serde_json::from_str(trimmed).map_err(|e| OfflineError::NotAPod(e.to_string()))
     } else {
-        serde_yaml::from_str(input).map_err(|e| OfflineError::NotAPod(e.to_string()))
+        yaml_serde::from_str(input).map_err(|e| OfflineError::NotAPod(e.to_string()))
     }
 }
 

@@ -104,7 +104,7 @@ pub(crate) fn yaml(pod: &Pod) -> anyhow::Result<String> {
             }
         }
     }
-    Ok(serde_yaml::to_string(&v)?)
+    Ok(yaml_serde::to_string(&v)?)
 }
 
 pub(crate) fn print_diff(before: &str, after: &str) {

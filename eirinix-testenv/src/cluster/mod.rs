@@ -418,7 +418,7 @@ impl Teardown for NodeParts {
 /// A real single-node cluster: [`ControlPlane`] + controllers + a node that runs pods.
 ///
 /// Dropping it kills every process of the node (containers included) and the control plane,
-/// and removes everything they made. See the [module docs](self) for how it is wired.
+/// and removes everything they made. The node lives in network and mount namespaces of its own and one cgroup subtree, so nothing outlives it.
 pub struct Cluster {
     bg: Background,
     node: Arc<NodeParts>,

@@ -73,7 +73,7 @@ impl Default for LogsOptions {
 impl LogsOptions {
     /// Parse options from YAML (or JSON, which YAML includes).
     pub fn from_yaml(text: &str) -> Result<Self, LogsError> {
-        serde_yaml::from_str(text).map_err(|e| LogsError::Config(e.to_string()))
+        yaml_serde::from_str(text).map_err(|e| LogsError::Config(e.to_string()))
     }
 
     /// Check values that would make the extension useless or unbounded.

@@ -160,7 +160,7 @@ fn default_access_mode() -> String {
 pub enum ConfigError {
     /// The text is not YAML/JSON of the expected shape.
     #[error("broker configuration does not parse: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] yaml_serde::Error),
     /// A field has a value the broker cannot work with.
     #[error("broker configuration: {0}")]
     Invalid(String),
@@ -185,7 +185,7 @@ impl BrokerConfig {
 
     /// Parse YAML (or JSON, which is YAML) and validate.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_yaml::from_str(text)?;
+        let config: Self = yaml_serde::from_str(text)?;
         config.validate()?;
         Ok(config)
     }
