@@ -10,7 +10,26 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 
 use crate::error::RootfsError;
-use crate::options::Gate;
+
+/// What must be ready before anything rolls: the source of the new rootfs image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Gate {
+    /// No gate: roll as soon as a version is desired.
+    #[default]
+    None,
+    /// A Deployment (e.g. the registry serving the image) with all replicas updated and available.
+    Deployment {
+        /// Namespace of the Deployment.
+        namespace: String,
+        /// Name of the Deployment.
+        name: String,
+    },
+    /// An `http://` URL answering a GET with a 2xx status.
+    Http {
+        /// The URL (plain HTTP; see the README for why).
+        url: String,
+    },
+}
 
 /// How long one HTTP gate probe may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,6 +6,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::error::RootfsError;
+pub use crate::gate::Gate;
+use crate::gate::parse_http_url;
 use crate::image::ImagePattern;
 
 /// The rootfs version label on app StatefulSets, their pod templates and their pods.
@@ -22,26 +24,6 @@ pub const ROLL_VERSION_ANNOTATION: &str = "eirinix.org/rootfs-roll-version";
 pub const CONFIG_MAP_VERSION_KEY: &str = "version";
 /// ConfigMap key holding the image pattern (an empty value disables image rewriting).
 pub const CONFIG_MAP_PATTERN_KEY: &str = "image-pattern";
-
-/// What must be ready before anything rolls: the source of the new rootfs image.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Gate {
-    /// No gate: roll as soon as a version is desired.
-    #[default]
-    None,
-    /// A Deployment (e.g. the registry serving the image) with all replicas updated and available.
-    Deployment {
-        /// Namespace of the Deployment.
-        namespace: String,
-        /// Name of the Deployment.
-        name: String,
-    },
-    /// An `http://` URL answering a GET with a 2xx status.
-    Http {
-        /// The URL (plain HTTP; see the README for why).
-        url: String,
-    },
-}
 
 /// A namespaced object by name (the run-time ConfigMap, the leader Lease).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,7 +161,7 @@ impl RootfsOptions {
                 return bad("a Deployment gate needs a namespace and a name");
             }
             Gate::Http { url } => {
-                crate::gate::parse_http_url(url)?;
+                parse_http_url(url)?;
             }
             _ => {}
         }
