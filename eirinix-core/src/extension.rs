@@ -258,3 +258,8 @@ pub fn is_valid_name(name: &str) -> bool {
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
+
+/// The webhook path of an extension: stable across restarts because it is derived from the name.
+pub fn extension_path(name: &str) -> String {
+    format!("/{name}")
+}

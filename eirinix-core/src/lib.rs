@@ -10,6 +10,7 @@ pub mod admission;
 pub mod certs;
 pub mod compat;
 pub mod extension;
+pub mod health;
 pub mod leader;
 pub mod manager;
 pub mod metrics;

@@ -20,6 +20,7 @@ use crate::admission::ExtensionHandler;
 use crate::certs::{CertPolicy, Clock, SubjectNames, SystemClock};
 use crate::extension::{Context, Extension, is_valid_name};
 use crate::leader::{Election, run_while_leader};
+pub use crate::metrics::MetricSource;
 use crate::metrics::Metrics;
 use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
@@ -110,9 +111,6 @@ pub struct ManagerBuilder {
     clock: Arc<dyn Clock>,
     metric_sources: Vec<MetricSource>,
 }
-
-/// Renders extra Prometheus text (an extension's own metrics) appended to `/metrics`.
-pub type MetricSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for ManagerBuilder {
     fn default() -> Self {

@@ -94,9 +94,9 @@ pub struct Metrics {
     cert_rotations: AtomicU64,
     config_repairs: AtomicU64,
     watch_restarts: AtomicU64,
-    connections: Arc<crate::server::ConnectionStats>,
+    connections: Arc<ConnectionStats>,
     client_certs: Option<Arc<crate::tls::ClientCertStats>>,
-    sources: Vec<crate::manager::MetricSource>,
+    sources: Vec<MetricSource>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,7 +134,7 @@ impl Metrics {
     }
 
     /// Also render these extra sources (extensions' own metrics) on `/metrics`.
-    pub fn with_sources(mut self, sources: Vec<crate::manager::MetricSource>) -> Self {
+    pub fn with_sources(mut self, sources: Vec<MetricSource>) -> Self {
         self.sources = sources;
         self
     }
@@ -178,7 +178,7 @@ impl Metrics {
     }
 
     /// Connection counters of the webhook (TLS) listener.
-    pub fn connections(&self) -> &Arc<crate::server::ConnectionStats> {
+    pub fn connections(&self) -> &Arc<ConnectionStats> {
         &self.connections
     }
 
@@ -332,5 +332,45 @@ mod tests {
         ]);
         let text = m.render();
         assert!(text.ends_with("ext_a_total 3\next_b_total 4\n"), "{text}");
+    }
+}
+
+/// A source of extra metric lines (Prometheus text), called at each scrape of `/metrics`.
+pub type MetricSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Connection counters of one listener: how often clients connect tells whether they reuse
+/// connections (every new one costs a TLS handshake).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    accepted: AtomicU64,
+    handshake_failures: AtomicU64,
+    open: AtomicI64,
+}
+
+impl ConnectionStats {
+    /// A connection was accepted (and is open until [`Self::closed`]).
+    pub(crate) fn opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+    /// An accepted connection ended.
+    pub(crate) fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// A TLS handshake failed or timed out.
+    pub(crate) fn handshake_failed(&self) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// TLS handshakes that failed or timed out.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+    /// Connections open now.
+    pub fn open(&self) -> i64 {
+        self.open.load(Ordering::Relaxed)
     }
 }

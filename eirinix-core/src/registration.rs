@@ -157,7 +157,7 @@ pub fn desired_configuration(
                 admission_review_versions: vec!["v1".into()],
                 client_config: client_config(
                     settings,
-                    &crate::server::extension_path(&hook.name),
+                    &crate::extension::extension_path(&hook.name),
                     port,
                     ca_bundle,
                 ),

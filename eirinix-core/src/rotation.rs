@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertBundle, CertError, CertPolicy, Clock, FileCerts, Renewal, SubjectNames};
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::server::Health;
 use crate::tls::CertResolver;
 
 /// Errors of the certificate runtime.

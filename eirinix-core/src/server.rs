@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,87 +27,10 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::ExtensionHandler;
 use crate::extension::Context;
+pub use crate::extension::extension_path;
+pub use crate::health::Health;
+pub use crate::metrics::ConnectionStats;
 use crate::metrics::Metrics;
-
-/// Readiness conditions, each set by the component that owns it.
-#[derive(Debug)]
-pub struct Health {
-    cert_loaded: AtomicBool,
-    handshake_ok: AtomicBool,
-    configuration_ok: AtomicBool,
-    shutting_down: AtomicBool,
-    client_ca_problem: std::sync::Mutex<Option<String>>,
-}
-
-impl Health {
-    /// Fresh state; `registering` says whether the configuration must be confirmed before ready.
-    pub fn new(registering: bool) -> Self {
-        Self {
-            cert_loaded: AtomicBool::new(false),
-            handshake_ok: AtomicBool::new(false),
-            configuration_ok: AtomicBool::new(!registering),
-            shutting_down: AtomicBool::new(false),
-            client_ca_problem: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// A serving certificate is loaded.
-    pub fn set_cert_loaded(&self, v: bool) {
-        self.cert_loaded.store(v, Ordering::Relaxed);
-    }
-
-    /// The last TLS handshake to ourselves succeeded.
-    pub fn set_handshake_ok(&self, v: bool) {
-        self.handshake_ok.store(v, Ordering::Relaxed);
-    }
-
-    /// The registered configuration carries our current CA.
-    pub fn set_configuration_ok(&self, v: bool) {
-        self.configuration_ok.store(v, Ordering::Relaxed);
-    }
-
-    /// Why the client CA cannot verify the apiserver's client certificate now, if it cannot.
-    pub fn set_client_ca_problem(&self, problem: Option<String>) {
-        *self
-            .client_ca_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = problem;
-    }
-
-    /// Shutdown started: report not ready so load balancers drain us.
-    pub fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    /// `Ok` when ready, else the reasons it is not.
-    pub fn readiness(&self) -> Result<(), String> {
-        let mut why = Vec::new();
-        if !self.cert_loaded.load(Ordering::Relaxed) {
-            why.push("no serving certificate loaded");
-        }
-        if !self.handshake_ok.load(Ordering::Relaxed) {
-            why.push("TLS handshake to self not confirmed");
-        }
-        if !self.configuration_ok.load(Ordering::Relaxed) {
-            why.push("webhook configuration does not carry the current CA");
-        }
-        if self.shutting_down.load(Ordering::Relaxed) {
-            why.push("shutting down");
-        }
-        let client_ca = self
-            .client_ca_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut why: Vec<String> = why.into_iter().map(str::to_owned).collect();
-        why.extend(client_ca);
-        if why.is_empty() {
-            Ok(())
-        } else {
-            Err(why.join("; "))
-        }
-    }
-}
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -119,11 +42,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Readiness.
     pub health: Arc<Health>,
-}
-
-/// The webhook path of an extension: stable across restarts because it is derived from the name.
-pub fn extension_path(name: &str) -> String {
-    format!("/{name}")
 }
 
 async fn review(
@@ -215,44 +133,19 @@ pub struct ServeOptions {
     pub stats: Arc<ConnectionStats>,
 }
 
-/// Connection counters of one listener: how often clients connect tells whether they reuse
-/// connections (every new one costs a TLS handshake).
-#[derive(Debug, Default)]
-pub struct ConnectionStats {
-    accepted: AtomicU64,
-    handshake_failures: AtomicU64,
-    open: AtomicI64,
-}
-
-impl ConnectionStats {
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
-    /// TLS handshakes that failed or timed out.
-    pub fn handshake_failures(&self) -> u64 {
-        self.handshake_failures.load(Ordering::Relaxed)
-    }
-    /// Connections open now.
-    pub fn open(&self) -> i64 {
-        self.open.load(Ordering::Relaxed)
-    }
-}
-
 /// Decrements the open-connection gauge when the connection task ends, however it ends.
 struct OpenGuard(Arc<ConnectionStats>);
 
 impl OpenGuard {
     fn new(stats: Arc<ConnectionStats>) -> Self {
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        stats.opened();
         OpenGuard(stats)
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.closed();
     }
 }
 
@@ -350,12 +243,12 @@ async fn serve_loop(
                             {
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(e)) => {
-                                    open.0.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    open.0.handshake_failed();
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                     return;
                                 }
                                 Err(_) => {
-                                    open.0.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    open.0.handshake_failed();
                                     tracing::debug!(%peer, "TLS handshake timed out");
                                     return;
                                 }
