@@ -13,6 +13,7 @@
 #   FUZZ_BUILD_TIMEOUT  seconds allowed for the build, default 2400
 #   FUZZ_CODEGEN_UNITS  codegen units (cargo-fuzz's default is 1: slow builds), default 16
 #   FUZZ_ARGS           extra libFuzzer arguments for every target
+#   FUZZ_BUILD_ONLY     set: install cargo-fuzz and build the targets, run nothing
 #   FUZZ_JOBS           targets fuzzed at the same time, default: the number of cores
 #
 # Seeds come from fuzz/corpus/<target> (committed, never written to); what the fuzzers find goes
@@ -77,6 +78,9 @@ else
 fi
 build_secs=$(($(date +%s) - build_start))
 log "built in ${build_secs}s"
+if [ -n "${FUZZ_BUILD_ONLY:-}" ]; then
+  exit 0
+fi
 
 # libFuzzer's dictionary per target.
 dict_for() {

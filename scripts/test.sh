@@ -37,7 +37,7 @@ echo "Kubernetes $("$assets/kube-apiserver" --version | cut -d' ' -f2) from $ass
 # the two overlap; cached, this returns at once). Its log is printed if it fails.
 oldest_log="$(mktemp)"
 if [[ "$OLDEST" != skip ]]; then
-  EIRINIX_KUBE_VERSION="$OLDEST" scripts/provision.sh >"$oldest_log" 2>&1 &
+  EIRINIX_KUBE_VERSION="$OLDEST" nice -n 10 scripts/provision.sh >"$oldest_log" 2>&1 &
   oldest_pid=$!
 fi
 step "installing Debian packages the tests use"
@@ -62,6 +62,12 @@ K8S_OPENAPI_ENABLED_VERSION=1.37 RUSTDOCFLAGS="-D warnings" \
 cargo package --quiet --no-verify --allow-dirty -p eirinix-testenv -p eirinix-core
 step "cargo test: build"
 cargo test --workspace --no-run --quiet
+# The instrumented fuzz build (cold: about 8 minutes, plus installing cargo-fuzz) runs at the
+# lowest priority while the tests run, using what CPU they leave; cached, it returns at once.
+fuzz_target_dir="${FUZZ_TARGET_DIR:-$cache/fuzz-target}"
+fuzz_build_log="$(mktemp)"
+FUZZ_BUILD_ONLY=1 FUZZ_TARGET_DIR="$fuzz_target_dir" nice -n 19 scripts/fuzz.sh >"$fuzz_build_log" 2>&1 &
+fuzz_build_pid=$!
 # The suite's own (static) eirinix binary is the image the node tests load.
 export EIRINIX_IMAGE_BINARY="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/eirinix"
 step "the eirinix image from that binary (scripts/build-image.sh)"
@@ -96,8 +102,13 @@ fi
 # Bounded fuzzing: 20 s per target (FUZZ_SECONDS), two at a time, from the committed seeds; the
 # instrumented build is cached outside the clone (see fuzz/README.md).
 step "fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-20} s per target)"
-check "fuzzing" env FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-$cache/fuzz-target}" \
-  FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
+if ! wait "$fuzz_build_pid"; then
+  cat "$fuzz_build_log" >&2
+  failed+=("building the fuzz targets")
+else
+  check "fuzzing" env FUZZ_TARGET_DIR="$fuzz_target_dir" \
+    FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
+fi
 step "done: Kubernetes $NEWEST (everything) and ${OLDEST} (end-to-end core)"
 if ((${#failed[@]})); then
   printf 'FAILED: %s\n' "${failed[@]}" >&2
