@@ -21,23 +21,50 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged to the system allocator.
+        // SAFETY: forwarded unchanged to the inner allocator.
         let p = unsafe { INNER.alloc(layout) };
         if !p.is_null() && ENABLED.load(Ordering::Relaxed) {
-            let live =
-                LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
-            PEAK.fetch_max(live.max(0) as usize, Ordering::Relaxed);
+            grow(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the inner allocator.
+        let p = unsafe { INNER.alloc_zeroed(layout) };
+        if !p.is_null() && ENABLED.load(Ordering::Relaxed) {
+            grow(layout.size() as isize);
         }
         p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
+        // SAFETY: forwarded unchanged to the inner allocator.
         unsafe { INNER.dealloc(ptr, layout) };
         if ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         }
     }
+
+    /// Forwarded to mimalloc's own `realloc` (which may grow in place, as in the `eirinix`
+    /// binary), counted as the change in size. Without this override `GlobalAlloc`'s default
+    /// ran instead: alloc + copy + dealloc, i.e. not the allocator path the binary runs. When
+    /// mimalloc has to move the block, old and new exist together for the copy; that transient
+    /// is not in the peak.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the inner allocator.
+        let p = unsafe { INNER.realloc(ptr, layout, new_size) };
+        if !p.is_null() && ENABLED.load(Ordering::Relaxed) {
+            grow(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+/// Count `delta` bytes more (or fewer) live, updating the peak.
+fn grow(delta: isize) {
+    let live = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
+    PEAK.fetch_max(live.max(0) as usize, Ordering::Relaxed);
 }
 
 /// Heap bytes in use now.

@@ -1,8 +1,12 @@
 //! A keep-alive HTTP/1.1-over-TLS load generator with latency histograms.
 //!
 //! Closed loop by default (each connection sends its next request when the previous one is
-//! answered); with a target rate, requests are paced on a schedule and latency is measured
-//! from the scheduled send time, so a slow server cannot hide its queueing (no coordinated omission).
+//! answered; latency from the send). With a target rate, requests are paced on a schedule and
+//! latency is measured from the **scheduled** send time, so a slow server cannot hide its
+//! queueing (no coordinated omission). The price: tokio timers wake up to ~1 ms late, and that
+//! lateness of the generator is in the figure too; paced runs therefore also keep a histogram
+//! from the actual send ([`LoadResult::hist_from_send`]) and count sends more than 2 ms behind
+//! schedule ([`LoadResult::late`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +44,10 @@ pub struct LoadResult {
     pub error_samples: Vec<String>,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Latency in microseconds.
+    /// Latency in microseconds: from the scheduled send in paced runs, from the send otherwise.
     pub hist: Histogram<u64>,
+    /// Latency in microseconds from the actual send (the same as `hist` in closed-loop runs).
+    pub hist_from_send: Histogram<u64>,
     /// Paced runs: sends that started more than 2 ms behind schedule (the server kept the
     /// generator waiting; 0 means the rate was held).
     pub late: u64,
@@ -53,9 +59,14 @@ impl LoadResult {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Latency at `q` (0..1) in milliseconds.
+    /// Latency at `q` (0..1) in milliseconds (from the schedule when paced).
     pub fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Latency at `q` (0..1) in milliseconds from the actual send.
+    pub fn ms_from_send(&self, q: f64) -> f64 {
+        self.hist_from_send.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
@@ -92,8 +103,9 @@ pub async fn run(
         let (t, config) = (t.clone(), config.clone());
         let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
         tasks.push(tokio::spawn(async move {
-            let mut hist =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let new_hist =
+                || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let (mut hist, mut hist_from_send) = (new_hist(), new_hist());
             let (mut ok, mut errors, mut samples, mut late) = (0u64, 0u64, Vec::new(), 0u64);
             let mut sender = None;
             let mut sent_on_conn = 0u64;
@@ -107,12 +119,12 @@ pub async fn run(
                         break;
                     }
                 }
-                // Latency counts from the actual send: tokio timers have 1 ms resolution, so
-                // measuring from the schedule would charge timer lateness to the server. Falling
-                // behind schedule (server queueing) is counted in `late` instead.
-                let scheduled = Instant::now();
+                // Paced: latency from the schedule (`next`), so time spent waiting for a slow
+                // server counts; closed loop: from the send.
+                let sent = Instant::now();
+                let scheduled = if interval.is_some() { next } else { sent };
                 if interval.is_some()
-                    && scheduled.saturating_duration_since(next) > Duration::from_millis(2)
+                    && sent.saturating_duration_since(next) > Duration::from_millis(2)
                 {
                     late += 1;
                 }
@@ -158,7 +170,12 @@ pub async fn run(
                 match result {
                     Ok(()) => {
                         ok += 1;
-                        let _ = hist.record(scheduled.elapsed().as_micros().max(1) as u64);
+                        let done = Instant::now();
+                        let us = |from: Instant| {
+                            done.saturating_duration_since(from).as_micros().max(1) as u64
+                        };
+                        let _ = hist.record(us(scheduled));
+                        let _ = hist_from_send.record(us(sent));
                     }
                     Err(e) => {
                         errors += 1;
@@ -172,15 +189,17 @@ pub async fn run(
                     next += i;
                 }
             }
-            (hist, ok, errors, samples, late)
+            (hist, hist_from_send, ok, errors, samples, late)
         }));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist_from_send = hist.clone();
     let (mut ok, mut errors, mut error_samples, mut late) = (0, 0, Vec::new(), 0);
     for task in tasks {
-        let (h, o, e, s, l) = task.await?;
+        let (h, hs, o, e, s, l) = task.await?;
         late += l;
         hist.add(&h)?;
+        hist_from_send.add(&hs)?;
         ok += o;
         errors += e;
         error_samples.extend(s);
@@ -192,5 +211,25 @@ pub async fn run(
         error_samples,
         elapsed: start.elapsed(),
         hist,
+        hist_from_send,
     })
+}
+
+/// One request on a fresh connection: the response body (for checking what a server answers).
+pub async fn request_once(t: &Target) -> anyhow::Result<Bytes> {
+    let config = eirinix_core::tls::client_config(&t.ca_pem).map_err(anyhow::Error::msg)?;
+    let mut sender = connect(t, config).await?;
+    let req = http::Request::post(t.path.as_str())
+        .header("host", t.server_name.as_str())
+        .header("content-type", "application/json")
+        .body(Full::new(t.body.clone()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status == 200,
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(body)
 }

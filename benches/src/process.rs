@@ -154,6 +154,20 @@ pub async fn process(seconds: u64, idle_secs: u64) -> anyhow::Result<()> {
         rss_idle as f64 / 1024.0,
         hwm_idle as f64 / 1024.0
     );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    };
+    println!(
+        "| of which anonymous (heap, stacks) / file-backed (code) | {} / {} (`RssAnon` / `RssFile` of /proc/<pid>/status) |",
+        kib("RssAnon:"),
+        kib("RssFile:")
+    );
     println!("| CPU used until then | {cpu_idle:.2} s |");
 
     // Admission load against the separate process.

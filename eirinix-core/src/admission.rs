@@ -235,36 +235,6 @@ fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     Ok(DecodedReview { request, pod })
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<StatusOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
-}
-
-#[derive(Serialize)]
-struct StatusOut<'a> {
-    status: &'static str,
-    code: u16,
-    message: &'a str,
-}
-
 /// The answer to one review, before encoding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -298,30 +268,61 @@ impl Answer {
     }
 
     /// Encode as an AdmissionReview v1 response for request `uid` (patch base64-encoded, as the apiserver expects).
+    ///
+    /// Written field by field into one buffer: the patch is serialized once and base64-encoded
+    /// in place, and only the strings that can need escaping (uid, message, warnings) go through
+    /// serde_json's string escaping. The output is byte for byte what serializing the response
+    /// struct with serde_json gave (tested against it).
     pub fn encode(&self, uid: &str) -> Vec<u8> {
-        let patch = self.patch.as_ref().map(|p| {
-            // Serializing a json_patch::Patch cannot fail: it is plain JSON values.
-            let bytes = serde_json::to_vec(p).unwrap_or_default();
-            base64::engine::general_purpose::STANDARD.encode(bytes)
+        use base64::engine::general_purpose::STANDARD;
+        // Serializing a json_patch::Patch cannot fail: it is plain JSON values.
+        let patch = self
+            .patch
+            .as_ref()
+            .map(|p| serde_json::to_vec(p).unwrap_or_default());
+        let patch_len = patch
+            .as_ref()
+            .and_then(|p| base64::encoded_len(p.len(), true))
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(160 + uid.len() + patch_len);
+        out.extend_from_slice(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
+        );
+        write_json(&mut out, uid);
+        out.extend_from_slice(if self.allowed {
+            b",\"allowed\":true"
+        } else {
+            b",\"allowed\":false"
         });
-        let out = ReviewOut {
-            api_version: API_VERSION,
-            kind: "AdmissionReview",
-            response: ResponseOut {
-                uid,
-                allowed: self.allowed,
-                status: self.denial.as_ref().map(|(code, message)| StatusOut {
-                    status: "Failure",
-                    code: *code,
-                    message,
-                }),
-                patch_type: patch.as_ref().map(|_| "JSONPatch"),
-                patch,
-                warnings: &self.warnings,
-            },
-        };
-        serde_json::to_vec(&out).unwrap_or_default()
+        if let Some((code, message)) = &self.denial {
+            out.extend_from_slice(br#","status":{"status":"Failure","code":"#);
+            out.extend_from_slice(code.to_string().as_bytes());
+            out.extend_from_slice(br#","message":"#);
+            write_json(&mut out, message);
+            out.push(b'}');
+        }
+        if let Some(patch) = patch {
+            out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+            let at = out.len();
+            out.resize(at + patch_len, 0);
+            // The buffer was sized with `encoded_len`, so this cannot run out of room.
+            let written = STANDARD.encode_slice(&patch, &mut out[at..]).unwrap_or(0);
+            out.truncate(at + written);
+            out.push(b'"');
+        }
+        if !self.warnings.is_empty() {
+            out.extend_from_slice(br#","warnings":"#);
+            write_json(&mut out, &self.warnings);
+        }
+        out.extend_from_slice(b"}}");
+        out
     }
+}
+
+/// Append `value` as JSON (strings escaped as serde_json escapes them).
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing strings or string lists into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// How long an extension may take in-process when its caller (the apiserver) waits `timeout`
@@ -532,6 +533,108 @@ impl ExtensionHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ReviewOut<'a> {
+        api_version: &'static str,
+        kind: &'static str,
+        response: ResponseOut<'a>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResponseOut<'a> {
+        uid: &'a str,
+        allowed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<StatusOut<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        warnings: &'a [String],
+    }
+
+    #[derive(Serialize)]
+    struct StatusOut<'a> {
+        status: &'static str,
+        code: u16,
+        message: &'a str,
+    }
+
+    /// The encoding `Answer::encode` replaced: the response struct through serde_json.
+    fn encode_with_serde(answer: &Answer, uid: &str) -> Vec<u8> {
+        let patch = answer.patch.as_ref().map(|p| {
+            base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(p).unwrap())
+        });
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response: ResponseOut {
+                uid,
+                allowed: answer.allowed,
+                status: answer.denial.as_ref().map(|(code, message)| StatusOut {
+                    status: "Failure",
+                    code: *code,
+                    message,
+                }),
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+                warnings: &answer.warnings,
+            },
+        };
+        serde_json::to_vec(&out).unwrap()
+    }
+
+    #[test]
+    fn the_answer_is_encoded_as_serde_json_encodes_the_response() {
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/metadata/annotations", "value": {"eirinix.org/persi": "injected"}},
+            {"op": "add", "path": "/spec/volumes/-", "value": {"name": "v\"1\u{e9}", "emptyDir": {}}},
+        ]))
+        .unwrap();
+        let answers = [
+            Answer::allow(Vec::new()),
+            Answer::allow(vec!["w1".into(), "quote \" and \\ and \n and \u{1}".into()]),
+            Answer::deny(403, "denied: \"x\"\t\u{7f} é".into()),
+            Answer {
+                allowed: true,
+                denial: None,
+                patch: Some(patch.clone()),
+                warnings: vec!["warn".into()],
+            },
+            Answer {
+                allowed: true,
+                denial: None,
+                patch: Some(json_patch::Patch(Vec::new())),
+                warnings: Vec::new(),
+            },
+            Answer {
+                allowed: false,
+                denial: Some((500, String::new())),
+                patch: Some(patch),
+                warnings: vec![String::new()],
+            },
+        ];
+        for uid in [
+            "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "",
+            "odd \"uid\" \\ \u{2028}",
+        ] {
+            for a in &answers {
+                let ours = a.encode(uid);
+                assert_eq!(
+                    String::from_utf8(ours.clone()).unwrap(),
+                    String::from_utf8(encode_with_serde(a, uid)).unwrap(),
+                    "{a:?}"
+                );
+                let v: serde_json::Value = serde_json::from_slice(&ours).unwrap();
+                assert_eq!(v["response"]["uid"], uid);
+            }
+        }
+    }
 
     #[test]
     fn the_apiservers_timeout_parameter_is_read() {

@@ -105,14 +105,20 @@ pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration
             }),
         );
     }
-    webhooks
+    with_webhook_layers(webhooks, body_limit, request_timeout).merge(admin_router(state))
+}
+
+/// The layers every webhook route of [`router`] is served through: the body limit (413) and the
+/// request timeout (408). Public so that other routes (e.g. a benchmark's transport ceiling)
+/// can be measured through exactly the same stack.
+pub fn with_webhook_layers(routes: Router, body_limit: usize, request_timeout: Duration) -> Router {
+    routes
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
-        .merge(admin_router(state))
 }
 
 /// Connection-level limits of [`serve_tls`].
