@@ -144,14 +144,15 @@ async fn a_service_restarted_with_fewer_shards_resumes_every_container() {
         .wait_for(T, "the first lines of every pod", |r| r.len() >= pods * 10)
         .await;
     service.stop().await;
-    assert_eq!(
-        shards(&client, &ns)
-            .await
-            .values()
-            .filter(|d| !d.is_empty())
-            .count(),
-        8,
-        "24 containers spread over 8 shards"
+    // 24 random pod UIDs hashed over 8 shards leave one empty about a third of the time.
+    let used = shards(&client, &ns)
+        .await
+        .values()
+        .filter(|d| !d.is_empty())
+        .count();
+    assert!(
+        (4..=8).contains(&used),
+        "24 containers spread over the 8 shards: {used} used"
     );
 
     opts.replicas.checkpoint_shards = 1;
