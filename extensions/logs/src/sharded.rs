@@ -692,10 +692,14 @@ async fn member_term(
                     i64::try_from(term.foreign_len()).unwrap_or(i64::MAX),
                     Ordering::Relaxed,
                 );
-                // The lowest member tidies up: slots of dead members are released for reuse,
-                // leader mode's checkpoints are emptied once every member has its share.
+                // The lowest member tidies up: slots of dead members (out of the view it took
+                // over) are released, so that members that start now do not count them live
+                // for a lease duration, and can reuse them; leader mode's checkpoints are
+                // emptied once every member has its share.
                 if view.slots().first() == Some(&slot) {
-                    for s in slots.iter().filter(|s| s.expired_for > lease) {
+                    for s in slots.iter().filter(|s| {
+                        s.expired_for > Duration::ZERO && !view.slots().contains(&s.slot)
+                    }) {
                         if let Err(e) = members.release_dead(s).await {
                             tracing::debug!(error = %e, "releasing a dead member's slot failed");
                         }

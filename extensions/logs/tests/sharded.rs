@@ -17,6 +17,7 @@ use eirinix_logs::{
     LogsMetrics, LogsOptions, LogsService, ReplicaMode, Scope, SinkOptions, SyslogOptions,
 };
 use eirinix_testenv::ContainerLog;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use tokio::sync::oneshot;
@@ -412,6 +413,7 @@ async fn a_crashed_member_share_is_taken_over_from_its_checkpoint() {
     // A member crashes under load: its Lease expires, the others take its share over.
     let before = [a.rebalances(), c.rebalances()];
     let b_owned = usize::try_from(b.owned()).unwrap();
+    let b_slot = b.metrics.member_slot.load(Ordering::Relaxed);
     let crashed = Instant::now();
     b.kill();
     settled(&[&a, &c], &before, "after the crash").await;
@@ -421,10 +423,43 @@ async fn a_crashed_member_share_is_taken_over_from_its_checkpoint() {
         a.forwarded() + c.forwarded() >= after + PODS as u64 * 20
     })
     .await;
+
+    // The dead member's slot is released once the others took its share over: a replica that
+    // joins reuses it, and the others hand part of their shares over to it.
+    let leases: Api<Lease> =
+        Api::namespaced(kube::Client::try_from(s.config.clone()).unwrap(), &s.ns);
+    let slot_lease = format!("eirinix-logs-member-{b_slot}");
+    let deadline = Instant::now() + T;
+    loop {
+        let holder = leases
+            .get(&slot_lease)
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        if holder.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead member's slot is still held by {holder}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = [a.rebalances(), c.rebalances(), 0];
+    let d = Replica::start(s.config.clone(), &s.ns, &s.options, "replica-d");
+    let joined = settled(&[&a, &c, &d], &before, "a replica joining after the crash").await;
+    assert_eq!(
+        d.metrics.member_slot.load(Ordering::Relaxed),
+        b_slot,
+        "the new replica reuses the dead member's slot"
+    );
+
     let (n, _) = load.finish().await;
     all_delivered(&s.rsyslog, n, "every line after the crash").await;
     // The survivors stop gracefully (their sinks drain); then rsyslog gets nothing more.
-    let sent = [a.stop().await, c.stop().await];
+    let sent = [a.stop().await, c.stop().await, d.stop().await];
     let sink = sent[0].sink_names().first().cloned().unwrap();
     let survivors_sent: u64 = sent.iter().map(|m| m.sent(&sink)).sum();
     quiet(&s.rsyslog).await;
@@ -465,7 +500,8 @@ async fn a_crashed_member_share_is_taken_over_from_its_checkpoint() {
     );
     eprintln!(
         "sharded crash: share of {b_owned} pods taken over {takeover:?} after the crash \
-         (lease 3 s); {repeated} lines repeated in {repeated_pods} pods; {n} lines per pod"
+         (lease 3 s); {repeated} lines repeated in {repeated_pods} pods; {n} lines per pod; \
+         a new replica joined in {joined:?}"
     );
     assert!(
         takeover < Duration::from_secs(12),
