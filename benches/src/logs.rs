@@ -171,6 +171,16 @@ fn report(m: &LogsMetrics) {
     println!(
         "{}",
         serde_json::json!({
+            // Sharded replicas (`logs-sharded`): membership and rebalances.
+            "slot": m.member_slot.load(Ordering::Relaxed),
+            "members": m.members.load(Ordering::Relaxed),
+            "owned": m.owned_pods.load(Ordering::Relaxed),
+            "rebalances": m.rebalances.load(Ordering::Relaxed),
+            "rebalance_ms": m.last_rebalance_ms.load(Ordering::Relaxed),
+            "checkpoints": m.checkpoints_written.load(Ordering::Relaxed),
+            "checkpoint_errors": m.checkpoint_errors.load(Ordering::Relaxed),
+            "duplicates_skipped": m.duplicates_skipped.load(Ordering::Relaxed),
+            "sink_errors": m.sink_names().iter().map(|n| m.errors(n)).sum::<u64>(),
             "read": m.lines_read.load(Ordering::Relaxed),
             "forwarded": m.records_forwarded.load(Ordering::Relaxed),
             // Sink buffers no longer drop lines (back-pressure); kept at 0 for the table.
@@ -192,7 +202,7 @@ fn flow_control_waits(m: &LogsMetrics) -> u64 {
 }
 
 /// The forwarding process, seen from the parent.
-struct Forwarder {
+pub(crate) struct Forwarder {
     child: Child,
     stdin: Option<ChildStdin>,
     last: Arc<Mutex<serde_json::Value>>,
@@ -201,13 +211,15 @@ struct Forwarder {
 
 impl Forwarder {
     fn start(cp: &ControlPlane, namespace: &str, syslog: &str) -> anyhow::Result<Forwarder> {
-        let options = LogsOptions {
-            sinks: vec![SinkOptions::Syslog(SyslogOptions {
-                address: syslog.into(),
-                ..SyslogOptions::default()
-            })],
-            ..LogsOptions::default()
-        };
+        Self::start_with(cp, namespace, &syslog_options(syslog))
+    }
+
+    /// A forwarding process running the logs extension with `options` on `namespace`.
+    pub(crate) fn start_with(
+        cp: &ControlPlane,
+        namespace: &str,
+        options: &LogsOptions,
+    ) -> anyhow::Result<Forwarder> {
         let config = tempfile::NamedTempFile::new()?;
         std::fs::write(
             config.path(),
@@ -247,18 +259,18 @@ impl Forwarder {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn counter(&self, name: &str) -> u64 {
+    pub(crate) fn counter(&self, name: &str) -> u64 {
         self.last.lock().unwrap_or_else(|p| p.into_inner())[name]
             .as_u64()
             .unwrap_or(0)
     }
 
     /// Close stdin (graceful stop: drain, final checkpoint), then wait up to 30 s.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.stdin.take();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -280,21 +292,32 @@ impl Drop for Forwarder {
     }
 }
 
+/// Production defaults with one syslog sink to `syslog`.
+pub(crate) fn syslog_options(syslog: &str) -> LogsOptions {
+    LogsOptions {
+        sinks: vec![SinkOptions::Syslog(SyslogOptions {
+            address: syslog.into(),
+            ..SyslogOptions::default()
+        })],
+        ..LogsOptions::default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Receivers.
 
 /// A real rsyslogd: imtcp on 127.0.0.1, the RFC 5424 parser, MSG and a newline appended to a
 /// file. Killed on drop (and when this process dies).
-struct Rsyslog {
+pub(crate) struct Rsyslog {
     dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
     child: Child,
     offset: u64,
     count: u64,
 }
 
 impl Rsyslog {
-    fn start() -> anyhow::Result<Rsyslog> {
+    pub(crate) fn start() -> anyhow::Result<Rsyslog> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -347,12 +370,12 @@ ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="msg" ioBu
         })
     }
 
-    fn out(&self) -> PathBuf {
+    pub(crate) fn out(&self) -> PathBuf {
         self.dir.path().join("out.log")
     }
 
     /// Lines written so far (counted incrementally).
-    fn received(&mut self) -> u64 {
+    pub(crate) fn received(&mut self) -> u64 {
         let Ok(mut f) = File::open(self.out()) else {
             return 0;
         };
@@ -481,16 +504,16 @@ impl Receiver {
 // /proc.
 
 /// User + system CPU seconds of process `pid` ("self" for this one).
-fn proc_cpu(pid: &str) -> f64 {
+pub(crate) fn proc_cpu(pid: &str) -> f64 {
     crate::alloc::cpu_seconds_of(pid)
 }
 
 /// Resident set size of process `pid`, KiB.
-fn proc_rss_kib(pid: u32) -> u64 {
+pub(crate) fn proc_rss_kib(pid: u32) -> u64 {
     crate::alloc::rss_kib_of(&pid.to_string()).0
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -537,7 +560,7 @@ fn app_pod(name: &str, node: &str) -> Pod {
 }
 
 /// Creates app pods `<prefix>-<i>` for `range` on the kubelet's node, with a running `opi`.
-async fn create_pods(
+pub(crate) async fn create_pods(
     client: &kube::Client,
     ns: &str,
     node: &str,
@@ -573,7 +596,7 @@ async fn create_pods(
 
 /// Line `seq` of pod `pod`, `len` bytes: the pod and sequence number first (for checking), then
 /// a typical router access log line.
-fn line(pod: &str, seq: usize, len: usize) -> String {
+pub(crate) fn line(pod: &str, seq: usize, len: usize) -> String {
     let mut l = format!(
         "{pod} {seq:08} 10.255.1.4 - [request] \"GET /v2/apps/7d1f3b3c/stats HTTP/1.1\" 200 512 0.003 vcap_request_id=5f0c1a9e-3b7d-4c2e"
     );

@@ -10,6 +10,7 @@ mod logs;
 mod peers;
 mod pods;
 mod process;
+mod sharded;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +102,12 @@ enum Cmd {
     Logs {
         #[command(flatten)]
         args: logs::Args,
+    },
+    /// Sharded logs replicas at scale: many containers on simulated nodes, a replica killed,
+    /// one added, one removed under load; memory, CPU, time to rebalance, lines lost/repeated.
+    LogsSharded {
+        #[command(flatten)]
+        args: sharded::Args,
     },
     /// Failed requests while certificates rotate under load.
     Rotation {
@@ -638,6 +645,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::WatchScale { pods } => watch_scale(pods).await,
         Cmd::Rotation { seconds } => rotation(seconds).await,
         Cmd::Logs { args } => logs::run(args).await,
+        Cmd::LogsSharded { args } => sharded::run(args).await,
         Cmd::Process { seconds, idle } => process::process(seconds, idle).await,
         Cmd::All => {
             peers::peers(peers::Args::default()).await?;

@@ -136,10 +136,19 @@ async fn remove_leftovers(
         }
     }
     if names.contains(&"logs") {
-        let (lease_ns, lease, checkpoint) = logs_names(common, stock)?;
+        let (lease_ns, lease, checkpoint, sharded) = logs_names(common, stock)?;
         let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
         if delete(&leases, &lease).await? {
             removed.push(format!("Lease {lease_ns}/{lease}"));
+        }
+        // Sharded replicas: member slot Leases `<lease>-member-<n>`, numbered from 0 without gaps
+        // (a slot is reused, never deleted, while the extension runs).
+        for slot in (0..).take_while(|_| sharded) {
+            let name = format!("{lease}-member-{slot}");
+            if !delete(&leases, &name).await? {
+                break;
+            }
+            removed.push(format!("Lease {lease_ns}/{name}"));
         }
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &lease_ns);
         let prefix = format!("{checkpoint}-");
@@ -152,9 +161,7 @@ async fn remove_leftovers(
                 continue;
             };
             let shard = name.strip_prefix(&prefix);
-            if shard.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                && delete(&cms, &name).await?
-            {
+            if shard.is_some_and(|s| is_shard(s) || is_member(s)) && delete(&cms, &name).await? {
                 removed.push(format!("ConfigMap {lease_ns}/{name}"));
             }
         }
@@ -183,19 +190,34 @@ async fn remove_leftovers(
     Ok(removed)
 }
 
-/// Namespace, Lease and checkpoint prefix of the logs extension.
-fn logs_names(common: &CommonArgs, stock: &StockArgs) -> anyhow::Result<(String, String, String)> {
+/// A checkpoint shard number of leader mode (`<checkpoint>-<n>`).
+fn is_shard(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A member ConfigMap of sharded replicas: status `member-<n>` or page `member-<n>-<page>`.
+fn is_member(s: &str) -> bool {
+    s.strip_prefix("member-").is_some_and(|rest| {
+        let (slot, page) = rest.split_once('-').unwrap_or((rest, "0"));
+        is_shard(slot) && is_shard(page)
+    })
+}
+
+/// Namespace, Lease and checkpoint prefix of the logs extension, and whether its replicas are
+/// sharded (they then also have member Leases).
+fn logs_names(
+    common: &CommonArgs,
+    stock: &StockArgs,
+) -> anyhow::Result<(String, String, String, bool)> {
     let fp = &common.fingerprint;
-    let Some(path) = &stock.logs_config else {
+    let Some(options) = crate::stock::logs_options(stock)? else {
         return Ok((
             common.webhook_namespace.clone(),
             format!("{fp}-logs"),
             format!("{fp}-logs-checkpoint"),
+            stock.logs_replicas_mode == Some(crate::stock::LogsReplicasMode::Sharded),
         ));
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let options = eirinix_logs::LogsOptions::from_yaml(&text)?;
     Ok((
         options
             .replicas
@@ -204,5 +226,6 @@ fn logs_names(common: &CommonArgs, stock: &StockArgs) -> anyhow::Result<(String,
             .unwrap_or_else(|| common.webhook_namespace.clone()),
         options.replicas.lease_name.clone(),
         options.replicas.checkpoint_name.clone(),
+        options.replicas.mode == eirinix_logs::ReplicaMode::Sharded,
     ))
 }

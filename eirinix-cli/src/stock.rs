@@ -13,6 +13,32 @@ use crate::cli::{CommonArgs, FailurePolicyArg, ReviewArgs};
 /// Every stock extension, in the order they are registered.
 pub const ALL: [&str; 4] = ["persi", "ssh", "logs", "rootfs"];
 
+/// `--logs-replicas-mode`: how logs replicas share the followed containers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogsReplicasMode {
+    /// One Lease holder follows every container; the other replicas wait.
+    Leader,
+    /// Every replica follows a share (pod UIDs hashed over the live replicas).
+    Sharded,
+}
+
+/// The logs options of `--logs-config`, with `--logs-replicas-mode` applied.
+pub fn logs_options(stock: &StockArgs) -> anyhow::Result<Option<eirinix_logs::LogsOptions>> {
+    let Some(path) = &stock.logs_config else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut options = eirinix_logs::LogsOptions::from_yaml(&text)?;
+    if let Some(mode) = stock.logs_replicas_mode {
+        options.replicas.mode = match mode {
+            LogsReplicasMode::Leader => eirinix_logs::ReplicaMode::Leader,
+            LogsReplicasMode::Sharded => eirinix_logs::ReplicaMode::Sharded,
+        };
+    }
+    Ok(Some(options))
+}
+
 /// Flags of the stock extensions (prefixed by the extension name).
 #[derive(Args, Debug, Clone, Default)]
 pub struct StockArgs {
@@ -54,6 +80,10 @@ pub struct StockArgs {
     /// logs: configuration file (YAML: sinks, buffers, replicas; see extensions/logs/README.md).
     #[arg(long, env = "EIRINIX_LOGS_CONFIG")]
     pub logs_config: Option<PathBuf>,
+    /// logs: how replicas share the followed containers, overriding `replicas.mode` of the file:
+    /// `leader` (one Lease holder follows all) or `sharded` (each follows a share).
+    #[arg(long, value_enum, env = "EIRINIX_LOGS_REPLICAS_MODE")]
+    pub logs_replicas_mode: Option<LogsReplicasMode>,
 
     /// rootfs: the desired rootfs version (the ConfigMap, when given, wins at run time).
     #[arg(long, env = "EIRINIX_ROOTFS_VERSION")]
@@ -293,13 +323,8 @@ pub fn install(
                     })
             }
             "logs" => {
-                let path = stock
-                    .logs_config
-                    .as_ref()
+                let options = logs_options(stock)?
                     .context("the logs extension needs --logs-config (its sinks)")?;
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let options = eirinix_logs::LogsOptions::from_yaml(&text)?;
                 options.validate()?;
                 let (b, metrics) = eirinix_logs::try_install(b, options)?;
                 b.metrics_source(Arc::new(move || metrics.render()))

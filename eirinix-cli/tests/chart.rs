@@ -75,6 +75,17 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
             [vec!["extensions.persi.enabled=false"], logs.to_vec()].concat(),
         ),
         (
+            "logs sharded",
+            [
+                vec![
+                    "extensions.persi.enabled=false",
+                    "extensions.logs.replicasMode=sharded",
+                ],
+                logs.to_vec(),
+            ]
+            .concat(),
+        ),
+        (
             "everything, all namespaces",
             [
                 all.to_vec(),
@@ -295,6 +306,53 @@ fn every_variant_lints_and_renders() {
 /// is its own CA, so every renewal changed the caBundle before the pods reloaded their files. The
 /// chart's chain is self-signed root -> CA Certificate -> CA Issuer -> serving certificate, and the
 /// CA keeps its key when renewed.
+/// The logs configuration and the server Role of a rendering.
+fn logs_config_and_lease_verbs(docs: &[Value]) -> (eirinix_logs::LogsOptions, Vec<String>) {
+    let cm = by_kind(docs, "ConfigMap")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "rel-logs")
+        .expect("logs ConfigMap");
+    let options =
+        eirinix_logs::LogsOptions::from_yaml(cm["data"]["logs.yaml"].as_str().unwrap()).unwrap();
+    let role = by_kind(docs, "Role")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "rel-server")
+        .expect("server Role");
+    let verbs = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"] == json!(["leases"]))
+        .expect("a rule on leases")["verbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    (options, verbs)
+}
+
+#[test]
+fn logs_replicas_mode_reaches_the_configuration_and_the_role() {
+    let logs = [
+        "extensions.logs.enabled=true",
+        "extensions.logs.sinks[0].type=syslog",
+        "extensions.logs.sinks[0].address=127.0.0.1:6514",
+    ];
+    let (leader, verbs) = logs_config_and_lease_verbs(&render("eirinix-system", "eirini", &logs));
+    assert_eq!(leader.replicas.mode, eirinix_logs::ReplicaMode::Leader);
+    assert!(!verbs.contains(&"list".to_owned()), "{verbs:?}");
+
+    // Sharded: members on, even with one replica; member Leases are listed.
+    let mut sets = logs.to_vec();
+    sets.extend(["extensions.logs.replicasMode=sharded", "replicas=1"]);
+    let (sharded, verbs) = logs_config_and_lease_verbs(&render("eirinix-system", "eirini", &sets));
+    assert_eq!(sharded.replicas.mode, eirinix_logs::ReplicaMode::Sharded);
+    assert!(sharded.replicas.leader_election);
+    sharded.validate().unwrap();
+    assert!(verbs.contains(&"list".to_owned()), "{verbs:?}");
+}
+
 #[test]
 fn cert_manager_renewals_keep_the_trusted_ca() {
     let docs = render(

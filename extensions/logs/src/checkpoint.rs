@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 
 use crate::cursor::Cursor;
 use crate::error::LogsError;
@@ -37,7 +37,7 @@ pub fn uid_of(key: &str) -> &str {
     key.split_once('.').map_or(key, |(uid, _)| uid)
 }
 
-fn shard_of(key: &str, shards: u32) -> usize {
+pub(crate) fn shard_of(key: &str, shards: u32) -> usize {
     // FNV-1a: stable across processes and versions.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
@@ -48,34 +48,71 @@ fn shard_of(key: &str, shards: u32) -> usize {
 }
 
 /// Label on every checkpoint ConfigMap.
-const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// Reads and writes checkpoint ConfigMaps.
 pub struct CheckpointStore {
     api: Api<ConfigMap>,
     prefix: String,
     shards: u32,
-    written: Vec<Option<BTreeMap<String, String>>>,
-    /// Shards beyond the current count that held entries when loaded (a lowered shard count):
-    /// emptied once the current layout is written.
-    beyond: Vec<usize>,
+    /// Labels written on every shard; the first is also what shards are listed by (with the
+    /// managed-by label).
+    labels: BTreeMap<String, String>,
+    /// Extra selector terms when listing (e.g. `!label` to leave other stores' ConfigMaps out).
+    selector_extra: Option<String>,
+    /// With a positive value, the shard count follows the number of entries (a power of two, at
+    /// most this many entries per shard on average).
+    page_keys: usize,
+    /// What each existing shard ConfigMap holds, as last loaded or written (any shard number,
+    /// also beyond the current count: those are emptied by the next save).
+    written: BTreeMap<usize, BTreeMap<String, String>>,
 }
 
 impl CheckpointStore {
     /// Checkpoints in `namespace`, in ConfigMaps `<prefix>-0` .. `<prefix>-<shards-1>`.
     pub fn new(client: kube::Client, namespace: &str, prefix: &str, shards: u32) -> Self {
-        let shards = shards.max(1);
         CheckpointStore {
             api: Api::namespaced(client, namespace),
             prefix: prefix.to_owned(),
-            shards,
-            written: vec![None; shards as usize],
-            beyond: Vec::new(),
+            shards: shards.max(1),
+            labels: BTreeMap::from([(MANAGED_BY.to_owned(), FIELD_MANAGER.to_owned())]),
+            selector_extra: None,
+            page_keys: 0,
+            written: BTreeMap::new(),
         }
+    }
+
+    /// Also write `labels` on every shard and list shards by them (sharded replicas: one store
+    /// per member slot).
+    pub(crate) fn with_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.labels.extend(labels);
+        self
+    }
+
+    /// Add `term` to the label selector shards are listed with.
+    pub(crate) fn with_selector(mut self, term: &str) -> Self {
+        self.selector_extra = Some(term.to_owned());
+        self
+    }
+
+    /// Let the shard count grow and shrink with the entries: about `keys` entries per shard.
+    pub(crate) fn with_page_keys(mut self, keys: usize) -> Self {
+        self.page_keys = keys;
+        self
     }
 
     fn name(&self, shard: usize) -> String {
         format!("{}-{shard}", self.prefix)
+    }
+
+    fn selector(&self) -> String {
+        let mut terms: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        terms.extend(self.selector_extra.clone());
+        terms.join(",")
     }
 
     /// The shard number of ConfigMap `name`, if it is one of this prefix.
@@ -94,7 +131,7 @@ impl CheckpointStore {
     /// shard count); without the `list` permission, the current shards and the ones right
     /// after them are read one by one until one is missing.
     async fn stored_shards(&self) -> Result<Vec<(usize, BTreeMap<String, String>)>, LogsError> {
-        let lp = ListParams::default().labels(&format!("{MANAGED_BY}={FIELD_MANAGER}"));
+        let lp = ListParams::default().labels(&self.selector());
         match self.api.list(&lp).await {
             Ok(list) => Ok(list
                 .items
@@ -130,57 +167,76 @@ impl CheckpointStore {
     /// by a crash). Entries that do not decode are skipped with a warning.
     pub async fn load(&mut self) -> Result<HashMap<String, Cursor>, LogsError> {
         let mut all: HashMap<String, Cursor> = HashMap::new();
-        self.written = vec![Some(BTreeMap::new()); self.shards as usize];
-        self.beyond.clear();
+        self.written.clear();
         for (shard, data) in self.stored_shards().await? {
-            for (k, v) in &data {
-                match Cursor::decode(v) {
-                    Some(c) => {
-                        let e = all.entry(k.clone()).or_insert(c);
-                        *e = (*e).max(c);
-                    }
-                    None => {
-                        tracing::warn!(key = %k, value = %v, "ignoring an invalid checkpoint entry")
-                    }
-                }
-            }
-            match self.written.get_mut(shard) {
-                Some(slot) => *slot = Some(data),
-                None if !data.is_empty() => self.beyond.push(shard),
-                None => {}
-            }
+            merge_entries(&mut all, &data);
+            self.written.insert(shard, data);
         }
-        if !self.beyond.is_empty() {
-            self.beyond.sort_unstable();
+        let beyond: Vec<usize> = self
+            .written
+            .iter()
+            .filter(|(s, d)| **s >= self.shards as usize && !d.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        if !beyond.is_empty() && self.page_keys == 0 {
             tracing::info!(
                 shards = self.shards,
-                beyond = ?self.beyond,
+                ?beyond,
                 "checkpoints found in shards beyond checkpointShards (lowered): their entries \
                  are moved into the current shards"
             );
         }
+        if self.page_keys > 0 {
+            self.fit(all.len());
+        }
         Ok(all)
     }
 
-    /// Write `cursors` (the complete set): shards whose content changed since the last write.
+    /// Choose the shard count for `keys` entries (with `page_keys`): the smallest power of two
+    /// with at most `page_keys` entries per shard, lowered only below a quarter of that (no
+    /// re-layout back and forth around a boundary).
+    fn fit(&mut self, keys: usize) {
+        let want = keys
+            .div_ceil(self.page_keys.max(1))
+            .max(1)
+            .next_power_of_two();
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        if want > self.shards || want.saturating_mul(4) <= self.shards {
+            self.shards = want;
+        }
+    }
+
+    /// Write `cursors` (the complete set): shards whose content changed since the last write,
+    /// and empty the shards beyond the current count that still hold entries.
     pub async fn save(&mut self, cursors: &HashMap<String, Cursor>) -> Result<usize, LogsError> {
+        if self.page_keys > 0 {
+            self.fit(cursors.len());
+        }
         let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); self.shards as usize];
         for (k, c) in cursors {
             shards[shard_of(k, self.shards)].insert(k.clone(), c.encode());
         }
         let mut writes = 0;
         for (i, data) in shards.into_iter().enumerate() {
-            if self.written[i].as_ref() == Some(&data) {
-                continue;
+            match self.written.get(&i) {
+                Some(old) if *old == data => continue,
+                // Never created and nothing to hold: leave it uncreated.
+                None if data.is_empty() => continue,
+                _ => {}
             }
             self.apply(i, data).await?;
             writes += 1;
         }
         // The current layout holds everything now: empty the shards beyond it (emptied, not
         // deleted: the extension may create, patch and list ConfigMaps, not delete them).
-        while let Some(&shard) = self.beyond.first() {
+        let beyond: Vec<usize> = self
+            .written
+            .iter()
+            .filter(|(s, d)| **s >= self.shards as usize && !d.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        for shard in beyond {
             self.apply(shard, BTreeMap::new()).await?;
-            self.beyond.remove(0);
             writes += 1;
         }
         Ok(writes)
@@ -189,26 +245,12 @@ impl CheckpointStore {
     /// Write shard `i` with `data` (server-side apply).
     async fn apply(&mut self, i: usize, data: BTreeMap<String, String>) -> Result<(), LogsError> {
         let name = self.name(i);
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(
-                    MANAGED_BY.to_owned(),
-                    FIELD_MANAGER.to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            data: Some(data.clone()),
-            ..ConfigMap::default()
-        };
-        let mut value = serde_json::to_value(&cm).map_err(|e| LogsError::Checkpoint {
-            key: name.clone(),
-            message: e.to_string(),
-        })?;
-        if let Some(obj) = value.as_object_mut() {
-            obj.insert("apiVersion".into(), "v1".into());
-            obj.insert("kind".into(), "ConfigMap".into());
-        }
+        let value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": self.labels},
+            "data": data,
+        });
         self.api
             .patch(
                 &name,
@@ -216,10 +258,23 @@ impl CheckpointStore {
                 &Patch::Apply(&value),
             )
             .await?;
-        if let Some(slot) = self.written.get_mut(i) {
-            *slot = Some(data);
-        }
+        self.written.insert(i, data);
         Ok(())
+    }
+}
+
+/// Add the decodable entries of `data` to `all`, keeping the later position of a key found twice.
+pub(crate) fn merge_entries(all: &mut HashMap<String, Cursor>, data: &BTreeMap<String, String>) {
+    for (k, v) in data {
+        match Cursor::decode(v) {
+            Some(c) => {
+                let e = all.entry(k.clone()).or_insert(c);
+                *e = (*e).max(c);
+            }
+            None => {
+                tracing::warn!(key = %k, value = %v, "ignoring an invalid checkpoint entry")
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! timestamp were forwarded. The apiserver takes `sinceTime` with second precision, so a resumed
 //! stream starts at the whole second and [`Dedup`] drops what was already forwarded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
@@ -189,6 +190,10 @@ impl Dedup {
 #[derive(Debug)]
 pub struct Progress {
     acked: Mutex<Vec<Option<Cursor>>>,
+    /// Per sink: records handed to its buffer, and records it delivered (hand-over waits until
+    /// they are equal: everything read was delivered).
+    pushed: Vec<AtomicU64>,
+    delivered: Vec<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,6 +205,8 @@ impl Progress {
     pub fn new(sinks: usize, start: Option<Cursor>) -> Arc<Self> {
         Arc::new(Progress {
             acked: Mutex::new(vec![start; sinks]),
+            pushed: (0..sinks).map(|_| AtomicU64::new(0)).collect(),
+            delivered: (0..sinks).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -209,6 +216,25 @@ impl Progress {
         if let Some(slot) = lock(&self.acked).get_mut(sink) {
             *slot = Some(cursor);
         }
+        if let Some(n) = self.delivered.get(sink) {
+            n.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// A record of this output was handed to sink `sink`'s buffer.
+    pub(crate) fn pushed(&self, sink: usize) {
+        if let Some(n) = self.pushed.get(sink) {
+            n.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Whether every sink delivered every record handed to it (meaningful once the follower
+    /// stopped: then the checkpoint is where a new follower continues without a repeat).
+    pub(crate) fn drained(&self) -> bool {
+        self.pushed
+            .iter()
+            .zip(&self.delivered)
+            .all(|(p, d)| d.load(Ordering::Acquire) >= p.load(Ordering::Acquire))
     }
 
     /// The position every sink has delivered up to (`None`: not all have delivered anything).
@@ -382,5 +408,16 @@ mod tests {
         // Unknown sinks are ignored.
         p.ack(7, c(t2, 9));
         assert_eq!(p.checkpoint(), Some(c(t2, 1)));
+
+        // Drained once each sink delivered what was handed to it.
+        let p = Progress::new(2, None);
+        assert!(p.drained());
+        p.pushed(0);
+        p.pushed(1);
+        assert!(!p.drained());
+        p.ack(0, c(t1, 1));
+        assert!(!p.drained());
+        p.ack(1, c(t1, 1));
+        assert!(p.drained());
     }
 }

@@ -551,11 +551,13 @@ impl Follower {
             };
             if let Some(record) = record {
                 let waited = Instant::now();
-                for out in outputs.iter() {
+                for (i, out) in outputs.iter().enumerate() {
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return ReadEnd::Cancelled,
-                        _ = out.push_when_room(record.clone()) => {}
+                        pushed = out.push_when_room(record.clone()) => if pushed {
+                            self.progress.pushed(i);
+                        }
                     }
                 }
                 if let Some(d) = deadline.as_mut() {

@@ -22,6 +22,7 @@ pub mod options;
 pub mod record;
 pub mod relp;
 pub mod service;
+mod sharded;
 pub mod sink;
 pub mod syslog;
 
@@ -30,8 +31,8 @@ use eirinix_core::ManagerBuilder;
 pub use error::LogsError;
 pub use metrics::LogsMetrics;
 pub use options::{
-    LoggregatorOptions, LogsOptions, NonUtf8, ReplicaOptions, SinkOptions, SyslogOptions,
-    TlsOptions,
+    LoggregatorOptions, LogsOptions, NonUtf8, ReplicaMode, ReplicaOptions, SinkOptions,
+    SyslogOptions, TlsOptions,
 };
 pub use record::{Origin, Record, Stream};
 pub use service::{LogsService, Scope};

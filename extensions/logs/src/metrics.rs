@@ -45,6 +45,19 @@ pub struct LogsMetrics {
     pub leader: AtomicI64,
     /// Whether stdout and stderr are followed apart (1) or merged, stream unknown (0).
     pub split_streams: AtomicI64,
+    /// Sharded mode: this replica's member slot (-1 while it holds none).
+    pub member_slot: AtomicI64,
+    /// Sharded mode: members in the view this replica follows for (0 before the first).
+    pub members: AtomicI64,
+    /// Sharded mode: pods this replica may follow in that view.
+    pub owned_pods: AtomicI64,
+    /// Sharded mode: views taken over (a member came or went).
+    pub rebalances: AtomicU64,
+    /// Sharded mode: milliseconds from seeing the last membership change to following the pods
+    /// of the new view.
+    pub last_rebalance_ms: AtomicI64,
+    /// Sharded mode: positions of other members' containers held until they have them.
+    pub foreign_positions: AtomicI64,
     sinks: Mutex<Vec<SinkEntry>>,
 }
 
@@ -53,7 +66,9 @@ type SinkEntry = (String, Arc<SinkMetrics>, Arc<BoundedBuffer>);
 impl LogsMetrics {
     /// Fresh counters.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let m = Self::default();
+        m.member_slot.store(-1, Ordering::Relaxed);
+        Arc::new(m)
     }
 
     /// Register the counters and buffer of sink `name`.
@@ -184,6 +199,42 @@ impl LogsMetrics {
             "eirinix_logs_split_streams",
             "1 while stdout and stderr are followed apart, 0 when merged (stream unknown).",
             self.split_streams.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_member_slot",
+            "Sharded replicas: this replica's member slot (-1: none).",
+            self.member_slot.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_members",
+            "Sharded replicas: members of the view followed for.",
+            self.members.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_owned_pods",
+            "Sharded replicas: pods this replica owns in that view.",
+            self.owned_pods.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "eirinix_logs_rebalances_total",
+            "Sharded replicas: views taken over (members came or went).",
+            l(&self.rebalances),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_last_rebalance_milliseconds",
+            "Sharded replicas: time from a membership change to following the new share.",
+            self.last_rebalance_ms.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "eirinix_logs_foreign_positions",
+            "Sharded replicas: positions kept for other members until they hold them.",
+            self.foreign_positions.load(Ordering::Relaxed),
         );
         let sinks: Vec<SinkEntry> = self
             .sinks

@@ -103,6 +103,28 @@ impl LogsOptions {
         if self.replicas.lease_duration_secs == 0 {
             return bad("replicas.leaseDurationSecs must be positive");
         }
+        if self.replicas.mode == ReplicaMode::Sharded {
+            if !self.replicas.leader_election {
+                return bad(
+                    "replicas.leaderElection: false is for one replica in leader mode; \
+                     sharded mode always uses membership Leases",
+                );
+            }
+            if self.replicas.checkpoint_page_keys == 0 {
+                return bad("replicas.checkpointPageKeys must be positive");
+            }
+            // The names are label values in sharded mode (members are listed by them).
+            for (what, name) in [
+                ("replicas.leaseName", &self.replicas.lease_name),
+                ("replicas.checkpointName", &self.replicas.checkpoint_name),
+            ] {
+                if name.is_empty() || name.len() > 50 {
+                    return Err(LogsError::Config(format!(
+                        "{what} must have 1 to 50 characters in sharded mode"
+                    )));
+                }
+            }
+        }
         for s in &self.sinks {
             s.validate()?;
         }
@@ -249,11 +271,25 @@ pub struct TlsOptions {
     pub server_name: Option<String>,
 }
 
-/// How replicas share the work: one leader follows every pod; the others wait.
+/// How replicas share the work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicaMode {
+    /// One leader (a Lease) follows every pod; the other replicas wait.
+    #[default]
+    Leader,
+    /// Every replica follows a share of the pods (hashed by pod UID over the live members, each
+    /// holding a membership Lease), handing pods over when members come and go.
+    Sharded,
+}
+
+/// How replicas share the work: one leader follows every pod (default), or each follows a share.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicaOptions {
-    /// Elect a leader with a Lease (on by default; off only for a single replica).
+    /// `leader` (default): one Lease holder follows every pod; `sharded`: the replicas share them.
+    pub mode: ReplicaMode,
+    /// Elect a leader with a Lease (on by default; off only for a single replica; `leader` mode).
     pub leader_election: bool,
     /// Namespace of the Lease and checkpoint ConfigMaps (default: the manager's webhook namespace).
     pub namespace: Option<String>,
@@ -269,11 +305,15 @@ pub struct ReplicaOptions {
     pub checkpoint_shards: u32,
     /// How often forwarded positions are written; bounds duplicates after a crash.
     pub checkpoint_interval_ms: u64,
+    /// `sharded` mode: entries per checkpoint ConfigMap of a member (each member has as many as
+    /// its share needs, a power of two; about 150 bytes per entry with its field ownership).
+    pub checkpoint_page_keys: usize,
 }
 
 impl Default for ReplicaOptions {
     fn default() -> Self {
         Self {
+            mode: ReplicaMode::Leader,
             leader_election: true,
             namespace: None,
             lease_name: "eirinix-logs".into(),
@@ -282,6 +322,7 @@ impl Default for ReplicaOptions {
             checkpoint_name: "eirinix-logs-checkpoint".into(),
             checkpoint_shards: 4,
             checkpoint_interval_ms: 1_000,
+            checkpoint_page_keys: 2_000,
         }
     }
 }

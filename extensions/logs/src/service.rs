@@ -23,7 +23,7 @@ use crate::cursor::{Cursor, Progress};
 use crate::error::LogsError;
 use crate::follower::{FollowEnd, Follower, FollowerConfig, PodView};
 use crate::metrics::LogsMetrics;
-use crate::options::LogsOptions;
+use crate::options::{LogsOptions, ReplicaMode};
 use crate::record::{Origin, Stream};
 use crate::sink::{Sink, SinkHandle, build_sink, spawn_sink};
 
@@ -141,7 +141,9 @@ impl LogsService {
             sinks = ?metrics.sink_names(),
             "logs extension starting"
         );
-        if options.replicas.leader_election {
+        if options.replicas.mode == ReplicaMode::Sharded {
+            crate::sharded::run(shared, cancel.clone()).await;
+        } else if options.replicas.leader_election {
             let identity = options
                 .replicas
                 .identity
@@ -168,44 +170,50 @@ impl LogsService {
 }
 
 /// What every part of the service shares.
-struct Shared {
-    client: kube::Client,
-    options: Arc<LogsOptions>,
-    scope: Scope,
+pub(crate) struct Shared {
+    pub(crate) client: kube::Client,
+    pub(crate) options: Arc<LogsOptions>,
+    pub(crate) scope: Scope,
     settings: Settings,
     outputs: Arc<[Arc<BoundedBuffer>]>,
-    sinks: Arc<SinkSet>,
-    metrics: Arc<LogsMetrics>,
+    pub(crate) sinks: Arc<SinkSet>,
+    pub(crate) metrics: Arc<LogsMetrics>,
 }
 
 /// The running sinks.
-struct SinkSet {
+pub(crate) struct SinkSet {
     handles: Mutex<Vec<SinkHandle>>,
 }
 
 impl SinkSet {
     /// Forget everything buffered (lost leadership: the next leader re-reads it).
-    fn discard(&self) {
+    pub(crate) fn discard(&self) {
         for h in lock(&self.handles).iter() {
             h.discard();
         }
     }
 
     /// Send what is buffered (up to `timeout`), then stop the sinks.
-    async fn drain(&self, timeout: Duration) {
+    pub(crate) async fn drain(&self, timeout: Duration) {
         let handles: Vec<SinkHandle> = std::mem::take(&mut *lock(&self.handles));
         futures::future::join_all(handles.into_iter().map(|h| h.drain(timeout))).await;
     }
 }
 
-/// One leadership term: everything that follows logs.
-struct Term {
-    shared: Arc<Shared>,
+/// One term (of the leader, or of a member of the sharded replicas): everything that follows
+/// logs.
+pub(crate) struct Term {
+    pub(crate) shared: Arc<Shared>,
+    /// Which pods this term may follow. Locked before `pods` when both are needed.
+    ownership: Mutex<Ownership>,
     pods: Mutex<HashMap<String, PodEntry>>,
     /// Containers followed now: their progress.
     progress: Mutex<HashMap<String, Arc<Progress>>>,
     /// Checkpointed positions of containers not followed (yet).
-    resume: Mutex<HashMap<String, Cursor>>,
+    pub(crate) resume: Mutex<HashMap<String, Cursor>>,
+    /// Positions of containers another member owns, kept in this member's checkpoints until
+    /// that member has them (sharded replicas only).
+    pub(crate) foreign: Mutex<HashMap<String, Cursor>>,
     followers: TaskTracker,
     cancel: CancellationToken,
     /// Follow stdout and stderr apart (until the apiserver refuses the `stream` parameter).
@@ -215,9 +223,217 @@ struct Term {
 struct PodEntry {
     view: watch::Sender<Arc<PodView>>,
     followed: HashSet<String>,
+    /// The pod's identity for its records (the container is set per follower).
+    origin: Arc<Origin>,
+    /// Stops this pod's followers (a hand-over to another member).
+    cancel: CancellationToken,
+    /// This pod's followers.
+    tasks: TaskTracker,
+}
+
+/// Which pods a term follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// Every pod (the leader).
+    All,
+    /// The pods this member owns both in the view it released for and in the view it adopted
+    /// (they differ while a hand-over is under way); none before the first adoption.
+    Member {
+        /// This member's slot.
+        slot: u32,
+        /// The view this member stopped following others' pods for (published).
+        released: Option<crate::sharded::View>,
+        /// The view whose pods this member took over (after every member released for it).
+        adopted: Option<crate::sharded::View>,
+    },
+}
+
+impl Ownership {
+    /// Whether the pod with `uid` may be followed.
+    pub(crate) fn may_follow(&self, uid: &str) -> bool {
+        match self {
+            Ownership::All => true,
+            Ownership::Member {
+                slot,
+                released: Some(r),
+                adopted: Some(a),
+            } => r.owner(uid) == Some(*slot) && a.owner(uid) == Some(*slot),
+            Ownership::Member { .. } => false,
+        }
+    }
+}
+
+/// The followers a member stopped, to be waited for before handing their pods over.
+pub(crate) struct Released {
+    tasks: Vec<TaskTracker>,
 }
 
 impl Term {
+    /// A new term of `shared`, resuming from `resume`, following what `ownership` allows.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        resume: HashMap<String, Cursor>,
+        ownership: Ownership,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let split = shared.options.split_streams;
+        shared
+            .metrics
+            .split_streams
+            .store(i64::from(split), std::sync::atomic::Ordering::Relaxed);
+        Arc::new(Term {
+            shared,
+            ownership: Mutex::new(ownership),
+            pods: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
+            resume: Mutex::new(resume),
+            foreign: Mutex::new(HashMap::new()),
+            followers: TaskTracker::new(),
+            cancel,
+            split: std::sync::atomic::AtomicBool::new(split),
+        })
+    }
+
+    /// The current ownership.
+    pub(crate) fn ownership(&self) -> Ownership {
+        lock(&self.ownership).clone()
+    }
+
+    /// Number of pods followed now.
+    pub(crate) fn followed_pods(&self) -> usize {
+        lock(&self.pods)
+            .values()
+            .filter(|e| !e.followed.is_empty())
+            .count()
+    }
+
+    /// Narrow (or widen) what this term follows: the followers of pods it may no longer follow
+    /// are stopped (returned, to be drained with [`Term::hand_over`]); with `spawn`, pods it
+    /// may now follow are followed.
+    pub(crate) fn set_ownership(self: &Arc<Self>, ownership: Ownership, spawn: bool) -> Released {
+        let mut own = lock(&self.ownership);
+        *own = ownership;
+        let mut pods = lock(&self.pods);
+        let mut released = Released { tasks: Vec::new() };
+        for (uid, entry) in pods.iter_mut() {
+            if own.may_follow(uid) {
+                if spawn {
+                    self.spawn_ready(uid, entry);
+                }
+                continue;
+            }
+            if entry.followed.is_empty() {
+                continue;
+            }
+            entry.cancel.cancel();
+            entry.tasks.close();
+            released.tasks.push(std::mem::take(&mut entry.tasks));
+            entry.cancel = self.cancel.child_token();
+            entry.followed.clear();
+        }
+        released
+    }
+
+    /// After [`Term::set_ownership`]: wait until the stopped followers ended and the sinks
+    /// delivered everything they read (unless `cancel` fires first: then `false`), and move
+    /// the positions of every pod this term may no longer follow to the foreign positions.
+    pub(crate) async fn hand_over(&self, released: Released, cancel: &CancellationToken) -> bool {
+        for t in &released.tasks {
+            tokio::select! {
+                _ = t.wait() => {}
+                _ = cancel.cancelled() => return false,
+            }
+        }
+        let own = self.ownership();
+        loop {
+            let pending = lock(&self.progress)
+                .iter()
+                .any(|(k, p)| !own.may_follow(uid_of(k)) && !p.drained());
+            if !pending {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = cancel.cancelled() => return false,
+            }
+        }
+        let mut moved: Vec<(String, Cursor)> = Vec::new();
+        lock(&self.progress).retain(|k, p| {
+            if own.may_follow(uid_of(k)) {
+                return true;
+            }
+            if let Some(c) = p.checkpoint() {
+                moved.push((k.clone(), c));
+            }
+            false
+        });
+        lock(&self.resume).retain(|k, c| {
+            if own.may_follow(uid_of(k)) {
+                return true;
+            }
+            moved.push((k.clone(), *c));
+            false
+        });
+        let mut foreign = lock(&self.foreign);
+        for (k, c) in moved {
+            let e = foreign.entry(k).or_insert(c);
+            *e = (*e).max(c);
+        }
+        true
+    }
+
+    /// Replace the foreign positions (a member's own pages, loaded at the start of its term).
+    pub(crate) fn set_foreign(&self, positions: HashMap<String, Cursor>) {
+        *lock(&self.foreign) = positions;
+    }
+
+    /// Number of foreign positions held.
+    pub(crate) fn foreign_len(&self) -> usize {
+        lock(&self.foreign).len()
+    }
+
+    /// Keep the foreign positions whose key satisfies `keep`.
+    pub(crate) fn retain_foreign(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.foreign).retain(|k, _| keep(k));
+    }
+
+    /// Keep the foreign positions for which `keep(key, position)` holds.
+    pub(crate) fn retain_foreign_cursors(&self, keep: impl Fn(&str, &Cursor) -> bool) {
+        lock(&self.foreign).retain(|k, c| keep(k, c));
+    }
+
+    /// Take over `positions` (of pods this member now owns): they resume from there, unless
+    /// followed already; a foreign position of the same key is theirs now.
+    pub(crate) fn adopt(&self, positions: HashMap<String, Cursor>) {
+        let progress = lock(&self.progress);
+        let mut resume = lock(&self.resume);
+        let mut foreign = lock(&self.foreign);
+        for (k, c) in positions {
+            let c = foreign.remove(&k).map_or(c, |f| f.max(c));
+            if progress.contains_key(&k) {
+                continue;
+            }
+            let e = resume.entry(k).or_insert(c);
+            *e = (*e).max(c);
+        }
+    }
+
+    /// Stop following everything (end of the term).
+    pub(crate) fn stop(&self) {
+        self.cancel.cancel();
+        self.followers.close();
+    }
+
+    /// Wait (at most `timeout`) for every follower to end.
+    pub(crate) async fn wait_followers(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.followers.wait()).await;
+    }
+
+    /// Forget every pod (end of the term).
+    pub(crate) fn clear(&self) {
+        lock(&self.pods).clear();
+    }
+
     fn follower_config(&self) -> FollowerConfig {
         let o = &self.shared.options;
         FollowerConfig {
@@ -237,6 +453,7 @@ impl Term {
                 }
                 // Positions of containers that never started are not needed any more.
                 lock(&self.resume).retain(|k, _| uid_of(k) != uid);
+                lock(&self.foreign).retain(|k, _| uid_of(k) != uid);
             }
         }
     }
@@ -246,10 +463,14 @@ impl Term {
             return;
         };
         let view = Arc::new(PodView::from_pod(pod));
+        let own = lock(&self.ownership);
         let mut pods = lock(&self.pods);
         let entry = pods.entry(uid.clone()).or_insert_with(|| PodEntry {
             view: watch::channel(view.clone()).0,
             followed: HashSet::new(),
+            origin: Arc::new(Origin::from_pod(pod, "")),
+            cancel: self.cancel.child_token(),
+            tasks: TaskTracker::new(),
         });
         entry.view.send_if_modified(|v| {
             if **v == *view {
@@ -259,27 +480,33 @@ impl Term {
                 true
             }
         });
+        if own.may_follow(&uid) {
+            self.spawn_ready(&uid, entry);
+        }
+    }
+
+    /// Follow every container of the pod that has a log and is not followed yet.
+    fn spawn_ready(self: &Arc<Self>, uid: &str, entry: &mut PodEntry) {
+        let view = entry.view.borrow().clone();
         for c in &view.containers {
             if entry.followed.contains(&c.name) || !view.has_log(&c.name) {
                 continue;
             }
             entry.followed.insert(c.name.clone());
-            self.spawn_follower(pod, &uid, &c.name, entry.view.subscribe());
+            let origin = Arc::new(Origin {
+                container: c.name.clone(),
+                ..(*entry.origin).clone()
+            });
+            let term = self.clone();
+            let uid = uid.to_owned();
+            let rx = entry.view.subscribe();
+            let cancel = entry.cancel.clone();
+            self.followers.spawn(
+                entry.tasks.track_future(async move {
+                    term.follow_container(origin, uid, rx, cancel).await
+                }),
+            );
         }
-    }
-
-    fn spawn_follower(
-        self: &Arc<Self>,
-        pod: &Pod,
-        uid: &str,
-        container: &str,
-        view: watch::Receiver<Arc<PodView>>,
-    ) {
-        let origin = Arc::new(Origin::from_pod(pod, container));
-        let term = self.clone();
-        let uid = uid.to_owned();
-        self.followers
-            .spawn(async move { term.follow_container(origin, uid, view).await });
     }
 
     /// Follow one container: stdout and stderr apart where the apiserver offers it, else (or
@@ -289,6 +516,7 @@ impl Term {
         origin: Arc<Origin>,
         uid: String,
         view: watch::Receiver<Arc<PodView>>,
+        cancel: CancellationToken,
     ) {
         use std::sync::atomic::Ordering;
         let c = origin.container.clone();
@@ -312,7 +540,7 @@ impl Term {
                 let follower = self.follower(&uid, &origin, Some(stream), start, exact, &view);
                 (sk, follower)
             });
-            let split = self.cancel.child_token();
+            let split = cancel.child_token();
             let run = |(sk, follower): (String, Follower)| {
                 let split = split.clone();
                 let term = self.clone();
@@ -333,7 +561,7 @@ impl Term {
             let refused = [&out, &err]
                 .iter()
                 .any(|(_, end)| *end == FollowEnd::SplitUnsupported);
-            if !refused || self.cancel.is_cancelled() {
+            if !refused || cancel.is_cancelled() {
                 return;
             }
             if self.split.swap(false, Ordering::Relaxed) {
@@ -372,7 +600,7 @@ impl Term {
             }
         });
         let follower = self.follower(&uid, &origin, None, start, exact, &view);
-        if follower.run(self.cancel.clone()).await == FollowEnd::PodDeleted {
+        if follower.run(cancel).await == FollowEnd::PodDeleted {
             lock(&self.progress).remove(&k);
         }
     }
@@ -414,9 +642,11 @@ impl Term {
         }
     }
 
-    /// Current positions: delivered by every sink for followed containers, else as loaded.
-    fn cursors(&self) -> HashMap<String, Cursor> {
-        let mut all = lock(&self.resume).clone();
+    /// Current positions: delivered by every sink for followed containers, else as loaded
+    /// (and those kept for other members).
+    pub(crate) fn cursors(&self) -> HashMap<String, Cursor> {
+        let mut all = lock(&self.foreign).clone();
+        all.extend(lock(&self.resume).iter().map(|(k, c)| (k.clone(), *c)));
         for (k, p) in lock(&self.progress).iter() {
             if let Some(c) = p.checkpoint() {
                 all.insert(k.clone(), c);
@@ -448,7 +678,7 @@ impl PodWatcher for TermWatcher {
 }
 
 /// Load checkpoints, retrying until it works or the term ends.
-async fn load_checkpoints(
+pub(crate) async fn load_checkpoints(
     store: &mut CheckpointStore,
     cancel: &CancellationToken,
 ) -> Option<HashMap<String, Cursor>> {
@@ -467,11 +697,18 @@ async fn load_checkpoints(
 }
 
 /// Drop checkpoints of pods that no longer exist (deleted while no leader ran).
-async fn prune(shared: &Shared, cursors: &mut HashMap<String, Cursor>) {
+pub(crate) async fn prune(shared: &Shared, cursors: &mut HashMap<String, Cursor>) {
     if cursors.is_empty() {
         return;
     }
-    let lp = ListParams::default().labels(&shared.options.label_selector);
+    if let Some(uids) = existing_uids(shared).await {
+        cursors.retain(|k, _| uids.contains(uid_of(k)));
+    }
+}
+
+/// The UIDs of the pods the service follows (listed in pages, metadata only); `None` when the
+/// list failed (keep everything when in doubt).
+pub(crate) async fn existing_uids(shared: &Shared) -> Option<HashSet<String>> {
     let mut uids = HashSet::new();
     let apis: Vec<Api<Pod>> = if shared.scope.namespaces.is_empty() {
         vec![Api::all(shared.client.clone())]
@@ -484,16 +721,104 @@ async fn prune(shared: &Shared, cursors: &mut HashMap<String, Cursor>) {
             .collect()
     };
     for api in apis {
-        match api.list_metadata(&lp).await {
-            Ok(list) => uids.extend(list.items.into_iter().filter_map(|p| p.metadata.uid)),
-            // Keep everything when in doubt.
-            Err(e) => {
-                tracing::debug!(error = %e, "listing pods to prune checkpoints failed");
-                return;
+        let mut lp = ListParams::default()
+            .labels(&shared.options.label_selector)
+            .limit(2_000);
+        loop {
+            match api.list_metadata(&lp).await {
+                Ok(list) => {
+                    uids.extend(list.items.into_iter().filter_map(|p| p.metadata.uid));
+                    match list.metadata.continue_.filter(|c| !c.is_empty()) {
+                        Some(token) => lp = lp.continue_token(&token),
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "listing pods to prune checkpoints failed");
+                    return None;
+                }
             }
         }
     }
-    cursors.retain(|k, _| uids.contains(uid_of(k)));
+    Some(uids)
+}
+
+/// The pod watchers of one term: one per namespace (or one for all).
+pub(crate) struct Watchers {
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Start watching the pods of the scope for `term`.
+    pub(crate) fn start(shared: &Shared, term: &Arc<Term>, token: &CancellationToken) -> Self {
+        let cancel = token.child_token();
+        let core_metrics = Arc::new(eirinix_core::metrics::Metrics::new(std::iter::empty()));
+        let watcher: Arc<dyn PodWatcher> = Arc::new(TermWatcher {
+            term: term.clone(),
+            selector: shared.options.label_selector.clone(),
+        });
+        let scopes: Vec<Option<String>> = if shared.scope.namespaces.is_empty() {
+            vec![None]
+        } else {
+            shared.scope.namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut tasks = Vec::new();
+        for ns in scopes {
+            let mut settings = shared.settings.clone();
+            settings.namespace = ns;
+            let ctx = Context::new(shared.client.clone(), Arc::new(settings));
+            tasks.push(tokio::spawn(run_pod_watcher(
+                watcher.clone(),
+                ctx,
+                core_metrics.clone(),
+                cancel.clone(),
+            )));
+        }
+        Watchers { cancel, tasks }
+    }
+
+    /// Stop watching.
+    pub(crate) async fn stop(self) {
+        self.cancel.cancel();
+        for w in self.tasks {
+            let _ = w.await;
+        }
+    }
+}
+
+/// End of a term: stop watching and following; at shutdown deliver what is buffered and write
+/// the last checkpoint, else (lost the Lease) forget what is buffered.
+pub(crate) async fn end_term(
+    shared: &Shared,
+    term: &Term,
+    watchers: Watchers,
+    store: &mut CheckpointStore,
+    shutdown: &CancellationToken,
+) {
+    watchers.stop().await;
+    term.stop();
+    term.wait_followers(Duration::from_secs(5)).await;
+    if shutdown.is_cancelled() {
+        // Shutdown: deliver what is buffered, record where we are, then hand over.
+        shared
+            .sinks
+            .drain(Duration::from_millis(shared.options.drain_timeout_ms))
+            .await;
+        for _ in 0..3 {
+            if save(store, term, &shared.metrics).await {
+                break;
+            }
+        }
+        tracing::info!("logs extension stopped; final checkpoint written");
+    } else {
+        // Lost the Lease: the next holder resumes from the last checkpoint.
+        shared.sinks.discard();
+        tracing::warn!(
+            "lost the Lease: stopped following; buffered lines are left to the next holder"
+        );
+    }
+    term.clear();
 }
 
 async fn term(shared: Arc<Shared>, token: CancellationToken, shutdown: CancellationToken) {
@@ -504,7 +829,8 @@ async fn term(shared: Arc<Shared>, token: CancellationToken, shutdown: Cancellat
         &shared.scope.state_namespace,
         &o.replicas.checkpoint_name,
         o.replicas.checkpoint_shards,
-    );
+    )
+    .with_selector(&format!("!{}", crate::sharded::SLOT_LABEL));
     shared.metrics.leader.store(1, Ordering::Relaxed);
     let Some(mut loaded) = load_checkpoints(&mut store, &token).await else {
         shared.metrics.leader.store(0, Ordering::Relaxed);
@@ -512,44 +838,8 @@ async fn term(shared: Arc<Shared>, token: CancellationToken, shutdown: Cancellat
     };
     prune(&shared, &mut loaded).await;
     tracing::info!(checkpoints = loaded.len(), "leading: following app logs");
-    let term = Arc::new(Term {
-        shared: shared.clone(),
-        pods: Mutex::new(HashMap::new()),
-        progress: Mutex::new(HashMap::new()),
-        resume: Mutex::new(loaded),
-        followers: TaskTracker::new(),
-        cancel: token.child_token(),
-        split: std::sync::atomic::AtomicBool::new(o.split_streams),
-    });
-    shared
-        .metrics
-        .split_streams
-        .store(i64::from(o.split_streams), Ordering::Relaxed);
-
-    // Pod watchers: one per namespace (or one for all).
-    let watch_cancel = token.child_token();
-    let core_metrics = Arc::new(eirinix_core::metrics::Metrics::new(std::iter::empty()));
-    let watcher: Arc<dyn PodWatcher> = Arc::new(TermWatcher {
-        term: term.clone(),
-        selector: o.label_selector.clone(),
-    });
-    let scopes: Vec<Option<String>> = if shared.scope.namespaces.is_empty() {
-        vec![None]
-    } else {
-        shared.scope.namespaces.iter().cloned().map(Some).collect()
-    };
-    let mut watchers = Vec::new();
-    for ns in scopes {
-        let mut settings = shared.settings.clone();
-        settings.namespace = ns;
-        let ctx = Context::new(shared.client.clone(), Arc::new(settings));
-        watchers.push(tokio::spawn(run_pod_watcher(
-            watcher.clone(),
-            ctx,
-            core_metrics.clone(),
-            watch_cancel.clone(),
-        )));
-    }
+    let term = Term::new(shared.clone(), loaded, Ownership::All, token.child_token());
+    let watchers = Watchers::start(&shared, &term, &token);
 
     // Checkpoints, periodically.
     let interval = Duration::from_millis(o.replicas.checkpoint_interval_ms);
@@ -560,39 +850,12 @@ async fn term(shared: Arc<Shared>, token: CancellationToken, shutdown: Cancellat
         }
         save(&mut store, &term, &shared.metrics).await;
     }
-
-    // End of the term: stop watching and following.
-    watch_cancel.cancel();
-    term.cancel.cancel();
-    term.followers.close();
-    for w in watchers {
-        let _ = w.await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), term.followers.wait()).await;
-    if shutdown.is_cancelled() {
-        // Shutdown: deliver what is buffered, record where we are, then hand over.
-        shared
-            .sinks
-            .drain(Duration::from_millis(o.drain_timeout_ms))
-            .await;
-        for _ in 0..3 {
-            if save(&mut store, &term, &shared.metrics).await {
-                break;
-            }
-        }
-        tracing::info!("logs extension stopped; final checkpoint written");
-    } else {
-        // Lost leadership: the next leader resumes from the last checkpoint.
-        shared.sinks.discard();
-        tracing::warn!(
-            "lost leadership: stopped following; buffered lines are left to the next leader"
-        );
-    }
-    lock(&term.pods).clear();
+    end_term(&shared, &term, watchers, &mut store, &shutdown).await;
     shared.metrics.leader.store(0, Ordering::Relaxed);
 }
 
-async fn save(store: &mut CheckpointStore, term: &Term, metrics: &LogsMetrics) -> bool {
+/// Write the term's positions; false (counted, logged) when it failed.
+pub(crate) async fn save(store: &mut CheckpointStore, term: &Term, metrics: &LogsMetrics) -> bool {
     use std::sync::atomic::Ordering;
     match store.save(&term.cursors()).await {
         Ok(n) => {

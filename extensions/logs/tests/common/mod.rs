@@ -327,6 +327,24 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
         }
     }
 
+    /// Freeze rsyslogd (SIGSTOP): connections stay open, nothing is read or acknowledged
+    /// until `resume`.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Let a paused rsyslogd run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("rsyslogd runs");
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(c.id() as i32, sig) };
+        assert_eq!(rc, 0, "signal {sig} to rsyslogd");
+    }
+
     /// Start rsyslogd again on the same port, appending to the same file.
     pub fn restart(&mut self) {
         self.stop();
