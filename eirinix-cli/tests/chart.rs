@@ -86,6 +86,16 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
             .concat(),
         ),
         (
+            // The acknowledged sink the values document (a schema that refused it once).
+            "logs to relp",
+            vec![
+                "extensions.persi.enabled=false",
+                "extensions.logs.enabled=true",
+                "extensions.logs.sinks[0].type=relp",
+                "extensions.logs.sinks[0].address=127.0.0.1:2514",
+            ],
+        ),
+        (
             "everything, all namespaces",
             [
                 all.to_vec(),
