@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::cli::StockArgs;
 use crate::cli::{CommonArgs, UnregisterArgs};
-use crate::stock::{self, StockArgs};
+use crate::stock;
 
 /// Runs `unregister`; returns what it removed (`Kind namespace/name`).
 pub async fn unregister(
@@ -215,7 +216,7 @@ fn logs_names(
             common.webhook_namespace.clone(),
             format!("{fp}-logs"),
             format!("{fp}-logs-checkpoint"),
-            stock.logs_replicas_mode == Some(crate::stock::LogsReplicasMode::Sharded),
+            stock.logs_replicas_mode == Some(crate::cli::LogsReplicasMode::Sharded),
         ));
     };
     Ok((

@@ -128,7 +128,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
-    pub stock: crate::stock::StockArgs,
+    pub stock: StockArgs,
 }
 
 /// Framework options (the EiriniX names are accepted as environment variables too).
@@ -249,7 +249,7 @@ pub struct ReviewArgs {
     #[arg(long)]
     pub all_pods: bool,
     #[command(flatten)]
-    pub stock: crate::stock::StockArgs,
+    pub stock: StockArgs,
 }
 
 /// `broker` options.
@@ -360,4 +360,96 @@ pub struct DemoArgs {
     /// Keep the local cluster running at the end (prints its kubeconfig).
     #[arg(long)]
     pub keep: bool,
+}
+
+/// `--logs-replicas-mode`: how logs replicas share the followed containers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogsReplicasMode {
+    /// One Lease holder follows every container; the other replicas wait.
+    Leader,
+    /// Every replica follows a share (pod UIDs hashed over the live replicas).
+    Sharded,
+}
+
+/// Flags of the stock extensions (prefixed by the extension name).
+#[derive(Args, Debug, Clone, Default)]
+pub struct StockArgs {
+    /// persi: failure policy of its webhook (default: --failure-policy).
+    #[arg(long, value_enum, env = "EIRINIX_PERSI_FAILURE_POLICY")]
+    pub persi_failure_policy: Option<FailurePolicyArg>,
+    /// persi: fsGroup given to pods that mount a volume (0 leaves the security context alone).
+    #[arg(long, env = "EIRINIX_PERSI_FS_GROUP", default_value_t = 2000)]
+    pub persi_fs_group: i64,
+
+    /// ssh: failure policy of its webhook (default Ignore: an app without ssh still starts).
+    #[arg(long, value_enum, env = "EIRINIX_SSH_FAILURE_POLICY")]
+    pub ssh_failure_policy: Option<FailurePolicyArg>,
+    /// ssh: image whose binary the init container copies into app pods (this binary's image).
+    #[arg(long, env = "EIRINIX_SSH_IMAGE", default_value = eirinix_ssh::options::DEFAULT_IMAGE)]
+    pub ssh_image: String,
+    /// ssh: path of the eirinix binary inside that image.
+    #[arg(
+        long,
+        env = "EIRINIX_SSH_IMAGE_BINARY",
+        default_value = "/usr/local/bin/eirinix"
+    )]
+    pub ssh_image_binary: String,
+    /// ssh: port the in-pod daemon listens on.
+    #[arg(long, env = "EIRINIX_SSH_PORT", default_value_t = 2222)]
+    pub ssh_port: u16,
+    /// ssh: add the daemon as a sidecar to containers with no explicit command (else they are left alone).
+    #[arg(long, env = "EIRINIX_SSH_SIDECAR_FALLBACK")]
+    pub ssh_sidecar_fallback: bool,
+    /// ssh: Secret in the webhook namespace holding the master key the apps' keys derive from
+    /// (default `<fingerprint>-ssh-master`; the ssh proxy reads the same one).
+    #[arg(long, env = "EIRINIX_SSH_MASTER_SECRET", default_value = "")]
+    pub ssh_master_secret: String,
+    /// ssh: never create the master key Secret (the Helm chart does; the server then needs no
+    /// right to create Secrets in its namespace).
+    #[arg(long, env = "EIRINIX_SSH_NO_CREATE_MASTER_SECRET")]
+    pub ssh_no_create_master_secret: bool,
+
+    /// logs: configuration file (YAML: sinks, buffers, replicas; see extensions/logs/README.md).
+    #[arg(long, env = "EIRINIX_LOGS_CONFIG")]
+    pub logs_config: Option<PathBuf>,
+    /// logs: how replicas share the followed containers, overriding `replicas.mode` of the file:
+    /// `leader` (one Lease holder follows all) or `sharded` (each follows a share).
+    #[arg(long, value_enum, env = "EIRINIX_LOGS_REPLICAS_MODE")]
+    pub logs_replicas_mode: Option<LogsReplicasMode>,
+
+    /// rootfs: the desired rootfs version (the ConfigMap, when given, wins at run time).
+    #[arg(long, env = "EIRINIX_ROOTFS_VERSION")]
+    pub rootfs_version: Option<String>,
+    /// rootfs: image reference pattern whose tag is rewritten to the version (e.g. `registry/cflinuxfs*`).
+    #[arg(long, env = "EIRINIX_ROOTFS_IMAGE_PATTERN")]
+    pub rootfs_image_pattern: Option<String>,
+    /// rootfs: ConfigMap `namespace/name` holding the desired version (key `version`), watched at run time.
+    #[arg(long, env = "EIRINIX_ROOTFS_CONFIG_MAP")]
+    pub rootfs_config_map: Option<String>,
+    /// rootfs: StatefulSets rolling at once at most.
+    #[arg(long, env = "EIRINIX_ROOTFS_MAX_IN_FLIGHT", default_value_t = 2)]
+    pub rootfs_max_in_flight: usize,
+    /// rootfs: seconds a roll may take before its slot is freed and the timeout recorded.
+    #[arg(long, env = "EIRINIX_ROOTFS_ROLL_TIMEOUT", default_value_t = 600)]
+    pub rootfs_roll_timeout: u64,
+    /// rootfs: gate on a Deployment `namespace/name` being ready before rolling anything.
+    #[arg(
+        long,
+        env = "EIRINIX_ROOTFS_GATE_DEPLOYMENT",
+        conflicts_with = "rootfs_gate_url"
+    )]
+    pub rootfs_gate_deployment: Option<String>,
+    /// rootfs: gate on an HTTP health URL answering 2xx before rolling anything.
+    #[arg(long, env = "EIRINIX_ROOTFS_GATE_URL")]
+    pub rootfs_gate_url: Option<String>,
+    /// rootfs: annotation that opts a StatefulSet out.
+    #[arg(
+        long,
+        env = "EIRINIX_ROOTFS_OPT_OUT_ANNOTATION",
+        default_value = "eirinix.org/rootfs-opt-out"
+    )]
+    pub rootfs_opt_out_annotation: String,
+    /// rootfs: print the plan, change nothing.
+    #[arg(long, env = "EIRINIX_ROOTFS_DRY_RUN")]
+    pub rootfs_dry_run: bool,
 }

@@ -11,7 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::cli::DemoArgs;
-use crate::stock::{self, StockArgs};
+use crate::cli::StockArgs;
+use crate::stock;
 
 /// Run the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {

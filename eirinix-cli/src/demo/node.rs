@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{common_args, manager_cleanup, print_diff, step, syslog_receiver, yaml};
 use crate::cli::DemoArgs;
-use crate::stock::{self, StockArgs};
+use crate::cli::StockArgs;
+use crate::stock;
 
 /// Repository of the app rootfs images; the tag is the rootfs version.
 const ROOTFS: &str = "eirinix.local/cflinuxfs4";

@@ -13,7 +13,8 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 use super::{manager_cleanup, print_diff, step, syslog_receiver, yaml};
 use crate::cli::DemoArgs;
-use crate::stock::{self, StockArgs};
+use crate::cli::StockArgs;
+use crate::stock;
 
 const ROOTFS_PATTERN: &str = "demo.registry.local/cloudfoundry/cflinuxfs4";
 
