@@ -6,105 +6,12 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use eirinix_logs::{LogsMetrics, LogsOptions, LogsService, Scope};
 use eirinix_testenv::{ContainerLog, ControlPlane, FakeKubelet};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(60);
-
-/// A replica in its own runtime and thread, like a separate process.
-struct Replica {
-    name: String,
-    metrics: Arc<LogsMetrics>,
-    cancel: CancellationToken,
-    kill: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Replica {
-    fn start(config: kube::Config, ns: &str, options: &LogsOptions, name: &str) -> Replica {
-        let mut options = options.clone();
-        options.replicas.identity = Some(name.into());
-        let service = LogsService::new(options).unwrap();
-        let metrics = service.metrics();
-        let cancel = CancellationToken::new();
-        let (kill, killed) = oneshot::channel::<()>();
-        let ns = ns.to_owned();
-        let token = cancel.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = kube::Client::try_from(config).unwrap();
-                let settings = eirinix_core::Settings {
-                    namespace: Some(ns.clone()),
-                    webhook_namespace: ns.clone(),
-                    ..eirinix_core::Settings::default()
-                };
-                let scope = Scope {
-                    namespaces: vec![ns.clone()],
-                    state_namespace: ns,
-                };
-                tokio::select! {
-                    _ = service.run(client, scope, settings, token) => {}
-                    _ = killed => {}
-                }
-            });
-            // Whatever still runs (followers, sinks, lease renewal) dies here, as in a crash.
-            rt.shutdown_background();
-        });
-        Replica {
-            name: name.into(),
-            metrics,
-            cancel,
-            kill: Some(kill),
-            thread: Some(thread),
-        }
-    }
-
-    fn leading(&self) -> bool {
-        self.metrics.leader.load(Ordering::Relaxed) == 1
-    }
-
-    fn forwarded(&self) -> u64 {
-        self.metrics.records_forwarded.load(Ordering::Relaxed)
-    }
-
-    /// Crash: no drain, no checkpoint, no Lease release.
-    fn kill(mut self) {
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-
-    /// Graceful stop: drain, final checkpoint, Lease released.
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        let t = self.thread.take().unwrap();
-        tokio::task::spawn_blocking(move || t.join().unwrap())
-            .await
-            .unwrap();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
-        }
-    }
-}
 
 async fn wait_leader<'a>(replicas: &[&'a Replica]) -> &'a Replica {
     let deadline = Instant::now() + T;

@@ -9,119 +9,17 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use eirinix_logs::{
-    LogsMetrics, LogsOptions, LogsService, ReplicaMode, Scope, SinkOptions, SyslogOptions,
-};
+use eirinix_logs::{LogsOptions, ReplicaMode, SinkOptions, SyslogOptions};
 use eirinix_testenv::ContainerLog;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(90);
 const PODS: usize = 24;
-
-/// A replica in its own runtime and thread, like a separate process.
-struct Replica {
-    metrics: Arc<LogsMetrics>,
-    cancel: CancellationToken,
-    kill: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Replica {
-    fn start(config: kube::Config, ns: &str, options: &LogsOptions, name: &str) -> Replica {
-        let mut options = options.clone();
-        options.replicas.identity = Some(name.into());
-        let service = LogsService::new(options).unwrap();
-        let metrics = service.metrics();
-        let cancel = CancellationToken::new();
-        let (kill, killed) = oneshot::channel::<()>();
-        let ns = ns.to_owned();
-        let token = cancel.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = kube::Client::try_from(config).unwrap();
-                let settings = eirinix_core::Settings {
-                    namespace: Some(ns.clone()),
-                    webhook_namespace: ns.clone(),
-                    ..eirinix_core::Settings::default()
-                };
-                let scope = Scope {
-                    namespaces: vec![ns.clone()],
-                    state_namespace: ns,
-                };
-                tokio::select! {
-                    _ = service.run(client, scope, settings, token) => {}
-                    _ = killed => {}
-                }
-            });
-            // Whatever still runs (followers, sinks, Lease renewal) dies here, as in a crash.
-            rt.shutdown_background();
-        });
-        Replica {
-            metrics,
-            cancel,
-            kill: Some(kill),
-            thread: Some(thread),
-        }
-    }
-
-    fn forwarded(&self) -> u64 {
-        self.metrics.records_forwarded.load(Ordering::Relaxed)
-    }
-
-    fn rebalances(&self) -> u64 {
-        self.metrics.rebalances.load(Ordering::Relaxed)
-    }
-
-    fn members(&self) -> i64 {
-        self.metrics.members.load(Ordering::Relaxed)
-    }
-
-    fn owned(&self) -> i64 {
-        self.metrics.owned_pods.load(Ordering::Relaxed)
-    }
-
-    /// Crash: no drain, no checkpoint, no Lease release.
-    fn kill(mut self) -> Arc<LogsMetrics> {
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        self.metrics.clone()
-    }
-
-    /// Graceful stop: drain, final checkpoint, Lease released.
-    async fn stop(mut self) -> Arc<LogsMetrics> {
-        self.cancel.cancel();
-        let t = self.thread.take().unwrap();
-        tokio::task::spawn_blocking(move || t.join().unwrap())
-            .await
-            .unwrap();
-        self.metrics.clone()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(k) = self.kill.take() {
-            let _ = k.send(());
-        }
-    }
-}
 
 /// Wait until every replica in `live` has taken over a view of `live.len()` members after the
 /// rebalance counts in `before` (same order), and together they follow every pod once.

@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use eirinix_logs::{LogsOptions, SinkOptions, SyslogOptions, TlsOptions};
@@ -647,5 +648,109 @@ pub async fn eventually(timeout: Duration, what: &str, f: impl Fn() -> bool) {
             "timed out after {timeout:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A logs replica in its own runtime and thread, like a separate process (`kill` drops it as a
+/// crash would, `stop` shuts it down gracefully).
+pub struct Replica {
+    pub name: String,
+    pub metrics: Arc<eirinix_logs::LogsMetrics>,
+    cancel: tokio_util::sync::CancellationToken,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Replica {
+    pub fn start(config: kube::Config, ns: &str, options: &LogsOptions, name: &str) -> Replica {
+        let mut options = options.clone();
+        options.replicas.identity = Some(name.into());
+        let service = eirinix_logs::LogsService::new(options).unwrap();
+        let metrics = service.metrics();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let ns = ns.to_owned();
+        let token = cancel.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = kube::Client::try_from(config).unwrap();
+                let settings = eirinix_core::Settings {
+                    namespace: Some(ns.clone()),
+                    webhook_namespace: ns.clone(),
+                    ..eirinix_core::Settings::default()
+                };
+                let scope = eirinix_logs::Scope {
+                    namespaces: vec![ns.clone()],
+                    state_namespace: ns,
+                };
+                tokio::select! {
+                    _ = service.run(client, scope, settings, token) => {}
+                    _ = killed => {}
+                }
+            });
+            // Whatever still runs (followers, sinks, Lease renewal) dies here, as in a crash.
+            rt.shutdown_background();
+        });
+        Replica {
+            name: name.into(),
+            metrics,
+            cancel,
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn leading(&self) -> bool {
+        self.metrics.leader.load(Ordering::Relaxed) == 1
+    }
+
+    pub fn forwarded(&self) -> u64 {
+        self.metrics.records_forwarded.load(Ordering::Relaxed)
+    }
+
+    pub fn rebalances(&self) -> u64 {
+        self.metrics.rebalances.load(Ordering::Relaxed)
+    }
+
+    pub fn members(&self) -> i64 {
+        self.metrics.members.load(Ordering::Relaxed)
+    }
+
+    pub fn owned(&self) -> i64 {
+        self.metrics.owned_pods.load(Ordering::Relaxed)
+    }
+
+    /// Crash: no drain, no checkpoint, no Lease release.
+    pub fn kill(mut self) -> Arc<eirinix_logs::LogsMetrics> {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.metrics.clone()
+    }
+
+    /// Graceful stop: drain, final checkpoint, Lease released.
+    pub async fn stop(mut self) -> Arc<eirinix_logs::LogsMetrics> {
+        self.cancel.cancel();
+        let t = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap();
+        self.metrics.clone()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
     }
 }
