@@ -134,30 +134,15 @@ pub async fn review_with(
     })
 }
 
-/// Whether `labels` satisfy a label selector (`matchLabels` and `matchExpressions` with `In`,
-/// `NotIn`, `Exists`, `DoesNotExist`), as the apiserver evaluates an object selector.
+/// Whether `labels` satisfy a label selector, as the apiserver evaluates an object selector
+/// (kube-core's `Selector`); one the apiserver would refuse (an unknown operator) selects nothing.
 pub(crate) fn selects(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     labels: Option<&std::collections::BTreeMap<String, String>>,
 ) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k));
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| get(k) == Some(v));
-    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => get(&e.key).is_some(),
-            "DoesNotExist" => get(&e.key).is_none(),
-            // An operator the apiserver would refuse selects nothing.
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
+    use kube::core::{Selector, SelectorExt as _};
+    let empty = std::collections::BTreeMap::new();
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels.unwrap_or(&empty)))
 }
 
 #[cfg(test)]
