@@ -4,7 +4,7 @@
 # test on the newest supported Kubernetes and the end-to-end core on the oldest, fuzz briefly.
 #
 #   scripts/test.sh                     # everything
-#   scripts/test.sh -- --test-threads=1 # extra arguments go to `cargo test` (newest version)
+#   scripts/test.sh -- --test-threads=1 # extra arguments go to `cargo test` (newest version, both lanes)
 #
 # Environment: EIRINIX_KUBE_VERSION (newest, default v1.37.2) and EIRINIX_OLDEST_KUBE_VERSION
 # (default v1.33.13, "skip" to leave it out) choose the two versions.
@@ -36,9 +36,10 @@ echo "Kubernetes $("$assets/kube-apiserver" --version | cut -d' ' -f2) from $ass
 # The oldest version's binaries build in the background while cargo builds (on a cold machine
 # the two overlap; cached, this returns at once). Its log is printed if it fails.
 oldest_log="$(mktemp)"
+oldest_rc="$(mktemp -u)"
 if [[ "$OLDEST" != skip ]]; then
-  EIRINIX_KUBE_VERSION="$OLDEST" nice -n 10 scripts/provision.sh >"$oldest_log" 2>&1 &
-  oldest_pid=$!
+  (EIRINIX_KUBE_VERSION="$OLDEST" nice -n 10 scripts/provision.sh >"$oldest_log" 2>&1
+   echo $? >"$oldest_rc") &
 fi
 step "installing Debian packages the tests use"
 scripts/install-deps.sh
@@ -72,25 +73,49 @@ fuzz_build_pid=$!
 export EIRINIX_IMAGE_BINARY="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/eirinix"
 step "the eirinix image from that binary (scripts/build-image.sh)"
 scripts/build-image.sh --binary "$EIRINIX_IMAGE_BINARY" --profile dev
-step "cargo test on Kubernetes $NEWEST"
-check "tests on Kubernetes $NEWEST" env EIRINIX_KUBE_VERSION="$NEWEST" \
-  cargo test --workspace --no-fail-fast "$@"
-
-if [[ "$OLDEST" != skip ]]; then
-  step "waiting for Kubernetes $OLDEST (built in the background; a cold build takes about 9 minutes)"
-  if ! wait "$oldest_pid"; then
-    cat "$oldest_log" >&2
-    echo "provisioning Kubernetes $OLDEST failed" >&2
-    exit 1
+# Two lanes share the machine: most of a node test's time is spent waiting on kubelet, the
+# runtime and the controllers, so running two test processes at once (each with its own cluster,
+# see eirinix-testenv's slots) cuts the wall time. Lane A runs the longest targets, then the
+# end-to-end core on the oldest version; lane B runs every other target, then the doc tests.
+lane_a_tests=(install faults_e2e chart)
+lane_a_log="$(mktemp)"
+lane_a_failed="$(mktemp)"
+lane_a() {
+  if ! env EIRINIX_KUBE_VERSION="$NEWEST" cargo test --workspace --no-fail-fast \
+      "${lane_a_tests[@]/#/--test=}" "$@"; then
+    echo "tests on Kubernetes $NEWEST (lane A: ${lane_a_tests[*]})" >>"$lane_a_failed"
   fi
-  step "the end-to-end core of the framework and of each stock extension on Kubernetes $OLDEST"
+  [[ "$OLDEST" == skip ]] && return
+  echo "==> waiting for Kubernetes $OLDEST (built in the background; a cold build takes about 9 minutes)"
+  until [[ -s "$oldest_rc" ]]; do sleep 2; done
+  if [[ "$(cat "$oldest_rc")" != 0 ]]; then
+    cat "$oldest_log"
+    echo "provisioning Kubernetes $OLDEST failed" >>"$lane_a_failed"
+    return
+  fi
   # One cargo invocation over the workspace: the same feature resolution as the build above, so
   # nothing is compiled again (`-p <package>` alone would rebuild with that package's features).
-  oldest_tests=(framework_e2e e2e rootfs_e2e node_e2e webhook_e2e follow_e2e node)
-  echo "on Kubernetes $OLDEST: ${oldest_tests[*]}" >&2
-  check "the end-to-end core on Kubernetes $OLDEST" env EIRINIX_KUBE_VERSION="$OLDEST" \
-    cargo test --quiet --workspace --no-fail-fast "${oldest_tests[@]/#/--test=}"
-fi
+  local oldest_tests=(framework_e2e e2e rootfs_e2e node_e2e webhook_e2e follow_e2e node)
+  echo "==> the end-to-end core of the framework and of each stock extension on Kubernetes $OLDEST: ${oldest_tests[*]}"
+  if ! env EIRINIX_KUBE_VERSION="$OLDEST" \
+      cargo test --quiet --workspace --no-fail-fast "${oldest_tests[@]/#/--test=}"; then
+    echo "the end-to-end core on Kubernetes $OLDEST" >>"$lane_a_failed"
+  fi
+}
+step "cargo test on Kubernetes $NEWEST in two lanes; lane A (${lane_a_tests[*]}, then $OLDEST) prints when it ends"
+lane_a "$@" >"$lane_a_log" 2>&1 &
+lane_a_pid=$!
+mapfile -t lane_b_tests < <(cargo metadata --no-deps --format-version 1 |
+  jq -r '[.packages[].targets[] | select(.kind | index("test")) | .name] | unique | .[]' |
+  grep -vxF -f <(printf '%s\n' "${lane_a_tests[@]}"))
+check "tests on Kubernetes $NEWEST (lane B)" env EIRINIX_KUBE_VERSION="$NEWEST" \
+  cargo test --workspace --no-fail-fast --lib --bins "${lane_b_tests[@]/#/--test=}" "$@"
+check "doc tests" cargo test --workspace --doc --quiet
+step "lane B done; waiting for lane A"
+wait "$lane_a_pid" || true
+cat "$lane_a_log" >&2
+while IFS= read -r name; do failed+=("$name"); done <"$lane_a_failed"
+step "both lanes done"
 
 # Bounded fuzzing: 20 s per target (FUZZ_SECONDS), two at a time, from the committed seeds; the
 # instrumented build is cached outside the clone (see fuzz/README.md).

@@ -516,7 +516,13 @@ async fn restarts_and_recreations_never_keep_the_app_from_starting() {
         .exec(&apps, &name, "opi", ["kill", "-TERM", "1"])
         .await
         .unwrap();
-    assert!(out.success(), "{out:?}");
+    // `kill` lives in the container's PID namespace: when PID 1 exits before `kill` itself has
+    // exited, the kernel SIGKILLs it (137). Both mean the signal was sent; the restart below
+    // (exit 42, restart count 1) is what proves it arrived.
+    assert!(
+        out.success() || out.code == Some(137),
+        "kill -TERM 1 failed: {out:?}"
+    );
     eventually(WAIT, "the container to restart and be Ready", || {
         let (pods, name) = (pods.clone(), name.clone());
         async move {
