@@ -14,12 +14,14 @@ use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::core::admission::{AdmissionRequest, Operation};
-use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
+use kube::core::{GroupVersionKind, GroupVersionResource, Resource, TypeMeta};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use crate::extension::{Context, Extension, Mutation, Request, Verdict};
+use crate::hooks::Hook;
 use crate::metrics::{Metrics, Outcome};
 use crate::options::FailurePolicy;
 
@@ -94,12 +96,12 @@ struct RequestIn<X> {
 }
 
 impl<X> RequestIn<X> {
-    /// The request (its `object` left `None`) and the object; `old` turns the old object into a Pod.
-    fn into_parts(
+    /// The request (its `object` left `None`) and the object; `old` decodes the old object.
+    fn into_parts<K: Resource>(
         self,
         types: TypeMeta,
-        old: impl FnOnce(Option<X>) -> Option<Pod>,
-    ) -> (Request, Option<X>) {
+        old: impl FnOnce(Option<X>) -> Option<K>,
+    ) -> (AdmissionRequest<K>, Option<X>) {
         let request = AdmissionRequest {
             types,
             uid: self.uid,
@@ -177,10 +179,6 @@ pub struct DecodedReview {
     pub pod: Result<Pod, String>,
 }
 
-fn is_null(raw: Option<&RawValue>) -> bool {
-    raw.is_none_or(|r| r.get() == "null")
-}
-
 /// Decode an AdmissionReview v1 body.
 pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     match decode_fast(body) {
@@ -189,8 +187,8 @@ pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     }
 }
 
-/// The two-stage decode: the envelope first, then the object, so every failure is named.
-fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+/// The envelope of a review, checked (version, kind, request, uid); the objects still raw.
+fn decode_envelope(body: &[u8]) -> Result<(TypeMeta, RequestIn<&RawValue>), ReviewError> {
     let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
     if review.api_version != API_VERSION {
         return Err(ReviewError::UnsupportedVersion(review.api_version));
@@ -207,32 +205,83 @@ fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     if req.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
-    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
-    let pod = if !is_pod {
-        Err(format!(
-            "object is a {}, not a Pod",
-            if req.kind.group.is_empty() {
-                req.kind.kind.clone()
-            } else {
-                format!("{}.{}", req.kind.kind, req.kind.group)
-            }
-        ))
-    } else if is_null(req.object) {
-        Err(format!("{:?} request carries no object", req.operation))
-    } else {
-        let raw = req.object.map(RawValue::get).unwrap_or("null");
-        serde_json::from_str::<Pod>(raw)
-            .map_err(|e| format!("object does not decode as a Pod: {e}"))
-    };
     let types = TypeMeta {
         api_version: review.api_version,
         kind: review.kind,
+    };
+    Ok((types, req))
+}
+
+/// Whether the review is about kind `K`; if not, the message a refusal carries.
+fn kind_problem<K: Resource<DynamicType = ()>>(kind: &GroupVersionKind) -> Option<String> {
+    if kind.group == K::group(&()) && kind.kind == K::kind(&()) {
+        return None;
+    }
+    let seen = if kind.group.is_empty() {
+        kind.kind.clone()
+    } else {
+        format!("{}.{}", kind.kind, kind.group)
+    };
+    Some(format!("object is a {seen}, not a {}", K::kind(&())))
+}
+
+/// `raw` decoded as a `K`, or why it does not decode (named after the kind).
+fn decode_raw<K: Resource<DynamicType = ()> + DeserializeOwned>(
+    raw: &RawValue,
+) -> Result<K, String> {
+    serde_json::from_str::<K>(raw.get())
+        .map_err(|e| format!("object does not decode as a {}: {e}", K::kind(&())))
+}
+
+/// The two-stage decode: the envelope first, then the object, so every failure is named.
+fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+    let (types, req) = decode_envelope(body)?;
+    let problem = kind_problem::<Pod>(&req.kind);
+    let is_pod = problem.is_none();
+    let pod = if let Some(problem) = problem {
+        Err(problem)
+    } else {
+        match req.object.filter(|r| r.get() != "null") {
+            None => Err(format!("{:?} request carries no object", req.operation)),
+            Some(raw) => decode_raw::<Pod>(raw),
+        }
     };
     let (request, _) = req.into_parts(types, |old| match old {
         Some(raw) if is_pod && raw.get() != "null" => serde_json::from_str::<Pod>(raw.get()).ok(),
         _ => None,
     });
     Ok(DecodedReview { request, pod })
+}
+
+/// A review decoded for kind `K`: the request with `object` and `old_object` set when present,
+/// or why they are not usable (another kind, an object that does not decode).
+pub(crate) fn decode_as<K: Resource<DynamicType = ()> + DeserializeOwned>(
+    body: &[u8],
+) -> Result<(AdmissionRequest<K>, Result<(), String>), ReviewError> {
+    let (types, req) = decode_envelope(body)?;
+    if let Some(problem) = kind_problem::<K>(&req.kind) {
+        let (request, _) = req.into_parts(types, |_| None);
+        return Ok((request, Err(problem)));
+    }
+    let mut old_problem = None;
+    let (mut request, object) = req.into_parts(types, |old| {
+        let raw = old.filter(|r| r.get() != "null")?;
+        decode_raw::<K>(raw)
+            .map_err(|e| old_problem = Some(format!("old {e}")))
+            .ok()
+    });
+    let object = object
+        .filter(|r| r.get() != "null")
+        .map(decode_raw::<K>)
+        .transpose();
+    let usable = match (object, old_problem) {
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(object), None) => {
+            request.object = object;
+            Ok(())
+        }
+    };
+    Ok((request, usable))
 }
 
 /// The answer to one review, before encoding.
@@ -362,9 +411,45 @@ pub(crate) fn caller_timeout(query: Option<&str>) -> Option<Duration> {
     (!total.is_zero()).then_some(total)
 }
 
+/// A review decoded for its handler: as a Pod, or for a webhook of any kind.
+// One lives on the stack per review; boxing the Pod would add an allocation to the hot path.
+#[allow(clippy::large_enum_variant)]
+enum Review {
+    Pod(DecodedReview),
+    Any(crate::hooks::Prepared),
+}
+
+impl Review {
+    /// Request uid, namespace and object name (for logs).
+    fn identity(&self) -> (String, Option<String>, String) {
+        match self {
+            Review::Pod(d) => {
+                let name = match &d.pod {
+                    Ok(p) => p
+                        .metadata
+                        .name
+                        .clone()
+                        .or_else(|| p.metadata.generate_name.clone())
+                        .unwrap_or_default(),
+                    Err(_) => d.request.name.clone(),
+                };
+                (d.request.uid.clone(), d.request.namespace.clone(), name)
+            }
+            Review::Any(p) => (p.uid.clone(), p.namespace.clone(), p.name.clone()),
+        }
+    }
+}
+
+/// What a handler dispatches to: a Pod extension (the fast path) or a webhook of any kind.
+#[derive(Clone)]
+enum Target {
+    Pod(Arc<dyn Extension>),
+    Any(Arc<dyn Hook>),
+}
+
 /// Dispatches decoded reviews to one extension, applying its failure policy and recording metrics.
 pub struct ExtensionHandler {
-    extension: Arc<dyn Extension>,
+    target: Target,
     failure_policy: FailurePolicy,
     timeout: Duration,
     index: usize,
@@ -383,7 +468,24 @@ impl ExtensionHandler {
     ) -> Self {
         let name = extension.name().to_owned();
         Self {
-            extension,
+            target: Target::Pod(extension),
+            failure_policy,
+            timeout,
+            index,
+            name,
+        }
+    }
+
+    /// A handler for a webhook of any kind (a [`crate::Mutator`] or [`crate::Validator`]).
+    pub(crate) fn for_hook(
+        hook: Arc<dyn Hook>,
+        failure_policy: FailurePolicy,
+        timeout: Duration,
+        index: usize,
+    ) -> Self {
+        let name = hook.name().to_owned();
+        Self {
+            target: Target::Any(hook),
             failure_policy,
             timeout,
             index,
@@ -416,37 +518,40 @@ impl ExtensionHandler {
         body: &[u8],
         caller_timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ReviewError> {
-        let decoded = match decode(body) {
-            Ok(d) => d,
+        let review = match &self.target {
+            Target::Pod(_) => decode(body).map(Review::Pod),
+            Target::Any(hook) => hook.prepare(ctx, body).map(Review::Any),
+        };
+        let review = match review {
+            Ok(review) => review,
             Err(e) => {
                 metrics.bad_request();
                 return Err(e);
             }
         };
+        let (uid, namespace, object) = review.identity();
         let start = Instant::now();
-        let pod_name = match &decoded.pod {
-            Ok(p) => p
-                .metadata
-                .name
-                .clone()
-                .or_else(|| p.metadata.generate_name.clone())
-                .unwrap_or_default(),
-            Err(_) => decoded.request.name.clone(),
-        };
         let span = tracing::info_span!(
             "review",
             extension = %self.name,
-            uid = %decoded.request.uid,
-            namespace = decoded.request.namespace.as_deref().unwrap_or(""),
-            pod = %pod_name,
+            uid = %uid,
+            namespace = namespace.as_deref().unwrap_or(""),
+            pod = %object,
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
         let budget = caller_timeout.map_or(self.timeout, |t| self.timeout.min(answer_budget(t)));
-        let (answer, outcome) = self
-            .answer_within(ctx, &decoded, budget)
-            .instrument(span.clone())
-            .await;
+        let answering = async {
+            match review {
+                Review::Pod(decoded) => self.answer_within(ctx, &decoded, budget).await,
+                Review::Any(prepared) => match prepared.call {
+                    Ok(None) => (Answer::allow(Vec::new()), Outcome::Skipped),
+                    Err(reason) => Self::invalid(reason),
+                    Ok(Some(call)) => self.run(call, budget).await,
+                },
+            }
+        };
+        let (answer, outcome) = answering.instrument(span.clone()).await;
         let elapsed = start.elapsed();
         span.record("outcome", outcome.as_str());
         span.record("duration_us", elapsed.as_micros() as u64);
@@ -454,12 +559,18 @@ impl ExtensionHandler {
         if let Some(m) = metrics.extension(self.index) {
             m.observe(outcome, elapsed);
         }
-        Ok(answer.encode(&decoded.request.uid))
+        Ok(answer.encode(&uid))
     }
 
     /// Decide the answer to a decoded review.
     pub async fn answer(&self, ctx: &Context, decoded: &DecodedReview) -> (Answer, Outcome) {
         self.answer_within(ctx, decoded, self.timeout).await
+    }
+
+    /// The refusal of a review whose object is unusable.
+    fn invalid(reason: String) -> (Answer, Outcome) {
+        tracing::info!(%reason, "rejecting review whose object is not usable");
+        (Answer::deny(400, reason), Outcome::Invalid)
     }
 
     /// [`Self::answer`], the extension given at most `budget`.
@@ -475,12 +586,25 @@ impl ExtensionHandler {
         }
         let pod = match &decoded.pod {
             Ok(pod) => pod,
-            Err(reason) => {
-                tracing::info!(%reason, "rejecting review whose object is not a usable Pod");
-                return (Answer::deny(400, reason.clone()), Outcome::Invalid);
+            Err(reason) => return Self::invalid(reason.clone()),
+        };
+        let extension = match &self.target {
+            Target::Pod(extension) => extension,
+            // Only Pod handlers decode reviews as Pods.
+            Target::Any(_) => {
+                return Self::invalid(format!("{} does not admit Pods", self.name));
             }
         };
-        let call = AssertUnwindSafe(self.extension.mutate(ctx, req, pod)).catch_unwind();
+        self.run(extension.mutate(ctx, req, pod), budget).await
+    }
+
+    /// Run the extension's call within `budget`, catching panics, and apply the failure
+    /// policy to what it returns.
+    async fn run<F>(&self, call: F, budget: Duration) -> (Answer, Outcome)
+    where
+        F: std::future::Future<Output = Result<Mutation, crate::extension::ExtensionError>>,
+    {
+        let call = AssertUnwindSafe(call).catch_unwind();
         let result = match tokio::time::timeout(budget, call).await {
             Ok(Ok(Ok(mutation))) => Ok(mutation),
             Ok(Ok(Err(e))) => Err((e.code(), e.message())),
@@ -504,7 +628,7 @@ impl ExtensionHandler {
                     Outcome::Patched,
                 ),
                 Verdict::Deny { message, code } => {
-                    tracing::info!(%message, "extension denied the pod");
+                    tracing::info!(%message, "extension denied the object");
                     let mut a = Answer::deny(code, message);
                     a.warnings = warnings;
                     (a, Outcome::Denied)

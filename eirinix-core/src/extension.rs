@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use k8s_openapi::api::admissionregistration::v1::MatchCondition;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::Resource;
 use kube::core::admission::AdmissionRequest;
+use serde::de::DeserializeOwned;
 
 use crate::options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 
@@ -34,6 +36,114 @@ pub trait Extension: Send + Sync + 'static {
     /// Per-extension registration overrides (failure policy, match conditions...).
     fn webhook(&self) -> WebhookOverrides {
         WebhookOverrides::default()
+    }
+}
+
+/// A mutating webhook for objects of any kind `Object` (a StatefulSet, a custom resource...).
+///
+/// Pods keep their own, faster contract ([`Extension`]); everything else works the same:
+/// registered with [`crate::ManagerBuilder::mutator`], served at `/<name>`, one entry of the
+/// MutatingWebhookConfiguration whose rule names `Object`'s group, version and plural.
+#[async_trait]
+pub trait Mutator: Send + Sync + 'static {
+    /// The admitted kind, decoded from the review (a review of another kind is refused).
+    type Object: Resource<DynamicType = ()> + DeserializeOwned + Send + Sync + 'static;
+
+    /// Stable name (a DNS-1123 label), as [`Extension::name`].
+    fn name(&self) -> &str;
+
+    /// Decide what to do with `object` (CREATE and UPDATE; DELETE and CONNECT are admitted).
+    async fn mutate(
+        &self,
+        ctx: &Context,
+        request: &AdmissionRequest<Self::Object>,
+        object: &Self::Object,
+    ) -> Result<Mutation, ExtensionError>;
+
+    /// Per-webhook registration overrides; the Eirini-app object selector applies unless
+    /// replaced here (most kinds other than Pods carry no `source_type` label: set one).
+    fn webhook(&self) -> WebhookOverrides {
+        WebhookOverrides::default()
+    }
+}
+
+/// A validating webhook for objects of any kind: allows or denies, never changes the object.
+///
+/// Registered with [`crate::ManagerBuilder::validator`] in a ValidatingWebhookConfiguration
+/// kept right as the mutating one is (same certificates, server-side apply, drift repair).
+#[async_trait]
+pub trait Validator: Send + Sync + 'static {
+    /// The validated kind.
+    type Object: Resource<DynamicType = ()> + DeserializeOwned + Send + Sync + 'static;
+
+    /// Stable name (a DNS-1123 label), as [`Extension::name`]; unique among all webhooks.
+    fn name(&self) -> &str;
+
+    /// Allow or deny the request: `request.object` is the object (CREATE, UPDATE),
+    /// `request.old_object` the stored one (UPDATE, DELETE when its operation is registered).
+    async fn validate(
+        &self,
+        ctx: &Context,
+        request: &AdmissionRequest<Self::Object>,
+    ) -> Result<Validation, ExtensionError>;
+
+    /// Per-webhook registration overrides (`reinvocation_policy` does not apply).
+    fn webhook(&self) -> WebhookOverrides {
+        WebhookOverrides::default()
+    }
+}
+
+/// What a [`Validator`] decided: allowed or denied, with warnings for the client either way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validation {
+    denial: Option<(u16, String)>,
+    warnings: Vec<String>,
+}
+
+impl Validation {
+    /// Allow the request.
+    pub fn allow() -> Self {
+        Self {
+            denial: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Deny the request with `message` (status 403).
+    pub fn deny(message: impl Into<String>) -> Self {
+        Self::deny_with_code(message, 403)
+    }
+
+    /// Deny the request with `message` and a specific status code.
+    pub fn deny_with_code(message: impl Into<String>, code: u16) -> Self {
+        Self {
+            denial: Some((code, message.into())),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Add a warning for the API client.
+    pub fn with_warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// Whether the request is allowed.
+    pub fn is_allowed(&self) -> bool {
+        self.denial.is_none()
+    }
+}
+
+impl From<Validation> for Mutation {
+    fn from(v: Validation) -> Self {
+        let verdict = match v.denial {
+            None => Verdict::Unchanged,
+            Some((code, message)) => Verdict::Deny { message, code },
+        };
+        Mutation {
+            verdict,
+            warnings: v.warnings,
+        }
     }
 }
 

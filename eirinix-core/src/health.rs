@@ -9,6 +9,7 @@ pub struct Health {
     cert_loaded: AtomicBool,
     handshake_ok: AtomicBool,
     configuration_ok: AtomicBool,
+    validating_configuration_ok: AtomicBool,
     shutting_down: AtomicBool,
     client_ca_problem: std::sync::Mutex<Option<String>>,
 }
@@ -20,6 +21,7 @@ impl Health {
             cert_loaded: AtomicBool::new(false),
             handshake_ok: AtomicBool::new(false),
             configuration_ok: AtomicBool::new(!registering),
+            validating_configuration_ok: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
             client_ca_problem: std::sync::Mutex::new(None),
         }
@@ -38,6 +40,12 @@ impl Health {
     /// The registered configuration carries our current CA.
     pub fn set_configuration_ok(&self, v: bool) {
         self.configuration_ok.store(v, Ordering::Relaxed);
+    }
+
+    /// The registered ValidatingWebhookConfiguration carries our current CA (when there are
+    /// validators; true otherwise).
+    pub fn set_validating_configuration_ok(&self, v: bool) {
+        self.validating_configuration_ok.store(v, Ordering::Relaxed);
     }
 
     /// Why the client CA cannot verify the apiserver's client certificate now, if it cannot.
@@ -64,6 +72,9 @@ impl Health {
         }
         if !self.configuration_ok.load(Ordering::Relaxed) {
             why.push("webhook configuration does not carry the current CA");
+        }
+        if !self.validating_configuration_ok.load(Ordering::Relaxed) {
+            why.push("validating webhook configuration does not carry the current CA");
         }
         if self.shutting_down.load(Ordering::Relaxed) {
             why.push("shutting down");

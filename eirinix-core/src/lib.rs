@@ -1,8 +1,10 @@
-//! eirinix-core: build Kubernetes mutating admission webhook extensions for pods.
+//! eirinix-core: build Kubernetes admission webhooks (mutating and validating), Pods first.
 //!
-//! Implement [`Extension`], add it to a [`Manager`], and get a TLS webhook server, self-signed
-//! certificates that rotate on their own, the MutatingWebhookConfiguration registered and kept
-//! right, pod watchers and reconcilers, health and metrics. Each piece is a module of its own.
+//! Start from [`Manager::builder`]: implement [`Extension`] to mutate Pods, [`Mutator`] or
+//! [`Validator`] for any other kind (a StatefulSet, a custom resource), add them, and get a TLS
+//! webhook server, self-signed certificates that rotate on their own, the webhook
+//! configurations registered and kept right, pod watchers and reconcilers, health and metrics.
+//! Each piece is a module of its own.
 
 #![warn(missing_docs)]
 
@@ -11,6 +13,7 @@ pub mod certs;
 pub mod compat;
 pub mod extension;
 pub mod health;
+mod hooks;
 pub mod leader;
 pub mod manager;
 pub mod metrics;
@@ -27,8 +30,10 @@ pub mod watcher;
 
 pub use async_trait::async_trait;
 pub use extension::{
-    Context, Extension, ExtensionError, Mutation, Request, Verdict, WebhookOverrides,
+    Context, Extension, ExtensionError, Mutation, Mutator, Request, Validation, Validator, Verdict,
+    WebhookOverrides,
 };
+pub use hooks::ResourceRule;
 pub use manager::{Manager, ManagerBuilder, NotReady, RunningManager};
 pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 pub use patch::{ContainerRef, PodPatch};

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::ExtensionHandler;
 use crate::certs::{CertPolicy, Clock, SubjectNames, SystemClock};
-use crate::extension::{Context, Extension, is_valid_name};
+use crate::extension::{Context, Extension, Mutator, Validator, is_valid_name};
+use crate::hooks::{Hook, HookType, MutatorHook, ValidatorHook};
 use crate::leader::{Election, run_while_leader};
 pub use crate::metrics::MetricSource;
 use crate::metrics::Metrics;
@@ -26,7 +29,10 @@ use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
 };
 use crate::reconciler::{Reconciler, run_reconciler};
-use crate::registration::{Registrar, RegistrationError, WebhookSpec, desired_configuration};
+use crate::registration::{
+    Configuration, Registrar, RegistrationError, WebhookSpec, desired_configuration,
+    desired_validating_configuration,
+};
 use crate::rotation::{FileSource, Published, RotationError, Rotator, SecretStore};
 use crate::server::{AppState, Health, ServeOptions};
 use crate::tls::CertResolver;
@@ -106,6 +112,7 @@ type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()>
 pub struct ManagerBuilder {
     settings: Settings,
     extensions: Vec<Arc<dyn Extension>>,
+    hooks: Vec<Arc<dyn Hook>>,
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
     clock: Arc<dyn Clock>,
@@ -117,6 +124,7 @@ impl Default for ManagerBuilder {
         Self {
             settings: Settings::default(),
             extensions: Vec::new(),
+            hooks: Vec::new(),
             watchers: Vec::new(),
             tasks: Vec::new(),
             clock: Arc::new(SystemClock),
@@ -325,6 +333,19 @@ impl ManagerBuilder {
         self
     }
 
+    /// Add a mutating webhook for any kind (a StatefulSet, a custom resource...).
+    pub fn mutator(mut self, mutator: impl Mutator) -> Self {
+        self.hooks.push(Arc::new(MutatorHook(Arc::new(mutator))));
+        self
+    }
+
+    /// Add a validating webhook for any kind, registered in the ValidatingWebhookConfiguration.
+    pub fn validator(mut self, validator: impl Validator) -> Self {
+        self.hooks
+            .push(Arc::new(ValidatorHook(Arc::new(validator))));
+        self
+    }
+
     /// Add a pod watcher.
     pub fn watcher(mut self, watcher: impl PodWatcher) -> Self {
         self.watchers.push(Arc::new(watcher));
@@ -402,21 +423,29 @@ impl ManagerBuilder {
             return Err(ConfigError::InvalidFingerprint(s.fingerprint.clone()));
         }
         let mut seen = HashSet::new();
-        for e in &self.extensions {
-            let name = e.name();
+        let named = self
+            .extensions
+            .iter()
+            .map(|e| (e.name(), e.webhook()))
+            .chain(self.hooks.iter().map(|h| (h.name(), h.overrides())));
+        for (name, overrides) in named {
             if !is_valid_name(name) {
                 return Err(ConfigError::InvalidName(name.to_owned()));
             }
             if !seen.insert(name.to_owned()) {
                 return Err(ConfigError::DuplicateName(name.to_owned()));
             }
-            if let Some(t) = e.webhook().timeout_seconds
+            if let Some(t) = overrides.timeout_seconds
                 && !(1..=30).contains(&t)
             {
                 return Err(ConfigError::InvalidTimeout(t));
             }
         }
-        if self.extensions.is_empty() && self.watchers.is_empty() && self.tasks.is_empty() {
+        if self.extensions.is_empty()
+            && self.hooks.is_empty()
+            && self.watchers.is_empty()
+            && self.tasks.is_empty()
+        {
             return Err(ConfigError::Empty);
         }
         if !(1..=30).contains(&s.timeout_seconds) {
@@ -446,6 +475,7 @@ impl ManagerBuilder {
         Ok(Manager {
             settings: Arc::new(self.settings),
             extensions: self.extensions,
+            hooks: self.hooks,
             watchers: self.watchers,
             tasks: self.tasks,
             clock: self.clock,
@@ -458,6 +488,7 @@ impl ManagerBuilder {
 pub struct Manager {
     settings: Arc<Settings>,
     extensions: Vec<Arc<dyn Extension>>,
+    hooks: Vec<Arc<dyn Hook>>,
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
     clock: Arc<dyn Clock>,
@@ -502,13 +533,38 @@ impl Manager {
         &self.settings
     }
 
-    fn webhook_specs(&self) -> Vec<WebhookSpec> {
+    /// Registration input of the mutating webhooks (Pod extensions first) or the validating ones.
+    fn specs(&self, kind: HookType) -> Vec<WebhookSpec> {
+        let pods = self
+            .extensions
+            .iter()
+            .filter(|_| kind == HookType::Mutating)
+            .map(|e| WebhookSpec::pods(e.name(), e.webhook()));
+        let others = self
+            .hooks
+            .iter()
+            .filter(|h| h.hook_type() == kind)
+            .map(|h| WebhookSpec {
+                name: h.name().to_owned(),
+                overrides: h.overrides(),
+                rule: h.rule(),
+            });
+        pods.chain(others).collect()
+    }
+
+    /// Whether any validator was added (a ValidatingWebhookConfiguration is then registered).
+    fn has_validators(&self) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.hook_type() == HookType::Validating)
+    }
+
+    /// Every webhook name, in handler (and metrics) order: Pod extensions, then the others.
+    fn hook_names(&self) -> Vec<String> {
         self.extensions
             .iter()
-            .map(|e| WebhookSpec {
-                name: e.name().to_owned(),
-                overrides: e.webhook(),
-            })
+            .map(|e| e.name().to_owned())
+            .chain(self.hooks.iter().map(|h| h.name().to_owned()))
             .collect()
     }
 
@@ -518,7 +574,28 @@ impl Manager {
         ca_bundle: &[u8],
         port: u16,
     ) -> MutatingWebhookConfiguration {
-        desired_configuration(&self.settings, &self.webhook_specs(), ca_bundle, port)
+        desired_configuration(
+            &self.settings,
+            &self.specs(HookType::Mutating),
+            ca_bundle,
+            port,
+        )
+    }
+
+    /// The ValidatingWebhookConfiguration this manager registers when it has validators.
+    pub fn validating_webhook_configuration(
+        &self,
+        ca_bundle: &[u8],
+        port: u16,
+    ) -> Option<ValidatingWebhookConfiguration> {
+        self.has_validators().then(|| {
+            desired_validating_configuration(
+                &self.settings,
+                &self.specs(HookType::Validating),
+                ca_bundle,
+                port,
+            )
+        })
     }
 
     /// Names the serving certificate must cover.
@@ -552,19 +629,23 @@ impl Manager {
     /// One-shot registration (split mode): certificates and configuration, then return.
     pub async fn register(&self, client: kube::Client) -> Result<(), ManagerError> {
         let registered_port = self.registration_port()?;
-        let metrics = Arc::new(Metrics::new(self.extensions.iter().map(|e| e.name())));
+        let names = self.hook_names();
+        let metrics = Arc::new(Metrics::new(names.iter().map(String::as_str)));
         let health = Arc::new(Health::new(false));
         let ca_bundle = match &self.settings.cert_source {
             CertSource::Secret => {
                 // What the apiserver trusts now: replicas may still serve chains of these CAs
                 // if the Secret has to be made anew (deleted while they run).
-                let trusted = Registrar::new(client.clone(), &self.settings.field_manager)
-                    .get(&self.settings.configuration_name())
-                    .await?
-                    .and_then(|c| c.webhooks)
-                    .and_then(|w| w.into_iter().next())
-                    .and_then(|w| w.client_config.ca_bundle)
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+                let trusted = Registrar::<MutatingWebhookConfiguration>::new(
+                    client.clone(),
+                    &self.settings.field_manager,
+                )
+                .get(&self.settings.configuration_name())
+                .await?
+                .and_then(|c| c.webhooks)
+                .and_then(|w| w.into_iter().next())
+                .and_then(|w| w.client_config.ca_bundle)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned());
                 let rotator = Rotator::new(
                     self.secret_store(&client),
                     self.subject_names(),
@@ -597,9 +678,16 @@ impl Manager {
             }
         };
         let desired = self.webhook_configuration(ca_bundle.as_bytes(), registered_port);
-        Registrar::new(client, &self.settings.field_manager)
+        Registrar::new(client.clone(), &self.settings.field_manager)
             .apply(&desired)
             .await?;
+        if let Some(validating) =
+            self.validating_webhook_configuration(ca_bundle.as_bytes(), registered_port)
+        {
+            Registrar::new(client, &self.settings.field_manager)
+                .apply(&validating)
+                .await?;
+        }
         tracing::info!(configuration = %self.settings.configuration_name(), "webhook configuration registered");
         Ok(())
     }
@@ -607,10 +695,17 @@ impl Manager {
     /// Delete the webhook configuration only (the first step of an uninstall, while replicas
     /// still serve); `true` when there was one.
     pub async fn remove_configuration(&self, client: kube::Client) -> Result<bool, ManagerError> {
-        let name = self.settings.configuration_name();
-        Ok(Registrar::new(client, &self.settings.field_manager)
-            .delete(&name)
-            .await?)
+        let mutating = Registrar::<MutatingWebhookConfiguration>::new(
+            client.clone(),
+            &self.settings.field_manager,
+        )
+        .delete(&self.settings.configuration_name())
+        .await?;
+        let validating =
+            Registrar::<ValidatingWebhookConfiguration>::new(client, &self.settings.field_manager)
+                .delete(&self.settings.validating_configuration_name())
+                .await?;
+        Ok(mutating || validating)
     }
 
     /// Delete the certificate Secret (when certificates are self-managed); `true` when there
@@ -627,9 +722,7 @@ impl Manager {
 
     /// Remove the configuration and the certificate Secret (uninstall).
     pub async fn unregister(&self, client: kube::Client) -> Result<(), ManagerError> {
-        Registrar::new(client.clone(), &self.settings.field_manager)
-            .delete(&self.settings.configuration_name())
-            .await?;
+        self.remove_configuration(client.clone()).await?;
         if self.settings.cert_source == CertSource::Secret {
             self.secret_store(&client).delete().await?;
         }
@@ -699,10 +792,10 @@ impl Manager {
         let cancel = spawned.cancel.clone();
         let token_verifier = if settings.webhook_token_auth {
             let audiences = self
-                .extensions
+                .hook_names()
                 .iter()
-                .map(|e| {
-                    let path = crate::server::extension_path(e.name());
+                .map(|name| {
+                    let path = crate::server::extension_path(name);
                     let aud = crate::token_auth::audience(&settings, &path, addr.port());
                     (path, aud)
                 })
@@ -722,8 +815,8 @@ impl Manager {
             let v = v.clone();
             sources.push(Arc::new(move || v.render()));
         }
-        let mut metrics =
-            Metrics::new(self.extensions.iter().map(|e| e.name())).with_sources(sources);
+        let names = self.hook_names();
+        let mut metrics = Metrics::new(names.iter().map(String::as_str)).with_sources(sources);
         if let Some(ca) = &client_ca {
             metrics = metrics.with_client_certs(ca.stats().clone());
         }
@@ -754,7 +847,11 @@ impl Manager {
                         health.clone(),
                         true,
                     )
-                    .with_promotion_gate(promotion_gate(client.clone(), &settings))
+                    .with_promotion_gate(promotion_gate(
+                        client.clone(),
+                        &settings,
+                        self.has_validators(),
+                    ))
                     .restore_deleted_secret(!settings.register_webhook),
                 );
                 rotator.tick().await?;
@@ -785,32 +882,36 @@ impl Manager {
 
         // The server. Each extension answers before the apiserver gives up on its webhook (the
         // timeout registered for it), so the apiserver gets the failure-policy answer.
-        let registered_timeout = |e: &Arc<dyn Extension>| {
-            let secs = e
-                .webhook()
+        let registered_timeout = |o: &crate::extension::WebhookOverrides| {
+            let secs = o
                 .timeout_seconds
                 .unwrap_or(settings.timeout_seconds)
                 .clamp(1, 30);
             Duration::from_secs(u64::try_from(secs).unwrap_or(10))
         };
-        let handlers = self
-            .extensions
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let policy = e
-                    .webhook()
-                    .failure_policy
-                    .unwrap_or(settings.failure_policy);
-                let budget = crate::admission::answer_budget(registered_timeout(e));
-                ExtensionHandler::new(e.clone(), policy, budget, i)
-            })
-            .collect();
+        let policy = |o: &crate::extension::WebhookOverrides| {
+            o.failure_policy.unwrap_or(settings.failure_policy)
+        };
+        let budget = |o: &crate::extension::WebhookOverrides| {
+            crate::admission::answer_budget(registered_timeout(o))
+        };
+        let pods = self.extensions.iter().enumerate().map(|(i, e)| {
+            let o = e.webhook();
+            ExtensionHandler::new(e.clone(), policy(&o), budget(&o), i)
+        });
+        let others = self.hooks.iter().enumerate().map(|(i, h)| {
+            let o = h.overrides();
+            let index = self.extensions.len() + i;
+            ExtensionHandler::for_hook(h.clone(), policy(&o), budget(&o), index)
+        });
+        let handlers = pods.chain(others).collect();
         // The HTTP request timeout never cuts a review the apiserver still waits for.
         let request_timeout = self
             .extensions
             .iter()
-            .map(registered_timeout)
+            .map(|e| e.webhook())
+            .chain(self.hooks.iter().map(|h| h.overrides()))
+            .map(|o| registered_timeout(&o))
             .fold(settings.request_timeout, Duration::max);
         let state = Arc::new(AppState {
             handlers,
@@ -902,33 +1003,48 @@ impl Manager {
 
         // Registration and drift repair.
         if settings.register_webhook {
-            let registrar = Registrar::new(client.clone(), &settings.field_manager)
-                .with_metrics(metrics.clone());
-            let specs = self.webhook_specs();
             let registered_port = addr.port();
-            let desired_for = {
-                let settings = settings.clone();
-                move |ca: &str| {
-                    desired_configuration(&settings, &specs, ca.as_bytes(), registered_port)
-                }
-            };
             let initial = published
                 .borrow()
                 .as_ref()
                 .map(|p| p.ca_bundle.clone())
                 .unwrap_or_default();
+            let base = LoopBase {
+                published: published.clone(),
+                health: health.clone(),
+                interval: settings.repair_interval,
+                url_mode: matches!(settings.endpoint, Endpoint::Url { .. }),
+                cancel: cancel.clone(),
+            };
+            let specs = self.specs(HookType::Mutating);
+            let desired_for: DesiredFor<MutatingWebhookConfiguration> = {
+                let settings = settings.clone();
+                Box::new(move |ca: &str| {
+                    desired_configuration(&settings, &specs, ca.as_bytes(), registered_port)
+                })
+            };
+            let registrar = Registrar::new(client.clone(), &settings.field_manager)
+                .with_metrics(metrics.clone());
             registrar.apply(&desired_for(&initial)).await?;
             health.set_configuration_ok(true);
+            spawned.push(tokio::spawn(base.clone().run(desired_for, registrar)));
+            if self.has_validators() {
+                health.set_validating_configuration_ok(false);
+                let specs = self.specs(HookType::Validating);
+                let desired_for: DesiredFor<ValidatingWebhookConfiguration> = {
+                    let settings = settings.clone();
+                    Box::new(move |ca: &str| {
+                        let ca = ca.as_bytes();
+                        desired_validating_configuration(&settings, &specs, ca, registered_port)
+                    })
+                };
+                let registrar = Registrar::new(client.clone(), &settings.field_manager)
+                    .with_metrics(metrics.clone());
+                registrar.apply(&desired_for(&initial)).await?;
+                health.set_validating_configuration_ok(true);
+                spawned.push(tokio::spawn(base.run(desired_for, registrar)));
+            }
             tracing::info!(configuration = %settings.configuration_name(), "webhook configuration applied");
-            spawned.push(tokio::spawn(registration_loop(
-                registrar,
-                desired_for,
-                published.clone(),
-                health.clone(),
-                settings.repair_interval,
-                matches!(settings.endpoint, Endpoint::Url { .. }),
-                cancel.clone(),
-            )));
         }
 
         for w in self.watchers {
@@ -961,32 +1077,66 @@ impl Manager {
 }
 
 /// A staged CA may sign once every webhook of the configuration trusts it (a read-only GET).
-fn promotion_gate(client: kube::Client, settings: &Settings) -> crate::rotation::PromotionGate {
-    let registrar = Registrar::new(client, &settings.field_manager);
-    let name = settings.configuration_name();
+fn promotion_gate(
+    client: kube::Client,
+    settings: &Settings,
+    validating: bool,
+) -> crate::rotation::PromotionGate {
+    let mutating_registrar =
+        Registrar::<MutatingWebhookConfiguration>::new(client.clone(), &settings.field_manager);
+    let validating_registrar =
+        Registrar::<ValidatingWebhookConfiguration>::new(client, &settings.field_manager);
+    let names = (
+        settings.configuration_name(),
+        settings.validating_configuration_name(),
+    );
     Arc::new(move |ca_pem: String| {
-        let (registrar, name) = (registrar.clone(), name.clone());
+        let (mutating_registrar, validating_registrar, names) = (
+            mutating_registrar.clone(),
+            validating_registrar.clone(),
+            names.clone(),
+        );
         Box::pin(async move {
             let needle = ca_pem.trim();
-            match registrar.get(&name).await {
-                Ok(Some(cfg)) => {
-                    let hooks = cfg.webhooks.unwrap_or_default();
-                    !hooks.is_empty()
-                        && hooks.iter().all(|w| {
-                            w.client_config
-                                .ca_bundle
-                                .as_ref()
-                                .is_some_and(|b| String::from_utf8_lossy(&b.0).contains(needle))
-                        })
-                }
-                Ok(None) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the webhook configuration to confirm a new CA");
-                    false
-                }
+            let mutating = trusts(&mutating_registrar, &names.0, needle).await;
+            if !validating {
+                return mutating == Some(true);
             }
+            let validating = trusts(&validating_registrar, &names.1, needle).await;
+            // Every configuration with entries must trust it, and at least one must exist.
+            !matches!(
+                (mutating, validating),
+                (Some(false), _) | (_, Some(false)) | (None, None)
+            )
         })
     })
+}
+
+/// Whether every entry of configuration `name` carries the CA `needle`: `None` when the
+/// configuration has no entries (or is absent, or cannot be read).
+async fn trusts<C: Configuration>(
+    registrar: &Registrar<C>,
+    name: &str,
+    needle: &str,
+) -> Option<bool> {
+    match registrar.get(name).await {
+        Ok(Some(cfg)) => {
+            let hooks = cfg.entries();
+            (!hooks.is_empty()).then(|| {
+                hooks.iter().all(|w| {
+                    C::client_config(w)
+                        .ca_bundle
+                        .as_ref()
+                        .is_some_and(|b| String::from_utf8_lossy(&b.0).contains(needle))
+                })
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the webhook configuration to confirm a new CA");
+            Some(false)
+        }
+    }
 }
 
 /// What [`Manager::start`] has spawned: stopped if starting fails, aborted if the start is
@@ -1142,73 +1292,92 @@ async fn readiness_loop<C, F>(
     }
 }
 
-async fn registration_loop(
-    registrar: Registrar,
-    desired_for: impl Fn(&str) -> MutatingWebhookConfiguration + Send,
-    mut published: watch::Receiver<Option<Published>>,
+/// Builds the desired configuration for a CA bundle.
+type DesiredFor<C> = Box<dyn Fn(&str) -> C + Send + Sync>;
+
+/// What a registration loop shares with the manager; [`LoopBase::run`] keeps one webhook
+/// configuration right: a new CA is applied, drift is repaired.
+#[derive(Clone)]
+struct LoopBase {
+    published: watch::Receiver<Option<Published>>,
     health: Arc<Health>,
     interval: Duration,
     url_mode: bool,
     cancel: CancellationToken,
-) {
-    // The caBundle applied last: a new one is an update, anything else found wrong is drift.
-    let mut applied_ca = published
-        .borrow()
-        .as_ref()
-        .map(|p| p.ca_bundle.clone())
-        .unwrap_or_default();
-    loop {
-        let ca = published
+}
+
+impl LoopBase {
+    fn set_ok<C: Configuration>(&self, ok: bool) {
+        if C::MUTATING {
+            self.health.set_configuration_ok(ok);
+        } else {
+            self.health.set_validating_configuration_ok(ok);
+        }
+    }
+
+    async fn run<C: Configuration>(mut self, desired_for: DesiredFor<C>, registrar: Registrar<C>) {
+        // The caBundle applied last: a new one is an update, anything else found wrong is drift.
+        let mut applied_ca = self
+            .published
             .borrow()
             .as_ref()
             .map(|p| p.ca_bundle.clone())
             .unwrap_or_default();
-        let desired = desired_for(&ca);
-        let result = if ca != applied_ca {
-            registrar.apply(&desired).await.map(|()| {
-                tracing::info!(
-                    certificates = pem_count(&ca),
-                    "caBundle updated in the webhook configuration"
-                );
-            })
-        } else if url_mode {
-            // Another replica that registered its own URL and is serving keeps it: replicas
-            // do not take the configuration from each other, only from a dead one.
-            let (want, probe_ca) = (&desired, ca.clone());
-            registrar
-                .repair_unless(&desired, |live| async move {
-                    let Some((host, port)) = crate::registration::other_replica(want, &live) else {
-                        return false;
-                    };
-                    replica_serving(&host, port, &probe_ca).await
+        loop {
+            let ca = self
+                .published
+                .borrow()
+                .as_ref()
+                .map(|p| p.ca_bundle.clone())
+                .unwrap_or_default();
+            let desired = desired_for(&ca);
+            let result = if ca != applied_ca {
+                registrar.apply(&desired).await.map(|()| {
+                    tracing::info!(
+                        certificates = pem_count(&ca),
+                        "caBundle updated in the webhook configuration"
+                    );
                 })
-                .await
-                .map(|_| ())
-        } else {
-            registrar.repair(&desired).await.map(|_| ())
-        };
-        match result {
-            Ok(()) => {
-                applied_ca = ca;
-                health.set_configuration_ok(true);
-            }
-            Err(e) => {
-                health.set_configuration_ok(false);
-                tracing::warn!(error = %e, "webhook configuration check failed; retrying");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            changed = published.changed() => {
-                if changed.is_err() {
-                    // The certificate source stopped: only the timer drives repairs now.
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = cancel.cancelled() => return,
-                    }
+            } else if self.url_mode {
+                // Another replica that registered its own URL and is serving keeps it: replicas
+                // do not take the configuration from each other, only from a dead one.
+                let (want, probe_ca) = (&desired, ca.clone());
+                registrar
+                    .repair_unless(&desired, |live| async move {
+                        let Some((host, port)) = crate::registration::other_replica(want, &live)
+                        else {
+                            return false;
+                        };
+                        replica_serving(&host, port, &probe_ca).await
+                    })
+                    .await
+                    .map(|_| ())
+            } else {
+                registrar.repair(&desired).await.map(|_| ())
+            };
+            match result {
+                Ok(()) => {
+                    applied_ca = ca;
+                    self.set_ok::<C>(true);
+                }
+                Err(e) => {
+                    self.set_ok::<C>(false);
+                    tracing::warn!(error = %e, "webhook configuration check failed; retrying");
                 }
             }
-            _ = cancel.cancelled() => return,
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                changed = self.published.changed() => {
+                    if changed.is_err() {
+                        // The certificate source stopped: only the timer drives repairs now.
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.interval) => {}
+                            _ = self.cancel.cancelled() => return,
+                        }
+                    }
+                }
+                _ = self.cancel.cancelled() => return,
+            }
         }
     }
 }

@@ -245,6 +245,11 @@ impl Settings {
         format!("{}-mutating-hook", self.fingerprint)
     }
 
+    /// Name of the ValidatingWebhookConfiguration (registered when there are validators).
+    pub fn validating_configuration_name(&self) -> String {
+        format!("{}-validating-hook", self.fingerprint)
+    }
+
     /// Name of the certificate Secret.
     pub fn secret_name(&self) -> String {
         format!("{}-setupcertificate", self.fingerprint)

@@ -1,5 +1,6 @@
-//! The MutatingWebhookConfiguration: built from settings, written with server-side apply,
-//! and kept right by a drift-repair loop. Never deleted and re-created (no window without webhook).
+//! The webhook configurations (mutating, and validating when there are validators): built from
+//! settings, written with server-side apply, and kept right by a drift-repair loop. Never
+//! deleted and re-created (no window without webhook).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,14 +8,17 @@ use std::sync::Arc;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    WebhookClientConfig,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::ObjectMeta;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::extension::WebhookOverrides;
+use crate::hooks::ResourceRule;
 use crate::metrics::Metrics;
 use crate::options::{Endpoint, SOURCE_TYPE_LABEL, Settings};
 
@@ -45,7 +49,79 @@ pub struct WebhookSpec {
     pub name: String,
     /// Its overrides.
     pub overrides: WebhookOverrides,
+    /// The resource its rule names.
+    pub rule: ResourceRule,
 }
+
+impl WebhookSpec {
+    /// The registration input of a Pod extension.
+    pub fn pods(name: impl Into<String>, overrides: WebhookOverrides) -> Self {
+        Self {
+            name: name.into(),
+            overrides,
+            rule: ResourceRule::pods(),
+        }
+    }
+}
+
+/// A webhook configuration kind eirinix registers (mutating or validating): what the
+/// registrar and drift repair need to read and write its entries.
+pub trait Configuration:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// One webhook entry.
+    type Entry: Clone + Serialize + Send + Sync;
+    /// Whether entries carry a reinvocation policy (defaulted by the apiserver).
+    const MUTATING: bool;
+    /// The entries (none when the list is absent).
+    fn entries(&self) -> &[Self::Entry];
+    /// Whether the list of entries is present at all.
+    fn has_entries(&self) -> bool;
+    /// The entries, for rewriting.
+    fn entries_mut(&mut self) -> &mut [Self::Entry];
+    /// An entry's name.
+    fn entry_name(entry: &Self::Entry) -> &str;
+    /// An entry's client configuration.
+    fn client_config(entry: &Self::Entry) -> &WebhookClientConfig;
+    /// An entry's client configuration, for rewriting.
+    fn client_config_mut(entry: &mut Self::Entry) -> &mut WebhookClientConfig;
+}
+
+macro_rules! configuration {
+    ($config:ty, $entry:ty, $mutating:expr) => {
+        impl Configuration for $config {
+            type Entry = $entry;
+            const MUTATING: bool = $mutating;
+            fn entries(&self) -> &[$entry] {
+                self.webhooks.as_deref().unwrap_or_default()
+            }
+            fn has_entries(&self) -> bool {
+                self.webhooks.is_some()
+            }
+            fn entries_mut(&mut self) -> &mut [$entry] {
+                self.webhooks.as_deref_mut().unwrap_or_default()
+            }
+            fn entry_name(entry: &$entry) -> &str {
+                &entry.name
+            }
+            fn client_config(entry: &$entry) -> &WebhookClientConfig {
+                &entry.client_config
+            }
+            fn client_config_mut(entry: &mut $entry) -> &mut WebhookClientConfig {
+                &mut entry.client_config
+            }
+        }
+    };
+}
+configuration!(MutatingWebhookConfiguration, MutatingWebhook, true);
+configuration!(ValidatingWebhookConfiguration, ValidatingWebhook, false);
 
 fn merge_selectors(a: Option<LabelSelector>, b: Option<&LabelSelector>) -> Option<LabelSelector> {
     match (a, b) {
@@ -138,6 +214,99 @@ fn client_config(
     }
 }
 
+/// The entry of `hook` (as a mutating entry; a validating one drops the reinvocation policy).
+fn entry(
+    settings: &Settings,
+    hook: &WebhookSpec,
+    ns_selector: &LabelSelector,
+    default_selector: Option<&LabelSelector>,
+    ca_bundle: &[u8],
+    port: u16,
+) -> MutatingWebhook {
+    let o = &hook.overrides;
+    let ops = o.operations.as_ref().unwrap_or(&settings.operations);
+    MutatingWebhook {
+        name: settings.webhook_name(&hook.name),
+        admission_review_versions: vec!["v1".into()],
+        client_config: client_config(
+            settings,
+            &crate::extension::extension_path(&hook.name),
+            port,
+            ca_bundle,
+        ),
+        failure_policy: Some(
+            o.failure_policy
+                .unwrap_or(settings.failure_policy)
+                .as_str()
+                .into(),
+        ),
+        match_policy: Some("Equivalent".into()),
+        match_conditions: (!o.match_conditions.is_empty()).then(|| o.match_conditions.clone()),
+        namespace_selector: Some(ns_selector.clone()),
+        object_selector: o
+            .object_selector
+            .clone()
+            .or_else(|| default_selector.cloned()),
+        reinvocation_policy: Some(
+            o.reinvocation_policy
+                .unwrap_or(settings.reinvocation_policy)
+                .as_str()
+                .into(),
+        ),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![hook.rule.group.clone()]),
+            api_versions: Some(vec![hook.rule.version.clone()]),
+            operations: Some(ops.iter().map(|op| op.as_str().to_owned()).collect()),
+            resources: Some(vec![hook.rule.resource.clone()]),
+            scope: Some(hook.rule.scope.clone()),
+        }]),
+        side_effects: o
+            .side_effects
+            .unwrap_or(settings.side_effects)
+            .as_str()
+            .into(),
+        timeout_seconds: Some(
+            o.timeout_seconds
+                .unwrap_or(settings.timeout_seconds)
+                .clamp(1, 30),
+        ),
+    }
+}
+
+fn entries(
+    settings: &Settings,
+    hooks: &[WebhookSpec],
+    ca_bundle: &[u8],
+    port: u16,
+) -> Vec<MutatingWebhook> {
+    let ns_selector = namespace_selector(settings);
+    let default_selector = object_selector(settings);
+    hooks
+        .iter()
+        .map(|hook| {
+            entry(
+                settings,
+                hook,
+                &ns_selector,
+                default_selector.as_ref(),
+                ca_bundle,
+                port,
+            )
+        })
+        .collect()
+}
+
+fn configuration_meta(name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        labels: Some(BTreeMap::from([(
+            MANAGED_BY_LABEL.to_owned(),
+            "eirinix".to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
 /// The desired configuration for `hooks`, with `ca_bundle` (PEM) and the actually bound `port`.
 pub fn desired_configuration(
     settings: &Settings,
@@ -145,79 +314,47 @@ pub fn desired_configuration(
     ca_bundle: &[u8],
     port: u16,
 ) -> MutatingWebhookConfiguration {
-    let ns_selector = namespace_selector(settings);
-    let default_selector = object_selector(settings);
-    let webhooks = hooks
-        .iter()
-        .map(|hook| {
-            let o = &hook.overrides;
-            let ops = o.operations.as_ref().unwrap_or(&settings.operations);
-            MutatingWebhook {
-                name: settings.webhook_name(&hook.name),
-                admission_review_versions: vec!["v1".into()],
-                client_config: client_config(
-                    settings,
-                    &crate::extension::extension_path(&hook.name),
-                    port,
-                    ca_bundle,
-                ),
-                failure_policy: Some(
-                    o.failure_policy
-                        .unwrap_or(settings.failure_policy)
-                        .as_str()
-                        .into(),
-                ),
-                match_policy: Some("Equivalent".into()),
-                match_conditions: (!o.match_conditions.is_empty())
-                    .then(|| o.match_conditions.clone()),
-                namespace_selector: Some(ns_selector.clone()),
-                object_selector: o
-                    .object_selector
-                    .clone()
-                    .or_else(|| default_selector.clone()),
-                reinvocation_policy: Some(
-                    o.reinvocation_policy
-                        .unwrap_or(settings.reinvocation_policy)
-                        .as_str()
-                        .into(),
-                ),
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec![String::new()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(ops.iter().map(|op| op.as_str().to_owned()).collect()),
-                    resources: Some(vec!["pods".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                side_effects: o
-                    .side_effects
-                    .unwrap_or(settings.side_effects)
-                    .as_str()
-                    .into(),
-                timeout_seconds: Some(
-                    o.timeout_seconds
-                        .unwrap_or(settings.timeout_seconds)
-                        .clamp(1, 30),
-                ),
-            }
+    MutatingWebhookConfiguration {
+        metadata: configuration_meta(settings.configuration_name()),
+        webhooks: Some(entries(settings, hooks, ca_bundle, port)),
+    }
+}
+
+/// The desired ValidatingWebhookConfiguration for the validators `hooks` (the same selectors
+/// and certificates as the mutating one).
+pub fn desired_validating_configuration(
+    settings: &Settings,
+    hooks: &[WebhookSpec],
+    ca_bundle: &[u8],
+    port: u16,
+) -> ValidatingWebhookConfiguration {
+    let webhooks = entries(settings, hooks, ca_bundle, port)
+        .into_iter()
+        .map(|m| ValidatingWebhook {
+            name: m.name,
+            admission_review_versions: m.admission_review_versions,
+            client_config: m.client_config,
+            failure_policy: m.failure_policy,
+            match_policy: m.match_policy,
+            match_conditions: m.match_conditions,
+            namespace_selector: m.namespace_selector,
+            object_selector: m.object_selector,
+            rules: m.rules,
+            side_effects: m.side_effects,
+            timeout_seconds: m.timeout_seconds,
         })
         .collect();
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(settings.configuration_name()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_owned(),
-                "eirinix".to_owned(),
-            )])),
-            ..Default::default()
-        },
+    ValidatingWebhookConfiguration {
+        metadata: configuration_meta(settings.validating_configuration_name()),
         webhooks: Some(webhooks),
     }
 }
 
-/// Fill in what the apiserver defaults in a stored `MutatingWebhook` (admissionregistration/v1
-/// `SetDefaults_MutatingWebhook`, `SetDefaults_Rule`, `SetDefaults_ServiceReference`), so an
-/// entry as eirinix writes it and as the apiserver returns it compare equal.
-fn with_defaults(entry: &mut Value) {
+/// Fill in what the apiserver defaults in a stored webhook entry (admissionregistration/v1
+/// `SetDefaults_MutatingWebhook`, `SetDefaults_ValidatingWebhook`, `SetDefaults_Rule`,
+/// `SetDefaults_ServiceReference`), so an entry as eirinix writes it and as the apiserver
+/// returns it compare equal. Only mutating entries have a reinvocation policy.
+fn with_defaults(entry: &mut Value, mutating: bool) {
     let Some(e) = entry.as_object_mut() else {
         return;
     };
@@ -230,6 +367,9 @@ fn with_defaults(entry: &mut Value) {
         ("timeoutSeconds", json!(10)),
         ("reinvocationPolicy", json!("Never")),
     ] {
+        if key == "reinvocationPolicy" && !mutating {
+            continue;
+        }
         if unset(e, key) {
             e.insert(key.to_owned(), default);
         }
@@ -277,9 +417,9 @@ fn prune(v: Value) -> Option<Value> {
 
 /// A webhook entry in the form two equivalent entries share: apiserver defaults filled in,
 /// empty values dropped.
-fn canonical(entry: &MutatingWebhook) -> Value {
+fn canonical<C: Configuration>(entry: &C::Entry) -> Value {
     let mut v = serde_json::to_value(entry).unwrap_or(Value::Null);
-    with_defaults(&mut v);
+    with_defaults(&mut v, C::MUTATING);
     prune(v).unwrap_or(Value::Null)
 }
 
@@ -306,27 +446,20 @@ type Learned = std::collections::HashMap<String, (Value, Value)>;
 
 /// How each webhook entry of `desired` differs in `live`: `"<name>: missing"` or
 /// `"<name>: <field>, <field>"`. Entries of other names in `live` are not eirinix's and ignored.
-fn differences_with(
-    desired: &MutatingWebhookConfiguration,
-    live: &MutatingWebhookConfiguration,
-    learned: &Learned,
-) -> Vec<String> {
-    let have = live.webhooks.as_deref().unwrap_or_default();
+fn differences_with<C: Configuration>(desired: &C, live: &C, learned: &Learned) -> Vec<String> {
+    let have = live.entries();
     let mut out = Vec::new();
-    for want in desired.webhooks.as_deref().unwrap_or_default() {
-        let Some(entry) = have.iter().find(|h| h.name == want.name) else {
-            out.push(format!("{}: missing", want.name));
+    for want in desired.entries() {
+        let name = C::entry_name(want);
+        let Some(entry) = have.iter().find(|h| C::entry_name(h) == name) else {
+            out.push(format!("{name}: missing"));
             continue;
         };
-        let (w, h) = (canonical(want), canonical(entry));
-        if w == h || learned.get(&want.name) == Some(&(w.clone(), h.clone())) {
+        let (w, h) = (canonical::<C>(want), canonical::<C>(entry));
+        if w == h || learned.get(name) == Some(&(w.clone(), h.clone())) {
             continue;
         }
-        out.push(format!(
-            "{}: {}",
-            want.name,
-            differing_fields(&w, &h).join(", ")
-        ));
+        out.push(format!("{name}: {}", differing_fields(&w, &h).join(", ")));
     }
     out
 }
@@ -334,19 +467,13 @@ fn differences_with(
 /// How the webhook entries eirinix owns (those named in `desired`) differ in `live`, entry by
 /// entry and field by field (every field counts, including ones eirinix leaves unset, such as
 /// `matchConditions` or an `objectSelector` added by someone else); empty when they match.
-pub fn differences(
-    desired: &MutatingWebhookConfiguration,
-    live: &MutatingWebhookConfiguration,
-) -> Vec<String> {
+pub fn differences<C: Configuration>(desired: &C, live: &C) -> Vec<String> {
     differences_with(desired, live, &Learned::new())
 }
 
 /// Whether any webhook entry of `desired` is missing from `live` or differs from it in any
 /// field once the apiserver's defaults are taken into account.
-pub fn drifted(
-    desired: &MutatingWebhookConfiguration,
-    live: &MutatingWebhookConfiguration,
-) -> bool {
+pub fn drifted<C: Configuration>(desired: &C, live: &C) -> bool {
     !differences(desired, live).is_empty()
 }
 
@@ -365,18 +492,16 @@ pub fn url_authority(url: &str) -> Option<(String, u16)> {
 
 /// URL mode: when `live` differs from `desired` only in where its webhook URLs point, and they
 /// all point at one other `host:port` (another replica registered itself), that address.
-pub fn other_replica(
-    desired: &MutatingWebhookConfiguration,
-    live: &MutatingWebhookConfiguration,
-) -> Option<(String, u16)> {
-    let (want, have) = (desired.webhooks.as_ref()?, live.webhooks.as_ref()?);
+pub fn other_replica<C: Configuration>(desired: &C, live: &C) -> Option<(String, u16)> {
+    let (want, have) = (desired.entries(), live.entries());
     if want.len() != have.len() || want.is_empty() {
         return None;
     }
     let mut other = None;
     let mut pointed = desired.clone();
-    for (w, h) in pointed.webhooks.iter_mut().flatten().zip(have) {
-        let (Some(mine), Some(theirs)) = (&w.client_config.url, &h.client_config.url) else {
+    for (w, h) in pointed.entries_mut().iter_mut().zip(have) {
+        let w = C::client_config_mut(w);
+        let (Some(mine), Some(theirs)) = (&w.url, &C::client_config(h).url) else {
             return None;
         };
         let (mine_at, theirs_at) = (url_authority(mine)?, url_authority(theirs)?);
@@ -388,7 +513,7 @@ pub fn other_replica(
         if other.get_or_insert_with(|| theirs_at.clone()) != &theirs_at {
             return None;
         }
-        w.client_config.url = Some(theirs.clone());
+        w.url = Some(theirs.clone());
     }
     (!drifted(&pointed, live)).then_some(other).flatten()
 }
@@ -396,30 +521,26 @@ pub fn other_replica(
 /// A JSON patch turning the webhook entries of `live` named in `want` into the wanted ones and
 /// adding those it lacks. It carries `live`'s resourceVersion, so the apiserver refuses it
 /// (409) if the configuration changed since it was read; `test`s pin the positions.
-fn owned_entries_patch(
-    want: &[MutatingWebhook],
-    live: &MutatingWebhookConfiguration,
-) -> json_patch::Patch {
-    let have = live.webhooks.as_deref().unwrap_or_default();
+fn owned_entries_patch<C: Configuration>(want: &[C::Entry], live: &C) -> json_patch::Patch {
+    let have = live.entries();
     let mut ops = vec![json!({
         "op": "replace",
         "path": "/metadata/resourceVersion",
-        "value": live.metadata.resource_version,
+        "value": live.meta().resource_version,
     })];
-    if live.webhooks.is_none() {
+    if !live.has_entries() {
         ops.push(json!({"op": "add", "path": "/webhooks", "value": []}));
     }
     for (i, entry) in have.iter().enumerate() {
-        if let Some(w) = want.iter().find(|w| w.name == entry.name) {
-            ops.push(
-                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": entry.name}),
-            );
+        let name = C::entry_name(entry);
+        if let Some(w) = want.iter().find(|w| C::entry_name(w) == name) {
+            ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}));
             ops.push(json!({"op": "replace", "path": format!("/webhooks/{i}"), "value": w}));
         }
     }
     for w in want
         .iter()
-        .filter(|w| !have.iter().any(|h| h.name == w.name))
+        .filter(|w| !have.iter().any(|h| C::entry_name(h) == C::entry_name(w)))
     {
         ops.push(json!({"op": "add", "path": "/webhooks/-", "value": w}));
     }
@@ -430,8 +551,8 @@ fn owned_entries_patch(
 /// replaces the entries it owns wholesale when apply alone cannot restore them (server-side
 /// apply keeps fields other managers added, such as a `matchCondition`).
 #[derive(Clone)]
-pub struct Registrar {
-    api: Api<MutatingWebhookConfiguration>,
+pub struct Registrar<C: Configuration = MutatingWebhookConfiguration> {
+    api: Api<C>,
     field_manager: String,
     metrics: Option<Arc<Metrics>>,
     learned: Arc<std::sync::Mutex<Learned>>,
@@ -440,7 +561,7 @@ pub struct Registrar {
 /// Attempts at replacing the owned entries when someone else writes the configuration meanwhile.
 const REPLACE_ATTEMPTS: usize = 3;
 
-impl Registrar {
+impl<C: Configuration> Registrar<C> {
     /// A registrar applying as `field_manager`.
     pub fn new(client: kube::Client, field_manager: impl Into<String>) -> Self {
         Self {
@@ -464,11 +585,7 @@ impl Registrar {
         }
     }
 
-    fn differences(
-        &self,
-        desired: &MutatingWebhookConfiguration,
-        live: &MutatingWebhookConfiguration,
-    ) -> Vec<String> {
+    fn differences(&self, desired: &C, live: &C) -> Vec<String> {
         let learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
         differences_with(desired, live, &learned)
     }
@@ -476,11 +593,8 @@ impl Registrar {
     /// Apply `desired` (create or update in place, taking ownership of our fields); if the
     /// result still differs in the entries eirinix owns (fields of other managers that apply
     /// leaves in place), replace those entries as a whole.
-    pub async fn apply(
-        &self,
-        desired: &MutatingWebhookConfiguration,
-    ) -> Result<(), RegistrationError> {
-        let name = desired.metadata.name.clone().unwrap_or_default();
+    pub async fn apply(&self, desired: &C) -> Result<(), RegistrationError> {
+        let name = desired.meta().name.clone().unwrap_or_default();
         let params = PatchParams::apply(&self.field_manager).force();
         let live = self
             .api
@@ -496,13 +610,9 @@ impl Registrar {
     /// Replace the entries of `live` named in `desired` by the desired ones (others' entries
     /// stay where they are) with one JSON patch (the `patch` verb, which a register Job has),
     /// guarded by `live`'s resourceVersion; re-read and retry on conflict.
-    async fn replace_owned(
-        &self,
-        desired: &MutatingWebhookConfiguration,
-        mut live: MutatingWebhookConfiguration,
-    ) -> Result<(), RegistrationError> {
-        let name = desired.metadata.name.clone().unwrap_or_default();
-        let want = desired.webhooks.as_deref().unwrap_or_default();
+    async fn replace_owned(&self, desired: &C, mut live: C) -> Result<(), RegistrationError> {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let want = desired.entries();
         let params = PatchParams {
             field_manager: Some(self.field_manager.clone()),
             ..Default::default()
@@ -533,30 +643,28 @@ impl Registrar {
     /// After eirinix's own write of the owned entries: an entry stored differently from what
     /// was written differs only by apiserver defaults this version does not know. Remember it,
     /// so it is not mistaken for drift and rewritten at every check.
-    fn learn(&self, desired: &MutatingWebhookConfiguration, stored: &MutatingWebhookConfiguration) {
-        let have = stored.webhooks.as_deref().unwrap_or_default();
+    fn learn(&self, desired: &C, stored: &C) {
+        let have = stored.entries();
         let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
-        for want in desired.webhooks.as_deref().unwrap_or_default() {
-            let Some(entry) = have.iter().find(|h| h.name == want.name) else {
+        for want in desired.entries() {
+            let name = C::entry_name(want);
+            let Some(entry) = have.iter().find(|h| C::entry_name(h) == name) else {
                 continue;
             };
-            let (w, h) = (canonical(want), canonical(entry));
+            let (w, h) = (canonical::<C>(want), canonical::<C>(entry));
             if w != h {
                 tracing::warn!(
-                    webhook = %want.name,
+                    webhook = %name,
                     fields = %differing_fields(&w, &h).join(", "),
                     "the apiserver stores this webhook entry with values eirinix did not write; taken as defaults of this apiserver"
                 );
-                learned.insert(want.name.clone(), (w, h));
+                learned.insert(name.to_owned(), (w, h));
             }
         }
     }
 
     /// Compare the live configuration with `desired` and re-apply if it is missing or drifted; true if repaired.
-    pub async fn repair(
-        &self,
-        desired: &MutatingWebhookConfiguration,
-    ) -> Result<bool, RegistrationError> {
+    pub async fn repair(&self, desired: &C) -> Result<bool, RegistrationError> {
         self.repair_unless(desired, |_| async { false }).await
     }
 
@@ -564,14 +672,14 @@ impl Registrar {
     /// left alone (URL mode: it points at another replica that is serving).
     pub async fn repair_unless<F, Fut>(
         &self,
-        desired: &MutatingWebhookConfiguration,
+        desired: &C,
         keep: F,
     ) -> Result<bool, RegistrationError>
     where
-        F: FnOnce(MutatingWebhookConfiguration) -> Fut,
+        F: FnOnce(C) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let name = desired.metadata.name.clone().unwrap_or_default();
+        let name = desired.meta().name.clone().unwrap_or_default();
         let live = self
             .api
             .get_opt(&name)
@@ -596,10 +704,7 @@ impl Registrar {
     }
 
     /// The live configuration, if any.
-    pub async fn get(
-        &self,
-        name: &str,
-    ) -> Result<Option<MutatingWebhookConfiguration>, RegistrationError> {
+    pub async fn get(&self, name: &str) -> Result<Option<C>, RegistrationError> {
         self.api.get_opt(name).await.map_err(|e| Self::err(name, e))
     }
 

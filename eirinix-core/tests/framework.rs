@@ -431,17 +431,14 @@ fn settings() -> Settings {
 fn configuration_has_modern_fields_and_safe_selectors() {
     let s = settings();
     let hooks = [
-        WebhookSpec {
-            name: "persi".into(),
-            overrides: WebhookOverrides::default(),
-        },
-        WebhookSpec {
-            name: "ssh".into(),
-            overrides: WebhookOverrides {
+        WebhookSpec::pods("persi", WebhookOverrides::default()),
+        WebhookSpec::pods(
+            "ssh",
+            WebhookOverrides {
                 failure_policy: Some(FailurePolicy::Ignore),
                 ..Default::default()
             },
-        },
+        ),
     ];
     let cfg = desired_configuration(&s, &hooks, b"PEM", 2999);
     assert_eq!(cfg.metadata.name.as_deref(), Some("eirini-x-mutating-hook"));
@@ -518,10 +515,7 @@ fn url_mode_tells_another_replicas_registration_from_drift() {
         endpoint: Endpoint::Url { host: host.into() },
         ..Default::default()
     };
-    let hooks = ["persi", "ssh"].map(|name| WebhookSpec {
-        name: name.into(),
-        overrides: WebhookOverrides::default(),
-    });
+    let hooks = ["persi", "ssh"].map(|name| WebhookSpec::pods(name, WebhookOverrides::default()));
     let mine = desired_configuration(&url("127.0.0.1"), &hooks, b"PEM", 4443);
     // Another replica on another port: its address, and nothing else differs.
     let theirs = desired_configuration(&url("127.0.0.1"), &hooks, b"PEM", 5443);
@@ -560,10 +554,7 @@ fn url_mode_tells_another_replicas_registration_from_drift() {
 #[test]
 fn drift_detection_ignores_server_defaults_but_sees_edits() {
     let s = settings();
-    let hooks = [WebhookSpec {
-        name: "persi".into(),
-        overrides: WebhookOverrides::default(),
-    }];
+    let hooks = [WebhookSpec::pods("persi", WebhookOverrides::default())];
     let desired = desired_configuration(&s, &hooks, b"PEM", 2999);
     let mut live = desired.clone();
     // Server-side defaults added by the apiserver are not drift.
