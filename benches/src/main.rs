@@ -171,19 +171,14 @@ async fn start_server() -> anyhow::Result<TestServer> {
         request_timeout,
     );
     let router = eirinix_core::server::router(state, body_limit, request_timeout).merge(fixed);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let listening = eirinix_core::server::Server::bind(([127, 0, 0, 1], 0).into()).await?;
+    let addr = listening.local_addr();
     let cancel = CancellationToken::new();
     let opts = ServeOptions {
-        max_connections: 1024,
-        handshake_timeout: Duration::from_secs(10),
-        http2: false,
         shutdown_timeout: Duration::from_secs(1),
-        drain: Duration::ZERO,
-        stats: Default::default(),
+        ..Default::default()
     };
-    tokio::spawn(eirinix_core::server::serve_tls(
-        listener,
+    tokio::spawn(listening.serve_tls(
         eirinix_core::tls::server_config(resolver, false)?,
         router,
         opts,

@@ -190,9 +190,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             tracing::info!(addr = %proxy.local_addr()?, "eirinix ssh proxy listening");
             if let Some(port) = args.admin_port {
                 let metrics = proxy.metrics().clone();
-                let listener = tokio::net::TcpListener::bind((args.listen.ip(), port))
+                let admin = eirinix_core::server::Server::bind((args.listen.ip(), port).into())
                     .await
-                    .with_context(|| format!("binding the admin port {port}"))?;
+                    .context("the admin port")?;
                 let router = axum::Router::new()
                     .route(
                         "/metrics",
@@ -204,18 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     .route("/healthz", axum::routing::get(|| async { "ok" }));
                 let opts = eirinix_core::server::ServeOptions {
                     max_connections: 64,
-                    handshake_timeout: std::time::Duration::from_secs(10),
-                    http2: false,
-                    shutdown_timeout: std::time::Duration::from_secs(5),
-                    drain: std::time::Duration::ZERO,
-                    stats: Default::default(),
+                    ..Default::default()
                 };
-                tokio::spawn(eirinix_core::server::serve_plain(
-                    listener,
-                    router,
-                    opts,
-                    cancel.clone(),
-                ));
+                tokio::spawn(admin.serve_plain(router, opts, cancel.clone()));
             }
             proxy.serve(cancel).await?;
         }

@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod certs;
 pub mod compat;
+mod decode;
 pub mod extension;
 pub mod health;
 mod hooks;

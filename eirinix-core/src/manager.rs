@@ -13,7 +13,6 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,7 @@ use crate::registration::{
     desired_validating_configuration,
 };
 use crate::rotation::{FileSource, Published, RotationError, Rotator, SecretStore};
-use crate::server::{AppState, Health, ServeOptions};
+use crate::server::{AppState, BindError, Health, ServeOptions, Server};
 use crate::tls::CertResolver;
 use crate::watcher::{PodWatcher, run_pod_watcher};
 
@@ -74,15 +73,9 @@ pub enum ConfigError {
 /// A failure while starting or running the manager.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A listening socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// Certificates could not be set up.
     #[error("certificates: {0}")]
     Certificates(#[from] RotationError),
@@ -692,8 +685,9 @@ impl Manager {
         Ok(())
     }
 
-    /// Delete the webhook configuration only (the first step of an uninstall, while replicas
-    /// still serve); `true` when there was one.
+    /// Delete the webhook configurations only (the first step of an uninstall, while replicas
+    /// still serve; the validating one when this manager has validators); `true` when there
+    /// was one.
     pub async fn remove_configuration(&self, client: kube::Client) -> Result<bool, ManagerError> {
         let mutating = Registrar::<MutatingWebhookConfiguration>::new(
             client.clone(),
@@ -701,10 +695,15 @@ impl Manager {
         )
         .delete(&self.settings.configuration_name())
         .await?;
-        let validating =
-            Registrar::<ValidatingWebhookConfiguration>::new(client, &self.settings.field_manager)
-                .delete(&self.settings.validating_configuration_name())
-                .await?;
+        // Only a manager with validators touches ValidatingWebhookConfigurations: one without
+        // needs (and, installed by the chart, has) no rights on them.
+        let validating = self.has_validators()
+            && Registrar::<ValidatingWebhookConfiguration>::new(
+                client,
+                &self.settings.field_manager,
+            )
+            .delete(&self.settings.validating_configuration_name())
+            .await?;
         Ok(mutating || validating)
     }
 
@@ -782,13 +781,8 @@ impl Manager {
         if let Some(ca) = &client_ca {
             client_ca_check(ca, settings.apiserver_client_cert.as_deref())?;
         }
-        let bind = SocketAddr::new(settings.bind_address, settings.port);
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|source| ManagerError::Bind { addr: bind, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| ManagerError::Bind { addr: bind, source })?;
+        let server = Server::bind(SocketAddr::new(settings.bind_address, settings.port)).await?;
+        let addr = server.local_addr();
         let cancel = spawned.cancel.clone();
         let token_verifier = if settings.webhook_token_auth {
             let audiences = self
@@ -938,24 +932,15 @@ impl Manager {
                 crate::token_auth::require_token(verifier.clone(), req, next)
             }));
         }
-        spawned.server = Some(tokio::spawn(crate::server::serve_tls(
-            listener,
+        spawned.server = Some(tokio::spawn(server.serve_tls(
             tls,
             router,
             serve_opts.clone(),
             cancel.clone(),
         )));
         if let Some(port) = settings.admin_port {
-            let admin_addr = SocketAddr::new(settings.bind_address, port);
-            let admin =
-                TcpListener::bind(admin_addr)
-                    .await
-                    .map_err(|source| ManagerError::Bind {
-                        addr: admin_addr,
-                        source,
-                    })?;
-            spawned.push(tokio::spawn(crate::server::serve_plain(
-                admin,
+            let admin = Server::bind(SocketAddr::new(settings.bind_address, port)).await?;
+            spawned.push(tokio::spawn(admin.serve_plain(
                 crate::server::admin_router(state),
                 ServeOptions {
                     stats: Default::default(),

@@ -121,7 +121,7 @@ pub fn with_webhook_layers(routes: Router, body_limit: usize, request_timeout: D
         ))
 }
 
-/// Connection-level limits of [`serve_tls`].
+/// Connection-level limits of a [`Server`].
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Concurrent connections at most; further accepts wait.
@@ -137,6 +137,21 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Where accepted connections and failed handshakes are counted.
     pub stats: Arc<ConnectionStats>,
+}
+
+impl Default for ServeOptions {
+    /// 1024 connections, 10 s for handshakes and headers, HTTP/1.1 only, 5 s to finish
+    /// in-flight requests at shutdown, no drain period, connections counted nowhere.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            http2: false,
+            shutdown_timeout: Duration::from_secs(5),
+            drain: Duration::ZERO,
+            stats: Arc::default(),
+        }
+    }
 }
 
 /// Decrements the open-connection gauge when the connection task ends, however it ends.
@@ -155,26 +170,65 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Serve `router` over TLS on `listener` until `shutdown` is cancelled, then drain gracefully.
-pub async fn serve_tls(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: Router,
-    opts: ServeOptions,
-    shutdown: CancellationToken,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    serve_loop(listener, Some(acceptor), router, opts, shutdown).await
+/// The listening socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why it failed.
+    #[source]
+    pub source: std::io::Error,
 }
 
-/// Serve `router` over plain HTTP (the optional admin port).
-pub async fn serve_plain(
+/// A server for any router, knowing nothing of admission: [`Server::bind`], then
+/// [`Server::local_addr`] (port 0 picks one), then serve over TLS or plain HTTP until the
+/// shutdown token is cancelled, draining as [`ServeOptions`] says. The manager's webhook and
+/// admin ports, the benchmarks and the tests all serve through it.
+#[derive(Debug)]
+pub struct Server {
     listener: TcpListener,
-    router: Router,
-    opts: ServeOptions,
-    shutdown: CancellationToken,
-) {
-    serve_loop(listener, None, router, opts, shutdown).await
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Bind `addr`.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, BindError> {
+        let bound = async {
+            let listener = TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            Ok((listener, local))
+        };
+        let (listener, addr) = bound.await.map_err(|source| BindError { addr, source })?;
+        Ok(Self { listener, addr })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serve `router` over TLS until `shutdown` is cancelled, then drain gracefully.
+    pub async fn serve_tls(
+        self,
+        tls: Arc<rustls::ServerConfig>,
+        router: Router,
+        opts: ServeOptions,
+        shutdown: CancellationToken,
+    ) {
+        let acceptor = TlsAcceptor::from(tls);
+        serve_loop(self.listener, Some(acceptor), router, opts, shutdown).await
+    }
+
+    /// Serve `router` over plain HTTP (admin ports: probes and scrapes).
+    pub async fn serve_plain(
+        self,
+        router: Router,
+        opts: ServeOptions,
+        shutdown: CancellationToken,
+    ) {
+        serve_loop(self.listener, None, router, opts, shutdown).await
+    }
 }
 
 async fn serve_loop(

@@ -9,7 +9,7 @@ use eirinix_core::admission::ExtensionHandler;
 use eirinix_core::certs::{CertBundle, CertPolicy, SubjectNames};
 use eirinix_core::manager::ManagerError;
 use eirinix_core::metrics::Metrics;
-use eirinix_core::server::{AppState, Health, ServeOptions, router, self_handshake, serve_tls};
+use eirinix_core::server::{AppState, Health, ServeOptions, router, self_handshake};
 use eirinix_core::tls::{
     CertResolver, ClientCa, ClientCaError, server_config, server_config_with_client_ca,
 };
@@ -24,7 +24,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 struct Allow;
@@ -113,24 +113,23 @@ async fn start(client_ca: Option<&ClientCa>) -> Server {
         metrics: Arc::new(Metrics::new(["allow"])),
         health: Arc::new(Health::new(false)),
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listening = eirinix_core::server::Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let addr = listening.local_addr();
     let cancel = CancellationToken::new();
     let tls = match client_ca {
         Some(ca) => server_config_with_client_ca(resolver, false, Some(ca)).unwrap(),
         None => server_config(resolver, false).unwrap(),
     };
-    tokio::spawn(serve_tls(
-        listener,
+    tokio::spawn(listening.serve_tls(
         tls,
         router(state, 1 << 20, Duration::from_secs(5)),
         ServeOptions {
             max_connections: 16,
             handshake_timeout: Duration::from_secs(5),
-            http2: false,
             shutdown_timeout: Duration::from_secs(1),
-            drain: Duration::ZERO,
-            stats: Default::default(),
+            ..Default::default()
         },
         cancel.clone(),
     ));

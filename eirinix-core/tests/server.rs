@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use eirinix_core::admission::ExtensionHandler;
 use eirinix_core::certs::{CertBundle, CertPolicy, SubjectNames};
 use eirinix_core::metrics::{Metrics, Outcome};
-use eirinix_core::server::{AppState, Health, ServeOptions, router, serve_tls};
+use eirinix_core::server::{AppState, Health, ServeOptions, router};
 use eirinix_core::tls::{CertResolver, server_config};
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Mutation, PodPatch, Request,
@@ -17,7 +17,7 @@ use eirinix_core::{
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 struct Sticky;
@@ -93,8 +93,10 @@ async fn start_with_drain(
         metrics: metrics.clone(),
         health,
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listening = eirinix_core::server::Server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let addr = listening.local_addr();
     let cancel = CancellationToken::new();
     let opts = ServeOptions {
         max_connections,
@@ -104,8 +106,7 @@ async fn start_with_drain(
         drain,
         stats: metrics.connections().clone(),
     };
-    tokio::spawn(serve_tls(
-        listener,
+    tokio::spawn(listening.serve_tls(
         server_config(resolver, false).unwrap(),
         router(state, body_limit, timeout),
         opts,

@@ -68,7 +68,7 @@ async fn a_start_failing_after_the_server_runs_leaves_nothing_running() {
         .err()
         .expect("the admin port is taken");
     assert!(
-        matches!(&err, ManagerError::Bind { addr, .. } if addr.port() == admin_port),
+        matches!(&err, ManagerError::Bind(e) if e.addr.port() == admin_port),
         "{err}"
     );
     // The certificate Secret was made: the failure came after the certificate task started.

@@ -1,0 +1,276 @@
+//! Decoding an AdmissionReview v1: the envelope, then the object as the handler's kind.
+//!
+//! Pods take a single-pass fast path; anything that fails it, and every other kind, goes
+//! through the two-stage decode (the envelope first, a failure is an HTTP 400; then the object,
+//! a failure is a denial carrying the request uid and the reason; an object that does not decode
+//! is never passed on empty).
+
+use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::{GroupVersionKind, GroupVersionResource, Resource, TypeMeta};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::extension::Request;
+
+/// The only AdmissionReview version served.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// A request body that is not a usable AdmissionReview: answered with HTTP 400 and this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or JSON of the wrong shape.
+    #[error("request body is not a valid AdmissionReview: {0}")]
+    Malformed(serde_json::Error),
+    /// An AdmissionReview of another version (e.g. v1beta1).
+    #[error(
+        "unsupported AdmissionReview apiVersion {0:?}: only admission.k8s.io/v1 is served (set admissionReviewVersions: [v1])"
+    )]
+    UnsupportedVersion(String),
+    /// Some other kind of object.
+    #[error("expected kind AdmissionReview, got {0:?}")]
+    WrongKind(String),
+    /// An AdmissionReview without a request.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    /// A request without a uid (the response could not be matched to it).
+    #[error("AdmissionReview request has an empty uid")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+/// An AdmissionReview v1 request, generic over how its objects are decoded: in place as Pods
+/// (the fast path) or as raw JSON (the precise path). A missing object is `None` either way.
+#[derive(Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    bound(deserialize = "Option<X>: Deserialize<'de>")
+)]
+struct RequestIn<X> {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    request_kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    request_resource: Option<GroupVersionResource>,
+    #[serde(default)]
+    request_sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    user_info: UserInfo,
+    object: Option<X>,
+    old_object: Option<X>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    options: Option<RawExtension>,
+}
+
+impl<X> RequestIn<X> {
+    /// The request (its `object` left `None`) and the object; `old` decodes the old object.
+    fn into_parts<K: Resource>(
+        self,
+        types: TypeMeta,
+        old: impl FnOnce(Option<X>) -> Option<K>,
+    ) -> (AdmissionRequest<K>, Option<X>) {
+        let request = AdmissionRequest {
+            types,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            request_kind: self.request_kind,
+            request_resource: self.request_resource,
+            request_sub_resource: self.request_sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: self.user_info,
+            object: None,
+            old_object: old(self.old_object),
+            dry_run: self.dry_run,
+            options: self.options,
+        };
+        (request, self.object)
+    }
+}
+
+/// The whole review in one pass, the Pod decoded in place: the common case, and the fast one
+/// (the two-stage decode scans the object three times). Any failure falls back to the
+/// two-stage decode, which names the problem precisely.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastReview {
+    api_version: String,
+    kind: String,
+    request: RequestIn<Pod>,
+}
+
+/// Bodies larger than this are decoded by serde_json straight from the body: simd-json's copy of
+/// the input, its tape and its string buffer cost about five bytes per body byte on top of the
+/// Pod, which matters for the rare huge pod (memory per review) and not for the typical one.
+const STREAMING_DECODE_ABOVE: usize = 128 * 1024;
+
+fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
+    let review: FastReview = if body.len() > STREAMING_DECODE_ABOVE {
+        // One UTF-8 check of the whole body is much cheaper than serde_json's check per string.
+        serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?
+    } else {
+        // simd-json parses in place, so it works on a copy (a memcpy, cheap next to the parse).
+        let mut buf = body.to_vec();
+        simd_json::serde::from_slice(&mut buf).ok()?
+    };
+    let req = review.request;
+    let acceptable = review.api_version == API_VERSION
+        && review.kind == "AdmissionReview"
+        && !req.uid.is_empty()
+        && req.kind.group.is_empty()
+        && req.kind.kind == "Pod";
+    if !acceptable {
+        return None;
+    }
+    let types = TypeMeta {
+        api_version: review.api_version,
+        kind: review.kind,
+    };
+    // No object: the precise decode names the problem.
+    let (request, pod) = req.into_parts(types, |old| old);
+    Some(DecodedReview {
+        request,
+        pod: Ok(pod?),
+    })
+}
+
+/// A decoded review: the request metadata and the pod (or why it is not one).
+#[derive(Debug)]
+pub struct DecodedReview {
+    /// The request; `object` is left `None` (the pod is in [`DecodedReview::pod`]).
+    pub request: Request,
+    /// The pod, or the reason the request carries no usable pod.
+    pub pod: Result<Pod, String>,
+}
+
+/// Decode an AdmissionReview v1 body.
+pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+    match decode_fast(body) {
+        Some(decoded) => Ok(decoded),
+        None => decode_precise(body),
+    }
+}
+
+/// The envelope of a review, checked (version, kind, request, uid); the objects still raw.
+fn decode_envelope(body: &[u8]) -> Result<(TypeMeta, RequestIn<&RawValue>), ReviewError> {
+    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+    if review.api_version != API_VERSION {
+        return Err(ReviewError::UnsupportedVersion(review.api_version));
+    }
+    if review.kind != "AdmissionReview" {
+        return Err(ReviewError::WrongKind(review.kind));
+    }
+    let raw = review
+        .request
+        .filter(|r| r.get() != "null")
+        .ok_or(ReviewError::NoRequest)?;
+    let req: RequestIn<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(ReviewError::Malformed)?;
+    if req.uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    let types = TypeMeta {
+        api_version: review.api_version,
+        kind: review.kind,
+    };
+    Ok((types, req))
+}
+
+/// Whether the review is about kind `K`; if not, the message a refusal carries.
+fn kind_problem<K: Resource<DynamicType = ()>>(kind: &GroupVersionKind) -> Option<String> {
+    if kind.group == K::group(&()) && kind.kind == K::kind(&()) {
+        return None;
+    }
+    let seen = if kind.group.is_empty() {
+        kind.kind.clone()
+    } else {
+        format!("{}.{}", kind.kind, kind.group)
+    };
+    Some(format!("object is a {seen}, not a {}", K::kind(&())))
+}
+
+/// `raw` decoded as a `K`, or why it does not decode (named after the kind).
+fn decode_raw<K: Resource<DynamicType = ()> + DeserializeOwned>(
+    raw: &RawValue,
+) -> Result<K, String> {
+    serde_json::from_str::<K>(raw.get())
+        .map_err(|e| format!("object does not decode as a {}: {e}", K::kind(&())))
+}
+
+/// The two-stage decode: the envelope first, then the object, so every failure is named.
+fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+    let (types, req) = decode_envelope(body)?;
+    let problem = kind_problem::<Pod>(&req.kind);
+    let is_pod = problem.is_none();
+    let pod = if let Some(problem) = problem {
+        Err(problem)
+    } else {
+        match req.object.filter(|r| r.get() != "null") {
+            None => Err(format!("{:?} request carries no object", req.operation)),
+            Some(raw) => decode_raw::<Pod>(raw),
+        }
+    };
+    let (request, _) = req.into_parts(types, |old| match old {
+        Some(raw) if is_pod && raw.get() != "null" => serde_json::from_str::<Pod>(raw.get()).ok(),
+        _ => None,
+    });
+    Ok(DecodedReview { request, pod })
+}
+
+/// A review decoded for kind `K`: the request with `object` and `old_object` set when present,
+/// or why they are not usable (another kind, an object that does not decode).
+pub(crate) fn decode_as<K: Resource<DynamicType = ()> + DeserializeOwned>(
+    body: &[u8],
+) -> Result<(AdmissionRequest<K>, Result<(), String>), ReviewError> {
+    let (types, req) = decode_envelope(body)?;
+    if let Some(problem) = kind_problem::<K>(&req.kind) {
+        let (request, _) = req.into_parts(types, |_| None);
+        return Ok((request, Err(problem)));
+    }
+    let mut old_problem = None;
+    let (mut request, object) = req.into_parts(types, |old| {
+        let raw = old.filter(|r| r.get() != "null")?;
+        decode_raw::<K>(raw)
+            .map_err(|e| old_problem = Some(format!("old {e}")))
+            .ok()
+    });
+    let object = object
+        .filter(|r| r.get() != "null")
+        .map(decode_raw::<K>)
+        .transpose();
+    let usable = match (object, old_problem) {
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(object), None) => {
+            request.object = object;
+            Ok(())
+        }
+    };
+    Ok((request, usable))
+}
