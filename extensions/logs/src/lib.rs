@@ -13,6 +13,7 @@
 pub mod buffer;
 pub mod checkpoint;
 pub mod cursor;
+mod destination;
 pub mod error;
 pub mod follower;
 pub mod lines;
@@ -25,6 +26,7 @@ pub mod service;
 mod sharded;
 pub mod sink;
 pub mod syslog;
+mod tls;
 
 use eirinix_core::ManagerBuilder;
 
