@@ -20,12 +20,14 @@ pub mod lines;
 pub mod loggregator;
 pub mod metrics;
 pub mod options;
+mod ownership;
 pub mod record;
 pub mod relp;
 pub mod service;
 mod sharded;
 pub mod sink;
 pub mod syslog;
+mod term;
 mod tls;
 
 use eirinix_core::ManagerBuilder;
