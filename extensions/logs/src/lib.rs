@@ -13,18 +13,22 @@
 pub mod buffer;
 pub mod checkpoint;
 pub mod cursor;
+mod destination;
 pub mod error;
 pub mod follower;
 pub mod lines;
 pub mod loggregator;
 pub mod metrics;
 pub mod options;
+mod ownership;
 pub mod record;
 pub mod relp;
 pub mod service;
 mod sharded;
 pub mod sink;
 pub mod syslog;
+mod term;
+mod tls;
 
 use eirinix_core::ManagerBuilder;
 

@@ -13,10 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::destination::Sink;
 use crate::error::LogsError;
 use crate::options::LoggregatorOptions;
 use crate::record::{Record, Stream};
-use crate::sink::Sink;
+use crate::tls::{host_of, tls_client_config};
 
 /// The Loggregator v2 protobuf messages and gRPC stubs (client and server), generated from
 /// `proto/loggregator/v2/*.proto`.
@@ -87,11 +88,11 @@ impl LoggregatorSink {
             ));
         };
         // Validate the PEM files now: tonic would only fail at the first connection.
-        crate::syslog::tls_client_config(tls)?;
+        tls_client_config(tls)?;
         let server_name = tls
             .server_name
             .clone()
-            .unwrap_or_else(|| crate::syslog::host_of(&options.address).to_owned());
+            .unwrap_or_else(|| host_of(&options.address).to_owned());
         let tls_config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&tls.ca_file)?))
             .identity(Identity::from_pem(read(cert)?, read(key)?))

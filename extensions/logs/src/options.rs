@@ -187,9 +187,29 @@ impl SinkOptions {
             )));
         }
         if let SinkOptions::Syslog(s) | SinkOptions::Relp(s) = self {
-            crate::syslog::validate_sd_id(&s.structured_data_id)?;
+            validate_sd_id(&s.structured_data_id)?;
         }
         Ok(())
+    }
+}
+
+/// Default SD-ID: `tags@47450`, the element Cloud Foundry's syslog drains use (47450 is the
+/// Cloud Foundry Foundation's private enterprise number).
+pub const DEFAULT_SD_ID: &str = "tags@47450";
+
+/// Check that `id` is a valid RFC 5424 SD-ID (1 to 32 printable characters, no `= ] "` or space).
+pub fn validate_sd_id(id: &str) -> Result<(), LogsError> {
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| (33..=126).contains(&b) && !matches!(b, b'=' | b']' | b'"'));
+    if ok {
+        Ok(())
+    } else {
+        Err(LogsError::Config(format!(
+            "invalid structured data id {id:?}"
+        )))
     }
 }
 
@@ -215,7 +235,7 @@ impl Default for SyslogOptions {
             name: None,
             address: String::new(),
             tls: None,
-            structured_data_id: crate::syslog::DEFAULT_SD_ID.into(),
+            structured_data_id: DEFAULT_SD_ID.into(),
             non_utf8: NonUtf8::Raw,
         }
     }
@@ -390,6 +410,15 @@ replicas:
         // JSON is YAML too.
         let j = LogsOptions::from_yaml(r#"{"sinks":[{"type":"syslog","address":"h:1"}]}"#).unwrap();
         j.validate().unwrap();
+    }
+
+    #[test]
+    fn sd_ids() {
+        assert!(validate_sd_id("tags@47450").is_ok());
+        assert!(validate_sd_id("").is_err());
+        assert!(validate_sd_id("a b").is_err());
+        assert!(validate_sd_id("a=b").is_err());
+        assert!(validate_sd_id(&"x".repeat(33)).is_err());
     }
 
     #[test]

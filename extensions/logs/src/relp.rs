@@ -19,11 +19,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
+use crate::destination::Sink;
 use crate::error::LogsError;
-use crate::options::SyslogOptions;
+use crate::options::{SyslogOptions, validate_sd_id};
 use crate::record::Record;
-use crate::sink::Sink;
-use crate::syslog::{SyslogFormat, format_message, host_of, tls_client_config, validate_sd_id};
+use crate::syslog::{SyslogFormat, format_message};
+use crate::tls::{host_of, tls_client_config};
 
 /// Messages sent before their acknowledgements are awaited (librelp's default window). A
 /// receiver that crashes may have stored up to this many messages whose acknowledgement never

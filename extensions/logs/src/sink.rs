@@ -7,46 +7,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::BoundedBuffer;
+pub use crate::destination::Sink;
 use crate::error::LogsError;
+use crate::loggregator::LoggregatorSink;
 use crate::metrics::{LogsMetrics, SinkMetrics};
 use crate::options::{LogsOptions, SinkOptions};
 use crate::record::Record;
-
-/// A destination that delivers batches of records, in order.
-#[async_trait]
-pub trait Sink: Send + 'static {
-    /// Deliver `batch` (connecting first if needed). `Ok` means the protocol accepted all of it:
-    /// the records count as delivered and the checkpoint moves past them.
-    async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), LogsError>;
-
-    /// After a failed [`Sink::send`]: how many records at the start of that batch the receiver
-    /// confirmed anyway. They count as delivered and are not sent again (sinks with per-message
-    /// acknowledgements, like RELP, keep the repeats after a failure to what was unconfirmed).
-    fn confirmed_before_failure(&mut self) -> usize {
-        0
-    }
-
-    /// Forget the connection after a failure; the next `send` reconnects.
-    async fn reset(&mut self);
-
-    /// Close the connection cleanly (shutdown).
-    async fn close(&mut self) {
-        self.reset().await;
-    }
-}
+use crate::relp::RelpSink;
+use crate::syslog::SyslogSink;
 
 /// Build the sink described by `options`.
 pub fn build_sink(options: &SinkOptions) -> Result<Box<dyn Sink>, LogsError> {
     Ok(match options {
-        SinkOptions::Syslog(s) => Box::new(crate::syslog::SyslogSink::new(s)?),
-        SinkOptions::Relp(s) => Box::new(crate::relp::RelpSink::new(s)?),
-        SinkOptions::Loggregator(l) => Box::new(crate::loggregator::LoggregatorSink::new(l)?),
+        SinkOptions::Syslog(s) => Box::new(SyslogSink::new(s)?),
+        SinkOptions::Relp(s) => Box::new(RelpSink::new(s)?),
+        SinkOptions::Loggregator(l) => Box::new(LoggregatorSink::new(l)?),
     })
 }
 

@@ -12,19 +12,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt as _;
-use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::destination::Sink;
 use crate::error::LogsError;
+pub use crate::options::{DEFAULT_SD_ID, validate_sd_id};
 use crate::options::{NonUtf8, SyslogOptions};
 use crate::record::Record;
-use crate::sink::Sink;
-
-/// Default SD-ID: `tags@47450`, the element Cloud Foundry's syslog drains use (47450 is the
-/// Cloud Foundry Foundation's private enterprise number).
-pub const DEFAULT_SD_ID: &str = "tags@47450";
+use crate::tls::{host_of, tls_client_config};
 
 /// PRI of stdout lines, and of lines whose stream is unknown (read merged): facility user (1),
 /// severity informational (6), as Cloud Foundry's syslog drains write `OUT` lines.
@@ -36,22 +33,6 @@ pub const PRI_STDERR: u8 = 11;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Check that `id` is a valid RFC 5424 SD-ID (1 to 32 printable characters, no `= ] "` or space).
-pub fn validate_sd_id(id: &str) -> Result<(), LogsError> {
-    let ok = !id.is_empty()
-        && id.len() <= 32
-        && id
-            .bytes()
-            .all(|b| (33..=126).contains(&b) && !matches!(b, b'=' | b']' | b'"'));
-    if ok {
-        Ok(())
-    } else {
-        Err(LogsError::Config(format!(
-            "invalid structured data id {id:?}"
-        )))
-    }
-}
 
 /// How records are rendered as RFC 5424 messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,55 +219,6 @@ impl Conn {
         };
         matches!(read, Some(Ok(0)) | Some(Err(_)))
     }
-}
-
-/// TLS client settings shared by the sinks.
-pub(crate) fn tls_client_config(
-    tls: &crate::options::TlsOptions,
-) -> Result<Arc<ClientConfig>, LogsError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| LogsError::TlsFile {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let cas =
-        CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| file_err(&tls.ca_file, &e))?;
-    for ca in cas {
-        let ca = ca.map_err(|e| file_err(&tls.ca_file, &e))?;
-        roots.add(ca).map_err(|e| file_err(&tls.ca_file, &e))?;
-    }
-    if roots.is_empty() {
-        return Err(file_err(&tls.ca_file, &"no CA certificate found"));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| file_err(cert, &e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| file_err(cert, &e))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, &e))?;
-            builder.with_client_auth_cert(chain, key_der)?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(LogsError::Config(
-                "TLS client authentication needs both certFile and keyFile".into(),
-            ));
-        }
-    };
-    Ok(Arc::new(config))
-}
-
-/// The host part of `host:port` (brackets of IPv6 literals removed).
-pub(crate) fn host_of(address: &str) -> &str {
-    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// RFC 5424 over TCP or TLS with octet-counting framing.
@@ -497,16 +429,5 @@ mod tests {
                 .unwrap()
                 .ends_with("] caf\u{fffd} \u{fffd}")
         );
-    }
-
-    #[test]
-    fn sd_ids_and_hosts() {
-        assert!(validate_sd_id("tags@47450").is_ok());
-        assert!(validate_sd_id("").is_err());
-        assert!(validate_sd_id("a b").is_err());
-        assert!(validate_sd_id("a=b").is_err());
-        assert!(validate_sd_id(&"x".repeat(33)).is_err());
-        assert_eq!(host_of("logs.example.com:6514"), "logs.example.com");
-        assert_eq!(host_of("[::1]:514"), "::1");
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod janitor;
 pub mod keys;
 mod limits;
+mod listener;
 pub mod options;
 pub mod proxy;
 pub mod sshd;

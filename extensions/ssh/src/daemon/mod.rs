@@ -8,7 +8,7 @@ mod session;
 
 use std::borrow::Cow;
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +18,15 @@ use russh::server::{
     self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, SshId};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub use pty::TermSize;
 
 use crate::error::{Result, SshError};
 use crate::keys::{self, fingerprint};
-use crate::limits::{Ended, Gate, Pending};
+use crate::limits::{Limits, Pending};
+use crate::listener::Listener;
 
 /// Default port of the daemon inside the pod.
 pub const DEFAULT_PORT: u16 = 2222;
@@ -69,7 +69,7 @@ pub struct DaemonConfig {
     pub auth_rejection_time: Duration,
     /// Limits on connections that have not logged in (time to log in, how many at once,
     /// attempts per connection; the per-source rate is the proxy's).
-    pub limits: crate::limits::Limits,
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -108,7 +108,7 @@ impl DaemonConfig {
             connect_timeout: Duration::from_secs(10),
             auth_rejection_time: Duration::from_secs(1),
             // Only the proxy logs in: a few slots are plenty.
-            limits: crate::limits::Limits {
+            limits: Limits {
                 max_unauthenticated: 16,
                 ..Default::default()
             },
@@ -200,31 +200,18 @@ impl Shared {
 
 /// A daemon bound to its port, not yet serving.
 pub struct Daemon {
-    listener: TcpListener,
+    listener: Listener,
     config: Arc<server::Config>,
     shared: Arc<Shared>,
-    gate: Gate,
+    limits: Limits,
 }
 
 impl Daemon {
     /// Bind the port (so that callers know the address before serving).
     pub async fn bind(config: DaemonConfig) -> Result<Self> {
-        let listener = match config.listen.map(|ip| SocketAddr::new(ip, config.port)) {
-            Some(addr) => TcpListener::bind(addr)
-                .await
-                .map_err(|e| SshError::io(format!("cannot listen on {addr}"), e))?,
-            None => {
-                let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port));
-                match TcpListener::bind(v6).await {
-                    Ok(l) => l,
-                    Err(_) => {
-                        let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
-                        TcpListener::bind(v4)
-                            .await
-                            .map_err(|e| SshError::io(format!("cannot listen on {v4}"), e))?
-                    }
-                }
-            }
+        let listener = match config.listen {
+            Some(ip) => Listener::bind(SocketAddr::new(ip, config.port)).await?,
+            None => Listener::bind_all(config.port).await?,
         };
         let server_config = server::Config {
             server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-eirinix-sshd")),
@@ -242,7 +229,6 @@ impl Daemon {
             nodelay: true,
             ..Default::default()
         };
-        let gate = Gate::new(&config.limits, Arc::default());
         let env = match config.env {
             Some(env) => env,
             None => app_env(std::env::vars_os()),
@@ -258,61 +244,26 @@ impl Daemon {
                 allow_local_forwarding: config.allow_local_forwarding,
                 connect_timeout: config.connect_timeout,
             }),
-            gate,
+            limits: config.limits,
         })
     }
 
     /// The address the daemon listens on.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
-            .local_addr()
-            .map_err(|e| SshError::io("local address", e))
+        self.listener.local_addr()
     }
 
     /// Serve connections until `cancel`; open connections are then closed.
     pub async fn serve(self, cancel: CancellationToken) -> Result<()> {
-        let mut connections = JoinSet::new();
-        loop {
-            let accepted = tokio::select! {
-                _ = cancel.cancelled() => break,
-                a = self.listener.accept() => a,
-                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            };
-            let (socket, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some((pending, logged_in)) = self.gate.admit() else {
-                tracing::warn!(%peer, "too many connections not logged in; connection closed");
-                drop(socket);
-                continue;
-            };
-            let handler = DaemonHandler {
-                shared: self.shared.clone(),
-                peer,
-                pending,
-            };
-            let config = self.config.clone();
-            let gate = self.gate.clone();
-            connections.spawn(async move {
-                match gate.serve(config, socket, handler, logged_in).await {
-                    Ended::Finished(Ok(())) => {}
-                    Ended::Finished(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "ssh connection ended with an error")
-                    }
-                    Ended::TimedOut => {
-                        tracing::info!(%peer, "connection closed: no login within the time limit")
-                    }
-                }
-            });
-        }
-        connections.shutdown().await;
-        Ok(())
+        let shared = self.shared;
+        let handler = |peer, pending| DaemonHandler {
+            shared: shared.clone(),
+            peer,
+            pending,
+        };
+        self.listener
+            .serve(self.config, &self.limits, Arc::default(), cancel, handler)
+            .await
     }
 }
 
