@@ -37,12 +37,12 @@ struct Variant {
     server_ms: Option<f64>,
 }
 
-fn quantile(v: &[f64], p: f64) -> f64 {
+pub(crate) fn quantile(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
 /// Sum and count of a histogram in the apiserver's `/metrics`, over series matching all `labels`.
-fn histogram(metrics: &str, name: &str, labels: &[&str]) -> (f64, f64) {
+pub(crate) fn histogram(metrics: &str, name: &str, labels: &[&str]) -> (f64, f64) {
     let mut sum = 0.0;
     let mut count = 0.0;
     for line in metrics.lines() {
@@ -64,7 +64,7 @@ fn histogram(metrics: &str, name: &str, labels: &[&str]) -> (f64, f64) {
     (sum, count)
 }
 
-async fn apiserver_metrics(client: &kube::Client) -> anyhow::Result<String> {
+pub(crate) async fn apiserver_metrics(client: &kube::Client) -> anyhow::Result<String> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
     Ok(client.request_text(req).await?)
 }
@@ -89,6 +89,24 @@ async fn create_pods(api: &Api<Pod>, pod: &Pod, n: usize, tag: &str) -> anyhow::
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
+}
+
+/// A manager serving on 127.0.0.1 (a free port, registered by URL) for the pods of `ns`, its
+/// configuration named after `fingerprint`, its certificates in `sys`.
+pub(crate) fn local_manager(
+    fingerprint: &str,
+    http2: bool,
+    sys: &str,
+    ns: &str,
+) -> eirinix_core::ManagerBuilder {
+    eirinix_core::Manager::builder()
+        .fingerprint(fingerprint)
+        .url_mode("127.0.0.1")
+        .bind_address([127, 0, 0, 1].into())
+        .port(0)
+        .http2(http2)
+        .webhook_namespace(sys)
+        .namespace(ns)
 }
 
 /// `eirinix-bench apiserver-latency`: sequential creates of the Eirini app pod without a webhook,
@@ -130,14 +148,7 @@ pub async fn apiserver_latency(n: usize) -> anyhow::Result<()> {
         ("persi-h2", true, true),
     ] {
         let ns = cp.namespace(&format!("bench-{label}")).await?;
-        let builder = eirinix_core::Manager::builder()
-            .fingerprint(format!("bench-{label}"))
-            .url_mode("127.0.0.1")
-            .bind_address([127, 0, 0, 1].into())
-            .port(0)
-            .http2(http2)
-            .webhook_namespace(&sys)
-            .namespace(&ns);
+        let builder = local_manager(&format!("bench-{label}"), http2, &sys, &ns);
         let builder = if persi {
             builder.extension(eirinix_persi::Persi::new(
                 eirinix_persi::PersiOptions::default(),

@@ -118,23 +118,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The forwarding process.
 
-/// Runs the logs extension until stdin closes, printing its counters as JSON lines on stdout.
-async fn forwarder(config: &Path) -> anyhow::Result<()> {
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(config)?)?;
-    let text = |k: &str| {
-        cfg[k]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("forwarder config: {k}"))
-    };
-    let namespace = text("namespace")?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(text("kubeconfig")?)?;
+/// The JSON config a helper process of the bench was started with, and a client from its
+/// `kubeconfig` (a path).
+pub(crate) async fn child_config(path: &Path) -> anyhow::Result<(serde_json::Value, kube::Client)> {
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(config_text(&cfg, "kubeconfig")?)?;
     let config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
     .await?;
-    let client = kube::Client::try_from(config)?;
+    Ok((cfg, kube::Client::try_from(config)?))
+}
+
+/// The string `key` of a helper process's config.
+pub(crate) fn config_text(cfg: &serde_json::Value, key: &str) -> anyhow::Result<String> {
+    cfg[key]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("helper process config: {key}"))
+}
+
+/// Runs the logs extension until stdin closes, printing its counters as JSON lines on stdout.
+async fn forwarder(config: &Path) -> anyhow::Result<()> {
+    let (cfg, client) = child_config(config).await?;
+    let namespace = config_text(&cfg, "namespace")?;
     let options: LogsOptions = serde_json::from_value(cfg["options"].clone())?;
     let service = eirinix_logs::LogsService::new(options)?;
     let metrics = service.metrics();

@@ -4,12 +4,14 @@
 
 mod alloc;
 mod baseline;
+mod burst;
 mod latency;
 mod loadgen;
 mod logs;
 mod peers;
 mod pods;
 mod process;
+mod rootfs;
 mod sharded;
 
 use std::sync::Arc;
@@ -108,6 +110,19 @@ enum Cmd {
     LogsSharded {
         #[command(flatten)]
         args: sharded::Args,
+    },
+    /// rootfs at scale: many app StatefulSets (status from a simulated controller) planned and
+    /// rolled to new rootfs versions by the real roller at several maxInFlight; time, API calls,
+    /// roller memory and CPU, apiserver CPU.
+    RootfsScale {
+        #[command(flatten)]
+        args: rootfs::Args,
+    },
+    /// A burst of pod creations through the real apiserver without a webhook and with persi:
+    /// failures on both sides and the added latency.
+    AdmissionBurst {
+        #[command(flatten)]
+        args: burst::Args,
     },
     /// Failed requests while certificates rotate under load.
     Rotation {
@@ -558,6 +573,26 @@ async fn watch_scale(n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Start `builder` with the persi extension added and wait until it is ready.
+async fn start_persi(
+    builder: eirinix_core::ManagerBuilder,
+    client: &kube::Client,
+    ready_within: Duration,
+) -> anyhow::Result<eirinix_core::RunningManager> {
+    let running = builder
+        .extension(eirinix_persi::Persi::new(
+            eirinix_persi::PersiOptions::default(),
+        ))
+        .build()?
+        .start(client.clone())
+        .await?;
+    running
+        .wait_ready(ready_within)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(running)
+}
+
 async fn rotation(seconds: u64) -> anyhow::Result<()> {
     use eirinix_core::certs::CertPolicy;
     let cp = eirinix_testenv::ControlPlane::start().await?;
@@ -579,17 +614,8 @@ async fn rotation(seconds: u64) -> anyhow::Result<()> {
         .webhook_namespace(&sys)
         .namespace(&apps)
         .cert_policy(policy)
-        .cert_check_interval(Duration::from_millis(500))
-        .extension(eirinix_persi::Persi::new(
-            eirinix_persi::PersiOptions::default(),
-        ))
-        .build()?
-        .start(client.clone())
-        .await?;
-    running
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .cert_check_interval(Duration::from_millis(500));
+    let running = start_persi(running, &client, Duration::from_secs(10)).await?;
     // The load generator trusts every CA the webhook configuration ever carried, as the apiserver does.
     let body = pods::review(&pods::eirini_app_pod());
     let start = Instant::now();
@@ -641,6 +667,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Rotation { seconds } => rotation(seconds).await,
         Cmd::Logs { args } => logs::run(args).await,
         Cmd::LogsSharded { args } => sharded::run(args).await,
+        Cmd::RootfsScale { args } => rootfs::run(args).await,
+        Cmd::AdmissionBurst { args } => burst::run(args).await,
         Cmd::Process { seconds, idle } => process::process(seconds, idle).await,
         Cmd::All => {
             peers::peers(peers::Args::default()).await?;
