@@ -82,17 +82,12 @@ fn app_sts(name: &str, version: &str, instances: i32) -> anyhow::Result<Stateful
 /// The status the StatefulSet controller reports once every pod of `sts` runs its current
 /// template and is Ready.
 async fn complete(api: &Api<StatefulSet>, sts: &StatefulSet) -> kube::Result<()> {
-    let generation = sts.metadata.generation.unwrap_or(1);
-    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let rev = format!(
-        "{}-rev-{generation}",
-        sts.metadata.name.as_deref().unwrap_or("")
+        "{}-rev-{}",
+        sts.metadata.name.as_deref().unwrap_or(""),
+        sts.metadata.generation.unwrap_or(1)
     );
-    let status = json!({"status": {
-        "observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
-        "updatedReplicas": replicas, "currentReplicas": replicas, "availableReplicas": replicas,
-        "currentRevision": rev, "updateRevision": rev,
-    }});
+    let status = eirinix_testenv::eirini::rolled_out_status(sts, &rev);
     api.patch_status(
         sts.metadata.name.as_deref().unwrap_or_default(),
         &PatchParams::default(),

@@ -79,15 +79,19 @@ pub(crate) trait Hook: Send + Sync + 'static {
     fn prepare(&self, ctx: &Context, body: &[u8]) -> Result<Prepared, ReviewError>;
 }
 
-fn object_name<K: Resource>(request: &kube::core::admission::AdmissionRequest<K>) -> String {
-    request
+/// Request uid, namespace and object name (or generateName) of `request`, for logs.
+fn identity<K: Resource>(
+    request: &kube::core::admission::AdmissionRequest<K>,
+) -> (String, Option<String>, String) {
+    let name = request
         .object
         .as_ref()
         .and_then(|o| {
             let meta = o.meta();
             meta.name.clone().or_else(|| meta.generate_name.clone())
         })
-        .unwrap_or_else(|| request.name.clone())
+        .unwrap_or_else(|| request.name.clone());
+    (request.uid.clone(), request.namespace.clone(), name)
 }
 
 /// A [`Mutator`] as a [`Hook`].
@@ -112,11 +116,7 @@ impl<M: Mutator> Hook for MutatorHook<M> {
 
     fn prepare(&self, ctx: &Context, body: &[u8]) -> Result<Prepared, ReviewError> {
         let (mut request, usable) = decode_as::<M::Object>(body)?;
-        let (uid, namespace, name) = (
-            request.uid.clone(),
-            request.namespace.clone(),
-            object_name(&request),
-        );
+        let (uid, namespace, name) = identity(&request);
         let call = if matches!(request.operation, Operation::Delete | Operation::Connect) {
             Ok(None)
         } else {
@@ -162,11 +162,7 @@ impl<V: Validator> Hook for ValidatorHook<V> {
 
     fn prepare(&self, ctx: &Context, body: &[u8]) -> Result<Prepared, ReviewError> {
         let (request, usable) = decode_as::<V::Object>(body)?;
-        let (uid, namespace, name) = (
-            request.uid.clone(),
-            request.namespace.clone(),
-            object_name(&request),
-        );
+        let (uid, namespace, name) = identity(&request);
         let call = if request.operation == Operation::Connect {
             Ok(None)
         } else {
