@@ -82,12 +82,13 @@ fn app_sts(name: &str, version: &str, instances: i32) -> anyhow::Result<Stateful
 /// The status the StatefulSet controller reports once every pod of `sts` runs its current
 /// template and is Ready.
 async fn complete(api: &Api<StatefulSet>, sts: &StatefulSet) -> kube::Result<()> {
+    let generation = sts.metadata.generation.unwrap_or(1);
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let rev = format!(
-        "{}-rev-{}",
-        sts.metadata.name.as_deref().unwrap_or(""),
-        sts.metadata.generation.unwrap_or(1)
+        "{}-rev-{generation}",
+        sts.metadata.name.as_deref().unwrap_or("")
     );
-    let status = eirinix_testenv::eirini::rolled_out_status(sts, &rev);
+    let status = eirinix_testenv::eirini::rolled_out_status(generation, replicas, &rev);
     api.patch_status(
         sts.metadata.name.as_deref().unwrap_or_default(),
         &PatchParams::default(),

@@ -248,12 +248,10 @@ fn build_eirinix_image(binary: Option<std::path::PathBuf>) -> Result<crate::Imag
     Ok(image)
 }
 
-/// The status a StatefulSet controller writes once every pod of `sts` runs its current template
-/// at `revision` (a merge-patch body for the `status` subresource): what tests and simulations
-/// write where no real controller runs.
-pub fn rolled_out_status(sts: &StatefulSet, revision: &str) -> serde_json::Value {
-    let generation = sts.metadata.generation.unwrap_or(1);
-    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+/// The status a StatefulSet controller writes once all `replicas` pods run the template of
+/// `generation` at `revision` (a merge-patch body for the `status` subresource): what tests and
+/// simulations write where no real controller runs.
+pub fn rolled_out_status(generation: i64, replicas: i32, revision: &str) -> serde_json::Value {
     serde_json::json!({"status": {
         "observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
         "updatedReplicas": replicas, "currentReplicas": replicas, "availableReplicas": replicas,

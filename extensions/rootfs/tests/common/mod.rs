@@ -83,8 +83,10 @@ pub async fn create(client: &kube::Client, ns: &str, sts: StatefulSet) -> Statef
 
 /// What the StatefulSet controller reports once every pod runs the current template.
 pub async fn complete(api: &Api<StatefulSet>, sts: &StatefulSet) {
-    let rev = format!("rev-{}", sts.metadata.generation.unwrap_or(1));
-    let status = eirinix_testenv::eirini::rolled_out_status(sts, &rev);
+    let generation = sts.metadata.generation.unwrap_or(1);
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let rev = format!("rev-{generation}");
+    let status = eirinix_testenv::eirini::rolled_out_status(generation, replicas, &rev);
     api.patch_status(
         sts.metadata.name.as_deref().unwrap(),
         &PatchParams::default(),
