@@ -103,8 +103,16 @@ lane_a() {
   fi
 }
 step "cargo test on Kubernetes $NEWEST in two lanes; lane A (${lane_a_tests[*]}, then $OLDEST) prints when it ends"
-lane_a "$@" >"$lane_a_log" 2>&1 &
-lane_a_pid=$!
+# EIRINIX_TEST_LANES=2 runs the lanes at once (about 7 minutes shorter on 2 cores); the
+# default runs them one after the other: at once, the logs extension's crash-loop test counted
+# missed container instances in 2 of 5 full runs (every line still arrived once), see issue 20.
+lane_a_pid=""
+if [[ "${EIRINIX_TEST_LANES:-1}" == 2 ]]; then
+  lane_a "$@" >"$lane_a_log" 2>&1 &
+  lane_a_pid=$!
+else
+  lane_a "$@" >"$lane_a_log" 2>&1 || true
+fi
 mapfile -t lane_b_tests < <(cargo metadata --no-deps --format-version 1 |
   jq -r '[.packages[].targets[] | select(.kind | index("test")) | .name] | unique | .[]' |
   grep -vxF -f <(printf '%s\n' "${lane_a_tests[@]}"))
@@ -112,7 +120,7 @@ check "tests on Kubernetes $NEWEST (lane B)" env EIRINIX_KUBE_VERSION="$NEWEST" 
   cargo test --workspace --no-fail-fast --lib --bins "${lane_b_tests[@]/#/--test=}" "$@"
 check "doc tests" cargo test --workspace --doc --quiet
 step "lane B done; waiting for lane A"
-wait "$lane_a_pid" || true
+[[ -z "$lane_a_pid" ]] || wait "$lane_a_pid" || true
 cat "$lane_a_log" >&2
 while IFS= read -r name; do failed+=("$name"); done <"$lane_a_failed"
 step "both lanes done"
