@@ -159,6 +159,12 @@ impl Dedup {
         self.last.map(|(ts, _)| ts)
     }
 
+    /// Whether admitting a line at `ts` now would report a gap: it is the first new line of a
+    /// resumed response and it passes the last forwarded line before that line was repeated.
+    pub fn would_gap(&self, ts: Timestamp) -> bool {
+        !self.passed && self.expect_last && self.skip > 0 && self.last.is_some_and(|(l, _)| ts > l)
+    }
+
     /// Whether a line at `ts` is new; if so it counts as forwarded and its `n` (lines forwarded
     /// with exactly this timestamp in a row) is returned.
     pub fn admit(&mut self, ts: Timestamp) -> Option<u32> {
@@ -362,11 +368,14 @@ mod tests {
         assert_eq!(d.admit(a), None);
         assert_eq!(d.admit(b), None);
         assert_eq!(d.admit(b), None);
+        assert!(!d.would_gap(c));
         assert_eq!(d.admit(c), Some(1));
         assert_eq!(d.take_gap(), None);
         // Rotated: the first line read is past the last forwarded one.
         let mut d = Dedup::new(at_b);
         d.begin_resume();
+        assert!(!d.would_gap(b), "the last line itself");
+        assert!(d.would_gap(c), "known before the line is admitted");
         assert_eq!(d.admit(c), Some(1));
         assert_eq!(d.take_gap(), Some((b, c)));
         assert_eq!(d.take_gap(), None, "reported once");
@@ -374,11 +383,13 @@ mod tests {
         let mut d = Dedup::new(at_b);
         d.begin_resume();
         assert_eq!(d.admit(b), None);
+        assert!(d.would_gap(c));
         assert_eq!(d.admit(c), Some(1));
         assert_eq!(d.take_gap(), Some((b, c)));
         // Another log (a new container instance) is not expected to repeat it.
         let mut d = Dedup::new(at_b);
         d.begin();
+        assert!(!d.would_gap(c));
         assert_eq!(d.admit(c), Some(1));
         assert_eq!(d.take_gap(), None);
         // From the start there is nothing to repeat.

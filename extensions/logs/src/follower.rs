@@ -193,6 +193,10 @@ enum ReadEnd {
     Deleted,
     /// The `stream` parameter was refused.
     Unsupported,
+    /// The log served as the current instance's belongs to a newer instance: the kubelet has
+    /// started it before the pod status said so, and the instance read until now is its
+    /// previous one (which still holds the last forwarded line).
+    Replaced,
 }
 
 /// Whether `e` is the apiserver refusing the `stream` parameter of `pods/log` (its
@@ -331,7 +335,7 @@ impl Follower {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
                     ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
-                    ReadEnd::Ended { .. } => previous_failures = 0,
+                    ReadEnd::Ended { .. } | ReadEnd::Replaced => previous_failures = 0,
                     ReadEnd::Failed { error, .. } => {
                         previous_failures += 1;
                         if previous_failures < 5 {
@@ -383,6 +387,13 @@ impl Follower {
                     tracing::debug!(pod = %self.pod, container = %name, %error, "log stream failed; resuming");
                     lines
                 }
+                ReadEnd::Replaced => {
+                    match self.finish_replaced(cancel, current, &mut backoff).await {
+                        Err(end) => return end,
+                        Ok(done) => complete = done.then_some(current),
+                    }
+                    continue;
+                }
             };
             let view = self.view.borrow().clone();
             if view.deleted {
@@ -403,6 +414,12 @@ impl Follower {
                     ReadEnd::Ended { .. } => {
                         complete = Some(current);
                         backoff.reset();
+                    }
+                    ReadEnd::Replaced => {
+                        match self.finish_replaced(cancel, current, &mut backoff).await {
+                            Err(end) => return end,
+                            Ok(done) => complete = done.then_some(current),
+                        }
                     }
                     ReadEnd::Failed { error, .. } => {
                         tracing::debug!(pod = %self.pod, container = %name, %error, "final read failed; retrying");
@@ -489,6 +506,7 @@ impl Follower {
             self.dedup.begin();
         }
         self.line_ts = None;
+        let mut check_replaced = !previous;
         let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
         let mut lines = 0u64;
         let grace = self.config.deleted_grace;
@@ -523,6 +541,25 @@ impl Follower {
                 }
                 p = reader.next_piece() => p,
             };
+            // A resumed read of the current instance that does not repeat the last forwarded
+            // line: either the node lost part of the log, or the kubelet already serves a newer
+            // instance. The previous instance's log tells which, before anything is forwarded.
+            if check_replaced
+                && let Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) =
+                    piece
+                && let Some((ts, _)) = split_timestamp(reader.data())
+                && self.dedup.would_gap(ts)
+            {
+                check_replaced = false;
+                let replaced = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return ReadEnd::Cancelled,
+                    held = self.previous_holds_last() => held,
+                };
+                if replaced {
+                    return ReadEnd::Replaced;
+                }
+            }
             let (record, end) = match piece {
                 Ok(None) => return ReadEnd::Ended { lines },
                 Ok(Some(Piece::Data { first, last })) => {
@@ -567,6 +604,67 @@ impl Follower {
             if let Some(end) = end {
                 return end;
             }
+        }
+    }
+
+    /// Whether the previous instance's log holds the last forwarded line (so the instance
+    /// that line came from is no longer the current one). A failed request answers no.
+    async fn previous_holds_last(&self) -> bool {
+        let Some(last) = self.dedup.last_timestamp() else {
+            return false;
+        };
+        let params = LogParams {
+            container: Some(self.origin.container.clone()),
+            previous: true,
+            timestamps: true,
+            since_time: self.dedup.since(),
+            ..LogParams::default()
+        };
+        self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let Ok(stream) = self.log_stream(&params).await else {
+            return false;
+        };
+        let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
+        while let Ok(Some(piece)) = reader.next_piece().await {
+            if !matches!(
+                piece,
+                Piece::Data { first: true, .. } | Piece::Incomplete { first: true }
+            ) {
+                continue;
+            }
+            match split_timestamp(reader.data()) {
+                Some((ts, _)) if ts == last => return true,
+                Some((ts, _)) if ts > last => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Read `instance`, which the kubelet has replaced, to its end as its previous instance;
+    /// `Ok(true)` when that read ended, `Ok(false)` after a failure and a back-off wait.
+    async fn finish_replaced(
+        &mut self,
+        cancel: &CancellationToken,
+        instance: i32,
+        backoff: &mut Backoff,
+    ) -> Result<bool, FollowEnd> {
+        let error = match self.read(cancel, false, true, instance, true).await {
+            ReadEnd::Cancelled => return Err(FollowEnd::Cancelled),
+            ReadEnd::Deleted => return Err(FollowEnd::PodDeleted),
+            ReadEnd::Unsupported => return Err(FollowEnd::SplitUnsupported),
+            ReadEnd::Ended { .. } => {
+                backoff.reset();
+                return Ok(true);
+            }
+            ReadEnd::Failed { error, .. } => error,
+            // Only reads of the current instance are checked for a replacement.
+            ReadEnd::Replaced => String::from("replaced twice"),
+        };
+        tracing::debug!(pod = %self.pod, container = %self.origin.container, %error, "reading the replaced instance failed; retrying");
+        match self.wait_change(cancel, Some(backoff.next_delay())).await {
+            Some(end) => Err(end),
+            None => Ok(false),
         }
     }
 

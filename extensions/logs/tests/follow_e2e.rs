@@ -282,6 +282,74 @@ async fn restarted_container_is_followed_again_exactly_once() {
     service.stop().await;
 }
 
+/// The kubelet restarts a container before the pod status says so, and serves the new
+/// instance's log as the current one: that is not a gap in the old instance's log. The old
+/// instance (now the previous one) is read to its end, the new one once the status names it.
+#[tokio::test]
+async fn an_instance_the_kubelet_replaced_before_the_status_said_so_is_no_gap() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-replaced").await;
+    let node = kubelet.node_name().to_owned();
+    create_pod(&client, &ns, &app_pod("early-0", "APP", &["opi"], &node)).await;
+    set_status(&client, &ns, "early-0", "opi", 0, State::Running).await;
+    let log = kubelet.container(&ns, "early-0", "opi");
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    assert!(
+        log.wait_for_followers(1, T).await,
+        "the container is followed"
+    );
+    for i in 0..20 {
+        log.push_line(format!("e-{i}"));
+    }
+    rsyslog
+        .wait_for(T, "the first instance", |r| {
+            messages_with(r, "e-").len() >= 20
+        })
+        .await;
+
+    // The instance exits and the runtime starts the next one at once; the status still says
+    // instance 0 is running.
+    let opened = service.metrics.streams_opened.load(Ordering::Relaxed);
+    log.finish();
+    log.restart();
+    for i in 20..30 {
+        log.push_line(format!("e-{i}"));
+    }
+    // Resumed as the current log (1), checked against the previous log (2), which is then read
+    // to its end (3); nothing follows until the status names the new instance.
+    // (Without that check the new instance's lines are taken for the old one's: a gap.)
+    let gaps = || service.metrics.log_gaps.load(Ordering::Relaxed);
+    eventually(
+        T,
+        "the replaced instance read to its end as the previous one",
+        || {
+            gaps() > 0
+                || (service.metrics.streams_opened.load(Ordering::Relaxed) >= opened + 3
+                    && log.followers() == 0)
+        },
+    )
+    .await;
+    assert_eq!(gaps(), 0, "a replaced instance is no gap");
+    assert_eq!(messages_with(&rsyslog.received(), "e-").len(), 20);
+
+    set_status(&client, &ns, "early-0", "opi", 1, State::Running).await;
+    rsyslog
+        .wait_for(T, "the second instance", |r| {
+            messages_with(r, "e-").len() >= 30
+        })
+        .await;
+    eventually(T, "every forwarded record delivered", || {
+        service
+            .metrics
+            .sent(&format!("syslog:{}", rsyslog.address()))
+            == service.metrics.records_forwarded.load(Ordering::Relaxed)
+    })
+    .await;
+    assert_sequence(&messages_with(&rsyslog.received(), "e-"), "e-", 30);
+    assert_eq!(service.metrics.log_gaps.load(Ordering::Relaxed), 0);
+    assert_eq!(service.metrics.instances_missed.load(Ordering::Relaxed), 0);
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn broken_streams_resume_without_gap_or_duplicate() {
     let (client, ns, kubelet, rsyslog) = setup("logs-break").await;
