@@ -169,7 +169,7 @@ async fn start_server() -> anyhow::Result<TestServer> {
         )],
         ctx: Context::offline(Arc::new(Settings::default())),
         metrics: metrics.clone(),
-        health: Arc::new(Health::new(false)),
+        health: Arc::new(Health::new()),
     });
     let (body_limit, request_timeout) = (4 << 20, Duration::from_secs(15));
     // The ceiling goes through the same layers (body limit, timeout) and extractors (URI and

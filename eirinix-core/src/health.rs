@@ -1,95 +1,119 @@
-//! Readiness: named conditions, each set by the component that owns it (certificates, the
-//! self handshake, registration, shutdown, the client CA check); `/readyz` reports them.
+//! Readiness as named checks, as controller-runtime's `healthz` checkers: each component that
+//! owns a condition (certificates, the self handshake, each webhook configuration, the client
+//! CA, shutdown, or an extension's own dependency) registers a [`Check`] and marks it; `/readyz`
+//! answers 200 when every check passes, else 503 naming the failing ones.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-/// Readiness conditions, each set by the component that owns it.
-#[derive(Debug)]
+/// The readiness checks of one server; ready when all pass (and when there are none).
+#[derive(Debug, Default)]
 pub struct Health {
-    cert_loaded: AtomicBool,
-    handshake_ok: AtomicBool,
-    configuration_ok: AtomicBool,
-    validating_configuration_ok: AtomicBool,
-    shutting_down: AtomicBool,
-    client_ca_problem: std::sync::Mutex<Option<String>>,
+    checks: Mutex<Vec<Arc<Check>>>,
+}
+
+/// One named readiness condition, set by the component that registered it.
+#[derive(Debug)]
+pub struct Check {
+    name: String,
+    failing: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Check {
+    /// The name `/readyz` reports it under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Nothing of this check stands in the way of readiness.
+    pub fn pass(&self) {
+        *lock(&self.failing) = None;
+    }
+
+    /// Not ready, for `why`.
+    pub fn fail(&self, why: impl Into<String>) {
+        *lock(&self.failing) = Some(why.into());
+    }
+
+    /// [`Check::pass`] when `ok`, else [`Check::fail`] with `why_not`.
+    pub fn set(&self, ok: bool, why_not: &str) {
+        if ok { self.pass() } else { self.fail(why_not) }
+    }
+
+    /// Why the check fails now, if it does.
+    pub fn failing(&self) -> Option<String> {
+        lock(&self.failing).clone()
+    }
 }
 
 impl Health {
-    /// Fresh state; `registering` says whether the configuration must be confirmed before ready.
-    pub fn new(registering: bool) -> Self {
-        Self {
-            cert_loaded: AtomicBool::new(false),
-            handshake_ok: AtomicBool::new(false),
-            configuration_ok: AtomicBool::new(!registering),
-            validating_configuration_ok: AtomicBool::new(true),
-            shutting_down: AtomicBool::new(false),
-            client_ca_problem: std::sync::Mutex::new(None),
-        }
+    /// No checks yet: ready until a component registers one that fails.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// A serving certificate is loaded.
-    pub fn set_cert_loaded(&self, v: bool) {
-        self.cert_loaded.store(v, Ordering::Relaxed);
+    /// Register the check `name`, failing with `why` until its owner passes it (conditions that
+    /// must be shown before traffic is welcome: a loaded certificate, an applied configuration).
+    pub fn check(&self, name: impl Into<String>, why: impl Into<String>) -> Arc<Check> {
+        self.add(name.into(), Some(why.into()))
     }
 
-    /// The last TLS handshake to ourselves succeeded.
-    pub fn set_handshake_ok(&self, v: bool) {
-        self.handshake_ok.store(v, Ordering::Relaxed);
+    /// Register the check `name`, passing until its owner fails it (shutdown, a dependency
+    /// that may break later).
+    pub fn passing(&self, name: impl Into<String>) -> Arc<Check> {
+        self.add(name.into(), None)
     }
 
-    /// The registered configuration carries our current CA.
-    pub fn set_configuration_ok(&self, v: bool) {
-        self.configuration_ok.store(v, Ordering::Relaxed);
+    fn add(&self, name: String, failing: Option<String>) -> Arc<Check> {
+        let check = Arc::new(Check {
+            name,
+            failing: Mutex::new(failing),
+        });
+        lock(&self.checks).push(check.clone());
+        check
     }
 
-    /// The registered ValidatingWebhookConfiguration carries our current CA (when there are
-    /// validators; true otherwise).
-    pub fn set_validating_configuration_ok(&self, v: bool) {
-        self.validating_configuration_ok.store(v, Ordering::Relaxed);
-    }
-
-    /// Why the client CA cannot verify the apiserver's client certificate now, if it cannot.
-    pub fn set_client_ca_problem(&self, problem: Option<String>) {
-        *self
-            .client_ca_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = problem;
-    }
-
-    /// Shutdown started: report not ready so load balancers drain us.
-    pub fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    /// `Ok` when ready, else the reasons it is not.
+    /// `Ok` when ready, else the failing checks as `name: why`, joined by `; `.
     pub fn readiness(&self) -> Result<(), String> {
-        let mut why = Vec::new();
-        if !self.cert_loaded.load(Ordering::Relaxed) {
-            why.push("no serving certificate loaded");
-        }
-        if !self.handshake_ok.load(Ordering::Relaxed) {
-            why.push("TLS handshake to self not confirmed");
-        }
-        if !self.configuration_ok.load(Ordering::Relaxed) {
-            why.push("webhook configuration does not carry the current CA");
-        }
-        if !self.validating_configuration_ok.load(Ordering::Relaxed) {
-            why.push("validating webhook configuration does not carry the current CA");
-        }
-        if self.shutting_down.load(Ordering::Relaxed) {
-            why.push("shutting down");
-        }
-        let client_ca = self
-            .client_ca_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut why: Vec<String> = why.into_iter().map(str::to_owned).collect();
-        why.extend(client_ca);
+        let why: Vec<String> = lock(&self.checks)
+            .iter()
+            .filter_map(|c| c.failing().map(|why| format!("{}: {why}", c.name)))
+            .collect();
         if why.is_empty() {
             Ok(())
         } else {
             Err(why.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_every_registered_check_passes() {
+        let health = Health::new();
+        assert_eq!(health.readiness(), Ok(()), "no checks: ready");
+        let cert = health.check("certificate", "no serving certificate loaded");
+        let stopping = health.passing("shutdown");
+        assert_eq!(
+            health.readiness(),
+            Err("certificate: no serving certificate loaded".into())
+        );
+        cert.pass();
+        assert_eq!(health.readiness(), Ok(()));
+        stopping.fail("shutting down");
+        cert.set(false, "expired");
+        assert_eq!(
+            health.readiness(),
+            Err("certificate: expired; shutdown: shutting down".into()),
+            "every failing check, by name, in the order registered"
+        );
+        assert_eq!(stopping.name(), "shutdown");
+        assert_eq!(stopping.failing().as_deref(), Some("shutting down"));
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertBundle, CertError, CertPolicy, Clock, FileCerts, Renewal, SubjectNames};
-use crate::health::Health;
+use crate::health::{Check, Health};
 use crate::metrics::Metrics;
 use crate::tls::CertResolver;
 
@@ -238,7 +238,8 @@ pub struct Rotator {
     clock: Arc<dyn Clock>,
     resolver: Arc<CertResolver>,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    /// The `certificate` readiness check: passes once a certificate is served.
+    loaded: Arc<Check>,
     tx: watch::Sender<Option<Published>>,
     may_write: bool,
     gate: Option<PromotionGate>,
@@ -248,6 +249,11 @@ pub struct Rotator {
     restore_deleted: bool,
     /// CAs the configuration trusts already: kept as the previous CA of a fresh bundle.
     previously_trusted: Option<String>,
+}
+
+/// Registers the `certificate` readiness check, failing until a certificate is served.
+fn loaded_check(health: &Health) -> Arc<Check> {
+    health.check("certificate", "no serving certificate loaded")
 }
 
 impl Rotator {
@@ -260,7 +266,7 @@ impl Rotator {
         clock: Arc<dyn Clock>,
         resolver: Arc<CertResolver>,
         metrics: Arc<Metrics>,
-        health: Arc<Health>,
+        health: &Health,
         may_write: bool,
     ) -> Self {
         let (tx, _) = watch::channel(None);
@@ -271,7 +277,7 @@ impl Rotator {
             clock,
             resolver,
             metrics,
-            health,
+            loaded: loaded_check(health),
             tx,
             may_write,
             gate: None,
@@ -397,7 +403,7 @@ impl Rotator {
             let key =
                 crate::certs::certified_key(&published.serving_chain, &bundle.serving.key_pem)?;
             self.resolver.set(key);
-            self.health.set_cert_loaded(true);
+            self.loaded.pass();
             self.metrics
                 .set_cert_expiry(bundle.serving.not_after.unix_timestamp());
             self.metrics.cert_rotated();
@@ -452,7 +458,8 @@ pub struct FileSource {
     ca: Option<PathBuf>,
     resolver: Arc<CertResolver>,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    /// The `certificate` readiness check: passes once a certificate is served.
+    loaded: Arc<Check>,
     tx: watch::Sender<Option<Published>>,
 }
 
@@ -464,7 +471,7 @@ impl FileSource {
         ca: Option<PathBuf>,
         resolver: Arc<CertResolver>,
         metrics: Arc<Metrics>,
-        health: Arc<Health>,
+        health: &Health,
     ) -> Self {
         let (tx, _) = watch::channel(None);
         Self {
@@ -473,7 +480,7 @@ impl FileSource {
             ca,
             resolver,
             metrics,
-            health,
+            loaded: loaded_check(health),
             tx,
         }
     }
@@ -493,7 +500,7 @@ impl FileSource {
         if self.tx.borrow().as_ref() != Some(&published) {
             let key = crate::certs::certified_key(&files.cert_chain_pem, &files.key_pem)?;
             self.resolver.set(key);
-            self.health.set_cert_loaded(true);
+            self.loaded.pass();
             if let Ok(not_after) = files.leaf_not_after() {
                 self.metrics.set_cert_expiry(not_after.unix_timestamp());
             }

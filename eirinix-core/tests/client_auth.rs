@@ -111,7 +111,7 @@ async fn start(client_ca: Option<&ClientCa>) -> Server {
         )],
         ctx: Context::offline(Arc::new(Settings::default())),
         metrics: Arc::new(Metrics::new(["allow"])),
-        health: Arc::new(Health::new(false)),
+        health: Arc::new(Health::new()),
     });
     let listening = eirinix_core::server::Server::bind(([127, 0, 0, 1], 0).into())
         .await

@@ -81,7 +81,7 @@ async fn start_with_drain(
             .unwrap(),
     );
     let metrics = Arc::new(Metrics::new(["sticky"]));
-    let health = Arc::new(Health::new(false));
+    let health = Arc::new(Health::new());
     let state = Arc::new(AppState {
         handlers: vec![ExtensionHandler::new(
             Arc::new(Sticky),

@@ -94,6 +94,70 @@ async fn app_pods_are_mutated_and_others_are_not() {
     running.shutdown().await;
 }
 
+/// `GET /readyz` over a manager's own TLS port (`addr`, trusting `ca`): the response.
+async fn readyz(addr: std::net::SocketAddr, ca: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = eirinix_core::tls::client_config(ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response).await.ok();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The first thing a stopping replica does is report not ready (so its endpoint is dropped),
+/// while it keeps admitting for the drain period: the apiserver's open connections still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_not_ready_at_once_and_admits_during_the_drain() {
+    let (client, system, ns, fp) = setup("drain-ready", "drain-ready").await;
+    let drain = Duration::from_secs(6);
+    let running = start_ready(manager(&fp, &system, &ns).drain_period(drain), &client).await;
+    let health = running.health().clone();
+    let probe = running.local_addr();
+    let ca = running
+        .published()
+        .expect("certificates published")
+        .ca_bundle;
+    let code = readyz(probe, &ca).await;
+    assert!(code.starts_with("HTTP/1.1 200"), "{code}");
+    let stopping = tokio::time::Instant::now();
+    let stopped = tokio::spawn(running.shutdown());
+    bounded(Duration::from_secs(1), async {
+        while health.readiness().is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let why = health.readiness().unwrap_err();
+    assert!(why.contains("shutting down"), "{why}");
+    // /readyz says so on the wire, and reviews are still answered.
+    let code = readyz(probe, &ca).await;
+    assert!(code.starts_with("HTTP/1.1 503"), "{code}");
+    let created = admit(&client, &ns, &app_pod("during-drain")).await;
+    assert_eq!(
+        sticky(&created).as_deref(),
+        Some("hello"),
+        "admitted and mutated while draining"
+    );
+    assert!(
+        stopping.elapsed() < drain,
+        "the checks ran within the drain period ({:?})",
+        stopping.elapsed()
+    );
+    bounded(drain + Duration::from_secs(10), stopped)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_policy_applies_when_the_webhook_is_down() {
     let cp = plane().await;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::{Clock, SubjectNames};
 use crate::extension::{Context, Extension};
+use crate::health::{Check, Health};
 use crate::hooks::{Hook, HookType};
 pub use crate::metrics::MetricSource;
 use crate::metrics::Metrics;
@@ -30,7 +31,7 @@ use crate::registration::{
     Registrar, WebhookSpec, desired_configuration, desired_validating_configuration,
 };
 use crate::rotation::{FileSource, Published, Rotator, SecretStore};
-use crate::server::{Health, Server};
+use crate::server::Server;
 use crate::tls::CertResolver;
 use crate::watcher::PodWatcher;
 
@@ -70,6 +71,8 @@ pub struct RunningManager {
     addr: SocketAddr,
     cancel: CancellationToken,
     health: Arc<Health>,
+    /// The `shutdown` readiness check: fails first thing at shutdown.
+    stopping: Arc<Check>,
     metrics: Arc<Metrics>,
     published: watch::Receiver<Option<Published>>,
     server: JoinHandle<()>,
@@ -187,7 +190,7 @@ impl Manager {
         let registered_port = self.registration_port()?;
         let names = self.hook_names();
         let metrics = Arc::new(Metrics::new(names.iter().map(String::as_str)));
-        let health = Arc::new(Health::new(false));
+        let health = Health::new();
         let ca_bundle = match &self.settings.cert_source {
             CertSource::Secret => {
                 // What the apiserver trusts now: replicas may still serve chains of these CAs
@@ -209,7 +212,7 @@ impl Manager {
                     self.clock.clone(),
                     Arc::new(CertResolver::new()),
                     metrics,
-                    health,
+                    &health,
                     true,
                 )
                 .with_previously_trusted(trusted);
@@ -222,7 +225,7 @@ impl Manager {
                     ca.clone(),
                     Arc::new(CertResolver::new()),
                     metrics,
-                    health,
+                    &health,
                 );
                 source.tick()?;
                 let ca = source
@@ -340,12 +343,18 @@ impl Manager {
         let addr = server.local_addr();
         let token_verifier = self.token_verifier(&client, addr.port()).await?;
         let metrics = self.metrics(token_verifier.as_ref(), client_ca.as_ref());
-        let health = Arc::new(Health::new(settings.register_webhook));
+        // Readiness: every owner registers its check before anything is served.
+        let health = Arc::new(Health::new());
+        let stopping = health.passing("shutdown");
+        let handshake = health.check("handshake", tasks::HANDSHAKE_FAILING);
+        let configuration_checks = settings
+            .register_webhook
+            .then(|| self.configuration_checks(&health));
         if let Some(ca) = &client_ca {
             spawned.push(tokio::spawn(client_ca_loop(
                 ca.clone(),
                 settings.apiserver_client_cert.clone(),
-                health.clone(),
+                health.passing("client-ca"),
                 spawned.cancel.clone(),
             )));
         }
@@ -364,12 +373,12 @@ impl Manager {
             token_verifier,
         };
         self.serve(server, served, spawned).await?;
-        self.check_readiness(addr, &published, &health, spawned);
-        if settings.register_webhook {
+        self.check_readiness(addr, &published, handshake, spawned);
+        if let Some(checks) = configuration_checks {
             let step = Registering {
                 port: addr.port(),
                 published: &published,
-                health: &health,
+                checks,
                 metrics: &metrics,
             };
             self.register_and_repair(&client, step, spawned).await?;
@@ -382,6 +391,7 @@ impl Manager {
             addr,
             cancel: spawned.cancel.clone(),
             health,
+            stopping,
             metrics,
             published,
             server,
@@ -448,7 +458,8 @@ impl RunningManager {
         self.addr
     }
 
-    /// Readiness state.
+    /// The readiness checks; an extension registers its own here ([`Health::check`]) to keep
+    /// the replica out of the Service while a dependency of its own is missing.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
     }
@@ -483,7 +494,7 @@ impl RunningManager {
     /// (watchers draining, leaders releasing their Lease) up to the shutdown timeout before
     /// aborting them.
     pub async fn shutdown(self) {
-        self.health.set_shutting_down();
+        self.stopping.fail("shutting down");
         self.cancel.cancel();
         let deadline = tokio::time::Instant::now()
             + self.drain_period

@@ -15,12 +15,13 @@ use super::tasks::{DesiredFor, LoopBase, client_ca_check, promotion_gate, readin
 use super::{Manager, ManagerError, Spawned};
 use crate::admission::ExtensionHandler;
 use crate::extension::{Context, WebhookOverrides};
+use crate::health::{Check, Health};
 use crate::hooks::HookType;
 use crate::metrics::Metrics;
 use crate::options::{CertSource, Endpoint};
 use crate::registration::{Registrar, desired_configuration, desired_validating_configuration};
 use crate::rotation::{FileSource, Published, Rotator};
-use crate::server::{AppState, Health, ServeOptions, Server};
+use crate::server::{AppState, ServeOptions, Server};
 use crate::tls::{CertResolver, ClientCa};
 use crate::token_auth::TokenVerifier;
 use crate::watcher::run_pod_watcher;
@@ -39,11 +40,30 @@ pub(super) struct Served {
 pub(super) struct Registering<'a> {
     pub(super) port: u16,
     pub(super) published: &'a watch::Receiver<Option<Published>>,
-    pub(super) health: &'a Arc<Health>,
+    pub(super) checks: ConfigurationChecks,
     pub(super) metrics: &'a Arc<Metrics>,
 }
 
+/// The readiness checks of the webhook configurations a manager keeps, registered before
+/// anything is served and failing until each configuration is applied.
+pub(super) struct ConfigurationChecks {
+    mutating: Arc<Check>,
+    /// With validators only.
+    validating: Option<Arc<Check>>,
+}
+
 impl Manager {
+    /// Register the checks of the configurations [`Manager::register_and_repair`] keeps.
+    pub(super) fn configuration_checks(&self, health: &Health) -> ConfigurationChecks {
+        const NOT_YET: &str = "not applied yet";
+        ConfigurationChecks {
+            mutating: health.check("mutating-configuration", NOT_YET),
+            validating: self
+                .has_validators()
+                .then(|| health.check("validating-configuration", NOT_YET)),
+        }
+    }
+
     /// Before any side effect: a client CA that cannot verify anyone (unreadable, expired), or
     /// not the apiserver's certificate we were given, is a configuration error.
     pub(super) fn client_ca(&self) -> Result<Option<ClientCa>, ManagerError> {
@@ -127,7 +147,7 @@ impl Manager {
                         self.clock.clone(),
                         resolver.clone(),
                         metrics.clone(),
-                        health.clone(),
+                        health,
                         true,
                     )
                     .with_promotion_gate(promotion_gate(
@@ -151,7 +171,7 @@ impl Manager {
                     ca.clone(),
                     resolver.clone(),
                     metrics.clone(),
-                    health.clone(),
+                    health,
                 ));
                 source.tick()?;
                 let rx = source.subscribe();
@@ -262,7 +282,7 @@ impl Manager {
         &self,
         addr: SocketAddr,
         published: &watch::Receiver<Option<Published>>,
-        health: &Arc<Health>,
+        handshake: Arc<Check>,
         spawned: &mut Spawned,
     ) {
         let self_addr = SocketAddr::new(
@@ -282,7 +302,7 @@ impl Manager {
             .unwrap_or_else(|| "localhost".into());
         spawned.push(tokio::spawn(readiness_loop(
             published.clone(),
-            health.clone(),
+            handshake,
             spawned.cancel.clone(),
             move |ca: String| {
                 let server_name = server_name.clone();
@@ -317,7 +337,6 @@ impl Manager {
             .unwrap_or_default();
         let base = LoopBase {
             published: step.published.clone(),
-            health: step.health.clone(),
             interval: settings.repair_interval,
             url_mode: matches!(settings.endpoint, Endpoint::Url { .. }),
             cancel: spawned.cancel.clone(),
@@ -330,10 +349,17 @@ impl Manager {
         let registrar = Registrar::new(client.clone(), &settings.field_manager)
             .with_metrics(step.metrics.clone());
         registrar.apply(&desired_for(&initial)).await?;
-        step.health.set_configuration_ok(true);
-        spawned.push(tokio::spawn(base.clone().run(desired_for, registrar)));
-        if self.has_validators() {
-            step.health.set_validating_configuration_ok(false);
+        let ConfigurationChecks {
+            mutating,
+            validating,
+        } = step.checks;
+        mutating.pass();
+        spawned.push(tokio::spawn(base.clone().run(
+            desired_for,
+            registrar,
+            mutating,
+        )));
+        if let Some(check) = validating {
             let specs = self.specs(HookType::Validating);
             let desired_for: DesiredFor<ValidatingWebhookConfiguration> = {
                 let settings = settings.clone();
@@ -344,8 +370,8 @@ impl Manager {
             let registrar = Registrar::new(client.clone(), &settings.field_manager)
                 .with_metrics(step.metrics.clone());
             registrar.apply(&desired_for(&initial)).await?;
-            step.health.set_validating_configuration_ok(true);
-            spawned.push(tokio::spawn(base.run(desired_for, registrar)));
+            check.pass();
+            spawned.push(tokio::spawn(base.run(desired_for, registrar, check)));
         }
         tracing::info!(configuration = %settings.configuration_name(), "webhook configuration applied");
         Ok(())

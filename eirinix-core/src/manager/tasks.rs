@@ -12,10 +12,13 @@ use k8s_openapi::api::admissionregistration::v1::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Check;
 use crate::options::Settings;
 use crate::registration::{Configuration, Registrar};
 use crate::rotation::Published;
-use crate::server::Health;
+
+/// Why the `handshake` check fails.
+pub(super) const HANDSHAKE_FAILING: &str = "TLS handshake to self not confirmed";
 
 /// A staged CA may sign once every webhook of the configuration trusts it (a read-only GET).
 pub(super) fn promotion_gate(
@@ -105,7 +108,7 @@ pub(super) fn client_ca_check(
 pub(super) async fn client_ca_loop(
     ca: crate::tls::ClientCa,
     cert: Option<PathBuf>,
-    health: Arc<Health>,
+    check: Arc<Check>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -114,7 +117,10 @@ pub(super) async fn client_ca_loop(
         if let Some(p) = &problem {
             tracing::error!(problem = %p, "the client CA cannot verify the apiserver: not ready");
         }
-        health.set_client_ca_problem(problem.map(|p| p.to_string()));
+        match &problem {
+            Some(p) => check.fail(p.to_string()),
+            None => check.pass(),
+        }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let pem = cert
             .as_deref()
@@ -145,7 +151,7 @@ pub(super) async fn client_ca_loop(
 /// while it fails. If the certificate source stops, the timer alone drives the checks.
 pub(super) async fn readiness_loop<C, F>(
     mut published: watch::Receiver<Option<Published>>,
-    health: Arc<Health>,
+    handshake: Arc<Check>,
     cancel: CancellationToken,
     mut check: C,
 ) where
@@ -161,7 +167,7 @@ pub(super) async fn readiness_loop<C, F>(
             Some(_) => true,
             None => false,
         };
-        health.set_handshake_ok(ok);
+        handshake.set(ok, HANDSHAKE_FAILING);
         let wait = if ok {
             Duration::from_secs(10)
         } else {
@@ -191,25 +197,17 @@ pub(super) type DesiredFor<C> = Box<dyn Fn(&str) -> C + Send + Sync>;
 #[derive(Clone)]
 pub(super) struct LoopBase {
     pub(super) published: watch::Receiver<Option<Published>>,
-    pub(super) health: Arc<Health>,
     pub(super) interval: Duration,
     pub(super) url_mode: bool,
     pub(super) cancel: CancellationToken,
 }
 
 impl LoopBase {
-    fn set_ok<C: Configuration>(&self, ok: bool) {
-        if C::MUTATING {
-            self.health.set_configuration_ok(ok);
-        } else {
-            self.health.set_validating_configuration_ok(ok);
-        }
-    }
-
     pub(super) async fn run<C: Configuration>(
         mut self,
         desired_for: DesiredFor<C>,
         registrar: Registrar<C>,
+        check: Arc<Check>,
     ) {
         // The caBundle applied last: a new one is an update, anything else found wrong is drift.
         let mut applied_ca = self
@@ -253,10 +251,10 @@ impl LoopBase {
             match result {
                 Ok(()) => {
                     applied_ca = ca;
-                    self.set_ok::<C>(true);
+                    check.pass();
                 }
                 Err(e) => {
-                    self.set_ok::<C>(false);
+                    check.fail(format!("not confirmed to carry the current CA: {e}"));
                     tracing::warn!(error = %e, "webhook configuration check failed; retrying");
                 }
             }
@@ -328,10 +326,11 @@ mod tests {
                 async { false }
             }
         };
-        let health = Arc::new(Health::new(false));
+        let health = crate::health::Health::new();
+        let handshake = health.check("handshake", HANDSHAKE_FAILING);
         tokio::time::timeout(
             Duration::from_secs(3600),
-            readiness_loop(rx, health.clone(), cancel, check),
+            readiness_loop(rx, handshake, cancel, check),
         )
         .await
         .expect("the loop stops when cancelled");
