@@ -246,18 +246,39 @@ fn every_variant_lints_and_renders() {
         let args = run_args(&docs, "rel-server");
         let flag = format!("--client-ca-file=/etc/eirinix/client-ca/{key}");
         assert!(args.contains(&flag), "{sets:?}: {args:?}");
-        let server = by_kind(&docs, "Deployment")
-            .into_iter()
-            .find(|d| d["metadata"]["name"] == "rel-server")
-            .unwrap();
-        let volume = server["spec"]["template"]["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "client-ca")
-            .expect("client-ca volume");
+        let volume = client_ca_volume(&docs);
         assert_eq!(volume[source]["items"][0]["key"], key, "{sets:?}");
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--apiserver-client-cert-file")),
+            "{sets:?}: {args:?}"
+        );
     }
+    // With the apiserver's client certificate beside the CA, the server checks the CA against it.
+    let docs = render(
+        "eirinix-system",
+        "eirini",
+        &[
+            "webhook.clientCA.configMap=apiserver-client-ca",
+            "webhook.clientCA.apiserverCertKey=apiserver.crt",
+        ],
+    );
+    let args = run_args(&docs, "rel-server");
+    for flag in [
+        "--client-ca-file=/etc/eirinix/client-ca/ca.crt",
+        "--apiserver-client-cert-file=/etc/eirinix/client-ca/apiserver.crt",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag}: {args:?}");
+    }
+    let volume = client_ca_volume(&docs);
+    let keys: Vec<&Value> = volume["configMap"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["key"])
+        .collect();
+    assert_eq!(keys, [&json!("ca.crt"), &json!("apiserver.crt")]);
     let docs = render("eirinix-system", "eirini", &[]);
     assert!(
         !run_args(&docs, "rel-server")
@@ -270,6 +291,10 @@ fn every_variant_lints_and_renders() {
         (
             &["webhook.clientCA.configMap=a", "webhook.clientCA.secret=b"][..],
             "set configMap or secret, not both",
+        ),
+        (
+            &["webhook.clientCA.apiserverCertKey=apiserver.crt"][..],
+            "apiserverCertKey needs webhook.clientCA.configMap or .secret",
         ),
         (
             &["extensions.persi.enabled=false"][..],
@@ -998,6 +1023,19 @@ async fn the_apiserver_addresses_are_looked_up_at_install() {
         json!([{"ipBlock": {"cidr": "192.0.2.41/32"}}, {"ipBlock": {"cidr": "192.0.2.42/32"}}]),
         "{policy}"
     );
+}
+
+/// The server Deployment's `client-ca` volume.
+fn client_ca_volume(docs: &[Value]) -> Value {
+    let server = by_kind(docs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "rel-server")
+        .expect("the server Deployment");
+    server["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "client-ca"))
+        .cloned()
+        .expect("client-ca volume")
 }
 
 fn run_args(docs: &[Value], deployment: &str) -> Vec<String> {

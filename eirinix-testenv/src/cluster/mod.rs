@@ -124,20 +124,29 @@ impl ClusterBuilder {
 /// Fails early, with what to do, when this machine cannot run the node.
 fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    preflight_on(root, std::env::var_os("PATH").as_deref())
+}
+
+/// The programs the node runs or drives, looked up on `PATH`.
+const NODE_TOOLS: [&str; 6] = [
+    "containerd",
+    "containerd-shim-runc-v2",
+    "runc",
+    "ctr",
+    "ip",
+    "nsenter",
+];
+
+/// What the node needs from the machine: root and the runtime's tools on `path`.
+fn preflight_on(root: bool, path: Option<&std::ffi::OsStr>) -> Result<()> {
+    if !root {
         return Err(Error::NodeUnsupported(
             "the real node needs root (network and mount namespaces, cgroups, mounts)".into(),
         ));
     }
-    for tool in [
-        "containerd",
-        "containerd-shim-runc-v2",
-        "runc",
-        "ctr",
-        "ip",
-        "nsenter",
-    ] {
-        if which(tool).is_none() {
+    for tool in NODE_TOOLS {
+        if which(path, tool).is_none() {
             return Err(Error::NodeUnsupported(format!(
                 "`{tool}` is not on PATH: install Debian's containerd, runc, iproute2 and \
                  util-linux (scripts/install-deps.sh)"
@@ -147,9 +156,8 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+fn which(path: Option<&std::ffi::OsStr>, tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(path?)
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
@@ -304,7 +312,8 @@ impl NodeParts {
         };
         let containerd_proc = Proc::new(
             "containerd",
-            which("containerd").unwrap_or_else(|| "containerd".into()),
+            which(std::env::var_os("PATH").as_deref(), "containerd")
+                .unwrap_or_else(|| "containerd".into()),
             containerd.args(),
             log("containerd"),
         )
@@ -757,5 +766,36 @@ where
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_without_the_runtime_is_refused_with_the_fix() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = preflight_on(true, Some(empty.path().as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the real node cannot run here"), "{err}");
+        assert!(err.contains("`containerd` is not on PATH"), "{err}");
+        assert!(
+            err.contains("scripts/install-deps.sh"),
+            "how to fix it: {err}"
+        );
+        let err = preflight_on(true, None).unwrap_err().to_string();
+        assert!(err.contains("not on PATH"), "{err}");
+        let err = preflight_on(false, std::env::var_os("PATH").as_deref())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs root"), "{err}");
+
+        // Every tool present (empty files will do for the check): accepted.
+        for tool in NODE_TOOLS {
+            std::fs::write(empty.path().join(tool), b"").unwrap();
+        }
+        preflight_on(true, Some(empty.path().as_os_str())).unwrap();
     }
 }

@@ -315,3 +315,24 @@ pub(crate) fn bind_inside(
         })?
         .map_err(|e| Error::io("binding inside the node's network namespace", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two clusters at once (two test processes, or two lanes of the suite) never share an
+    /// address, a CIDR or a link name: each holds its own slot for as long as it lives.
+    #[test]
+    fn clusters_at_once_get_their_own_slots() {
+        let a = Slot::claim().unwrap();
+        let b = Slot::claim().unwrap();
+        assert_ne!(
+            a.addrs.slot, b.addrs.slot,
+            "a held slot is not handed out again"
+        );
+        assert_ne!(a.addrs.pod_cidr(), b.addrs.pod_cidr());
+        assert_ne!(a.addrs.node_ip(), b.addrs.node_ip());
+        assert_ne!(a.addrs.host_ip(), b.addrs.host_ip());
+        assert_ne!(a.addrs.host_link(), b.addrs.host_link());
+    }
+}
