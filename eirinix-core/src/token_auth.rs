@@ -393,3 +393,118 @@ pub async fn require_token(verifier: Arc<TokenVerifier>, request: Request, next:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::Router;
+    use axum::routing::get;
+    use base64::Engine as _;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A signing key and its JWK under `kid`.
+    fn signing_key(kid: &str) -> (EncodingKey, Value) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = pair.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        });
+        let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        (key, jwk)
+    }
+
+    /// The apiserver's discovery endpoints, serving `keys` and counting key fetches.
+    async fn issuer(keys: Arc<Mutex<Vec<Value>>>, fetches: Arc<AtomicUsize>) -> kube::Client {
+        let app = Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(|| async { axum::Json(json!({"issuer": "https://issuer.test"})) }),
+            )
+            .route(
+                "/openid/v1/jwks",
+                get(move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let keys = keys.lock().unwrap().clone();
+                    axum::Json(json!({ "keys": keys }))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn token(key: &EncodingKey, kid: &str) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = json!({
+            "iss": "https://issuer.test", "aud": "https://webhook.test/p", "exp": now + 600,
+            "kubernetes.io": {
+                "mutatingwebhookconfiguration": {"name": "hooks"},
+                "attestations": {"admissionReviewAPIGroups": ["*"]},
+            },
+        });
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, key).unwrap()
+        )
+    }
+
+    /// Pretend the keys were fetched `ago`.
+    fn fetched_ago(verifier: &TokenVerifier, ago: Duration) {
+        verifier.keys.write().unwrap().fetched = Instant::now() - ago;
+    }
+
+    /// The issuer rotates its keys: a token under a new key id makes the verifier fetch the
+    /// keys again (at most every 10 s, so unknown ids cannot flood the apiserver), and the keys
+    /// are fetched again every 5 minutes anyway.
+    #[tokio::test]
+    async fn rotated_issuer_keys_are_fetched_again() {
+        let (key_a, jwk_a) = signing_key("a");
+        let (key_b, jwk_b) = signing_key("b");
+        let keys = Arc::new(Mutex::new(vec![jwk_a.clone()]));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let client = issuer(keys.clone(), fetches.clone()).await;
+        let audiences = HashMap::from([("/p".to_owned(), "https://webhook.test/p".to_owned())]);
+        let verifier = TokenVerifier::discover(client, "hooks".into(), audiences)
+            .await
+            .unwrap();
+        let fetched = || fetches.load(Ordering::SeqCst);
+        assert_eq!(fetched(), 1);
+        let verify = |t: String| {
+            let verifier = &verifier;
+            async move { verifier.verify("/p", Some(&t), "").await }
+        };
+        assert_eq!(verify(token(&key_a, "a")).await, Ok(()));
+        assert_eq!(fetched(), 1, "fresh keys are not fetched again");
+
+        // The issuer publishes key b. Within 10 s of the last fetch, an unknown id is refused
+        // without asking the apiserver.
+        *keys.lock().unwrap() = vec![jwk_a, jwk_b];
+        assert_eq!(verify(token(&key_b, "b")).await, Err(Refusal::BadSignature));
+        assert_eq!(fetched(), 1);
+        // Later, the unknown id makes it fetch the keys: b is now known.
+        fetched_ago(&verifier, MIN_REFETCH + Duration::from_secs(1));
+        assert_eq!(verify(token(&key_b, "b")).await, Ok(()));
+        assert_eq!(fetched(), 2);
+        // A made-up id right after: refused, no fetch.
+        let (key_c, _) = signing_key("c");
+        assert_eq!(verify(token(&key_c, "c")).await, Err(Refusal::BadSignature));
+        assert_eq!(fetched(), 2);
+
+        // Key a retired: once the keys are older than the refresh period, a's tokens fail.
+        *keys.lock().unwrap() = vec![signing_key("b").1];
+        fetched_ago(&verifier, REFRESH + Duration::from_secs(1));
+        assert_eq!(verify(token(&key_a, "a")).await, Err(Refusal::BadSignature));
+        assert_eq!(fetched(), 3, "old keys are fetched again");
+    }
+}
