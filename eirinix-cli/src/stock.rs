@@ -215,32 +215,15 @@ pub fn install(
 ) -> anyhow::Result<ManagerBuilder> {
     for name in names {
         b = match *name {
-            "persi" => b.extension(persi(stock)),
-            "ssh" => {
-                let injector = eirinix_ssh::SshInjector::new(ssh_options(stock)?);
-                let metrics = injector.metrics().clone();
-                b.extension(injector)
-                    .metrics_source(Arc::new(move || metrics.render()))
-                    .task("ssh-janitor", |ctx, cancel| {
-                        eirinix_ssh::run_janitor(
-                            ctx,
-                            eirinix_ssh::JanitorOptions::default(),
-                            cancel,
-                        )
-                    })
-            }
+            "persi" => b.install(persi(stock))?,
+            "ssh" => b.install(ssh_options(stock)?)?,
             "logs" => {
                 let options = logs_options(stock)?
                     .context("the logs extension needs --logs-config (its sinks)")?;
                 options.validate()?;
-                let (b, metrics) = eirinix_logs::try_install(b, options)?;
-                b.metrics_source(Arc::new(move || metrics.render()))
+                b.install(options)?
             }
-            "rootfs" => {
-                let (b, state) = eirinix_rootfs::install(b, rootfs_for(common, stock)?)?;
-                let metrics = state.clone();
-                b.metrics_source(Arc::new(move || metrics.metrics().render()))
-            }
+            "rootfs" => b.install(rootfs_for(common, stock)?)?,
             other => anyhow::bail!("unknown extension {other:?}"),
         };
     }

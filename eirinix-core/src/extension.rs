@@ -357,19 +357,3 @@ impl fmt::Debug for Context {
             .finish()
     }
 }
-
-/// Whether `name` can be an extension name (a DNS-1123 label of at most 63 characters).
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// The webhook path of an extension: stable across restarts because it is derived from the name.
-pub fn extension_path(name: &str) -> String {
-    format!("/{name}")
-}

@@ -4,7 +4,8 @@
 //! [`Validator`] for any other kind (a StatefulSet, a custom resource), add them, and get a TLS
 //! webhook server, self-signed certificates that rotate on their own, the webhook
 //! configurations registered and kept right, pod watchers and reconcilers, health and metrics.
-//! Each piece is a module of its own.
+//! Packaged extensions (the stock persi, ssh, logs and rootfs) implement [`Install`] and are
+//! added with [`ManagerBuilder::install`]. Each piece is a module of its own.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ mod hooks;
 pub mod leader;
 pub mod manager;
 pub mod metrics;
+pub mod names;
 pub mod options;
 pub mod patch;
 pub mod reconciler;
@@ -35,7 +37,7 @@ pub use extension::{
     WebhookOverrides,
 };
 pub use hooks::ResourceRule;
-pub use manager::{Manager, ManagerBuilder, NotReady, RunningManager};
+pub use manager::{Install, Manager, ManagerBuilder, NotReady, RunningManager};
 pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 pub use patch::{ContainerRef, PodPatch};
 pub use watcher::{PodEvent, PodWatcher};

@@ -22,8 +22,7 @@ use crate::hooks::ResourceRule;
 use crate::metrics::Metrics;
 use crate::options::{Endpoint, SOURCE_TYPE_LABEL, Settings};
 
-/// Label every object eirinix creates carries, for discovery and cleanup.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+use crate::names::MANAGED_BY_LABEL;
 
 /// The label the apiserver puts on every namespace with its own name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -230,7 +229,7 @@ fn entry(
         admission_review_versions: vec!["v1".into()],
         client_config: client_config(
             settings,
-            &crate::extension::extension_path(&hook.name),
+            &crate::names::extension_path(&hook.name),
             port,
             ca_bundle,
         ),

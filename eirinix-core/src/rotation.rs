@@ -153,7 +153,7 @@ impl SecretStore {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(BTreeMap::from([(
-                    crate::registration::MANAGED_BY_LABEL.to_owned(),
+                    crate::names::MANAGED_BY_LABEL.to_owned(),
                     "eirinix".to_owned(),
                 )])),
                 ..Default::default()
@@ -194,7 +194,7 @@ impl SecretStore {
                 namespace: Some(self.namespace.clone()),
                 resource_version: Some(resource_version.to_owned()),
                 labels: Some(BTreeMap::from([(
-                    crate::registration::MANAGED_BY_LABEL.to_owned(),
+                    crate::names::MANAGED_BY_LABEL.to_owned(),
                     "eirinix".to_owned(),
                 )])),
                 ..Default::default()

@@ -27,10 +27,10 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::ExtensionHandler;
 use crate::extension::Context;
-pub use crate::extension::extension_path;
 pub use crate::health::Health;
 pub use crate::metrics::ConnectionStats;
 use crate::metrics::Metrics;
+pub use crate::names::extension_path;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {

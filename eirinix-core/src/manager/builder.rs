@@ -12,10 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertPolicy, Clock, SystemClock};
-use crate::extension::{Context, Extension, Mutator, Validator, is_valid_name};
+use crate::extension::{Context, Extension, Mutator, Validator};
 use crate::hooks::{Hook, MutatorHook, ValidatorHook};
 use crate::leader::{Election, run_while_leader};
 pub use crate::metrics::MetricSource;
+use crate::names::is_dns_label;
 use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
 };
@@ -23,6 +24,16 @@ use crate::reconciler::{Reconciler, run_reconciler};
 use crate::watcher::PodWatcher;
 
 use super::{ConfigError, Manager};
+
+/// An extension packaged with everything it needs in a manager (webhooks, background tasks,
+/// metrics), added in one call: `builder.install(extension)?`.
+pub trait Install {
+    /// Why it cannot be added (its options are unusable).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Add this extension's parts to `builder`.
+    fn install(self, builder: ManagerBuilder) -> Result<ManagerBuilder, Self::Error>;
+}
 
 pub(super) type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
@@ -251,6 +262,12 @@ impl ManagerBuilder {
         self
     }
 
+    /// Add a ready-made extension with everything it brings (its webhooks, background tasks
+    /// and metrics): the one way every stock extension is added.
+    pub fn install<I: Install>(self, extension: I) -> Result<Self, I::Error> {
+        extension.install(self)
+    }
+
     /// Add a mutating webhook for any kind (a StatefulSet, a custom resource...).
     pub fn mutator(mut self, mutator: impl Mutator) -> Self {
         self.hooks.push(Arc::new(MutatorHook(Arc::new(mutator))));
@@ -337,7 +354,7 @@ impl ManagerBuilder {
     /// Validate and build.
     pub fn build(self) -> Result<Manager, ConfigError> {
         let s = &self.settings;
-        if !is_valid_name(&s.fingerprint) {
+        if !is_dns_label(&s.fingerprint) {
             return Err(ConfigError::InvalidFingerprint(s.fingerprint.clone()));
         }
         let mut seen = HashSet::new();
@@ -347,7 +364,7 @@ impl ManagerBuilder {
             .map(|e| (e.name(), e.webhook()))
             .chain(self.hooks.iter().map(|h| (h.name(), h.overrides())));
         for (name, overrides) in named {
-            if !is_valid_name(name) {
+            if !is_dns_label(name) {
                 return Err(ConfigError::InvalidName(name.to_owned()));
             }
             if !seen.insert(name.to_owned()) {
@@ -399,5 +416,38 @@ impl ManagerBuilder {
             clock: self.clock,
             metric_sources: self.metric_sources,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A packaged extension that brings one task, or refuses an empty name.
+    struct Packaged(&'static str);
+
+    impl Install for Packaged {
+        type Error = ConfigError;
+
+        fn install(self, builder: ManagerBuilder) -> Result<ManagerBuilder, ConfigError> {
+            if self.0.is_empty() {
+                return Err(ConfigError::InvalidName(String::new()));
+            }
+            Ok(builder.task(self.0, |_, _| async {}))
+        }
+    }
+
+    #[test]
+    fn install_adds_what_an_extension_brings_or_says_why_not() {
+        let builder = Manager::builder()
+            .install(Packaged("a"))
+            .and_then(|b| b.install(Packaged("b")))
+            .unwrap();
+        let names: Vec<&str> = builder.tasks.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(matches!(
+            Manager::builder().install(Packaged("")),
+            Err(ConfigError::InvalidName(_))
+        ));
     }
 }

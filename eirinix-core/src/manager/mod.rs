@@ -35,8 +35,8 @@ use crate::server::Server;
 use crate::tls::CertResolver;
 use crate::watcher::PodWatcher;
 
-pub use builder::ManagerBuilder;
 use builder::Task;
+pub use builder::{Install, ManagerBuilder};
 pub use error::{ConfigError, ManagerError};
 use start::{Registering, Served};
 use tasks::client_ca_loop;

@@ -44,26 +44,27 @@ pub use service::{LogsService, Scope};
 /// Name of the manager task the extension adds.
 pub const TASK_NAME: &str = "logs";
 
-/// Add the logs extension to `builder`. Invalid options (or unreadable TLS files) are logged as
-/// an error and nothing is added; use [`try_install`] to handle them.
-pub fn install(builder: ManagerBuilder, options: LogsOptions) -> ManagerBuilder {
-    match LogsService::new(options) {
-        Ok(service) => add(builder, service),
-        Err(e) => {
-            tracing::error!(error = %e, "logs extension not started");
-            builder
-        }
-    }
-}
-
-/// Add the logs extension to `builder`, or report why its options are unusable.
+/// Add the logs extension to `builder` (its task and its metrics), or say why its options are
+/// unusable; the metrics are also returned, for tests and embedders that read them.
 pub fn try_install(
     builder: ManagerBuilder,
     options: LogsOptions,
 ) -> Result<(ManagerBuilder, std::sync::Arc<LogsMetrics>), LogsError> {
     let service = LogsService::new(options)?;
     let metrics = service.metrics();
-    Ok((add(builder, service), metrics))
+    let source = metrics.clone();
+    let builder =
+        add(builder, service).metrics_source(std::sync::Arc::new(move || source.render()));
+    Ok((builder, metrics))
+}
+
+/// `builder.install(options)?`: the logs extension, as every stock extension is added.
+impl eirinix_core::Install for LogsOptions {
+    type Error = LogsError;
+
+    fn install(self, builder: ManagerBuilder) -> Result<ManagerBuilder, LogsError> {
+        try_install(builder, self).map(|(builder, _)| builder)
+    }
 }
 
 fn add(builder: ManagerBuilder, service: LogsService) -> ManagerBuilder {

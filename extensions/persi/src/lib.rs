@@ -18,3 +18,15 @@ pub use extension::{
     ContainerRequests, NAME, Persi, PersiError, PersiOptions, VCAP_GROUP, VCAP_MATCH_CONDITION,
     VCAP_MATCH_CONDITION_NAME, build_patch,
 };
+
+/// `builder.install(persi)?`: persi is one webhook; added as every stock extension is.
+impl eirinix_core::Install for Persi {
+    type Error = std::convert::Infallible;
+
+    fn install(
+        self,
+        builder: eirinix_core::ManagerBuilder,
+    ) -> Result<eirinix_core::ManagerBuilder, Self::Error> {
+        Ok(builder.extension(self))
+    }
+}

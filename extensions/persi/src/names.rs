@@ -47,15 +47,7 @@ pub fn sanitize(s: &str) -> String {
     out.trim_matches('-').to_owned()
 }
 
-/// Whether `s` is a DNS-1123 label (lowercase alphanumerics and `-`, at most 63 characters).
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_LABEL
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+pub use eirinix_core::names::is_dns_label;
 
 /// `<prefix>-<readable part of key>-<hash of key and salt>`, a DNS-1123 label of at most 63
 /// characters. Two different keys give different names unless their 48-bit hashes collide;

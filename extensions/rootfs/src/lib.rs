@@ -68,15 +68,17 @@ pub async fn roll_once(
 /// a [`ManagerBuilder::leader_task`] on that Lease, which a one-shot [`roll_once`] takes over
 /// while it runs).
 ///
-/// Returns the builder and the shared state (its [`RootfsState::metrics`] are to be served).
+/// Returns the builder (serving [`RootfsState::metrics`] too) and the shared state.
 pub fn install(
     builder: ManagerBuilder,
     options: RootfsOptions,
 ) -> Result<(ManagerBuilder, RootfsState), RootfsError> {
     let state = RootfsState::new(options)?;
     let s = state.clone();
+    let metrics = state.metrics().clone();
     let builder = builder
         .extension(RootfsWebhook::new(state.clone()))
+        .metrics_source(std::sync::Arc::new(move || metrics.render()))
         .task("rootfs-config", {
             let s = s.clone();
             move |ctx, cancel| async move {
@@ -128,4 +130,13 @@ pub fn install(
         }
     };
     Ok((builder, state))
+}
+
+/// `builder.install(options)?`: rootfs, as every stock extension is added.
+impl eirinix_core::Install for RootfsOptions {
+    type Error = RootfsError;
+
+    fn install(self, builder: ManagerBuilder) -> Result<ManagerBuilder, RootfsError> {
+        install(builder, self).map(|(builder, _)| builder)
+    }
 }

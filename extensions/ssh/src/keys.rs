@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use eirinix_core::names::is_dns_subdomain;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -317,27 +318,13 @@ impl AppKeys {
     }
 }
 
-/// Whether `name` is a DNS-1123 subdomain (a valid Secret name).
-fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
 /// The name of the Secret holding the keys of app `guid`: `<prefix>-<guid>`.
 ///
 /// A guid that cannot appear in a Secret name as is (upper case, `_`...) is sanitised and
 /// suffixed with a hash of the original, so that two guids never share a Secret.
 pub fn secret_name(prefix: &str, guid: &str) -> String {
     let plain = format!("{prefix}-{guid}");
-    if is_dns_subdomain(&plain) && plain.len() <= 253 {
+    if is_dns_subdomain(&plain) {
         return plain;
     }
     let mut clean: String = guid

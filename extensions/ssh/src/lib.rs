@@ -25,3 +25,23 @@ pub use keys::{AppKeys, MasterKey};
 pub use options::SshOptions;
 pub use proxy::{Limits, PodIpResolver, PodResolver, Proxy, ProxyConfig, ProxyMetrics, run_proxy};
 pub use webhook::{SshInjector, SshMetrics};
+
+/// `builder.install(options)?`: the ssh webhook, its metrics and the janitor that removes the
+/// key Secrets of apps that are gone, as every stock extension is added.
+impl eirinix_core::Install for SshOptions {
+    type Error = std::convert::Infallible;
+
+    fn install(
+        self,
+        builder: eirinix_core::ManagerBuilder,
+    ) -> std::result::Result<eirinix_core::ManagerBuilder, Self::Error> {
+        let injector = SshInjector::new(self);
+        let metrics = injector.metrics().clone();
+        Ok(builder
+            .extension(injector)
+            .metrics_source(std::sync::Arc::new(move || metrics.render()))
+            .task("ssh-janitor", |ctx, cancel| {
+                run_janitor(ctx, JanitorOptions::default(), cancel)
+            }))
+    }
+}

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::names;
 
 /// Label marking PVCs the broker owns.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub use eirinix_core::names::MANAGED_BY_LABEL;
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "eirinix-persi";
 /// Label holding the service instance id (hashed when not a valid label value).
