@@ -231,7 +231,9 @@ async fn a_crash_looping_app_that_exits_at_once_has_every_run_read_once() {
     .await;
     let pod = app.pod_name(0);
     let runs = 3;
-    // Run 1 at once, run 2 after the kubelet's 10 s back-off, run 3 20 s later.
+    // Run 1 at once; the kubelet restarts a container the first time at once (run 2, within a
+    // second: it may serve run 2's log as the current one before the pod status counts the
+    // restart) and then after its 10 s back-off (run 3).
     let got = rsyslog
         .wait_for(T, "three runs", |r| {
             !messages_with(r, &format!("run-{runs}-err-2")).is_empty()
