@@ -119,7 +119,7 @@ async fn readyz(addr: std::net::SocketAddr, ca: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_reports_not_ready_at_once_and_admits_during_the_drain() {
     let (client, system, ns, fp) = setup("drain-ready", "drain-ready").await;
-    let drain = Duration::from_secs(6);
+    let drain = Duration::from_secs(8);
     let running = start_ready(manager(&fp, &system, &ns).drain_period(drain), &client).await;
     let health = running.health().clone();
     let probe = running.local_addr();
@@ -131,7 +131,7 @@ async fn shutdown_reports_not_ready_at_once_and_admits_during_the_drain() {
     assert!(code.starts_with("HTTP/1.1 200"), "{code}");
     let stopping = tokio::time::Instant::now();
     let stopped = tokio::spawn(running.shutdown());
-    bounded(Duration::from_secs(1), async {
+    bounded(Duration::from_secs(2), async {
         while health.readiness().is_ok() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
