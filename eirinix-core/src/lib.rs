@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod options;
 pub mod patch;
+pub mod publish;
 pub mod reconciler;
 pub mod registration;
 pub mod review;

@@ -11,13 +11,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::ObjectMeta;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertBundle, CertError, CertPolicy, Clock, FileCerts, Renewal, SubjectNames};
-use crate::health::{Check, Health};
-use crate::metrics::Metrics;
-use crate::tls::CertResolver;
+pub use crate::publish::Published;
+use crate::publish::Publisher;
 
 /// Errors of the certificate runtime.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +40,6 @@ pub enum RotationError {
     /// Another writer kept winning; retried later.
     #[error("certificate secret kept changing under us; will retry")]
     Contended,
-}
-
-/// What the rest of the manager needs to know about the current certificates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Published {
-    /// PEM CA bundle for the webhook configuration's `caBundle`.
-    pub ca_bundle: String,
-    /// PEM of the served chain (leaf first).
-    pub serving_chain: String,
 }
 
 /// The certificate Secret `<fingerprint>-setupcertificate`, shared by all replicas.
@@ -236,11 +225,7 @@ pub struct Rotator {
     names: SubjectNames,
     policy: CertPolicy,
     clock: Arc<dyn Clock>,
-    resolver: Arc<CertResolver>,
-    metrics: Arc<Metrics>,
-    /// The `certificate` readiness check: passes once a certificate is served.
-    loaded: Arc<Check>,
-    tx: watch::Sender<Option<Published>>,
+    publisher: Arc<Publisher>,
     may_write: bool,
     gate: Option<PromotionGate>,
     /// The bundle served last: restores a deleted Secret in split mode.
@@ -251,34 +236,23 @@ pub struct Rotator {
     previously_trusted: Option<String>,
 }
 
-/// Registers the `certificate` readiness check, failing until a certificate is served.
-fn loaded_check(health: &Health) -> Arc<Check> {
-    health.check("certificate", "no serving certificate loaded")
-}
-
 impl Rotator {
-    /// A rotator; `may_write` false only reads the Secret (a server in split mode without write rights).
-    #[allow(clippy::too_many_arguments)]
+    /// A rotator publishing through `publisher`; `may_write` false only reads the Secret (a
+    /// server in split mode without write rights).
     pub fn new(
         store: SecretStore,
         names: SubjectNames,
         policy: CertPolicy,
         clock: Arc<dyn Clock>,
-        resolver: Arc<CertResolver>,
-        metrics: Arc<Metrics>,
-        health: &Health,
+        publisher: Arc<Publisher>,
         may_write: bool,
     ) -> Self {
-        let (tx, _) = watch::channel(None);
         Self {
             store,
             names,
             policy,
             clock,
-            resolver,
-            metrics,
-            loaded: loaded_check(health),
-            tx,
+            publisher,
             may_write,
             gate: None,
             last: std::sync::Mutex::new(None),
@@ -310,11 +284,6 @@ impl Rotator {
     pub fn with_promotion_gate(mut self, gate: PromotionGate) -> Self {
         self.gate = Some(gate);
         self
-    }
-
-    /// Updates whenever the served certificates change.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Published>> {
-        self.tx.subscribe()
     }
 
     /// One pass: load (or create), renew what is due, serve the result. Returns the bundle served.
@@ -398,17 +367,13 @@ impl Rotator {
             ca_bundle: bundle.ca_bundle_pem_at(self.clock.now()),
             serving_chain: bundle.serving_chain_pem(),
         };
-        let changed = self.tx.borrow().as_ref() != Some(&published);
-        if changed {
-            let key =
-                crate::certs::certified_key(&published.serving_chain, &bundle.serving.key_pem)?;
-            self.resolver.set(key);
-            self.loaded.pass();
-            self.metrics
-                .set_cert_expiry(bundle.serving.not_after.unix_timestamp());
-            self.metrics.cert_rotated();
-            tracing::info!(not_after = %bundle.serving.not_after, "serving certificate loaded");
-            self.tx.send_replace(Some(published));
+        let not_after = bundle.serving.not_after;
+        if self.publisher.publish(
+            published,
+            &bundle.serving.key_pem,
+            Some(not_after.unix_timestamp()),
+        )? {
+            tracing::info!(%not_after, "serving certificate loaded");
         }
         Ok(())
     }
@@ -456,38 +421,24 @@ pub struct FileSource {
     cert: PathBuf,
     key: PathBuf,
     ca: Option<PathBuf>,
-    resolver: Arc<CertResolver>,
-    metrics: Arc<Metrics>,
-    /// The `certificate` readiness check: passes once a certificate is served.
-    loaded: Arc<Check>,
-    tx: watch::Sender<Option<Published>>,
+    publisher: Arc<Publisher>,
 }
 
 impl FileSource {
-    /// A file source for `cert`, `key` and the optional `ca` bundle.
+    /// A file source for `cert`, `key` and the optional `ca` bundle, publishing through
+    /// `publisher`.
     pub fn new(
         cert: PathBuf,
         key: PathBuf,
         ca: Option<PathBuf>,
-        resolver: Arc<CertResolver>,
-        metrics: Arc<Metrics>,
-        health: &Health,
+        publisher: Arc<Publisher>,
     ) -> Self {
-        let (tx, _) = watch::channel(None);
         Self {
             cert,
             key,
             ca,
-            resolver,
-            metrics,
-            loaded: loaded_check(health),
-            tx,
+            publisher,
         }
-    }
-
-    /// Updates whenever the files' content changes.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Published>> {
-        self.tx.subscribe()
     }
 
     /// Load the files and serve them if they changed.
@@ -497,16 +448,12 @@ impl FileSource {
             ca_bundle: files.ca_pem.clone().unwrap_or_default(),
             serving_chain: files.cert_chain_pem.clone(),
         };
-        if self.tx.borrow().as_ref() != Some(&published) {
-            let key = crate::certs::certified_key(&files.cert_chain_pem, &files.key_pem)?;
-            self.resolver.set(key);
-            self.loaded.pass();
-            if let Ok(not_after) = files.leaf_not_after() {
-                self.metrics.set_cert_expiry(not_after.unix_timestamp());
-            }
-            self.metrics.cert_rotated();
+        let not_after = files.leaf_not_after().ok().map(|t| t.unix_timestamp());
+        if self
+            .publisher
+            .publish(published, &files.key_pem, not_after)?
+        {
             tracing::info!(cert = %self.cert.display(), "serving certificate loaded from file");
-            self.tx.send_replace(Some(published));
         }
         Ok(())
     }
@@ -522,5 +469,61 @@ impl FileSource {
                 _ = cancel.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use crate::metrics::Metrics;
+    use crate::tls::CertResolver;
+
+    /// cert-manager mode: files are served through the publisher when they change, and only then.
+    #[test]
+    fn file_certificates_are_published_when_they_change() {
+        crate::tls::install_default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("ca.crt"),
+        );
+        let write = |bundle: &CertBundle| {
+            std::fs::write(&cert, bundle.serving_chain_pem()).unwrap();
+            std::fs::write(&key, &bundle.serving.key_pem).unwrap();
+            std::fs::write(&ca, bundle.ca_bundle_pem()).unwrap();
+        };
+        let (first, second) = (crate::certs::test_bundle(), crate::certs::test_bundle());
+        write(&first);
+        let resolver = Arc::new(CertResolver::new());
+        let health = Health::new();
+        let publisher = Arc::new(Publisher::new(
+            resolver.clone(),
+            &health,
+            Arc::new(Metrics::new(["x"])),
+        ));
+        let mut rx = publisher.subscribe();
+        let source = FileSource::new(cert.clone(), key.clone(), Some(ca.clone()), publisher);
+        source.tick().unwrap();
+        assert!(resolver.is_loaded());
+        assert_eq!(health.readiness(), Ok(()));
+        assert_eq!(
+            rx.borrow_and_update().as_ref().map(|p| p.ca_bundle.clone()),
+            Some(first.ca_bundle_pem())
+        );
+        source.tick().unwrap();
+        assert!(
+            !rx.has_changed().unwrap(),
+            "unchanged files publish nothing"
+        );
+        write(&second);
+        source.tick().unwrap();
+        assert_eq!(
+            rx.borrow_and_update()
+                .as_ref()
+                .map(|p| p.serving_chain.clone()),
+            Some(second.serving_chain_pem())
+        );
     }
 }

@@ -112,3 +112,15 @@ const DEFAULT_CA_COMMON_NAME: &str = "eirinix-ca";
 const FALLBACK_SERVING_COMMON_NAME: &str = "eirinix-webhook";
 /// X.509 upper bound on the length of a common name.
 const MAX_COMMON_NAME_LEN: usize = 64;
+
+/// A fresh bundle for `127.0.0.1` with the default policy (unit tests of the modules that serve
+/// certificates).
+#[cfg(test)]
+pub(crate) fn test_bundle() -> CertBundle {
+    CertBundle::generate(
+        &SubjectNames::for_host("127.0.0.1"),
+        &CertPolicy::default(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .expect("a test bundle")
+}

@@ -27,6 +27,7 @@ use crate::hooks::{Hook, HookType};
 pub use crate::metrics::MetricSource;
 use crate::metrics::Metrics;
 use crate::options::{CertSource, Endpoint, Settings};
+use crate::publish::Publisher;
 use crate::registration::{
     Registrar, WebhookSpec, desired_configuration, desired_validating_configuration,
 };
@@ -189,8 +190,12 @@ impl Manager {
     pub async fn register(&self, client: kube::Client) -> Result<(), ManagerError> {
         let registered_port = self.registration_port()?;
         let names = self.hook_names();
-        let metrics = Arc::new(Metrics::new(names.iter().map(String::as_str)));
-        let health = Health::new();
+        // Nothing is served here: the publisher's resolver, check and metrics go unused.
+        let publisher = Arc::new(Publisher::new(
+            Arc::new(CertResolver::new()),
+            &Health::new(),
+            Arc::new(Metrics::new(names.iter().map(String::as_str))),
+        ));
         let ca_bundle = match &self.settings.cert_source {
             CertSource::Secret => {
                 // What the apiserver trusts now: replicas may still serve chains of these CAs
@@ -210,29 +215,17 @@ impl Manager {
                     self.subject_names(),
                     self.settings.cert_policy.clone(),
                     self.clock.clone(),
-                    Arc::new(CertResolver::new()),
-                    metrics,
-                    &health,
+                    publisher,
                     true,
                 )
                 .with_previously_trusted(trusted);
                 rotator.tick().await?.ca_bundle_pem_at(self.clock.now())
             }
             CertSource::Files { cert, key, ca } => {
-                let source = FileSource::new(
-                    cert.clone(),
-                    key.clone(),
-                    ca.clone(),
-                    Arc::new(CertResolver::new()),
-                    metrics,
-                    &health,
-                );
+                let rx = publisher.subscribe();
+                let source = FileSource::new(cert.clone(), key.clone(), ca.clone(), publisher);
                 source.tick()?;
-                let ca = source
-                    .subscribe()
-                    .borrow()
-                    .as_ref()
-                    .map(|p| p.ca_bundle.clone());
+                let ca = rx.borrow().as_ref().map(|p| p.ca_bundle.clone());
                 ca.unwrap_or_default()
             }
         };

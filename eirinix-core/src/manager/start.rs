@@ -19,6 +19,7 @@ use crate::health::{Check, Health};
 use crate::hooks::HookType;
 use crate::metrics::Metrics;
 use crate::options::{CertSource, Endpoint};
+use crate::publish::Publisher;
 use crate::registration::{Registrar, desired_configuration, desired_validating_configuration};
 use crate::rotation::{FileSource, Published, Rotator};
 use crate::server::{AppState, ServeOptions, Server};
@@ -137,7 +138,10 @@ impl Manager {
     ) -> Result<watch::Receiver<Option<Published>>, ManagerError> {
         let settings = &self.settings;
         let cancel = spawned.cancel.clone();
-        Ok(match &settings.cert_source {
+        // One place the material goes; the resolver, readiness and metrics follow it.
+        let publisher = Arc::new(Publisher::new(resolver.clone(), health, metrics.clone()));
+        let rx = publisher.subscribe();
+        match &settings.cert_source {
             CertSource::Secret => {
                 let rotator = Arc::new(
                     Rotator::new(
@@ -145,9 +149,7 @@ impl Manager {
                         self.subject_names(),
                         settings.cert_policy.clone(),
                         self.clock.clone(),
-                        resolver.clone(),
-                        metrics.clone(),
-                        health,
+                        publisher,
                         true,
                     )
                     .with_promotion_gate(promotion_gate(
@@ -158,30 +160,25 @@ impl Manager {
                     .restore_deleted_secret(!settings.register_webhook),
                 );
                 rotator.tick().await?;
-                let rx = rotator.subscribe();
                 spawned.push(tokio::spawn(
                     rotator.run(settings.cert_check_interval, cancel),
                 ));
-                rx
             }
             CertSource::Files { cert, key, ca } => {
                 let source = Arc::new(FileSource::new(
                     cert.clone(),
                     key.clone(),
                     ca.clone(),
-                    resolver.clone(),
-                    metrics.clone(),
-                    health,
+                    publisher,
                 ));
                 source.tick()?;
-                let rx = source.subscribe();
                 spawned.push(tokio::spawn(source.run(
                     settings.cert_check_interval.min(Duration::from_secs(10)),
                     cancel,
                 )));
-                rx
             }
-        })
+        }
+        Ok(rx)
     }
 
     /// One handler per webhook (Pod extensions first, the order of the metrics), and the HTTP
