@@ -21,6 +21,7 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// A request body that is not a usable AdmissionReview: answered with HTTP 400 and this message.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReviewError {
     /// Not JSON, or JSON of the wrong shape.
     #[error("request body is not a valid AdmissionReview: {0}")]

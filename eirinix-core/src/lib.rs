@@ -22,14 +22,14 @@ pub mod metrics;
 pub mod names;
 pub mod options;
 pub mod patch;
-pub mod publish;
+mod publish;
 pub mod reconciler;
 pub mod registration;
 pub mod review;
-pub mod rotation;
+mod rotation;
 pub mod server;
 pub mod tls;
-pub mod token_auth;
+mod token_auth;
 pub mod watcher;
 
 pub use async_trait::async_trait;
@@ -41,6 +41,9 @@ pub use hooks::ResourceRule;
 pub use manager::{Install, Manager, ManagerBuilder, NotReady, RunningManager};
 pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 pub use patch::{ContainerRef, PodPatch};
+pub use publish::Published;
+pub use rotation::RotationError;
+pub use token_auth::TokenAuthError;
 pub use watcher::{PodEvent, PodWatcher};
 
 /// Re-exports extension authors need, at the versions eirinix uses.

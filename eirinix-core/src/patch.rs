@@ -15,6 +15,7 @@ pub const MARKER_DOMAIN: &str = "eirinix.org";
 
 /// Errors while building or applying a patch.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PatchError {
     /// The container index does not exist in the pod.
     #[error("pod has no {kind} at index {index}")]

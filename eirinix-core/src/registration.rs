@@ -29,6 +29,7 @@ const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Errors talking to the API server about the configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistrationError {
     /// The API server refused or failed a request.
     #[error("webhook configuration {name}: {source}")]

@@ -19,6 +19,7 @@ use crate::patch::PatchError;
 
 /// Errors of an offline review.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OfflineError {
     /// The input is neither a JSON nor a YAML Pod.
     #[error("input is not a Pod: {0}")]

@@ -19,6 +19,7 @@ use crate::publish::Publisher;
 
 /// Errors of the certificate runtime.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RotationError {
     /// The API server refused or failed a request on the Secret.
     #[error("certificate secret {namespace}/{name}: {source}")]

@@ -76,6 +76,7 @@ impl ResolvesServerCert for CertResolver {
 
 /// Why the client CA for verifying the apiserver's client certificate cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientCaError {
     /// The CA file could not be read.
     #[error("cannot read the client CA file {path}: {source}")]

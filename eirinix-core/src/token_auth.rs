@@ -132,6 +132,7 @@ impl std::fmt::Debug for TokenVerifier {
 
 /// What went wrong while setting up token verification.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenAuthError {
     /// The apiserver's discovery document or keys could not be read.
     #[error("reading the service-account issuer's {what} from the apiserver: {source}")]
@@ -214,11 +215,6 @@ impl TokenVerifier {
             refusals: Default::default(),
             accepted: AtomicU64::new(0),
         })
-    }
-
-    /// The issuer tokens must name.
-    pub fn issuer(&self) -> &str {
-        &self.issuer
     }
 
     /// Fetches the keys again when they are old, or when `unknown_kid` is set and the last
@@ -329,12 +325,6 @@ impl TokenVerifier {
     fn refused(&self, why: Refusal) {
         let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
         self.refusals[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Calls refused for `why` so far.
-    pub fn refusals(&self, why: Refusal) -> u64 {
-        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
-        self.refusals[i].load(Ordering::Relaxed)
     }
 
     /// Prometheus text for `/metrics`.

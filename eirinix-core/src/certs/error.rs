@@ -4,6 +4,7 @@ use super::*;
 
 /// Everything that can go wrong while making, loading or converting certificates.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertError {
     /// The [`CertPolicy`] cannot produce usable certificates.
     #[error("invalid certificate policy: {0}")]

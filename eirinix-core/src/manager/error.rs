@@ -6,6 +6,7 @@ use crate::server::BindError;
 
 /// Invalid manager configuration, reported by [`ManagerBuilder::build`](super::ManagerBuilder::build) before anything starts.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// An extension name is not a DNS-1123 label.
     #[error(
@@ -39,6 +40,7 @@ pub enum ConfigError {
 
 /// A failure while starting or running the manager.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManagerError {
     /// A listening socket could not be bound.
     #[error(transparent)]
