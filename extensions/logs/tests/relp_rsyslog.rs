@@ -164,10 +164,10 @@ async fn a_relp_receiver_killed_mid_stream_loses_nothing() {
     for k in 1..=kills {
         let errors = metrics.errors("relp");
         rsyslog
-            .wait_for(T, "lines flowing", |r| r.len() >= 10_000 + (k - 1) * 30_000)
+            .wait_for_lines(T, "lines flowing", 10_000 + (k - 1) * 30_000)
             .await;
         rsyslog.kill();
-        stored_at_kill.push(messages_with(&rsyslog.received(), "k-").len());
+        stored_at_kill.push(rsyslog.line_count());
         // Something to send after the crash, so that the sink notices it even if everything
         // before was acknowledged already.
         sink.push(Arc::new(Record::new(origin(), ts(0), format!("probe-{k}"))));
@@ -199,9 +199,17 @@ async fn a_relp_receiver_killed_mid_stream_loses_nothing() {
         .collect();
     assert!(
         missing.is_empty(),
-        "lost {} lines: {:?}",
+        "lost {} lines: {:?}; partial records cut at the crashes: {:?}; stored around the first: {:?}",
         missing.len(),
-        &missing[..missing.len().min(10)]
+        &missing[..missing.len().min(10)],
+        rsyslog
+            .cut
+            .iter()
+            .map(|c| String::from_utf8_lossy(c))
+            .collect::<Vec<_>>(),
+        missing
+            .first()
+            .map(|m| around(&got, &format!("k-{:06}", m.saturating_sub(1))))
     );
     let repeated: Vec<u64> = (0..total)
         .filter(|i| seen.get(format!("k-{i:06}").as_str()).copied().unwrap_or(0) > 1)
@@ -236,8 +244,22 @@ async fn a_relp_receiver_killed_mid_stream_loses_nothing() {
     }
     assert!(firsts.windows(2).all(|w| w[0] < w[1]), "in order");
     eprintln!(
-        "RELP receiver SIGKILLed {kills} times (after {stored_at_kill:?} stored lines): {} of {total} lines lost, repeats per crash {:?} (window {WINDOW})",
+        "RELP receiver SIGKILLed {kills} times (after {stored_at_kill:?} stored lines): {} of {total} lines lost, repeats per crash {:?} (window {WINDOW}), {} partial records cut",
         missing.len(),
-        runs.iter().map(|r| r.len()).collect::<Vec<_>>()
+        runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+        rsyslog.cut.len()
     );
+}
+
+/// The raw records stored just before and after the one whose message is `text`, for a failure
+/// message.
+fn around(got: &[Received], text: &str) -> Vec<String> {
+    let at = got
+        .iter()
+        .position(|r| r.msg == text.as_bytes())
+        .unwrap_or(0);
+    got[at.saturating_sub(1)..(at + 3).min(got.len())]
+        .iter()
+        .map(|r| format!("{}|{}|{}", r.host, r.timestamp, r.text()))
+        .collect()
 }

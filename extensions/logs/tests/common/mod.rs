@@ -146,6 +146,10 @@ pub struct Rsyslog {
     pub out: PathBuf,
     conf: PathBuf,
     child: Option<Child>,
+    /// Partial records cut from the end of the file after a SIGKILL (see [`Rsyslog::kill`]).
+    pub cut: Vec<Vec<u8>>,
+    /// Complete lines counted so far, and the file offset after the last of them.
+    counted: std::cell::Cell<(u64, usize)>,
 }
 
 /// What a test rsyslogd listens for.
@@ -226,6 +230,8 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
             out,
             conf: conf_path,
             child: None,
+            cut: Vec::new(),
+            counted: Default::default(),
         };
         r.spawn();
         r
@@ -248,16 +254,73 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
             port,
             conf: conf_path,
             child: None,
+            cut: Vec::new(),
+            counted: Default::default(),
         };
         r.spawn();
         r
     }
 
     /// Crash rsyslogd (SIGKILL: no flush, no goodbye to clients); `restart` brings it back.
+    ///
+    /// A kill can land between two `write`s of one record (omfile flushes its buffer in pieces,
+    /// and the kernel stops a write to a file at a page boundary when a fatal signal is
+    /// pending), leaving a record without its newline. That record was never acknowledged, so
+    /// the sender sends it again, and the restarted rsyslogd would append the whole record to the
+    /// partial one on the same line. As a reader that splits records on newlines would, the
+    /// partial tail is cut from the file here and kept in [`Rsyslog::cut`] for the test to report.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        let data = std::fs::read(&self.out).unwrap_or_default();
+        if data.last().is_some_and(|b| *b != b'\n') {
+            let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.out)
+                .expect("rsyslog output file");
+            file.set_len(keep as u64).expect("cut the partial record");
+            self.cut.push(data[keep..].to_vec());
+        }
+    }
+
+    /// How many complete lines the output file holds: cheap to poll, it reads only what was
+    /// appended since the last call.
+    pub fn line_count(&self) -> usize {
+        use std::io::{Read as _, Seek as _};
+        let (offset, mut count) = self.counted.get();
+        let Ok(mut file) = std::fs::File::open(&self.out) else {
+            return count;
+        };
+        let mut tail = Vec::new();
+        if file.seek(std::io::SeekFrom::Start(offset)).is_err()
+            || file.read_to_end(&mut tail).is_err()
+        {
+            return count;
+        }
+        let Some(last) = tail.iter().rposition(|b| *b == b'\n') else {
+            return count;
+        };
+        count += tail[..=last].iter().filter(|b| **b == b'\n').count();
+        self.counted.set((offset + last as u64 + 1, count));
+        count
+    }
+
+    /// Wait until the output file holds at least `n` complete lines; panics after `timeout`.
+    pub async fn wait_for_lines(&self, timeout: Duration, what: &str, n: usize) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.line_count();
+            if got >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}: rsyslog stored {got} of {n} lines"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
