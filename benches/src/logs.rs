@@ -200,13 +200,9 @@ fn report(m: &LogsMetrics) {
     );
 }
 
-/// Times a follower waited for a sink (flow control), from the Prometheus text.
+/// Times a follower waited for a sink (flow control), over every sink.
 fn flow_control_waits(m: &LogsMetrics) -> u64 {
-    m.render()
-        .lines()
-        .filter(|l| l.starts_with("eirinix_logs_sink_flow_control_waits_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    m.sink_names().iter().map(|n| m.waits(n)).sum()
 }
 
 /// The forwarding process, seen from the parent.

@@ -198,7 +198,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         "/metrics",
                         axum::routing::get(move || {
                             let metrics = metrics.clone();
-                            async move { metrics.render() }
+                            async move {
+                                (
+                                    [(
+                                        axum::http::header::CONTENT_TYPE,
+                                        eirinix_core::metrics::CONTENT_TYPE,
+                                    )],
+                                    eirinix_core::metrics::render(metrics),
+                                )
+                            }
                         }),
                     )
                     .route("/healthz", axum::routing::get(|| async { "ok" }));

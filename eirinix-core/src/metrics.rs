@@ -1,12 +1,24 @@
 //! Prometheus metrics: per-extension review outcomes and latency, certificate expiry, repairs.
 //!
-//! Plain atomics rendered in the text exposition format: no registry, no locks on the hot path.
+//! One [`prometheus_client`] registry per manager. The manager's own counters are plain atomics
+//! (no lock on the hot path) registered as one [`Collector`]; each extension registers its own
+//! collector with [`crate::ManagerBuilder::metrics_collector`]. `/metrics` is the registry's
+//! OpenMetrics text.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::EncodeMetric as _;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`] and [`render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Upper bounds (seconds) of the review latency histogram.
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
@@ -86,8 +98,15 @@ impl ExtensionMetrics {
     }
 }
 
-/// All metrics of one manager.
+/// All metrics of one manager: its own counters and the extensions' collectors, in one registry.
 pub struct Metrics {
+    counters: Arc<Counters>,
+    registry: Registry,
+}
+
+/// The manager's own counters (the [`Collector`] it registers).
+#[derive(Debug)]
+struct Counters {
     extensions: Vec<(String, ExtensionMetrics)>,
     bad_requests: AtomicU64,
     cert_expiry: AtomicI64,
@@ -96,14 +115,12 @@ pub struct Metrics {
     watch_restarts: AtomicU64,
     connections: Arc<ConnectionStats>,
     client_certs: Option<Arc<crate::tls::ClientCertStats>>,
-    sources: Vec<MetricSource>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("extensions", &self.extensions.len())
-            .field("sources", &self.sources.len())
+            .field("extensions", &self.counters.extensions.len())
             .finish()
     }
 }
@@ -111,7 +128,17 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Metrics for the named extensions.
     pub fn new<'a>(extensions: impl IntoIterator<Item = &'a str>) -> Self {
-        Self {
+        Self::with(extensions, None, Vec::new())
+    }
+
+    /// Metrics for the named extensions, the client certificates' verdicts (when a client CA is
+    /// configured) and the extensions' own collectors.
+    pub(crate) fn with<'a>(
+        extensions: impl IntoIterator<Item = &'a str>,
+        client_certs: Option<Arc<crate::tls::ClientCertStats>>,
+        collectors: Vec<SharedCollector>,
+    ) -> Self {
+        let counters = Arc::new(Counters {
             extensions: extensions
                 .into_iter()
                 .map(|n| (n.to_owned(), ExtensionMetrics::default()))
@@ -122,31 +149,36 @@ impl Metrics {
             config_repairs: AtomicU64::new(0),
             watch_restarts: AtomicU64::new(0),
             connections: Arc::default(),
-            client_certs: None,
-            sources: Vec::new(),
+            client_certs,
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(counters.clone()));
+        for c in collectors {
+            registry.register_collector(Box::new(c));
         }
+        Self { counters, registry }
     }
 
     /// Also render the verdicts on client certificates (when a client CA is configured).
-    pub fn with_client_certs(mut self, stats: Arc<crate::tls::ClientCertStats>) -> Self {
-        self.client_certs = Some(stats);
-        self
-    }
-
-    /// Also render these extra sources (extensions' own metrics) on `/metrics`.
-    pub fn with_sources(mut self, sources: Vec<MetricSource>) -> Self {
-        self.sources = sources;
-        self
+    pub fn with_client_certs(self, stats: Arc<crate::tls::ClientCertStats>) -> Self {
+        let names: Vec<String> = self
+            .counters
+            .extensions
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        Self::with(names.iter().map(String::as_str), Some(stats), Vec::new())
     }
 
     /// The metrics of the extension at `index` (registration order).
     pub fn extension(&self, index: usize) -> Option<&ExtensionMetrics> {
-        self.extensions.get(index).map(|(_, m)| m)
+        self.counters.extensions.get(index).map(|(_, m)| m)
     }
 
     /// The metrics of the extension named `name`.
     pub fn extension_named(&self, name: &str) -> Option<&ExtensionMetrics> {
-        self.extensions
+        self.counters
+            .extensions
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, m)| m)
@@ -154,144 +186,210 @@ impl Metrics {
 
     /// Count a request rejected before reaching an extension (HTTP 400/413).
     pub fn bad_request(&self) {
-        self.bad_requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Record the serving certificate's expiry (Unix seconds).
     pub fn set_cert_expiry(&self, unix_seconds: i64) {
-        self.cert_expiry.store(unix_seconds, Ordering::Relaxed);
+        self.counters
+            .cert_expiry
+            .store(unix_seconds, Ordering::Relaxed);
     }
 
     /// Count a certificate rotation performed or picked up.
     pub fn cert_rotated(&self) {
-        self.cert_rotations.fetch_add(1, Ordering::Relaxed);
+        self.counters.cert_rotations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count a webhook configuration repair.
     pub fn config_repaired(&self) {
-        self.config_repairs.fetch_add(1, Ordering::Relaxed);
+        self.counters.config_repairs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count a restarted watch.
     pub fn watch_restarted(&self) {
-        self.watch_restarts.fetch_add(1, Ordering::Relaxed);
+        self.counters.watch_restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connection counters of the webhook (TLS) listener.
     pub fn connections(&self) -> &Arc<ConnectionStats> {
-        &self.connections
+        &self.counters.connections
     }
 
     /// Configuration repairs so far.
     pub fn config_repairs(&self) -> u64 {
-        self.config_repairs.load(Ordering::Relaxed)
+        self.counters.config_repairs.load(Ordering::Relaxed)
     }
 
-    /// Render in the Prometheus text exposition format.
+    /// Everything registered, in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP eirinix_reviews_total Admission reviews by extension and outcome.\n# TYPE eirinix_reviews_total counter\n");
-        for (name, m) in &self.extensions {
-            for (i, o) in Outcome::ALL.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "eirinix_reviews_total{{extension=\"{name}\",outcome=\"{}\"}} {}",
-                    o.as_str(),
-                    m.outcomes[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-        out.push_str("# HELP eirinix_review_duration_seconds Time to answer one admission review.\n# TYPE eirinix_review_duration_seconds histogram\n");
-        for (name, m) in &self.extensions {
-            let mut cumulative = 0;
-            for (i, le) in BUCKETS.iter().enumerate() {
-                cumulative += m.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "eirinix_review_duration_seconds_bucket{{extension=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let count = m.count.load(Ordering::Relaxed);
-            let sum = m.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(
-                out,
-                "eirinix_review_duration_seconds_bucket{{extension=\"{name}\",le=\"+Inf\"}} {count}\neirinix_review_duration_seconds_sum{{extension=\"{name}\"}} {sum}\neirinix_review_duration_seconds_count{{extension=\"{name}\"}} {count}"
-            );
-        }
-        let scalars = [
-            (
-                "eirinix_bad_requests_total",
-                "counter",
-                "Requests rejected before reaching an extension.",
-                self.bad_requests.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "eirinix_certificate_expiry_timestamp_seconds",
-                "gauge",
-                "Expiry of the served certificate (Unix time).",
-                self.cert_expiry.load(Ordering::Relaxed),
-            ),
-            (
-                "eirinix_certificate_rotations_total",
-                "counter",
-                "Serving certificates loaded after a rotation.",
-                self.cert_rotations.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "eirinix_webhook_configuration_repairs_total",
-                "counter",
-                "Webhook configuration drift repairs.",
-                self.config_repairs.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "eirinix_watch_restarts_total",
-                "counter",
-                "Watches restarted after an error or end.",
-                self.watch_restarts.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "eirinix_connections_accepted_total",
-                "counter",
-                "Connections accepted on the webhook port (each costs a TLS handshake).",
-                self.connections.accepted() as i64,
-            ),
-            (
-                "eirinix_tls_handshake_failures_total",
-                "counter",
-                "TLS handshakes on the webhook port that failed or timed out.",
-                self.connections.handshake_failures() as i64,
-            ),
-            (
-                "eirinix_open_connections",
-                "gauge",
-                "Connections open on the webhook port.",
-                self.connections.open(),
-            ),
-        ];
-        for (name, kind, help, value) in scalars {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        if let Some(c) = &self.client_certs {
-            let _ = writeln!(
-                out,
-                "# HELP eirinix_client_certificates_total Client certificates presented on the webhook port, by verdict of the client CA.\n# TYPE eirinix_client_certificates_total counter\neirinix_client_certificates_total{{result=\"verified\"}} {}\neirinix_client_certificates_total{{result=\"rejected\"}} {}",
-                c.verified(),
-                c.rejected()
-            );
-        }
-        // The extensions' own metrics.
-        for source in &self.sources {
-            let text = source();
-            out.push_str(&text);
-            if !text.is_empty() && !text.ends_with('\n') {
-                out.push('\n');
-            }
-        }
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail, and the collectors only fail on a writer error.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+impl Collector for Counters {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let mut reviews = e.encode_descriptor(
+            "eirinix_reviews",
+            "Admission reviews by extension and outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, m) in &self.extensions {
+            for (i, o) in Outcome::ALL.iter().enumerate() {
+                let labels = [("extension", name.as_str()), ("outcome", o.as_str())];
+                ConstCounter::new(m.outcomes[i].load(Ordering::Relaxed))
+                    .encode(reviews.encode_family(&labels)?)?;
+            }
+        }
+        let mut durations = e.encode_descriptor(
+            "eirinix_review_duration_seconds",
+            "Time to answer one admission review.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, m) in &self.extensions {
+            let mut buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .zip(&m.buckets)
+                .map(|(le, n)| (*le, n.load(Ordering::Relaxed)))
+                .collect();
+            let count = m.count.load(Ordering::Relaxed);
+            let in_buckets: u64 = buckets.iter().map(|(_, n)| n).sum();
+            buckets.push((f64::INFINITY, count.saturating_sub(in_buckets)));
+            let sum = m.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let labels = [("extension", name.as_str())];
+            durations
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut e,
+            "eirinix_bad_requests_total",
+            "Requests rejected before reaching an extension.",
+            l(&self.bad_requests),
+        )?;
+        gauge(
+            &mut e,
+            "eirinix_certificate_expiry_timestamp_seconds",
+            "Expiry of the served certificate (Unix time).",
+            self.cert_expiry.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "eirinix_certificate_rotations_total",
+            "Serving certificates loaded after a rotation.",
+            l(&self.cert_rotations),
+        )?;
+        counter(
+            &mut e,
+            "eirinix_webhook_configuration_repairs_total",
+            "Webhook configuration drift repairs.",
+            l(&self.config_repairs),
+        )?;
+        counter(
+            &mut e,
+            "eirinix_watch_restarts_total",
+            "Watches restarted after an error or end.",
+            l(&self.watch_restarts),
+        )?;
+        counter(
+            &mut e,
+            "eirinix_connections_accepted_total",
+            "Connections accepted on the webhook port (each costs a TLS handshake).",
+            self.connections.accepted(),
+        )?;
+        counter(
+            &mut e,
+            "eirinix_tls_handshake_failures_total",
+            "TLS handshakes on the webhook port that failed or timed out.",
+            self.connections.handshake_failures(),
+        )?;
+        gauge(
+            &mut e,
+            "eirinix_open_connections",
+            "Connections open on the webhook port.",
+            self.connections.open(),
+        )?;
+        if let Some(c) = &self.client_certs {
+            counter_family(
+                &mut e,
+                "eirinix_client_certificates_total",
+                "Client certificates presented on the webhook port, by verdict of the client CA.",
+                "result",
+                [("verified", c.verified()), ("rejected", c.rejected())],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// An extension's collector as the manager keeps it (cloned into each registry it builds).
+#[derive(Clone, Debug)]
+pub(crate) struct SharedCollector(pub(crate) Arc<dyn Collector>);
+
+impl Collector for SharedCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.0.encode(encoder)
+    }
+}
+
+/// One collector alone in the OpenMetrics text format: for an extension's own `/metrics` port
+/// and for tests.
+pub fn render(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// Encode one counter named `name` (its exposed name, ending in `_total`).
+pub fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let base = name.strip_suffix("_total").unwrap_or(name);
+    ConstCounter::new(value).encode(e.encode_descriptor(base, help, None, MetricType::Counter)?)
+}
+
+/// Encode one gauge.
+pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    ConstGauge::new(value).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// Encode a counter with one label: a series per `(label value, count)`.
+pub fn counter_family<'v>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'v str, u64)>,
+) -> std::fmt::Result {
+    let base = name.strip_suffix("_total").unwrap_or(name);
+    let mut family = e.encode_descriptor(base, help, None, MetricType::Counter)?;
+    for (value, count) in series {
+        ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+/// Encode a gauge with one label: a series per `(label value, value)`.
+pub fn gauge_family<'v>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'v str, i64)>,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, v) in series {
+        ConstGauge::new(v).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -310,33 +408,47 @@ mod tests {
         assert!(text.contains("eirinix_reviews_total{extension=\"persi\",outcome=\"patched\"} 2"));
         assert!(text.contains("eirinix_reviews_total{extension=\"persi\",outcome=\"denied\"} 1"));
         assert!(text.contains(
-            "eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.0001\"} 1"
+            "eirinix_review_duration_seconds_bucket{le=\"0.0001\",extension=\"persi\"} 1"
         ));
         assert!(text.contains(
-            "eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"0.005\"} 2"
+            "eirinix_review_duration_seconds_bucket{le=\"0.005\",extension=\"persi\"} 2"
         ));
         assert!(
             text.contains(
-                "eirinix_review_duration_seconds_bucket{extension=\"persi\",le=\"+Inf\"} 3"
+                "eirinix_review_duration_seconds_bucket{le=\"+Inf\",extension=\"persi\"} 3"
             )
         );
         assert!(text.contains("eirinix_certificate_expiry_timestamp_seconds 1900000000"));
         assert_eq!(e.count(Outcome::Patched), 2);
     }
 
+    #[derive(Debug)]
+    struct Ext(u64);
+
+    impl Collector for Ext {
+        fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+            counter(&mut e, "ext_a_total", "A.", self.0)?;
+            gauge_family(&mut e, "ext_b", "B.", "sink", [("relp", 4), ("tcp", -1)])
+        }
+    }
+
     #[test]
     fn the_extensions_own_metrics_are_rendered_too() {
-        let m = Metrics::new(["persi"]).with_sources(vec![
-            std::sync::Arc::new(|| "ext_a_total 3".to_owned()),
-            std::sync::Arc::new(|| "ext_b_total 4\n".to_owned()),
-        ]);
+        let ext = SharedCollector(Arc::new(Ext(3)));
+        let m = Metrics::with(["persi"], None, vec![ext]);
         let text = m.render();
-        assert!(text.ends_with("ext_a_total 3\next_b_total 4\n"), "{text}");
+        for line in [
+            "# TYPE ext_a counter",
+            "ext_a_total 3",
+            "ext_b{sink=\"relp\"} 4",
+            "ext_b{sink=\"tcp\"} -1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(render(Ext(5)).lines().nth(2), Some("ext_a_total 5"));
     }
 }
-
-/// A source of extra metric lines (Prometheus text), called at each scrape of `/metrics`.
-pub type MetricSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Connection counters of one listener: how often clients connect tells whether they reuse
 /// connections (every new one costs a TLS handshake).

@@ -254,25 +254,20 @@ impl ClientCa {
             origin: origin.to_owned(),
             reason,
         };
-        let mut roots = rustls::RootCertStore::empty();
-        let mut windows = Vec::new();
-        for block in pem::parse_many(pem).map_err(|e| invalid(e.to_string()))? {
-            if block.tag() != "CERTIFICATE" {
-                continue;
-            }
-            let der = block.into_contents();
-            let window = validity(&der)
-                .ok_or_else(|| invalid("a certificate does not parse as X.509".into()))?;
-            roots
-                .add(CertificateDer::from(der))
-                .map_err(|e| invalid(e.to_string()))?;
-            windows.push(window);
-        }
-        if roots.is_empty() {
-            return Err(ClientCaError::Empty {
+        let certificates = pem_certificates(pem).map_err(|e| match e {
+            PemRootsError::Empty => ClientCaError::Empty {
                 origin: origin.to_owned(),
-            });
+            },
+            e => invalid(e.to_string()),
+        })?;
+        let mut windows = Vec::new();
+        for der in &certificates {
+            windows.push(
+                validity(der)
+                    .ok_or_else(|| invalid("a certificate does not parse as X.509".into()))?,
+            );
         }
+        let roots = root_store(certificates).map_err(|e| invalid(e.to_string()))?;
         let plain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| invalid(e.to_string()))?;
@@ -404,18 +399,55 @@ pub fn server_config_with_client_ca(
 
 /// A client config trusting only the CA certificates in `ca_pem` (used for the readiness self-check).
 pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for block in pem::parse_many(ca_pem).map_err(|e| e.to_string())? {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(
-                block.into_contents(),
-            ))
-            .map_err(|e| e.to_string())?;
-    }
+    let roots = pem_certificates(ca_pem)
+        .and_then(root_store)
+        .map_err(|e| e.to_string())?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Why a PEM bundle gives no trust roots.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemRootsError {
+    /// The text is not PEM.
+    #[error("not PEM: {0}")]
+    Pem(String),
+    /// The PEM holds no `CERTIFICATE` block.
+    #[error("no CERTIFICATE block")]
+    Empty,
+    /// rustls refused a certificate as a trust anchor.
+    #[error("a certificate is not a usable trust anchor: {0}")]
+    Refused(String),
+}
+
+/// The `CERTIFICATE` blocks of a PEM bundle, in order (other blocks are skipped); at least one.
+pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemRootsError> {
+    let certificates: Vec<CertificateDer<'static>> = pem::parse_many(pem)
+        .map_err(|e| PemRootsError::Pem(e.to_string()))?
+        .into_iter()
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(|block| CertificateDer::from(block.into_contents()))
+        .collect();
+    if certificates.is_empty() {
+        return Err(PemRootsError::Empty);
+    }
+    Ok(certificates)
+}
+
+/// A root store trusting exactly `certificates` (from [`pem_certificates`]).
+pub fn root_store(
+    certificates: Vec<CertificateDer<'static>>,
+) -> Result<rustls::RootCertStore, PemRootsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates {
+        roots
+            .add(der)
+            .map_err(|e| PemRootsError::Refused(e.to_string()))?;
+    }
+    Ok(roots)
 }

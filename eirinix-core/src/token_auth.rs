@@ -7,7 +7,6 @@
 //! and the attested admission-review API group. Anything else gets 401 and is counted.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -326,26 +325,26 @@ impl TokenVerifier {
         let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
         self.refusals[i].fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Prometheus text for `/metrics`.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP eirinix_webhook_token_refusals_total Webhook calls refused for their token, by reason.\n# TYPE eirinix_webhook_token_refusals_total counter\n",
-        );
-        for (i, r) in Refusal::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "eirinix_webhook_token_refusals_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.refusals[i].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP eirinix_webhook_token_accepted_total Webhook calls with a valid token.\n# TYPE eirinix_webhook_token_accepted_total counter\neirinix_webhook_token_accepted_total {}",
-            self.accepted.load(Ordering::Relaxed)
-        );
-        out
+impl crate::metrics::Collector for TokenVerifier {
+    fn encode(&self, mut e: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
+        crate::metrics::counter_family(
+            &mut e,
+            "eirinix_webhook_token_refusals_total",
+            "Webhook calls refused for their token, by reason.",
+            "reason",
+            Refusal::ALL
+                .iter()
+                .zip(&self.refusals)
+                .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed))),
+        )?;
+        crate::metrics::counter(
+            &mut e,
+            "eirinix_webhook_token_accepted_total",
+            "Webhook calls with a valid token.",
+            self.accepted.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use crate::certs::{CertPolicy, Clock, SystemClock};
 use crate::extension::{Context, Extension, Mutator, Validator};
 use crate::hooks::{Hook, MutatorHook, ValidatorHook};
 use crate::leader::{Election, run_while_leader};
-pub use crate::metrics::MetricSource;
+use crate::metrics::{Collector, SharedCollector};
 use crate::names::is_dns_label;
 use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
@@ -45,7 +45,7 @@ pub struct ManagerBuilder {
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
     clock: Arc<dyn Clock>,
-    metric_sources: Vec<MetricSource>,
+    metric_collectors: Vec<SharedCollector>,
 }
 
 impl Default for ManagerBuilder {
@@ -57,7 +57,7 @@ impl Default for ManagerBuilder {
             watchers: Vec::new(),
             tasks: Vec::new(),
             clock: Arc::new(SystemClock),
-            metric_sources: Vec::new(),
+            metric_collectors: Vec::new(),
         }
     }
 }
@@ -332,9 +332,10 @@ impl ManagerBuilder {
         })
     }
 
-    /// Append an extension's own metrics (Prometheus text) to the manager's `/metrics`.
-    pub fn metrics_source(mut self, source: MetricSource) -> Self {
-        self.metric_sources.push(source);
+    /// Register an extension's own metrics in the manager's registry (served on `/metrics`).
+    pub fn metrics_collector(mut self, collector: impl Collector) -> Self {
+        self.metric_collectors
+            .push(SharedCollector(std::sync::Arc::new(collector)));
         self
     }
 
@@ -414,7 +415,7 @@ impl ManagerBuilder {
             watchers: self.watchers,
             tasks: self.tasks,
             clock: self.clock,
-            metric_sources: self.metric_sources,
+            metric_collectors: self.metric_collectors,
         })
     }
 }

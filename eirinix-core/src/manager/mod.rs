@@ -24,8 +24,7 @@ use crate::certs::{Clock, SubjectNames};
 use crate::extension::{Context, Extension};
 use crate::health::{Check, Health};
 use crate::hooks::{Hook, HookType};
-pub use crate::metrics::MetricSource;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SharedCollector};
 use crate::options::{CertSource, Endpoint, Settings};
 use crate::publish::Publisher;
 use crate::registration::{
@@ -50,7 +49,7 @@ pub struct Manager {
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
     clock: Arc<dyn Clock>,
-    metric_sources: Vec<MetricSource>,
+    metric_collectors: Vec<SharedCollector>,
 }
 
 /// A manager did not become ready in time ([`RunningManager::wait_ready`]).

@@ -17,7 +17,7 @@ use crate::admission::ExtensionHandler;
 use crate::extension::{Context, WebhookOverrides};
 use crate::health::{Check, Health};
 use crate::hooks::HookType;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SharedCollector};
 use crate::options::{CertSource, Endpoint};
 use crate::publish::Publisher;
 use crate::registration::{Registrar, desired_configuration, desired_validating_configuration};
@@ -106,24 +106,23 @@ impl Manager {
         Ok(Some(Arc::new(verifier)))
     }
 
-    /// The metrics: one family per webhook, the extensions' own sources, the token verifier's
+    /// The metrics: one family per webhook, the extensions' own collectors, the token verifier's
     /// and the client certificates' counts.
     pub(super) fn metrics(
         &self,
         token_verifier: Option<&Arc<TokenVerifier>>,
         client_ca: Option<&ClientCa>,
     ) -> Arc<Metrics> {
-        let mut sources = self.metric_sources.clone();
+        let mut collectors = self.metric_collectors.clone();
         if let Some(v) = token_verifier {
-            let v = v.clone();
-            sources.push(Arc::new(move || v.render()));
+            collectors.push(SharedCollector(v.clone()));
         }
         let names = self.hook_names();
-        let mut metrics = Metrics::new(names.iter().map(String::as_str)).with_sources(sources);
-        if let Some(ca) = client_ca {
-            metrics = metrics.with_client_certs(ca.stats().clone());
-        }
-        Arc::new(metrics)
+        Arc::new(Metrics::with(
+            names.iter().map(String::as_str),
+            client_ca.map(|ca| ca.stats().clone()),
+            collectors,
+        ))
     }
 
     /// The certificates, loaded or made before anything is served, and the task that renews

@@ -52,9 +52,7 @@ pub fn try_install(
 ) -> Result<(ManagerBuilder, std::sync::Arc<LogsMetrics>), LogsError> {
     let service = LogsService::new(options)?;
     let metrics = service.metrics();
-    let source = metrics.clone();
-    let builder =
-        add(builder, service).metrics_source(std::sync::Arc::new(move || source.render()));
+    let builder = add(builder, service).metrics_collector(metrics.clone());
     Ok((builder, metrics))
 }
 

@@ -1,8 +1,11 @@
-//! Counters of the logs extension, rendered in the Prometheus text format.
+//! Counters of the logs extension, registered with the manager's metrics as one collector.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use eirinix_core::metrics::{
+    Collector, DescriptorEncoder, counter, counter_family, gauge, gauge_family,
+};
 
 use crate::buffer::BoundedBuffer;
 
@@ -114,181 +117,175 @@ impl LogsMetrics {
             .map(|(n, _, _)| n.clone())
             .collect()
     }
+}
 
-    /// The Prometheus text exposition of every counter.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
+impl Collector for LogsMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_lines_read_total",
             "Log lines read from the Kubernetes API.",
             l(&self.lines_read),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_records_forwarded_total",
             "Records handed to the sinks.",
             l(&self.records_forwarded),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_duplicates_skipped_total",
             "Lines skipped as already forwarded after a resume.",
             l(&self.duplicates_skipped),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_streams_opened_total",
             "Log streams opened.",
             l(&self.streams_opened),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_stream_errors_total",
             "Log requests that failed.",
             l(&self.stream_errors),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_instances_missed_total",
             "Container instances whose logs could not be read.",
             l(&self.instances_missed),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_log_gaps_total",
             "Resumes that found the node no longer had the log after the last forwarded line (lines lost).",
             l(&self.log_gaps),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_checkpoints_written_total",
             "Checkpoint writes.",
             l(&self.checkpoints_written),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_checkpoint_errors_total",
             "Failed checkpoint writes.",
             l(&self.checkpoint_errors),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_followers",
             "Containers followed now.",
             self.followers.load(Ordering::Relaxed),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_leader",
             "1 while this replica leads.",
             self.leader.load(Ordering::Relaxed),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_split_streams",
             "1 while stdout and stderr are followed apart, 0 when merged (stream unknown).",
             self.split_streams.load(Ordering::Relaxed),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_member_slot",
             "Sharded replicas: this replica's member slot (-1: none).",
             self.member_slot.load(Ordering::Relaxed),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_members",
             "Sharded replicas: members of the view followed for.",
             self.members.load(Ordering::Relaxed),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_owned_pods",
             "Sharded replicas: pods this replica owns in that view.",
             self.owned_pods.load(Ordering::Relaxed),
-        );
+        )?;
         counter(
-            &mut out,
+            &mut e,
             "eirinix_logs_rebalances_total",
             "Sharded replicas: views taken over (members came or went).",
             l(&self.rebalances),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_last_rebalance_milliseconds",
             "Sharded replicas: time from a membership change to following the new share.",
             self.last_rebalance_ms.load(Ordering::Relaxed),
-        );
+        )?;
         gauge(
-            &mut out,
+            &mut e,
             "eirinix_logs_foreign_positions",
             "Sharded replicas: positions kept for other members until they hold them.",
             self.foreign_positions.load(Ordering::Relaxed),
-        );
+        )?;
         let sinks: Vec<SinkEntry> = self
             .sinks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let families: [(&str, &str, &str); 6] = [
-            (
-                "eirinix_logs_sink_sent_total",
-                "counter",
-                "Records delivered by the sink.",
-            ),
-            ("eirinix_logs_sink_errors_total", "counter", "Failed sends."),
-            (
-                "eirinix_logs_sink_recoveries_total",
-                "counter",
-                "Sends that succeeded after failures.",
-            ),
-            (
-                "eirinix_logs_sink_buffered_records",
-                "gauge",
-                "Records waiting in the sink buffer.",
-            ),
-            (
-                "eirinix_logs_sink_buffered_bytes",
-                "gauge",
-                "Bytes waiting in the sink buffer.",
-            ),
-            (
-                "eirinix_logs_sink_flow_control_waits_total",
-                "counter",
-                "Times reading paused because the sink was slower than the logs or down (buffer half full).",
-            ),
-        ];
-        for (i, (family, kind, help)) in families.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
-            for (name, m, b) in &sinks {
-                let v = match i {
-                    0 => m.sent.load(Ordering::Relaxed),
-                    1 => m.errors.load(Ordering::Relaxed),
-                    2 => m.connects.load(Ordering::Relaxed),
-                    3 => b.len() as u64,
-                    4 => b.bytes() as u64,
-                    _ => b.waits(),
-                };
-                let _ = writeln!(out, "{family}{{sink=\"{}\"}} {v}", escape_label(name));
-            }
-        }
-        out
+        let per_sink = |f: fn(&SinkMetrics, &BoundedBuffer) -> u64| {
+            sinks
+                .iter()
+                .map(move |(name, m, b)| (name.as_str(), f(m, b)))
+        };
+        counter_family(
+            &mut e,
+            "eirinix_logs_sink_sent_total",
+            "Records delivered by the sink.",
+            "sink",
+            per_sink(|m, _| m.sent.load(Ordering::Relaxed)),
+        )?;
+        counter_family(
+            &mut e,
+            "eirinix_logs_sink_errors_total",
+            "Failed sends.",
+            "sink",
+            per_sink(|m, _| m.errors.load(Ordering::Relaxed)),
+        )?;
+        counter_family(
+            &mut e,
+            "eirinix_logs_sink_recoveries_total",
+            "Sends that succeeded after failures.",
+            "sink",
+            per_sink(|m, _| m.connects.load(Ordering::Relaxed)),
+        )?;
+        gauge_family(
+            &mut e,
+            "eirinix_logs_sink_buffered_records",
+            "Records waiting in the sink buffer.",
+            "sink",
+            per_sink(|_, b| b.len() as u64).map(as_gauge),
+        )?;
+        gauge_family(
+            &mut e,
+            "eirinix_logs_sink_buffered_bytes",
+            "Bytes waiting in the sink buffer.",
+            "sink",
+            per_sink(|_, b| b.bytes() as u64).map(as_gauge),
+        )?;
+        counter_family(
+            &mut e,
+            "eirinix_logs_sink_flow_control_waits_total",
+            "Times reading paused because the sink was slower than the logs or down (buffer half full).",
+            "sink",
+            per_sink(|_, b| b.waits()),
+        )
     }
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A byte or record count as a gauge value.
+fn as_gauge((name, v): (&str, u64)) -> (&str, i64) {
+    (name, i64::try_from(v).unwrap_or(i64::MAX))
 }

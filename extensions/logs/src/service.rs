@@ -49,7 +49,7 @@ impl LogsService {
         }
     }
 
-    /// The service's counters (Prometheus text with [`LogsMetrics::render`]).
+    /// The service's counters (a metrics collector, also readable field by field).
     pub fn metrics(&self) -> Arc<LogsMetrics> {
         self.metrics.clone()
     }

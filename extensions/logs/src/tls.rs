@@ -16,16 +16,13 @@ pub(crate) fn tls_client_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, L
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let mut roots = rustls::RootCertStore::empty();
-    let cas =
-        CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| file_err(&tls.ca_file, &e))?;
-    for ca in cas {
-        let ca = ca.map_err(|e| file_err(&tls.ca_file, &e))?;
-        roots.add(ca).map_err(|e| file_err(&tls.ca_file, &e))?;
-    }
-    if roots.is_empty() {
-        return Err(file_err(&tls.ca_file, &"no CA certificate found"));
-    }
+    let roots = std::fs::read_to_string(&tls.ca_file)
+        .map_err(|e| file_err(&tls.ca_file, &e))
+        .and_then(|pem| {
+            eirinix_core::tls::pem_certificates(&pem)
+                .and_then(eirinix_core::tls::root_store)
+                .map_err(|e| file_err(&tls.ca_file, &e))
+        })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

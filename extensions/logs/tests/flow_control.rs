@@ -74,7 +74,7 @@ fn flaky() -> (FlakySink, Arc<AtomicBool>, Arc<Mutex<Vec<String>>>) {
 }
 
 /// Counter `eirinix_logs_sink_<family>_total` of sink `sink`, from the Prometheus text.
-fn sink_counter(metrics: &eirinix_logs::LogsMetrics, family: &str, sink: &str) -> u64 {
+fn sink_counter(metrics: &Arc<eirinix_logs::LogsMetrics>, family: &str, sink: &str) -> u64 {
     metric(
         metrics,
         &format!("eirinix_logs_sink_{family}_total{{sink=\"{sink}\"}}"),
@@ -82,9 +82,8 @@ fn sink_counter(metrics: &eirinix_logs::LogsMetrics, family: &str, sink: &str) -
 }
 
 /// The value of the series named `series` in the Prometheus text (0 when absent).
-fn metric(metrics: &eirinix_logs::LogsMetrics, series: &str) -> u64 {
-    metrics
-        .render()
+fn metric(metrics: &Arc<eirinix_logs::LogsMetrics>, series: &str) -> u64 {
+    eirinix_core::metrics::render(metrics.clone())
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())

@@ -210,9 +210,7 @@ async fn a_log_rotated_past_the_checkpoint_is_counted_as_a_gap() {
     })
     .await;
     assert!(
-        service
-            .metrics
-            .render()
+        eirinix_core::metrics::render(service.metrics.clone())
             .contains("eirinix_logs_log_gaps_total 1")
     );
     service.stop().await;
@@ -541,8 +539,7 @@ async fn manager_install_runs_the_extension() {
     assert!(got.iter().all(|r| r.procid == "[APP/PROC/WEB/2]"));
     assert_eq!(metrics.leader.load(Ordering::Relaxed), 1);
     assert!(
-        metrics
-            .render()
+        eirinix_core::metrics::render(metrics.clone())
             .contains("eirinix_logs_records_forwarded_total 10")
     );
     manager.shutdown().await;

@@ -591,9 +591,7 @@ async fn a_log_the_node_rotated_away_while_no_leader_ran_is_counted_as_a_gap() {
         "the gap is counted"
     );
     assert!(
-        service
-            .metrics
-            .render()
+        eirinix_core::metrics::render(service.metrics.clone())
             .contains("eirinix_logs_log_gaps_total 1")
     );
     let after_first: Vec<String> = got.iter().skip(1).map(Received::text).collect();

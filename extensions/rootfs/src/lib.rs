@@ -78,7 +78,7 @@ pub fn install(
     let metrics = state.metrics().clone();
     let builder = builder
         .extension(RootfsWebhook::new(state.clone()))
-        .metrics_source(std::sync::Arc::new(move || metrics.render()))
+        .metrics_collector(metrics)
         .task("rootfs-config", {
             let s = s.clone();
             move |ctx, cancel| async move {

@@ -1,9 +1,10 @@
-//! Prometheus metrics of the rootfs extension, rendered in the text exposition format.
+//! Prometheus metrics of the rootfs extension, exposed as a [`Collector`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use eirinix_core::metrics::{self, Collector, DescriptorEncoder};
 
 use crate::plan::Plan;
 
@@ -36,7 +37,8 @@ struct Gauges {
     gate_open: Option<bool>,
 }
 
-/// Rootfs metrics: desired version, apps per version, rolls in progress, failures.
+/// Rootfs metrics: desired version, apps per version, rolls in progress, failures (a
+/// [`Collector`]: render them with [`metrics::render`]).
 #[derive(Debug, Default)]
 pub struct RootfsMetrics {
     gauges: Mutex<Gauges>,
@@ -121,111 +123,103 @@ impl RootfsMetrics {
         }
         .load(Ordering::Relaxed)
     }
+}
 
-    /// Render in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
+/// Exposes the gauges and counters (Prometheus names `eirinix_rootfs_*`) to a metrics registry.
+impl Collector for RootfsMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let g = self.gauges();
-        let mut out = String::with_capacity(1024);
-        out.push_str("# HELP eirinix_rootfs_desired_version_info The desired rootfs version.\n# TYPE eirinix_rootfs_desired_version_info gauge\n");
-        if let Some(v) = &g.desired {
-            let _ = writeln!(
-                out,
-                "eirinix_rootfs_desired_version_info{{version=\"{}\"}} 1",
-                escape(v)
-            );
-        }
-        out.push_str("# HELP eirinix_rootfs_apps App StatefulSets by rootfs version of their pod template.\n# TYPE eirinix_rootfs_apps gauge\n");
-        for (v, n) in &g.versions {
-            let _ = writeln!(out, "eirinix_rootfs_apps{{version=\"{}\"}} {n}", escape(v));
-        }
+        metrics::gauge_family(
+            &mut e,
+            "eirinix_rootfs_desired_version_info",
+            "The desired rootfs version.",
+            "version",
+            g.desired.as_deref().map(|v| (v, 1)),
+        )?;
+        metrics::gauge_family(
+            &mut e,
+            "eirinix_rootfs_apps",
+            "App StatefulSets by rootfs version of their pod template.",
+            "version",
+            g.versions.iter().map(|(v, n)| (v.as_str(), count(*n))),
+        )?;
         let gate = match g.gate_open {
             Some(true) => 1,
             Some(false) => 0,
             None => -1,
         };
-        let lines: [(&str, &str, &str, i128); 11] = [
+        for (name, help, value) in [
             (
                 "eirinix_rootfs_rolls_in_progress",
-                "gauge",
                 "StatefulSets rolling now.",
-                g.in_flight as i128,
+                count(g.in_flight),
             ),
             (
                 "eirinix_rootfs_rolls_pending",
-                "gauge",
                 "StatefulSets waiting to roll.",
-                g.waiting as i128,
+                count(g.waiting),
             ),
             (
                 "eirinix_rootfs_opted_out",
-                "gauge",
                 "StatefulSets carrying the opt-out annotation.",
-                g.opted_out as i128,
+                count(g.opted_out),
             ),
             (
                 "eirinix_rootfs_gate_open",
-                "gauge",
                 "Whether the image source is ready (1), not (0), or not checked yet (-1).",
                 gate,
             ),
-            (
-                "eirinix_rootfs_rolls_started_total",
-                "counter",
-                "Rolls started.",
-                self.started.load(Ordering::Relaxed).into(),
-            ),
-            (
-                "eirinix_rootfs_rolls_completed_total",
-                "counter",
-                "Rolls finished with all replicas updated and ready.",
-                self.completed.load(Ordering::Relaxed).into(),
-            ),
-            (
-                "eirinix_rootfs_patch_conflicts_total",
-                "counter",
-                "Patches refused because the StatefulSet changed meanwhile (retried).",
-                self.conflicts.load(Ordering::Relaxed).into(),
-            ),
-            (
-                "eirinix_rootfs_roll_failures_total{reason=\"timeout\"}",
-                "counter",
-                "Failed rolls by reason.",
-                self.timeouts.load(Ordering::Relaxed).into(),
-            ),
-            (
-                "eirinix_rootfs_roll_failures_total{reason=\"patch\"}",
-                "",
-                "",
-                self.patch_failures.load(Ordering::Relaxed).into(),
-            ),
-            (
-                "eirinix_rootfs_config_errors_total",
-                "counter",
-                "Unusable values in the rootfs ConfigMap.",
-                self.config_errors.load(Ordering::Relaxed).into(),
-            ),
-            (
-                "eirinix_rootfs_webhook_mutations_total",
-                "counter",
-                "App pods given the desired rootfs by the webhook.",
-                self.webhook_mutations.load(Ordering::Relaxed).into(),
-            ),
-        ];
-        for (name, kind, help, value) in lines {
-            if !kind.is_empty() {
-                let base = name.split('{').next().unwrap_or(name);
-                let _ = writeln!(out, "# HELP {base} {help}\n# TYPE {base} {kind}");
-            }
-            let _ = writeln!(out, "{name} {value}");
+        ] {
+            metrics::gauge(&mut e, name, help, value)?;
         }
-        out
+        drop(g);
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter(
+            &mut e,
+            "eirinix_rootfs_rolls_started_total",
+            "Rolls started.",
+            l(&self.started),
+        )?;
+        metrics::counter(
+            &mut e,
+            "eirinix_rootfs_rolls_completed_total",
+            "Rolls finished with all replicas updated and ready.",
+            l(&self.completed),
+        )?;
+        metrics::counter(
+            &mut e,
+            "eirinix_rootfs_patch_conflicts_total",
+            "Patches refused because the StatefulSet changed meanwhile (retried).",
+            l(&self.conflicts),
+        )?;
+        metrics::counter_family(
+            &mut e,
+            "eirinix_rootfs_roll_failures_total",
+            "Failed rolls by reason.",
+            "reason",
+            [
+                (FailureReason::Timeout.as_str(), l(&self.timeouts)),
+                (FailureReason::Patch.as_str(), l(&self.patch_failures)),
+            ],
+        )?;
+        metrics::counter(
+            &mut e,
+            "eirinix_rootfs_config_errors_total",
+            "Unusable values in the rootfs ConfigMap.",
+            l(&self.config_errors),
+        )?;
+        metrics::counter(
+            &mut e,
+            "eirinix_rootfs_webhook_mutations_total",
+            "App pods given the desired rootfs by the webhook.",
+            l(&self.webhook_mutations),
+        )
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A count as a gauge value.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -250,7 +244,7 @@ mod tests {
         m.roll_started();
         m.failure(FailureReason::Timeout);
         m.set_gate(false);
-        let text = m.render();
+        let text = metrics::render(m);
         for line in [
             "eirinix_rootfs_desired_version_info{version=\"2.0\"} 1",
             "eirinix_rootfs_apps{version=\"1.0\"} 2",
@@ -261,14 +255,18 @@ mod tests {
             "eirinix_rootfs_roll_failures_total{reason=\"timeout\"} 1",
             "eirinix_rootfs_roll_failures_total{reason=\"patch\"} 0",
             "eirinix_rootfs_gate_open 0",
-            "# TYPE eirinix_rootfs_roll_failures_total counter",
+            "# TYPE eirinix_rootfs_roll_failures counter",
         ] {
-            assert!(text.contains(line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert_eq!(
-            text.matches("# TYPE eirinix_rootfs_roll_failures_total")
-                .count(),
-            1
+            text.matches("# TYPE eirinix_rootfs_roll_failures ").count(),
+            1,
+            "one family for both reasons:\n{text}"
         );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

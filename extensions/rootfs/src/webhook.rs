@@ -210,10 +210,9 @@ mod tests {
         let again = review(w.clone(), &out.pod).await.unwrap();
         assert_eq!(again.mutation, Mutation::unchanged(), "idempotent");
         assert!(
-            w.state()
-                .metrics()
-                .render()
-                .contains("eirinix_rootfs_webhook_mutations_total 1")
+            eirinix_core::metrics::render(w.state().metrics().clone())
+                .lines()
+                .any(|l| l == "eirinix_rootfs_webhook_mutations_total 1")
         );
     }
 

@@ -89,7 +89,9 @@ fn observe(api: Api<StatefulSet>, target: &'static str) -> Arc<Mutex<Observed>> 
 }
 
 fn metric(state: &RootfsState, line: &str) -> bool {
-    state.metrics().render().lines().any(|l| l == line)
+    eirinix_core::metrics::render(state.metrics().clone())
+        .lines()
+        .any(|l| l == line)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

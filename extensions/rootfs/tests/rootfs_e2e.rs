@@ -107,7 +107,7 @@ async fn old_versions_converge_with_at_most_n_in_flight() {
     started_events.sort();
     assert_eq!(started_events, names);
     let m = eventually(Duration::from_secs(5), "completions counted", || {
-        let text = state.metrics().render();
+        let text = eirinix_core::metrics::render(state.metrics().clone());
         async move {
             text.contains("eirinix_rootfs_rolls_completed_total 5")
                 .then_some(text)
@@ -402,7 +402,7 @@ async fn deployment_gate_holds_rolling_until_ready() {
     ));
     // Closed: several gate checks pass, nothing rolls.
     eventually(Duration::from_secs(5), "gate checked", || {
-        let m = state.metrics().render();
+        let m = eirinix_core::metrics::render(state.metrics().clone());
         async move { m.contains("eirinix_rootfs_gate_open 0").then_some(()) }
     })
     .await;
@@ -670,7 +670,7 @@ async fn installed_webhook_and_leader_roller_follow_the_config_map() {
     .await;
     converged(&client, &apps, &["app-a"], "3.0").await;
     assert_eq!(state.desired().unwrap().version, "3.0");
-    let text = state.metrics().render();
+    let text = eirinix_core::metrics::render(state.metrics().clone());
     assert!(
         text.contains("eirinix_rootfs_desired_version_info{version=\"3.0\"} 1"),
         "{text}"

@@ -39,7 +39,7 @@ impl eirinix_core::Install for SshOptions {
         let metrics = injector.metrics().clone();
         Ok(builder
             .extension(injector)
-            .metrics_source(std::sync::Arc::new(move || metrics.render()))
+            .metrics_collector(metrics)
             .task("ssh-janitor", |ctx, cancel| {
                 run_janitor(ctx, JanitorOptions::default(), cancel)
             }))

@@ -22,7 +22,8 @@ use crate::options::{GUID_LABEL, NAME, SshOptions};
 /// Name of the extension (webhook path `/ssh`, idempotency annotation `eirinix.org/ssh`).
 pub const EXTENSION_NAME: &str = "ssh";
 
-/// Counters of the ssh webhook (render them with [`SshMetrics::render`]).
+/// Counters of the ssh webhook (a [`Collector`](eirinix_core::metrics::Collector): render them
+/// with [`eirinix_core::metrics::render`]).
 #[derive(Debug, Default)]
 pub struct SshMetrics {
     injected: AtomicU64,
@@ -73,10 +74,11 @@ impl SshMetrics {
     pub fn foreign_secrets(&self) -> u64 {
         self.foreign_secrets.load(Ordering::Relaxed)
     }
+}
 
-    /// The counters in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+/// Exposes the counters (Prometheus names `eirinix_ssh_*_total`) to a metrics registry.
+impl eirinix_core::metrics::Collector for SshMetrics {
+    fn encode(&self, mut e: eirinix_core::metrics::DescriptorEncoder) -> std::fmt::Result {
         for (name, help, value) in [
             (
                 "eirinix_ssh_injected_total",
@@ -124,11 +126,9 @@ impl SshMetrics {
                 self.foreign_secrets(),
             ),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
+            eirinix_core::metrics::counter(&mut e, name, help, value)?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -842,10 +842,9 @@ mod tests {
         assert!(reviewed.mutation.as_patch().is_none());
         assert_eq!(injector.metrics().sidecars(), 0);
         assert!(
-            injector
-                .metrics()
-                .render()
-                .contains("eirinix_ssh_skipped_name_conflict_total 1")
+            eirinix_core::metrics::render(injector.metrics().clone())
+                .lines()
+                .any(|l| l == "eirinix_ssh_skipped_name_conflict_total 1")
         );
     }
 
@@ -857,10 +856,9 @@ mod tests {
         assert!(reviewed.mutation.warnings[0].contains("no explicit command"));
         assert_eq!(injector.metrics().skipped_no_command(), 1);
         assert!(
-            injector
-                .metrics()
-                .render()
-                .contains("eirinix_ssh_skipped_no_command_total 1")
+            eirinix_core::metrics::render(injector.metrics().clone())
+                .lines()
+                .any(|l| l == "eirinix_ssh_skipped_no_command_total 1")
         );
 
         let sidecar = SshInjector::new(SshOptions {

@@ -665,8 +665,7 @@ async fn password_attempts_per_connection_are_limited() {
         assert_eq!(s.metrics.token_reviews(), 2, "reviews for {tried} attempts");
         assert!(s.metrics.too_many_attempts() >= 1);
         assert!(
-            s.metrics
-                .render()
+            eirinix_core::metrics::render(s.metrics.clone())
                 .contains("eirinix_ssh_proxy_too_many_attempts_total")
         );
     })
@@ -710,8 +709,7 @@ async fn connections_not_logged_in_are_capped() {
         assert!(ok);
         assert_eq!(s.metrics.refused_connections(), 1);
         assert!(
-            s.metrics
-                .render()
+            eirinix_core::metrics::render(s.metrics.clone())
                 .contains("eirinix_ssh_proxy_unauthenticated_connections")
         );
     })
@@ -755,8 +753,7 @@ async fn a_source_beyond_its_rate_gets_no_more_reviews() {
         let (ok, _, _) = attempt(&mut c, &user, &s.tokens["dev"]).await;
         assert!(ok);
         assert!(
-            s.metrics
-                .render()
+            eirinix_core::metrics::render(s.metrics.clone())
                 .contains("eirinix_ssh_proxy_rate_limited_total 3")
         );
     })

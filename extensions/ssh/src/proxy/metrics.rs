@@ -1,12 +1,14 @@
 //! The proxy's counters: the accept loop's, and those of the logins (reviews, grants,
-//! refusals, rate limiting), rendered in the Prometheus text format.
+//! refusals, rate limiting), exposed as a Prometheus [`Collector`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use eirinix_core::metrics::{self, Collector, DescriptorEncoder};
+
 use crate::listener::ConnectionCounters;
 
-/// Counters of the proxy (render them with [`ProxyMetrics::render`]).
+/// Counters of the proxy (a [`Collector`]: render them with [`metrics::render`]).
 #[derive(Debug, Default)]
 pub struct ProxyMetrics {
     /// What the accept loop counts (connections, refusals at accept, login timeouts).
@@ -65,76 +67,70 @@ impl ProxyMetrics {
     pub(super) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// The counters in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, kind, help, value) in [
+/// Exposes the counters (Prometheus names `eirinix_ssh_proxy_*`) to a metrics registry.
+impl Collector for ProxyMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        for (name, help, value) in [
             (
                 "eirinix_ssh_proxy_connections_total",
-                "counter",
                 "Connections accepted by the ssh proxy.",
                 self.connections(),
             ),
             (
                 "eirinix_ssh_proxy_refused_connections_total",
-                "counter",
                 "Connections closed at accept: too many had not logged in yet.",
                 self.refused_connections(),
             ),
             (
                 "eirinix_ssh_proxy_auth_timeouts_total",
-                "counter",
                 "Connections closed because they did not log in in time.",
                 self.auth_timeouts(),
             ),
-            (
-                "eirinix_ssh_proxy_unauthenticated_connections",
-                "gauge",
-                "Connections not logged in at the moment.",
-                self.unauthenticated(),
-            ),
+        ] {
+            metrics::counter(&mut e, name, help, value)?;
+        }
+        metrics::gauge(
+            &mut e,
+            "eirinix_ssh_proxy_unauthenticated_connections",
+            "Connections not logged in at the moment.",
+            i64::try_from(self.unauthenticated()).unwrap_or(i64::MAX),
+        )?;
+        for (name, help, value) in [
             (
                 "eirinix_ssh_proxy_token_reviews_total",
-                "counter",
                 "TokenReviews sent to the apiserver.",
                 self.token_reviews(),
             ),
             (
                 "eirinix_ssh_proxy_access_reviews_total",
-                "counter",
                 "SubjectAccessReviews sent to the apiserver.",
                 self.access_reviews(),
             ),
             (
                 "eirinix_ssh_proxy_logins_granted_total",
-                "counter",
                 "Logins granted.",
                 self.granted(),
             ),
             (
                 "eirinix_ssh_proxy_logins_refused_total",
-                "counter",
                 "Logins refused, whatever the reason.",
                 self.refused(),
             ),
             (
                 "eirinix_ssh_proxy_rate_limited_total",
-                "counter",
                 "Password attempts refused without review: the source address exceeded its rate.",
                 self.rate_limited(),
             ),
             (
                 "eirinix_ssh_proxy_too_many_attempts_total",
-                "counter",
                 "Password attempts refused without review: too many on one connection.",
                 self.too_many_attempts(),
             ),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
+            metrics::counter(&mut e, name, help, value)?;
         }
-        out
+        Ok(())
     }
 }
