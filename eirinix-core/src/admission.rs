@@ -111,7 +111,7 @@ fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// How long an extension may take in-process when its caller (the apiserver) waits `timeout`
 /// for the whole call: less a margin for connecting, sending the review and the answer, so the
 /// failure-policy answer (and its message) reaches the apiserver before it gives up.
-pub fn answer_budget(timeout: Duration) -> Duration {
+pub(crate) fn answer_budget(timeout: Duration) -> Duration {
     let margin = (timeout / 5).clamp(Duration::from_millis(400), Duration::from_secs(2));
     timeout.saturating_sub(margin)
 }
@@ -163,8 +163,8 @@ pub struct ExtensionHandler {
 
 impl ExtensionHandler {
     /// A handler for `extension`, registered at position `index` in the manager's metrics;
-    /// the extension gets at most `timeout` per review ([`answer_budget`] of its webhook's
-    /// `timeoutSeconds` in the manager).
+    /// the extension gets at most `timeout` per review (the manager passes its
+    /// webhook's `timeoutSeconds` less a margin, so the answer beats the apiserver's deadline).
     pub fn new(
         extension: Arc<dyn Extension>,
         failure_policy: FailurePolicy,

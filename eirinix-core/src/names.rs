@@ -32,7 +32,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 }
 
 /// The webhook path of an extension: stable across restarts because it is derived from the name.
-pub fn extension_path(name: &str) -> String {
+pub(crate) fn extension_path(name: &str) -> String {
     format!("/{name}")
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Annotation domain of the idempotency marker: `eirinix.org/<extension>`.
-pub const MARKER_DOMAIN: &str = "eirinix.org";
+pub(crate) const MARKER_DOMAIN: &str = "eirinix.org";
 
 /// Errors while building or applying a patch.
 #[derive(Debug, thiserror::Error)]
@@ -342,7 +342,7 @@ pub fn is_marked_with(pod: &Pod, extension: &str, digest: &str) -> bool {
 }
 
 /// The idempotency annotation key of `extension`.
-pub fn marker_key(extension: &str) -> String {
+pub(crate) fn marker_key(extension: &str) -> String {
     format!("{MARKER_DOMAIN}/{extension}")
 }
 

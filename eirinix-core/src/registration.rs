@@ -322,7 +322,7 @@ pub fn desired_configuration(
 
 /// The desired ValidatingWebhookConfiguration for the validators `hooks` (the same selectors
 /// and certificates as the mutating one).
-pub fn desired_validating_configuration(
+pub(crate) fn desired_validating_configuration(
     settings: &Settings,
     hooks: &[WebhookSpec],
     ca_bundle: &[u8],
@@ -551,7 +551,7 @@ fn owned_entries_patch<C: Configuration>(want: &[C::Entry], live: &C) -> json_pa
 /// replaces the entries it owns wholesale when apply alone cannot restore them (server-side
 /// apply keeps fields other managers added, such as a `matchCondition`).
 #[derive(Clone)]
-pub struct Registrar<C: Configuration = MutatingWebhookConfiguration> {
+pub(crate) struct Registrar<C: Configuration = MutatingWebhookConfiguration> {
     api: Api<C>,
     field_manager: String,
     metrics: Option<Arc<Metrics>>,

@@ -28,9 +28,9 @@ use tower_http::timeout::TimeoutLayer;
 use crate::admission::ExtensionHandler;
 use crate::extension::Context;
 pub use crate::health::Health;
-pub use crate::metrics::ConnectionStats;
+use crate::metrics::ConnectionStats;
 use crate::metrics::Metrics;
-pub use crate::names::extension_path;
+use crate::names::extension_path;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -67,7 +67,7 @@ async fn review(
 }
 
 /// Routes for health, readiness and metrics (also served on the optional admin port).
-pub fn admin_router(state: Arc<AppState>) -> Router {
+pub(crate) fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(

@@ -196,7 +196,7 @@ impl CertBundle {
         at
     }
 
-    /// The Secret `data` map (see [`secret_keys`]); `tls.crt` is the serving chain
+    /// The Secret `data` map (keys as in the module docs); `tls.crt` is the serving chain
     /// (leaf + CA).
     pub fn to_secret_data(&self) -> BTreeMap<String, Vec<u8>> {
         let mut data = BTreeMap::new();

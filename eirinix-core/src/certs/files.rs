@@ -5,7 +5,7 @@ use super::*;
 /// Certificate, key and optional CA loaded from PEM files (e.g. mounted from cert-manager);
 /// the server reloads them when they change.
 #[derive(Clone, PartialEq, Eq)]
-pub struct FileCerts {
+pub(crate) struct FileCerts {
     /// Certificate chain, leaf first.
     pub cert_chain_pem: String,
     /// Private key (PKCS#8, SEC1 or PKCS#1 PEM).
@@ -45,11 +45,6 @@ impl FileCerts {
             key_pem,
             ca_pem,
         })
-    }
-
-    /// rustls material for these files (see [`certified_key`]).
-    pub fn certified_key(&self) -> Result<Arc<rustls::sign::CertifiedKey>, CertError> {
-        certified_key(&self.cert_chain_pem, &self.key_pem)
     }
 
     /// Expiry of the leaf certificate (for logging and for scheduling a reload check).

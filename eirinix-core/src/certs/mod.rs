@@ -28,7 +28,7 @@
 //!    still serving the old certificate keep working;
 //! 3. after [`CertPolicy::previous_ca_retention`] (or once it expires) the previous CA is dropped.
 //!
-//! Secret layout (type `kubernetes.io/tls`), see [`secret_keys`]: `tls.crt` holds the serving
+//! Secret layout (type `kubernetes.io/tls`): `tls.crt` holds the serving
 //! *chain* (leaf first, then the signing CA) so it can be handed to a TLS stack (and to
 //! [`certified_key`]) as is; `tls.key`, `ca.crt`, `ca.key`, and optionally `ca-next.crt`,
 //! `ca-next.key`, `ca-next.staged-at`, `ca-previous.crt`, `ca-previous.retired-at`
@@ -78,7 +78,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
 /// Names of the entries of the certificate Secret's `data` map.
-pub mod secret_keys {
+pub(crate) mod secret_keys {
     /// Serving certificate chain: leaf first, then the CA that signed it (`kubernetes.io/tls`).
     pub const TLS_CRT: &str = "tls.crt";
     /// Serving private key, PKCS#8 PEM (`kubernetes.io/tls`).

@@ -932,7 +932,7 @@ fn file_certs_load() {
     assert_eq!(files.key_pem, b.serving.key_pem);
     assert_eq!(files.ca_pem.as_deref(), Some(b.ca.cert_pem.as_str()));
     assert_eq!(files.leaf_not_after().unwrap(), b.serving.not_after);
-    let ck = files.certified_key().unwrap();
+    let ck = certified_key(&files.cert_chain_pem, &files.key_pem).unwrap();
     assert_eq!(ck.cert.len(), 2);
     assert!(!format!("{files:?}").contains("PRIVATE KEY"));
 

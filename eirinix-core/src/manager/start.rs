@@ -95,7 +95,7 @@ impl Manager {
             .hook_names()
             .iter()
             .map(|name| {
-                let path = crate::server::extension_path(name);
+                let path = crate::names::extension_path(name);
                 let aud = crate::token_auth::audience(settings, &path, port);
                 (path, aud)
             })
