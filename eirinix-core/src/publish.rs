@@ -25,6 +25,11 @@ pub struct Published {
 /// Serves and announces certificates: one per manager, shared by its certificate source.
 pub struct Publisher {
     tx: watch::Sender<Option<Published>>,
+    serving: Option<Serving>,
+}
+
+/// What follows the published material when something is served.
+struct Serving {
     resolver: Arc<CertResolver>,
     loaded: Arc<Check>,
     metrics: Arc<Metrics>,
@@ -37,10 +42,19 @@ impl Publisher {
         let (tx, _) = watch::channel(None);
         Self {
             tx,
-            resolver,
-            loaded: health.check("certificate", "no serving certificate loaded"),
-            metrics,
+            serving: Some(Serving {
+                resolver,
+                loaded: health.check("certificate", "no serving certificate loaded"),
+                metrics,
+            }),
         }
+    }
+
+    /// A publisher that only checks and announces the material: for a one-shot registration,
+    /// where nothing is served.
+    pub fn announce_only() -> Self {
+        let (tx, _) = watch::channel(None);
+        Self { tx, serving: None }
     }
 
     /// Updates whenever the served certificates change.
@@ -60,15 +74,15 @@ impl Publisher {
         if self.tx.borrow().as_ref() == Some(&published) {
             return Ok(false);
         }
-        self.resolver.set(crate::certs::certified_key(
-            &published.serving_chain,
-            key_pem,
-        )?);
-        self.loaded.pass();
-        if let Some(t) = not_after {
-            self.metrics.set_cert_expiry(t);
+        let key = crate::certs::certified_key(&published.serving_chain, key_pem)?;
+        if let Some(s) = &self.serving {
+            s.resolver.set(key);
+            s.loaded.pass();
+            if let Some(t) = not_after {
+                s.metrics.set_cert_expiry(t);
+            }
+            s.metrics.cert_rotated();
         }
-        self.metrics.cert_rotated();
         self.tx.send_replace(Some(published));
         Ok(true)
     }
@@ -116,5 +130,30 @@ mod tests {
                 .unwrap()
         );
         assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn announce_only_checks_the_material_and_tells_subscribers() {
+        crate::tls::install_default_provider();
+        let bundle = crate::certs::test_bundle();
+        let publisher = Publisher::announce_only();
+        let mut rx = publisher.subscribe();
+        let published = Published {
+            ca_bundle: bundle.ca_bundle_pem(),
+            serving_chain: bundle.serving_chain_pem(),
+        };
+        assert!(
+            publisher
+                .publish(published.clone(), "not a key", None)
+                .is_err(),
+            "a chain without a usable key is refused"
+        );
+        assert!(!rx.has_changed().unwrap());
+        assert!(
+            publisher
+                .publish(published.clone(), &bundle.serving.key_pem, None)
+                .unwrap()
+        );
+        assert_eq!(rx.borrow_and_update().as_ref(), Some(&published));
     }
 }

@@ -480,14 +480,8 @@ pub fn drifted<C: Configuration>(desired: &C, live: &C) -> bool {
 /// `host` and `port` of an `https://host:port/path` webhook URL (IPv6 hosts without brackets).
 pub fn url_authority(url: &str) -> Option<(String, u16)> {
     let rest = url.strip_prefix("https://")?;
-    let authority = rest.split('/').next()?;
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        (host, after.strip_prefix(':')?)
-    } else {
-        authority.rsplit_once(':')?
-    };
-    Some((host.to_owned(), port.parse().ok()?))
+    let (host, port) = crate::names::split_host_port(rest.split('/').next()?)?;
+    Some((host.to_owned(), port))
 }
 
 /// URL mode: when `live` differs from `desired` only in where its webhook URLs point, and they

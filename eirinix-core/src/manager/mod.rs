@@ -188,13 +188,8 @@ impl Manager {
     /// One-shot registration (split mode): certificates and configuration, then return.
     pub async fn register(&self, client: kube::Client) -> Result<(), ManagerError> {
         let registered_port = self.registration_port()?;
-        let names = self.hook_names();
-        // Nothing is served here: the publisher's resolver, check and metrics go unused.
-        let publisher = Arc::new(Publisher::new(
-            Arc::new(CertResolver::new()),
-            &Health::new(),
-            Arc::new(Metrics::new(names.iter().map(String::as_str))),
-        ));
+        // Nothing is served here: the material is only checked and handed to the registration.
+        let publisher = Arc::new(Publisher::announce_only());
         let ca_bundle = match &self.settings.cert_source {
             CertSource::Secret => {
                 // What the apiserver trusts now: replicas may still serve chains of these CAs

@@ -473,14 +473,7 @@ impl Follower {
         instance: i32,
         final_read: bool,
     ) -> ReadEnd {
-        let params = LogParams {
-            container: Some(self.origin.container.clone()),
-            follow,
-            previous,
-            timestamps: true,
-            since_time: self.dedup.since(),
-            ..LogParams::default()
-        };
+        let params = self.log_params(follow, previous);
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         let stream = tokio::select! {
             biased;
@@ -613,13 +606,7 @@ impl Follower {
         let Some(last) = self.dedup.last_timestamp() else {
             return false;
         };
-        let params = LogParams {
-            container: Some(self.origin.container.clone()),
-            previous: true,
-            timestamps: true,
-            since_time: self.dedup.since(),
-            ..LogParams::default()
-        };
+        let params = self.log_params(false, true);
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         let Ok(stream) = self.log_stream(&params).await else {
             return false;
@@ -665,6 +652,19 @@ impl Follower {
         match self.wait_change(cancel, Some(backoff.next_delay())).await {
             Some(end) => Err(end),
             None => Ok(false),
+        }
+    }
+
+    /// The `pods/log` parameters of a read of this container: with timestamps, from the second
+    /// of the last forwarded line (the kubelet's `sinceTime` has one-second granularity).
+    fn log_params(&self, follow: bool, previous: bool) -> LogParams {
+        LogParams {
+            container: Some(self.origin.container.clone()),
+            follow,
+            previous,
+            timestamps: true,
+            since_time: self.dedup.since(),
+            ..LogParams::default()
         }
     }
 

@@ -178,10 +178,7 @@ impl SinkOptions {
             SinkOptions::Syslog(s) | SinkOptions::Relp(s) => &s.address,
             SinkOptions::Loggregator(l) => &l.address,
         };
-        if address
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
+        if eirinix_core::names::split_host_port(address).is_none_or(|(host, _)| host.is_empty()) {
             return Err(LogsError::Config(format!(
                 "sink address {address:?} is not host:port"
             )));

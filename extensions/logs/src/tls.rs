@@ -48,8 +48,7 @@ pub(crate) fn tls_client_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, L
 
 /// The host part of `host:port` (brackets of IPv6 literals removed).
 pub(crate) fn host_of(address: &str) -> &str {
-    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
+    eirinix_core::names::split_host_port(address).map_or(address, |(host, _)| host)
 }
 
 #[cfg(test)]
