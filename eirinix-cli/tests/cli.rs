@@ -520,3 +520,182 @@ async fn the_cluster_demo_registers_the_host_it_is_given() {
         );
     }
 }
+
+/// `GET path` on `127.0.0.1:port` over plain HTTP/1.0: the whole response, or `None` when the
+/// port does not answer.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The families an OpenMetrics text page declares, or what breaks the format: a family declared
+/// twice (Prometheus drops the whole scrape), a sample of no declared family, no `# EOF` end.
+fn openmetrics_families(page: &str) -> Result<Vec<(String, String)>, String> {
+    let body = page
+        .strip_suffix("# EOF\n")
+        .ok_or("the page does not end with # EOF")?;
+    let mut families: Vec<(String, String)> = Vec::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or(format!("bad TYPE line {line:?}"))?;
+            if families.iter().any(|(n, _)| n == name) {
+                return Err(format!("family {name} declared twice"));
+            }
+            families.push((name.to_owned(), kind.to_owned()));
+        } else if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        } else if line.starts_with('#') || line.is_empty() {
+            return Err(format!("unexpected line {line:?}"));
+        } else {
+            let sample = line
+                .split(['{', ' '])
+                .next()
+                .ok_or(format!("bad sample line {line:?}"))?;
+            let (family, kind) = families
+                .last()
+                .ok_or(format!("sample {sample} before any TYPE line"))?;
+            let suffixes: &[&str] = match kind.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                _ => &[""],
+            };
+            if !suffixes.iter().any(|s| sample == format!("{family}{s}")) {
+                return Err(format!(
+                    "sample {sample} is not of family {family} ({kind})"
+                ));
+            }
+        }
+    }
+    Ok(families)
+}
+
+#[test]
+fn the_openmetrics_check_catches_what_prometheus_would_refuse() {
+    let good = "# HELP a A.\n# TYPE a counter\na_total 1\n# TYPE b gauge\nb{x=\"1\"} 2\n# EOF\n";
+    assert_eq!(openmetrics_families(good).unwrap().len(), 2);
+    for bad in [
+        "# TYPE a counter\na_total 1\n",
+        "# TYPE a counter\na_total 1\n# TYPE a counter\na_total 2\n# EOF\n",
+        "# TYPE a counter\nb_total 1\n# EOF\n",
+        "a_total 1\n# EOF\n",
+    ] {
+        assert!(openmetrics_families(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_stock_extensions_share_one_valid_metrics_page() {
+    let cp = eirinix_testenv::ControlPlane::shared()
+        .await
+        .expect("control plane");
+    let system = cp.namespace("metrics-sys").await.unwrap();
+    let apps = cp.namespace("metrics-apps").await.unwrap();
+    let fingerprint = eirinix_testenv::unique_name("metrics");
+    // A syslog receiver that takes and discards (the logs extension needs a sink).
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in sink.incoming().flatten() {
+            std::thread::spawn(move || std::io::copy(&mut &s, &mut std::io::sink()));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let logs_config = dir.path().join("logs.yaml");
+    std::fs::write(
+        &logs_config,
+        format!("namespaces: [{apps}]\nsinks:\n  - type: syslog\n    address: {sink_addr}\n"),
+    )
+    .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stderr = dir.path().join("eirinix.err");
+    let mut run = eirinix()
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .args([
+            "run",
+            "--extensions",
+            "persi,ssh,logs,rootfs",
+            "--host",
+            "127.0.0.1",
+            "--bind-address",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--fingerprint",
+            &fingerprint,
+            "--namespace",
+            &apps,
+            "--webhook-namespace",
+            &system,
+            "--admin-port",
+            &admin.to_string(),
+        ])
+        .arg("--logs-config")
+        .arg(&logs_config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let ready = loop {
+        if http_get(admin, "/readyz").is_some_and(|r| r.contains(" 200 ")) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || run.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let page = ready.then(|| http_get(admin, "/metrics")).flatten();
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(
+        ready,
+        "eirinix run never became ready: {}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let page = page.expect("/metrics answers");
+    let (head, body) = page.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    let families = openmetrics_families(body).unwrap_or_else(|e| panic!("{e}:\n{body}"));
+    for name in [
+        "eirinix_reviews",
+        "eirinix_review_duration_seconds",
+        "eirinix_certificate_expiry_timestamp_seconds",
+        "eirinix_ssh_injected",
+        "eirinix_logs_lines_read",
+        "eirinix_logs_sink_sent",
+        "eirinix_rootfs_rolls_started",
+    ] {
+        assert!(
+            families.iter().any(|(n, _)| n == name),
+            "family {name} missing from:\n{body}"
+        );
+    }
+    for hook in ["persi", "ssh"] {
+        assert!(
+            body.contains(&format!(
+                "eirinix_reviews_total{{extension=\"{hook}\",outcome=\"patched\"}} 0"
+            )),
+            "{hook} reviews missing:\n{body}"
+        );
+    }
+}
