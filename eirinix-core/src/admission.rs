@@ -12,7 +12,8 @@ use kube::core::admission::Operation;
 use serde::Serialize;
 use tracing::Instrument as _;
 
-pub use crate::decode::{API_VERSION, DecodedReview, ReviewError, decode};
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use crate::decode::{API_VERSION, DecodedReview, ReviewError, decode};
 use crate::extension::{Context, Extension, Mutation, Verdict};
 use crate::hooks::Hook;
 use crate::metrics::{Metrics, Outcome};
@@ -20,7 +21,8 @@ use crate::options::FailurePolicy;
 
 /// The answer to one review, before encoding.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct Answer {
     /// Whether the object is admitted.
     pub allowed: bool,
     /// Status code and message of a denial.
@@ -153,7 +155,8 @@ enum Target {
 }
 
 /// Dispatches decoded reviews to one extension, applying its failure policy and recording metrics.
-pub struct ExtensionHandler {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct ExtensionHandler {
     target: Target,
     failure_policy: FailurePolicy,
     timeout: Duration,
@@ -204,6 +207,7 @@ impl ExtensionHandler {
     }
 
     /// Answer one raw review body: `Err` is an HTTP 400, `Ok` the encoded response.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub async fn handle_body(
         &self,
         ctx: &Context,
@@ -307,6 +311,7 @@ impl ExtensionHandler {
     }
 
     /// Decide the answer to a decoded review.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub async fn answer(&self, ctx: &Context, decoded: &DecodedReview) -> (Answer, Outcome) {
         self.answer_within(ctx, decoded, self.timeout).await
     }

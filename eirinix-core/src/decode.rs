@@ -17,12 +17,14 @@ use serde_json::value::RawValue;
 use crate::extension::Request;
 
 /// The only AdmissionReview version served.
-pub const API_VERSION: &str = "admission.k8s.io/v1";
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) const API_VERSION: &str = "admission.k8s.io/v1";
 
 /// A request body that is not a usable AdmissionReview: answered with HTTP 400 and this message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ReviewError {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) enum ReviewError {
     /// Not JSON, or JSON of the wrong shape.
     #[error("request body is not a valid AdmissionReview: {0}")]
     Malformed(serde_json::Error),
@@ -164,7 +166,8 @@ fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
 
 /// A decoded review: the request metadata and the pod (or why it is not one).
 #[derive(Debug)]
-pub struct DecodedReview {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct DecodedReview {
     /// The request; `object` is left `None` (the pod is in [`DecodedReview::pod`]).
     pub request: Request,
     /// The pod, or the reason the request carries no usable pod.
@@ -172,7 +175,8 @@ pub struct DecodedReview {
 }
 
 /// Decode an AdmissionReview v1 body.
-pub fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     match decode_fast(body) {
         Some(decoded) => Ok(decoded),
         None => decode_precise(body),

@@ -8,7 +8,7 @@
 //! nor keep a dead leader's Lease (one whose clock ran ahead looks valid for hours).
 //!
 //! A candidate that must run now (a one-shot Helm hook) can ask the holder to hand over
-//! ([`lead_once`], [`HANDOVER_ANNOTATION`]): the holder stops its work, releases the Lease, and
+//! ([`lead_once`], `HANDOVER_ANNOTATION`): the holder stops its work, releases the Lease, and
 //! the others leave it to the asking candidate.
 
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// Annotation on the Lease naming the identity a holder is asked to hand leadership over to.
 /// The holder ([`run_while_leader`]) stops its work and releases; other candidates leave the
 /// free Lease to that identity until the request goes stale (unchanged for a lease duration).
-pub const HANDOVER_ANNOTATION: &str = "eirinix.org/leader-handover-to";
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) const HANDOVER_ANNOTATION: &str = "eirinix.org/leader-handover-to";
 
 /// Errors talking to the API server about the Lease.
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +398,7 @@ impl Election {
 }
 
 /// Run `work` only while holding `lock`: it starts when the lease is acquired and its token is
-/// cancelled when the lease is lost, handed over ([`HANDOVER_ANNOTATION`]) or `cancel` fires;
+/// cancelled when the lease is lost, handed over (`HANDOVER_ANNOTATION`) or `cancel` fires;
 /// then it waits to be leader again. The work is over (aborted if it ignores its token) before
 /// any other replica can see the lease expire. `leading` (if given) reports the current state.
 pub async fn run_while_leader<F, Fut>(
@@ -528,7 +529,7 @@ pub enum Led<T> {
 }
 
 /// Run `work` once as the leader of `lock` (a one-shot job beside long-running replicas):
-/// take the lease, asking a live holder to hand over ([`HANDOVER_ANNOTATION`]; a holder running
+/// take the lease, asking a live holder to hand over (`HANDOVER_ANNOTATION`; a holder running
 /// [`run_while_leader`] stops its work and releases at its next renewal), for at most `wait`;
 /// renew it while `work` runs; release it at the end. If the lease is lost, the work's token is
 /// cancelled, and the work is dropped if it has not stopped when the lease expires.

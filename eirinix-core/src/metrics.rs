@@ -62,7 +62,8 @@ impl Outcome {
 
 /// Counters and latency histogram of one extension.
 #[derive(Debug, Default)]
-pub struct ExtensionMetrics {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct ExtensionMetrics {
     outcomes: [AtomicU64; 5],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -84,12 +85,14 @@ impl ExtensionMetrics {
     }
 
     /// Reviews counted with `outcome` so far.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn count(&self, outcome: Outcome) -> u64 {
         let idx = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.outcomes[idx].load(Ordering::Relaxed)
     }
 
     /// Reviews observed so far and the time they took together.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn total(&self) -> (u64, Duration) {
         (
             self.count.load(Ordering::Relaxed),
@@ -160,7 +163,9 @@ impl Metrics {
     }
 
     /// Also render the verdicts on client certificates (when a client CA is configured).
-    pub fn with_client_certs(self, stats: Arc<crate::tls::ClientCertStats>) -> Self {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn with_client_certs(self, stats: Arc<crate::tls::ClientCertStats>) -> Self {
         let names: Vec<String> = self
             .counters
             .extensions
@@ -171,12 +176,15 @@ impl Metrics {
     }
 
     /// The metrics of the extension at `index` (registration order).
-    pub fn extension(&self, index: usize) -> Option<&ExtensionMetrics> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn extension(&self, index: usize) -> Option<&ExtensionMetrics> {
         self.counters.extensions.get(index).map(|(_, m)| m)
     }
 
     /// The metrics of the extension named `name`.
-    pub fn extension_named(&self, name: &str) -> Option<&ExtensionMetrics> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn extension_named(&self, name: &str) -> Option<&ExtensionMetrics> {
         self.counters
             .extensions
             .iter()

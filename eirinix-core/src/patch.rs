@@ -360,7 +360,8 @@ pub fn is_marked(pod: &Pod, extension: &str) -> bool {
 }
 
 /// The pod as JSON without `metadata.managedFields` (useless for mutation, costly to diff).
-pub fn pod_value(pod: &Pod) -> Result<Value, PatchError> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn pod_value(pod: &Pod) -> Result<Value, PatchError> {
     let mut v = serde_json::to_value(pod)?;
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");

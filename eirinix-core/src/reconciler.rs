@@ -61,7 +61,12 @@ struct Shared<R> {
 }
 
 /// Run `r` on a Controller until cancelled.
-pub async fn run_reconciler<R: Reconciler>(r: Arc<R>, ctx: Context, cancel: CancellationToken) {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) async fn run_reconciler<R: Reconciler>(
+    r: Arc<R>,
+    ctx: Context,
+    cancel: CancellationToken,
+) {
     let api = match r.api(&ctx) {
         Ok(api) => api,
         Err(e) => {

@@ -44,7 +44,8 @@ pub enum RegistrationError {
 
 /// One extension's registration input.
 #[derive(Clone, Debug)]
-pub struct WebhookSpec {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct WebhookSpec {
     /// Extension name.
     pub name: String,
     /// Its overrides.
@@ -308,7 +309,8 @@ fn configuration_meta(name: String) -> ObjectMeta {
 }
 
 /// The desired configuration for `hooks`, with `ca_bundle` (PEM) and the actually bound `port`.
-pub fn desired_configuration(
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn desired_configuration(
     settings: &Settings,
     hooks: &[WebhookSpec],
     ca_bundle: &[u8],
@@ -467,18 +469,21 @@ fn differences_with<C: Configuration>(desired: &C, live: &C, learned: &Learned) 
 /// How the webhook entries eirinix owns (those named in `desired`) differ in `live`, entry by
 /// entry and field by field (every field counts, including ones eirinix leaves unset, such as
 /// `matchConditions` or an `objectSelector` added by someone else); empty when they match.
-pub fn differences<C: Configuration>(desired: &C, live: &C) -> Vec<String> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn differences<C: Configuration>(desired: &C, live: &C) -> Vec<String> {
     differences_with(desired, live, &Learned::new())
 }
 
 /// Whether any webhook entry of `desired` is missing from `live` or differs from it in any
 /// field once the apiserver's defaults are taken into account.
-pub fn drifted<C: Configuration>(desired: &C, live: &C) -> bool {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn drifted<C: Configuration>(desired: &C, live: &C) -> bool {
     !differences(desired, live).is_empty()
 }
 
 /// `host` and `port` of an `https://host:port/path` webhook URL (IPv6 hosts without brackets).
-pub fn url_authority(url: &str) -> Option<(String, u16)> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn url_authority(url: &str) -> Option<(String, u16)> {
     let rest = url.strip_prefix("https://")?;
     let (host, port) = crate::names::split_host_port(rest.split('/').next()?)?;
     Some((host.to_owned(), port))
@@ -486,7 +491,8 @@ pub fn url_authority(url: &str) -> Option<(String, u16)> {
 
 /// URL mode: when `live` differs from `desired` only in where its webhook URLs point, and they
 /// all point at one other `host:port` (another replica registered itself), that address.
-pub fn other_replica<C: Configuration>(desired: &C, live: &C) -> Option<(String, u16)> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn other_replica<C: Configuration>(desired: &C, live: &C) -> Option<(String, u16)> {
     let (want, have) = (desired.entries(), live.entries());
     if want.len() != have.len() || want.is_empty() {
         return None;

@@ -65,7 +65,8 @@ pub fn parse_pod(input: &str) -> Result<Pod, OfflineError> {
 }
 
 /// A CREATE request for `pod`, as the apiserver would send it.
-pub fn create_request(pod: &Pod) -> AdmissionRequest<Pod> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn create_request(pod: &Pod) -> AdmissionRequest<Pod> {
     AdmissionRequest {
         types: TypeMeta {
             api_version: crate::admission::API_VERSION.into(),

@@ -33,7 +33,8 @@ use crate::metrics::Metrics;
 use crate::names::extension_path;
 
 /// Shared state of the HTTP handlers.
-pub struct AppState {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct AppState {
     /// One handler per extension.
     pub handlers: Vec<ExtensionHandler>,
     /// Context passed to extensions.
@@ -93,7 +94,8 @@ pub(crate) fn admin_router(state: Arc<AppState>) -> Router {
 
 /// The full router: one POST path per extension plus the admin routes. `request_timeout`
 /// bounds reading and answering a request: keep it above the largest webhook timeout.
-pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration) -> Router {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration) -> Router {
     let mut webhooks = Router::new();
     for (index, handler) in state.handlers.iter().enumerate() {
         let path = extension_path(handler.name());
@@ -111,7 +113,12 @@ pub fn router(state: Arc<AppState>, body_limit: usize, request_timeout: Duration
 /// The layers every webhook route of [`router`] is served through: the body limit (413) and the
 /// request timeout (408). Public so that other routes (e.g. a benchmark's transport ceiling)
 /// can be measured through exactly the same stack.
-pub fn with_webhook_layers(routes: Router, body_limit: usize, request_timeout: Duration) -> Router {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn with_webhook_layers(
+    routes: Router,
+    body_limit: usize,
+    request_timeout: Duration,
+) -> Router {
     routes
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
@@ -362,7 +369,8 @@ fn close_while_draining(router: Router, draining: Arc<AtomicBool>) -> Router {
 }
 
 /// Perform a real TLS handshake to `addr`, verifying the chain against `ca_pem` for `server_name`.
-pub async fn self_handshake(
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) async fn self_handshake(
     addr: SocketAddr,
     server_name: &str,
     ca_pem: &str,
@@ -370,7 +378,7 @@ pub async fn self_handshake(
     handshake(addr, server_name, ca_pem, Duration::from_secs(5)).await
 }
 
-/// A TLS handshake to `addr` as [`self_handshake`], given up after `timeout`: proves a server
+/// A TLS handshake to `addr` as `self_handshake`, given up after `timeout`: proves a server
 /// there holds a certificate our CA signed for `server_name` (another replica, in URL mode).
 pub async fn handshake(
     addr: SocketAddr,

@@ -27,7 +27,8 @@ pub fn install_default_provider() {
 
 /// Serving certificate holder: new handshakes see a new certificate as soon as it is set.
 #[derive(Default)]
-pub struct CertResolver {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct CertResolver {
     current: RwLock<Option<Arc<CertifiedKey>>>,
 }
 
@@ -127,7 +128,8 @@ pub enum ClientCaError {
 /// count of rejections with no verification is the sign of a client CA that does not match the
 /// apiserver's certificate (`eirinix_client_certificates_total`).
 #[derive(Debug, Default)]
-pub struct ClientCertStats {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct ClientCertStats {
     verified: AtomicU64,
     rejected: AtomicU64,
 }
@@ -291,7 +293,8 @@ impl ClientCa {
     }
 
     /// Verdicts on the client certificates presented on the webhook port so far.
-    pub fn stats(&self) -> &Arc<ClientCertStats> {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn stats(&self) -> &Arc<ClientCertStats> {
         &self.stats
     }
 
@@ -368,7 +371,9 @@ impl ClientCa {
 
 /// Server config: TLS 1.2 minimum, ALPN `http/1.1` (plus `h2` only when enabled), no client
 /// certificates asked for.
-pub fn server_config(
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+pub(crate) fn server_config(
     resolver: Arc<CertResolver>,
     http2: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
@@ -377,7 +382,8 @@ pub fn server_config(
 
 /// Like [`server_config`]; with `client_ca`, every client must present a certificate chaining to
 /// it (mutual TLS), else the handshake fails.
-pub fn server_config_with_client_ca(
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn server_config_with_client_ca(
     resolver: Arc<CertResolver>,
     http2: bool,
     client_ca: Option<&ClientCa>,

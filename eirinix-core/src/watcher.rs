@@ -57,7 +57,8 @@ pub trait PodWatcher: Send + Sync + 'static {
 
 /// Objects per page of a watcher's (re-)list. A page is decoded as a whole, so with large pods
 /// kube's default of 500 makes the list, not the watched set, the memory peak of a pod watcher.
-pub const LIST_PAGE_SIZE: u32 = 100;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) const LIST_PAGE_SIZE: u32 = 100;
 
 /// A pod watch configuration with eirinix's list page size: start here for any pod watcher.
 pub fn pod_watch_config() -> watcher::Config {
@@ -65,7 +66,8 @@ pub fn pod_watch_config() -> watcher::Config {
 }
 
 /// The default watch configuration for `settings`.
-pub fn default_config(settings: &Settings) -> watcher::Config {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn default_config(settings: &Settings) -> watcher::Config {
     let config = pod_watch_config();
     if settings.filter_eirini_apps {
         config.labels(&format!("{SOURCE_TYPE_LABEL}=APP"))
@@ -76,7 +78,8 @@ pub fn default_config(settings: &Settings) -> watcher::Config {
 
 /// Turns raw watcher events into [`PodEvent`]s, remembering just enough of each pod.
 #[derive(Debug, Default)]
-pub struct EventTracker {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct EventTracker {
     known: HashMap<String, (String, ObjectMeta)>,
     listing: Option<HashSet<String>>,
 }
@@ -94,11 +97,13 @@ fn slim_meta(meta: &ObjectMeta) -> ObjectMeta {
 
 impl EventTracker {
     /// Number of pods currently known.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.known.len()
     }
 
     /// Whether no pod is known.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }

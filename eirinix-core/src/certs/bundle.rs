@@ -4,7 +4,8 @@ use super::*;
 
 /// The whole certificate state shared by replicas (stored in one Secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertBundle {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct CertBundle {
     /// The CA that signs the serving certificate.
     pub ca: CaCert,
     /// The serving certificate.
@@ -45,6 +46,7 @@ impl CertBundle {
     /// PEM for the webhook configuration's caBundle: current CA, then the staged next CA, then
     /// the previous CA (kept until [`Renewal::DropPreviousCa`], which `plan` returns once it
     /// expires; see [`Self::ca_bundle_pem_at`] to filter expired ones).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn ca_bundle_pem(&self) -> String {
         self.ca_bundle_pem_filtered(None)
     }
@@ -84,6 +86,7 @@ impl CertBundle {
     }
 
     /// rustls material for the serving chain and key (see [`certified_key`]).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn certified_key(&self) -> Result<Arc<rustls::sign::CertifiedKey>, CertError> {
         certified_key(&self.serving_chain_pem(), &self.serving.key_pem)
     }

@@ -9,7 +9,7 @@ pub enum CertError {
     /// The [`CertPolicy`] cannot produce usable certificates.
     #[error("invalid certificate policy: {0}")]
     InvalidPolicy(String),
-    /// A serving certificate was requested for an empty [`SubjectNames`].
+    /// A serving certificate was requested for an empty `SubjectNames`.
     #[error("no DNS name or IP address to put in the serving certificate")]
     NoSubjectNames,
     /// rcgen failed to generate a key or certificate.
@@ -87,7 +87,7 @@ pub enum CertError {
         /// The offending value (lossily decoded).
         value: String,
     },
-    /// [`CertBundle::apply`] was given an action that does not fit the bundle's state.
+    /// `CertBundle::apply` was given an action that does not fit the bundle's state.
     #[error("cannot {action}: {reason}")]
     NotApplicable {
         /// The action.

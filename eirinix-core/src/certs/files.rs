@@ -56,7 +56,8 @@ impl FileCerts {
 
 /// rustls material: the serving chain (leaf first, then the signing CA) and key, for a
 /// hot-swappable resolver; uses the ring provider explicitly and checks the key matches the leaf.
-pub fn certified_key(
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn certified_key(
     cert_chain_pem: &str,
     key_pem: &str,
 ) -> Result<Arc<rustls::sign::CertifiedKey>, CertError> {

@@ -4,7 +4,8 @@ use super::*;
 
 /// A self-signed CA certificate and its key.
 #[derive(Clone, PartialEq, Eq)]
-pub struct CaCert {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct CaCert {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// The private key, PKCS#8 PEM.
@@ -134,7 +135,8 @@ impl CaCert {
 
 /// The webhook's serving (leaf) certificate and key.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ServingCert {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct ServingCert {
     /// The leaf certificate only, PEM (see [`CertBundle::serving_chain_pem`] for the chain).
     pub cert_pem: String,
     /// The private key, PKCS#8 PEM.

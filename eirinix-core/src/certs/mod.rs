@@ -2,7 +2,7 @@
 //! wall clock, so the webhook's certificate never silently expires.
 //!
 //! This module is pure certificate logic: no Kubernetes API calls and no network. The caller
-//! (the server) keeps a [`CertBundle`] in one Kubernetes Secret shared by all replicas and
+//! (the server) keeps a `CertBundle` in one Kubernetes Secret shared by all replicas and
 //! periodically runs the loop
 //!
 //! ```text
@@ -30,7 +30,7 @@
 //!
 //! Secret layout (type `kubernetes.io/tls`): `tls.crt` holds the serving
 //! *chain* (leaf first, then the signing CA) so it can be handed to a TLS stack (and to
-//! [`certified_key`]) as is; `tls.key`, `ca.crt`, `ca.key`, and optionally `ca-next.crt`,
+//! `certified_key`) as is; `tls.key`, `ca.crt`, `ca.key`, and optionally `ca-next.crt`,
 //! `ca-next.key`, `ca-next.staged-at`, `ca-previous.crt`, `ca-previous.retired-at`
 //! (the two timestamps are RFC 3339).
 //!
@@ -50,12 +50,16 @@ mod renewal;
 mod tests;
 mod x509;
 
-pub use bundle::*;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use bundle::*;
 pub use clock::*;
 pub use error::*;
-pub use files::*;
-pub use issue::*;
-pub use names::*;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use files::*;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use issue::*;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use names::*;
 pub use policy::*;
 pub use renewal::*;
 use x509::*;

@@ -4,7 +4,8 @@ use super::*;
 
 /// Names the serving certificate must cover (its subjectAltNames).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubjectNames {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct SubjectNames {
     /// DNS names (compared case-insensitively).
     pub dns: Vec<String>,
     /// IP addresses.
@@ -48,6 +49,7 @@ impl SubjectNames {
     }
 
     /// Union of both sets of names, without duplicates, keeping `self`'s order first.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn merge(mut self, other: SubjectNames) -> Self {
         for dns in other.dns {
             self.push_dns(dns);

@@ -26,7 +26,7 @@ impl fmt::Display for ReissueReason {
     }
 }
 
-/// One step of certificate maintenance, as decided by [`CertBundle::plan`].
+/// One step of certificate maintenance, as decided by `CertBundle::plan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Renewal {
     /// Nothing to do.
@@ -44,8 +44,9 @@ pub enum Renewal {
 }
 
 impl Renewal {
-    /// True when applying this action changes [`CertBundle::ca_bundle_pem`], so the webhook
+    /// True when applying this action changes `CertBundle::ca_bundle_pem`, so the webhook
     /// configuration's caBundle must be updated.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn changes_ca_bundle(&self) -> bool {
         matches!(
             self,

@@ -158,7 +158,8 @@ impl Manager {
     }
 
     /// Names the serving certificate must cover.
-    pub fn subject_names(&self) -> SubjectNames {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn subject_names(&self) -> SubjectNames {
         match &self.settings.endpoint {
             Endpoint::Service {
                 name, namespace, ..
