@@ -167,6 +167,10 @@ impl Labels<'_> {
 /// The volumes `vcap` (the `VCAP_SERVICES` of container `container`) asks for.
 ///
 /// Empty or blank input means no services. The first problem found is returned.
+///
+/// Admission runs this for every app pod, so well-typed input (every binding an object, every
+/// field persi reads a string or null) takes one borrowing pass ([`fast`]); anything else is
+/// read again as a `serde_json::Value`, which names the problem. Both read the same.
 pub fn volume_requests(
     container: &str,
     vcap: &str,
@@ -175,6 +179,18 @@ pub fn volume_requests(
     if vcap.trim().is_empty() {
         return Ok(Vec::new());
     }
+    match fast::volume_requests(container, vcap, labels) {
+        Some(read) => read,
+        None => by_value(container, vcap, labels),
+    }
+}
+
+/// The precise reading, through `serde_json::Value`: every shape and type problem named.
+fn by_value(
+    container: &str,
+    vcap: &str,
+    labels: Labels<'_>,
+) -> Result<Vec<VolumeRequest>, VcapError> {
     let value: Value = serde_json::from_str(vcap).map_err(|source| VcapError::NotJson {
         container: container.to_owned(),
         source,
@@ -331,6 +347,171 @@ fn binding_requests(
     Ok(out)
 }
 
+/// One borrowing pass over well-typed `VCAP_SERVICES`: the fields persi reads as strings
+/// (escaped ones copied), everything else skipped. `None` when the input is not of that shape
+/// (not an object of lists of objects, a field of another type, a key given twice in a binding):
+/// the caller then reads it by value.
+mod fast {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::{BindingProblem, BindingRef, Labels, VcapError, VolumeRequest, normalize_dir};
+
+    #[derive(Deserialize)]
+    struct Binding<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        binding_name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        instance_name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        credentials: Option<Obj<VolumeId<'a>>>,
+        #[serde(borrow, default)]
+        volume_mounts: Option<Vec<Obj<Mount<'a>>>>,
+    }
+
+    #[derive(Deserialize)]
+    struct VolumeId<'a> {
+        #[serde(borrow, default)]
+        volume_id: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Mount<'a> {
+        #[serde(borrow, default)]
+        container_dir: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        mode: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        device: Option<Obj<VolumeId<'a>>>,
+    }
+
+    /// A `T` read only from a JSON object: serde's derived structs also take an array (their
+    /// fields by position), which the `Value` reading refuses.
+    struct Obj<T>(T);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Only<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+                type Value = Obj<T>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    map: A,
+                ) -> Result<Obj<T>, A::Error> {
+                    T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+                }
+            }
+            d.deserialize_map(Only(std::marker::PhantomData))
+        }
+    }
+
+    /// Labels to their bindings (null: none); a label given twice keeps its last list.
+    type Services<'a> = BTreeMap<String, Option<Vec<Obj<Binding<'a>>>>>;
+
+    pub(super) fn volume_requests(
+        container: &str,
+        vcap: &str,
+        labels: Labels<'_>,
+    ) -> Option<Result<Vec<VolumeRequest>, VcapError>> {
+        let services: Services<'_> = serde_json::from_str(vcap).ok()?;
+        let mut out = Vec::new();
+        let mut dirs: BTreeMap<String, BindingRef> = BTreeMap::new();
+        for (label, bindings) in &services {
+            if !labels.accepts(label) {
+                continue;
+            }
+            for (index, Obj(binding)) in bindings.iter().flatten().enumerate() {
+                let binding_ref = BindingRef {
+                    label: label.clone(),
+                    index,
+                    // The first of the three that is set, if it is not empty.
+                    name: [&binding.name, &binding.binding_name, &binding.instance_name]
+                        .into_iter()
+                        .find_map(Option::as_ref)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| n.to_string()),
+                };
+                let fail = |problem| VcapError::Binding {
+                    container: container.to_owned(),
+                    binding: Box::new(binding_ref.clone()),
+                    problem,
+                };
+                // All of a binding's mounts first, then their directories, as `by_value` does:
+                // the same problem is reported first.
+                let requests: Result<Vec<VolumeRequest>, BindingProblem> = binding
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(index, Obj(mount))| request(binding, mount, index, &binding_ref))
+                    .collect();
+                let requests = match requests {
+                    Ok(requests) => requests,
+                    Err(problem) => return Some(Err(fail(problem))),
+                };
+                for (index, req) in requests.into_iter().enumerate() {
+                    if let Some(other) = dirs.get(&req.container_dir) {
+                        return Some(Err(fail(BindingProblem::DuplicateContainerDir {
+                            index,
+                            dir: req.container_dir,
+                            other: other.to_string(),
+                        })));
+                    }
+                    dirs.insert(req.container_dir.clone(), binding_ref.clone());
+                    out.push(req);
+                }
+            }
+        }
+        Some(Ok(out))
+    }
+
+    fn request(
+        binding: &Binding<'_>,
+        mount: &Mount<'_>,
+        index: usize,
+        binding_ref: &BindingRef,
+    ) -> Result<VolumeRequest, BindingProblem> {
+        let credential = binding
+            .credentials
+            .as_ref()
+            .and_then(|c| c.0.volume_id.as_ref());
+        let device = mount.device.as_ref().and_then(|d| d.0.volume_id.as_ref());
+        let claim = match (credential, device) {
+            (Some(c), _) if !c.is_empty() => c,
+            (_, Some(d)) if !d.is_empty() => d,
+            _ => return Err(BindingProblem::NoClaim(index)),
+        };
+        let dir = match &mount.container_dir {
+            Some(d) if !d.is_empty() => d,
+            _ => return Err(BindingProblem::NoContainerDir(index)),
+        };
+        let container_dir = normalize_dir(dir, index)?;
+        let read_only = match mount.mode.as_deref() {
+            None | Some("rw") => false,
+            Some("r") => true,
+            Some(m) => {
+                return Err(BindingProblem::InvalidMode {
+                    index,
+                    mode: m.to_owned(),
+                });
+            }
+        };
+        Ok(VolumeRequest {
+            binding: binding_ref.clone(),
+            claim: claim.to_string(),
+            container_dir,
+            read_only,
+        })
+    }
+}
+
 /// `dir` without trailing slashes, if it is an absolute path persi can mount at.
 pub(crate) fn normalize_dir(dir: &str, index: usize) -> Result<String, BindingProblem> {
     if !dir.starts_with('/') {
@@ -475,5 +656,91 @@ mod tests {
                 .ends_with("binding #0 of service \"s\": volume_mounts[0]: credentials.volume_id is not a string")
         );
         assert!(problem(&json!({"s": ["x"]})).ends_with("the binding is not a JSON object"));
+    }
+
+    /// The borrowing pass reads what the `Value` reading reads: the same requests, or the
+    /// same error message (and `None` only where it leaves the input to the `Value` reading).
+    fn same_as_by_value(vcap: &str) {
+        let nfs = ["nfs".to_owned(), "s".to_owned()];
+        for labels in [Labels::Any, Labels::Only(&nfs)] {
+            let got = volume_requests("opi", vcap, labels);
+            let want = by_value("opi", vcap, labels);
+            match (&got, &want) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{vcap}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{vcap}"),
+                _ => panic!("{vcap}: read {got:?}, by value {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_borrowing_pass_reads_as_the_value_reading_does() {
+        let cases = [
+            r#"{"s": [{"name": "b", "credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/d", "mode": "r"}]}]}"#,
+            r#"  {"s": [{"name": "b", "credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/d"}]}]}  "#,
+            // Escapes in keys and values.
+            r#"{"\u0073": [{"n\u0061me": "\u00e9", "credentials": {"volume_id": "c\"q"}, "volume_mounts": [{"container_dir": "\/d\/e\/", "mode": "\u0072"}]}]}"#,
+            // A key given twice: the last value counts.
+            r#"{"s": [{"volume_mounts": 1}], "s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/x"}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/x", "container_dir": "/y"}]}]}"#,
+            // Names: the first string among name, binding_name, instance_name.
+            r#"{"s": [{"name": 3, "binding_name": "bn", "volume_mounts": [{}]}]}"#,
+            r#"{"s": [{"name": "", "instance_name": "in", "volume_mounts": [{}]}]}"#,
+            r#"{"s": [{"name": null, "instance_name": "in", "volume_mounts": [{"container_dir": "/d"}]}]}"#,
+            // Claims: credentials first, else the device; wrong types named.
+            r#"{"s": [{"credentials": {"volume_id": ""}, "volume_mounts": [{"container_dir": "/d", "device": {"volume_id": "dev"}}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": null}, "volume_mounts": [{"container_dir": "/d", "device": {"volume_id": 5}}]}]}"#,
+            r#"{"s": [{"credentials": "c", "volume_mounts": [{"container_dir": "/d", "device": "x"}]}]}"#,
+            r#"{"s": [{"credentials": {"uri": "x"}, "volume_mounts": [{"container_dir": "/d", "device": {"volume_id": "dev"}}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": ["c"]}, "volume_mounts": [{"container_dir": "/d"}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": 7}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": ""}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/d", "mode": true}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/d", "mode": null}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/d", "mode": "R"}]}]}"#,
+            r#"{"s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/d\u0001"}]}]}"#,
+            "{\"s\": [{\"credentials\": {\"volume_id\": \"c\"}, \"volume_mounts\": [{\"container_dir\": \"/d\u{1}\"}]}]}",
+            // Which problem comes first: a binding's mounts, then their directories.
+            r#"{"s": [{"name": "a", "credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/a"}]}, {"name": "b", "credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/a"}, {}]}]}"#,
+            r#"{"s": [{"name": "a", "credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/a"}, {"container_dir": "/a/"}]}]}"#,
+            // Shapes.
+            r#"{"s": [{"volume_mounts": null}], "t": null, "u": [{}]}"#,
+            r#"{"s": [{"volume_mounts": {}}]}"#,
+            r#"{"s": [{"volume_mounts": [1]}]}"#,
+            r#"{"s": [[]]}"#,
+            r#"{"s": "x"}"#,
+            r#"{"s": 1.5e3}"#,
+            r#"{"s": false}"#,
+            r#"{"other": "x", "s": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/a"}]}]}"#,
+            r#"{"nfs": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/a"}]}], "s": [{"credentials": {"volume_id": "d"}, "volume_mounts": [{"container_dir": "/a/"}]}]}"#,
+            r#"{"b": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/a"}, {"container_dir": "/b", "mode": "rw"}]}], "a": [{"credentials": {"volume_id": "c"}, "volume_mounts": [{"container_dir": "/c"}]}]}"#,
+            "[]",
+            "\"text\"",
+            "null",
+            "12",
+            "{}",
+            "{not json",
+            r#"{"s": [}"#,
+            r#"{"s": []} x"#,
+        ];
+        for vcap in cases {
+            same_as_by_value(vcap);
+        }
+        // The benchmark's Eirini app: two persi bindings and a database.
+        let eirini = json!({
+            "eirini-persi": [
+                {"name": "data", "label": "eirini-persi", "credentials": {"volume_id": "pvc-data-7f3a"},
+                 "volume_mounts": [{"container_dir": "/var/vcap/data/data", "mode": "rw", "device_type": "shared", "device": {"volume_id": "pvc-data-7f3a", "mount_config": {}}}]},
+                {"name": "shared-config", "label": "eirini-persi", "credentials": {"volume_id": "pvc-config-91bc"},
+                 "volume_mounts": [{"container_dir": "/var/vcap/data/config", "mode": "r", "device_type": "shared", "device": {"volume_id": "pvc-config-91bc", "mount_config": {}}}]}
+            ],
+            "p-mysql": [{"name": "db", "label": "p-mysql", "credentials": {"hostname": "10.0.0.12", "port": 3306, "password": "secret"}}]
+        });
+        same_as_by_value(&eirini.to_string());
+        assert!(
+            fast::volume_requests("opi", &eirini.to_string(), Labels::Any).is_some(),
+            "the usual shape takes the borrowing pass"
+        );
+        assert_eq!(parse(&eirini).unwrap().len(), 2);
     }
 }
