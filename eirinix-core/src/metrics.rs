@@ -136,6 +136,7 @@ impl Metrics {
 
     /// Metrics for the named extensions, the client certificates' verdicts (when a client CA is
     /// configured) and the extensions' own collectors.
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn with<'a>(
         extensions: impl IntoIterator<Item = &'a str>,
         client_certs: Option<Arc<crate::tls::ClientCertStats>>,
@@ -160,19 +161,6 @@ impl Metrics {
             registry.register_collector(Box::new(c));
         }
         Self { counters, registry }
-    }
-
-    /// Also render the verdicts on client certificates (when a client CA is configured).
-    #[cfg_attr(feature = "internals", visibility::make(pub))]
-    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
-    pub(crate) fn with_client_certs(self, stats: Arc<crate::tls::ClientCertStats>) -> Self {
-        let names: Vec<String> = self
-            .counters
-            .extensions
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
-        Self::with(names.iter().map(String::as_str), Some(stats), Vec::new())
     }
 
     /// The metrics of the extension at `index` (registration order).
@@ -340,6 +328,7 @@ impl Collector for Counters {
 
 /// An extension's collector as the manager keeps it (cloned into each registry it builds).
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) struct SharedCollector(pub(crate) Arc<dyn Collector>);
 
 impl Collector for SharedCollector {

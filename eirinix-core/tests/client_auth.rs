@@ -503,7 +503,7 @@ async fn client_certificates_presented_on_the_port_are_counted() {
         .unwrap_err();
     assert_eq!(client_ca.stats().verified(), 1);
     assert_eq!(client_ca.stats().rejected(), 1);
-    let metrics = Metrics::new(["allow"]).with_client_certs(client_ca.stats().clone());
+    let metrics = Metrics::with(["allow"], Some(client_ca.stats().clone()), Vec::new());
     let text = metrics.render();
     assert!(
         text.contains("eirinix_client_certificates_total{result=\"verified\"} 1")
