@@ -28,20 +28,3 @@ k8s_openapi::k8s_if_ge_1_35! {
         Some(&d.spec)
     }
 }
-
-/// A TokenReview of `token` for `audiences` (the apiserver's default audiences when empty),
-/// built from JSON: `TokenReviewSpec::token` is optional before Kubernetes 1.35, required after.
-pub fn token_review(
-    token: &str,
-    audiences: &[String],
-) -> Result<k8s_openapi::api::authentication::v1::TokenReview, serde_json::Error> {
-    let mut spec = serde_json::json!({ "token": token });
-    if !audiences.is_empty() {
-        spec["audiences"] = serde_json::json!(audiences);
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenReview",
-        "spec": spec,
-    }))
-}

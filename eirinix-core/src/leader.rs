@@ -8,7 +8,7 @@
 //! nor keep a dead leader's Lease (one whose clock ran ahead looks valid for hours).
 //!
 //! A candidate that must run now (a one-shot Helm hook) can ask the holder to hand over
-//! ([`lead_once`], `HANDOVER_ANNOTATION`): the holder stops its work, releases the Lease, and
+//! ([`LeaseLock::lead_once`], `HANDOVER_ANNOTATION`): the holder stops its work, releases the Lease, and
 //! the others leave it to the asking candidate.
 
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Annotation on the Lease naming the identity a holder is asked to hand leadership over to.
-/// The holder ([`run_while_leader`]) stops its work and releases; other candidates leave the
+/// The holder ([`LeaseLock::run_while_leader`]) stops its work and releases; other candidates leave the
 /// free Lease to that identity until the request goes stale (unchanged for a lease duration).
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) const HANDOVER_ANNOTATION: &str = "eirinix.org/leader-handover-to";
@@ -112,8 +112,7 @@ pub struct LeaseLock {
     observed: Arc<Mutex<Option<Observed>>>,
 }
 
-/// A replica identity: `POD_NAME` when set (in a pod), else the host name plus a random suffix.
-pub fn default_identity() -> String {
+fn default_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
         && !pod.is_empty()
     {
@@ -155,6 +154,147 @@ impl LeaseLock {
     pub fn lease_duration(mut self, d: Duration) -> Self {
         self.lease_duration = d.max(Duration::from_secs(1));
         self
+    }
+
+    /// A replica identity: `POD_NAME` when set (in a pod), else the host name plus a random suffix.
+    pub fn default_identity() -> String {
+        default_identity()
+    }
+
+    /// Run `work` only while holding this lock: it starts when the lease is acquired and its
+    /// token is cancelled when the lease is lost, handed over (`HANDOVER_ANNOTATION`) or `cancel`
+    /// fires; then it waits to be leader again. The work is over (aborted if it ignores its
+    /// token) before any other replica can see the lease expire. `leading` (if given) reports
+    /// the current state.
+    pub async fn run_while_leader<F, Fut>(
+        self,
+        cancel: CancellationToken,
+        leading: Option<watch::Sender<bool>>,
+        work: F,
+    ) where
+        F: Fn(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let lock = self;
+        let retry = lock.retry_period();
+        let report = |v: bool| {
+            if let Some(tx) = &leading {
+                tx.send_replace(v);
+            }
+        };
+        let lock = Arc::new(lock);
+        loop {
+            // Follower: try to acquire. A renewal counts from before its request was sent: the
+            // others observe the write after that, so their clock for it starts later than ours.
+            let renewed_at = loop {
+                let started = Instant::now();
+                match lock.attempt(true).await {
+                    Ok(Attempt::Leading) => break started,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            };
+            tracing::info!(identity = lock.identity(), "acquired leadership");
+            report(true);
+            let token = cancel.child_token();
+            // Aborted if this future is dropped: work must never outlive the lease renewal.
+            let mut task = AbortOnDrop(tokio::spawn(work(token.clone())));
+            let (end, renewed_at) = hold(&lock, renewed_at, retry, true, &cancel).await;
+            token.cancel();
+            // Others may take over once the lease expires: the work must be over by then.
+            if tokio::time::timeout_at(renewed_at + lock.lease_duration, task.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    identity = lock.identity(),
+                    "leader work did not stop before the lease expires; aborted"
+                );
+            }
+            report(false);
+            match end {
+                Hold::Cancelled => {
+                    if let Err(e) = lock.release().await {
+                        tracing::warn!(error = %e, "releasing the lease failed");
+                    }
+                    return;
+                }
+                Hold::HandOver(to) => {
+                    tracing::info!(identity = lock.identity(), to = %to, "handed leadership over");
+                    if let Err(e) = lock.release().await {
+                        tracing::warn!(error = %e, "releasing the lease failed");
+                    }
+                }
+                Hold::Lost => tracing::warn!(identity = lock.identity(), "lost leadership"),
+            }
+        }
+    }
+
+    /// Run `work` once as the leader of this lock (a one-shot job beside long-running replicas):
+    /// take the lease, asking a live holder to hand over (`HANDOVER_ANNOTATION`; a holder running
+    /// [`LeaseLock::run_while_leader`] stops its work and releases at its next renewal), for at most `wait`;
+    /// renew it while `work` runs; release it at the end. If the lease is lost, the work's token is
+    /// cancelled, and the work is dropped if it has not stopped when the lease expires.
+    pub async fn lead_once<F, Fut, T>(self, wait: Duration, work: F) -> Result<Led<T>, LeaderError>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let lock = self;
+        // Polled often: a released lease is left to us only until our request goes stale (a
+        // lease duration); 8 times per lease duration, at least once a second.
+        let poll =
+            (lock.lease_duration / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let deadline = Instant::now() + wait;
+        let renewed_at = loop {
+            let started = Instant::now();
+            match lock.attempt(false).await {
+                Ok(Attempt::Leading) => break started,
+                Ok(_) => lock.request_handover(true).await?,
+                Err(e) if e.is_forbidden() => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+            }
+            if Instant::now() >= deadline {
+                if let Err(e) = lock.request_handover(false).await {
+                    tracing::warn!(error = %e, "withdrawing the handover request failed");
+                }
+                return Ok(Led::NotAcquired);
+            }
+            tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
+        };
+        tracing::info!(
+            identity = lock.identity(),
+            "acquired leadership for a one-shot run"
+        );
+        let token = CancellationToken::new();
+        let stop_renewing = CancellationToken::new();
+        let work = work(token.clone());
+        tokio::pin!(work);
+        let renew = hold(
+            &lock,
+            renewed_at,
+            lock.retry_period(),
+            false,
+            &stop_renewing,
+        );
+        tokio::pin!(renew);
+        let led = tokio::select! {
+            out = &mut work => Led::Done(out),
+            (end, renewed_at) = &mut renew => {
+                tracing::warn!(identity = lock.identity(), ?end, "lost leadership during a one-shot run; stopping it");
+                token.cancel();
+                Led::Lost(tokio::time::timeout_at(renewed_at + lock.lease_duration, &mut work).await.ok())
+            }
+        };
+        stop_renewing.cancel();
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "releasing the lease failed");
+        }
+        Ok(led)
     }
 
     /// This lock's identity.
@@ -356,7 +496,7 @@ pub struct Election {
 }
 
 impl Election {
-    /// Lease `name` in the manager's webhook namespace, held as [`default_identity`], 15 s.
+    /// Lease `name` in the manager's webhook namespace, held as [`LeaseLock::default_identity`], 15 s.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             namespace: None,
@@ -372,7 +512,7 @@ impl Election {
         self
     }
 
-    /// Hold the Lease as `identity` (unique per replica) instead of [`default_identity`].
+    /// Hold the Lease as `identity` (unique per replica) instead of [`LeaseLock::default_identity`].
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
         self.identity = Some(identity.into());
         self
@@ -394,77 +534,6 @@ impl Election {
             identity,
         )
         .lease_duration(self.lease_duration)
-    }
-}
-
-/// Run `work` only while holding `lock`: it starts when the lease is acquired and its token is
-/// cancelled when the lease is lost, handed over (`HANDOVER_ANNOTATION`) or `cancel` fires;
-/// then it waits to be leader again. The work is over (aborted if it ignores its token) before
-/// any other replica can see the lease expire. `leading` (if given) reports the current state.
-pub async fn run_while_leader<F, Fut>(
-    lock: LeaseLock,
-    cancel: CancellationToken,
-    leading: Option<watch::Sender<bool>>,
-    work: F,
-) where
-    F: Fn(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let retry = lock.retry_period();
-    let report = |v: bool| {
-        if let Some(tx) = &leading {
-            tx.send_replace(v);
-        }
-    };
-    let lock = Arc::new(lock);
-    loop {
-        // Follower: try to acquire. A renewal counts from before its request was sent: the
-        // others observe the write after that, so their clock for it starts later than ours.
-        let renewed_at = loop {
-            let started = Instant::now();
-            match lock.attempt(true).await {
-                Ok(Attempt::Leading) => break started,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(retry) => {}
-                _ = cancel.cancelled() => return,
-            }
-        };
-        tracing::info!(identity = lock.identity(), "acquired leadership");
-        report(true);
-        let token = cancel.child_token();
-        // Aborted if this future is dropped: work must never outlive the lease renewal.
-        let mut task = AbortOnDrop(tokio::spawn(work(token.clone())));
-        let (end, renewed_at) = hold(&lock, renewed_at, retry, true, &cancel).await;
-        token.cancel();
-        // Others may take over once the lease expires: the work must be over by then.
-        if tokio::time::timeout_at(renewed_at + lock.lease_duration, task.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                identity = lock.identity(),
-                "leader work did not stop before the lease expires; aborted"
-            );
-        }
-        report(false);
-        match end {
-            Hold::Cancelled => {
-                if let Err(e) = lock.release().await {
-                    tracing::warn!(error = %e, "releasing the lease failed");
-                }
-                return;
-            }
-            Hold::HandOver(to) => {
-                tracing::info!(identity = lock.identity(), to = %to, "handed leadership over");
-                if let Err(e) = lock.release().await {
-                    tracing::warn!(error = %e, "releasing the lease failed");
-                }
-            }
-            Hold::Lost => tracing::warn!(identity = lock.identity(), "lost leadership"),
-        }
     }
 }
 
@@ -515,7 +584,7 @@ async fn hold(
     }
 }
 
-/// What [`lead_once`] did.
+/// What [`LeaseLock::lead_once`] did.
 #[derive(Debug)]
 pub enum Led<T> {
     /// The work ran to its end as the leader.
@@ -526,71 +595,6 @@ pub enum Led<T> {
     /// this is what it returned (`None`: it did not stop before the lease expired, and was
     /// dropped).
     Lost(Option<T>),
-}
-
-/// Run `work` once as the leader of `lock` (a one-shot job beside long-running replicas):
-/// take the lease, asking a live holder to hand over (`HANDOVER_ANNOTATION`; a holder running
-/// [`run_while_leader`] stops its work and releases at its next renewal), for at most `wait`;
-/// renew it while `work` runs; release it at the end. If the lease is lost, the work's token is
-/// cancelled, and the work is dropped if it has not stopped when the lease expires.
-pub async fn lead_once<F, Fut, T>(
-    lock: LeaseLock,
-    wait: Duration,
-    work: F,
-) -> Result<Led<T>, LeaderError>
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    // Polled often: a released lease is left to us only until our request goes stale (a
-    // lease duration); 8 times per lease duration, at least once a second.
-    let poll = (lock.lease_duration / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let deadline = Instant::now() + wait;
-    let renewed_at = loop {
-        let started = Instant::now();
-        match lock.attempt(false).await {
-            Ok(Attempt::Leading) => break started,
-            Ok(_) => lock.request_handover(true).await?,
-            Err(e) if e.is_forbidden() => return Err(e),
-            Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
-        }
-        if Instant::now() >= deadline {
-            if let Err(e) = lock.request_handover(false).await {
-                tracing::warn!(error = %e, "withdrawing the handover request failed");
-            }
-            return Ok(Led::NotAcquired);
-        }
-        tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
-    };
-    tracing::info!(
-        identity = lock.identity(),
-        "acquired leadership for a one-shot run"
-    );
-    let token = CancellationToken::new();
-    let stop_renewing = CancellationToken::new();
-    let work = work(token.clone());
-    tokio::pin!(work);
-    let renew = hold(
-        &lock,
-        renewed_at,
-        lock.retry_period(),
-        false,
-        &stop_renewing,
-    );
-    tokio::pin!(renew);
-    let led = tokio::select! {
-        out = &mut work => Led::Done(out),
-        (end, renewed_at) = &mut renew => {
-            tracing::warn!(identity = lock.identity(), ?end, "lost leadership during a one-shot run; stopping it");
-            token.cancel();
-            Led::Lost(tokio::time::timeout_at(renewed_at + lock.lease_duration, &mut work).await.ok())
-        }
-    };
-    stop_renewing.cancel();
-    if let Err(e) = lock.release().await {
-        tracing::warn!(error = %e, "releasing the lease failed");
-    }
-    Ok(led)
 }
 
 /// Aborts the task when dropped.

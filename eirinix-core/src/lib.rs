@@ -51,4 +51,5 @@ pub mod deps {
     pub use json_patch;
     pub use k8s_openapi;
     pub use kube;
+    pub use prometheus_client;
 }

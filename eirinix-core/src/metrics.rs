@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use prometheus_client::collector::Collector;
-pub use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeMetric as _;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -26,7 +26,8 @@ const BUCKETS: [f64; 12] = [
 
 /// How one review ended, as counted in `eirinix_reviews_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) enum Outcome {
     /// A patch was returned.
     Patched,
     /// Admitted unchanged.
@@ -265,57 +266,48 @@ impl Collector for Counters {
                 )?;
         }
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_bad_requests_total",
             "Requests rejected before reaching an extension.",
             l(&self.bad_requests),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_certificate_expiry_timestamp_seconds",
             "Expiry of the served certificate (Unix time).",
             self.cert_expiry.load(Ordering::Relaxed),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_certificate_rotations_total",
             "Serving certificates loaded after a rotation.",
             l(&self.cert_rotations),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_webhook_configuration_repairs_total",
             "Webhook configuration drift repairs.",
             l(&self.config_repairs),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_watch_restarts_total",
             "Watches restarted after an error or end.",
             l(&self.watch_restarts),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_connections_accepted_total",
             "Connections accepted on the webhook port (each costs a TLS handshake).",
             self.connections.accepted(),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_tls_handshake_failures_total",
             "TLS handshakes on the webhook port that failed or timed out.",
             self.connections.handshake_failures(),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_open_connections",
             "Connections open on the webhook port.",
             self.connections.open(),
         )?;
         if let Some(c) = &self.client_certs {
-            counter_family(
-                &mut e,
+            e.counter_family(
                 "eirinix_client_certificates_total",
                 "Client certificates presented on the webhook port, by verdict of the client CA.",
                 "result",
@@ -347,46 +339,69 @@ pub fn render(collector: impl Collector) -> String {
     out
 }
 
-/// Encode one counter named `name` (its exposed name, ending in `_total`).
-pub fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    let base = name.strip_suffix("_total").unwrap_or(name);
-    ConstCounter::new(value).encode(e.encode_descriptor(base, help, None, MetricType::Counter)?)
-}
+/// Shorthands for a [`Collector`]'s `encode`: constant counters and gauges, alone or as a
+/// family with one label (`use eirinix_core::metrics::Encode` and call them on the encoder).
+pub trait Encode {
+    /// The descriptor of one metric without a unit (what the shorthands build on).
+    fn descriptor<'s>(
+        &'s mut self,
+        name: &'s str,
+        help: &str,
+        metric_type: MetricType,
+    ) -> Result<MetricEncoder<'s>, std::fmt::Error>;
 
-/// Encode one gauge.
-pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
-    ConstGauge::new(value).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-/// Encode a counter with one label: a series per `(label value, count)`.
-pub fn counter_family<'v>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    series: impl IntoIterator<Item = (&'v str, u64)>,
-) -> std::fmt::Result {
-    let base = name.strip_suffix("_total").unwrap_or(name);
-    let mut family = e.encode_descriptor(base, help, None, MetricType::Counter)?;
-    for (value, count) in series {
-        ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
+    /// Encode one counter named `name` (its exposed name, ending in `_total`).
+    fn counter(&mut self, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        ConstCounter::new(value).encode(self.descriptor(base, help, MetricType::Counter)?)
     }
-    Ok(())
+
+    /// Encode one gauge.
+    fn gauge(&mut self, name: &str, help: &str, value: i64) -> std::fmt::Result {
+        ConstGauge::new(value).encode(self.descriptor(name, help, MetricType::Gauge)?)
+    }
+
+    /// Encode a counter with one label: a series per `(label value, count)`.
+    fn counter_family<'v>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        series: impl IntoIterator<Item = (&'v str, u64)>,
+    ) -> std::fmt::Result {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        let mut family = self.descriptor(base, help, MetricType::Counter)?;
+        for (value, count) in series {
+            ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
+        }
+        Ok(())
+    }
+
+    /// Encode a gauge with one label: a series per `(label value, value)`.
+    fn gauge_family<'v>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        series: impl IntoIterator<Item = (&'v str, i64)>,
+    ) -> std::fmt::Result {
+        let mut family = self.descriptor(name, help, MetricType::Gauge)?;
+        for (value, v) in series {
+            ConstGauge::new(v).encode(family.encode_family(&[(label, value)])?)?;
+        }
+        Ok(())
+    }
 }
 
-/// Encode a gauge with one label: a series per `(label value, value)`.
-pub fn gauge_family<'v>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    series: impl IntoIterator<Item = (&'v str, i64)>,
-) -> std::fmt::Result {
-    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (value, v) in series {
-        ConstGauge::new(v).encode(family.encode_family(&[(label, value)])?)?;
+impl Encode for DescriptorEncoder<'_> {
+    fn descriptor<'s>(
+        &'s mut self,
+        name: &'s str,
+        help: &str,
+        metric_type: MetricType,
+    ) -> Result<MetricEncoder<'s>, std::fmt::Error> {
+        self.encode_descriptor(name, help, None, metric_type)
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -424,8 +439,8 @@ mod tests {
 
     impl Collector for Ext {
         fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-            counter(&mut e, "ext_a_total", "A.", self.0)?;
-            gauge_family(&mut e, "ext_b", "B.", "sink", [("relp", 4), ("tcp", -1)])
+            e.counter("ext_a_total", "A.", self.0)?;
+            e.gauge_family("ext_b", "B.", "sink", [("relp", 4), ("tcp", -1)])
         }
     }
 

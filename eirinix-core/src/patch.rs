@@ -302,61 +302,21 @@ impl<'a> PodPatch<'a> {
         Ok(self)
     }
 
-    /// Mark the pod as injected by `extension` (see [`is_marked`]).
+    /// Mark the pod as injected by `extension` (see [`PodPatch::is_marked`]).
     pub fn mark(&mut self, extension: &str) -> &mut Self {
         self.set_annotation(&marker_key(extension), "injected")
     }
 
     /// Mark the pod as injected by `extension` with a digest of what was injected (see
-    /// [`is_marked_with`] and [`digest`]).
+    /// [`PodPatch::is_marked_with`] and [`PodPatch::digest`]).
     pub fn mark_with(&mut self, extension: &str, digest: &str) -> &mut Self {
         self.set_annotation(&marker_key(extension), digest)
     }
 }
 
-/// A digest (`sha256:<hex>`) of what an extension injects (its config, the values it sets),
-/// for [`PodPatch::mark_with`]: a copied pod whose marker carries another digest is stale.
-pub fn digest<T: Serialize>(injected: &T) -> Result<String, PatchError> {
-    use sha2::Digest as _;
-    let bytes = serde_json::to_vec(injected)?;
-    let hash = sha2::Sha256::digest(&bytes);
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
-    }
-    Ok(out)
-}
-
-/// Whether `pod` carries `extension`'s marker with exactly `digest`. Like [`is_marked`], this
-/// trusts what the pod says about itself: whoever creates the pod can set the annotation, so
-/// use it to skip work only when skipping is harmless (the injected state is also checked, or
-/// a forged marker only harms the pod's own author), never to skip a security control.
-pub fn is_marked_with(pod: &Pod, extension: &str, digest: &str) -> bool {
-    let key = marker_key(extension);
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&key))
-        .is_some_and(|v| v == digest)
-}
-
 /// The idempotency annotation key of `extension`.
 pub(crate) fn marker_key(extension: &str) -> String {
     format!("{MARKER_DOMAIN}/{extension}")
-}
-
-/// Whether `pod` carries `extension`'s marker (reinvocation, retries). Any pod author can set
-/// the annotation, and a copied pod keeps it with whatever it then holds: prefer checking the
-/// actual state ([`PodPatch::set_env`] and friends are no-ops when it is already right), or a
-/// marker with a digest ([`is_marked_with`]); trust a bare marker only where skipping is
-/// harmless.
-pub fn is_marked(pod: &Pod, extension: &str) -> bool {
-    let key = marker_key(extension);
-    pod.metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(&key))
 }
 
 /// The pod as JSON without `metadata.managedFields` (useless for mutation, costly to diff).
@@ -369,19 +329,62 @@ pub(crate) fn pod_value(pod: &Pod) -> Result<Value, PatchError> {
     Ok(v)
 }
 
-/// Fallback: the patch turning `original` into `mutated`, ignoring `managedFields`.
-pub fn diff(original: &Pod, mutated: &Pod) -> Result<Patch, PatchError> {
-    Ok(json_patch::diff(
-        &pod_value(original)?,
-        &pod_value(mutated)?,
-    ))
-}
+/// Marks, digests and whole-pod patches: what an extension needs around a [`PodPatch`].
+impl PodPatch<'_> {
+    /// A digest (`sha256:<hex>`) of what an extension injects (its config, the values it sets),
+    /// for [`PodPatch::mark_with`]: a copied pod whose marker carries another digest is stale.
+    pub fn digest<T: Serialize>(injected: &T) -> Result<String, PatchError> {
+        use sha2::Digest as _;
+        let bytes = serde_json::to_vec(injected)?;
+        let hash = sha2::Sha256::digest(&bytes);
+        let mut out = String::with_capacity(71);
+        out.push_str("sha256:");
+        for b in hash {
+            out.push_str(&format!("{b:02x}"));
+        }
+        Ok(out)
+    }
 
-/// Apply `patch` to `pod` and decode the result, as the apiserver would.
-pub fn apply(pod: &Pod, patch: &Patch) -> Result<Pod, PatchError> {
-    let mut v = serde_json::to_value(pod)?;
-    json_patch::patch(&mut v, patch)?;
-    serde_json::from_value(v).map_err(PatchError::InvalidResult)
+    /// Whether `pod` carries `extension`'s marker with exactly `digest`. Like [`PodPatch::is_marked`], this
+    /// trusts what the pod says about itself: whoever creates the pod can set the annotation, so
+    /// use it to skip work only when skipping is harmless (the injected state is also checked, or
+    /// a forged marker only harms the pod's own author), never to skip a security control.
+    pub fn is_marked_with(pod: &Pod, extension: &str, digest: &str) -> bool {
+        let key = marker_key(extension);
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&key))
+            .is_some_and(|v| v == digest)
+    }
+
+    /// Whether `pod` carries `extension`'s marker (reinvocation, retries). Any pod author can set
+    /// the annotation, and a copied pod keeps it with whatever it then holds: prefer checking the
+    /// actual state ([`PodPatch::set_env`] and friends are no-ops when it is already right), or a
+    /// marker with a digest ([`PodPatch::is_marked_with`]); trust a bare marker only where skipping is
+    /// harmless.
+    pub fn is_marked(pod: &Pod, extension: &str) -> bool {
+        let key = marker_key(extension);
+        pod.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(&key))
+    }
+
+    /// Fallback: the patch turning `original` into `mutated`, ignoring `managedFields`.
+    pub fn diff(original: &Pod, mutated: &Pod) -> Result<Patch, PatchError> {
+        Ok(json_patch::diff(
+            &pod_value(original)?,
+            &pod_value(mutated)?,
+        ))
+    }
+
+    /// Apply `patch` to `pod` and decode the result, as the apiserver would.
+    pub fn apply(pod: &Pod, patch: &Patch) -> Result<Pod, PatchError> {
+        let mut v = serde_json::to_value(pod)?;
+        json_patch::patch(&mut v, patch)?;
+        serde_json::from_value(v).map_err(PatchError::InvalidResult)
+    }
 }
 
 #[cfg(test)]
@@ -411,7 +414,7 @@ mod tests {
         let mut p = PodPatch::new(&pod);
         p.set_env(ContainerRef::App(0), &env("X", "new")).unwrap();
         p.set_env(ContainerRef::App(0), &env("Z", "z")).unwrap();
-        let patched = apply(&pod, &p.build()).unwrap();
+        let patched = PodPatch::apply(&pod, &p.build()).unwrap();
         let envs = serde_json::to_value(&patched.spec.unwrap().containers[0].env).unwrap();
         assert_eq!(
             envs,
@@ -422,14 +425,14 @@ mod tests {
     #[test]
     fn a_marker_with_a_digest_is_stale_when_what_is_injected_changes() {
         let pod = Pod::default();
-        let d1 = digest(&["STICKY", "hello"]).unwrap();
-        let d2 = digest(&["STICKY", "bye"]).unwrap();
+        let d1 = PodPatch::digest(&["STICKY", "hello"]).unwrap();
+        let d2 = PodPatch::digest(&["STICKY", "bye"]).unwrap();
         assert_ne!(d1, d2);
         let mut p = PodPatch::new(&pod);
         p.mark_with("sticky", &d1);
-        let marked = apply(&pod, &p.build()).unwrap();
-        assert!(is_marked_with(&marked, "sticky", &d1));
-        assert!(!is_marked_with(&marked, "sticky", &d2));
-        assert!(is_marked(&marked, "sticky"));
+        let marked = PodPatch::apply(&pod, &p.build()).unwrap();
+        assert!(PodPatch::is_marked_with(&marked, "sticky", &d1));
+        assert!(!PodPatch::is_marked_with(&marked, "sticky", &d2));
+        assert!(PodPatch::is_marked(&marked, "sticky"));
     }
 }

@@ -146,7 +146,8 @@ fn merge_selectors(a: Option<LabelSelector>, b: Option<&LabelSelector>) -> Optio
 }
 
 /// The object selector of the manager: the Eirini-app filter merged with the extra selector.
-pub fn object_selector(settings: &Settings) -> Option<LabelSelector> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn object_selector(settings: &Settings) -> Option<LabelSelector> {
     let app = settings.filter_eirini_apps.then(|| LabelSelector {
         match_labels: Some(BTreeMap::from([(
             SOURCE_TYPE_LABEL.to_owned(),
@@ -158,7 +159,8 @@ pub fn object_selector(settings: &Settings) -> Option<LabelSelector> {
 }
 
 /// The namespace selector: the watched namespace, minus the excluded ones, plus the extra selector.
-pub fn namespace_selector(settings: &Settings) -> LabelSelector {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn namespace_selector(settings: &Settings) -> LabelSelector {
     let mut exprs = vec![LabelSelectorRequirement {
         key: NAMESPACE_NAME_LABEL.into(),
         operator: "NotIn".into(),

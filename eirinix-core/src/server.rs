@@ -380,7 +380,7 @@ pub(crate) async fn self_handshake(
 
 /// A TLS handshake to `addr` as `self_handshake`, given up after `timeout`: proves a server
 /// there holds a certificate our CA signed for `server_name` (another replica, in URL mode).
-pub async fn handshake(
+pub(crate) async fn handshake(
     addr: SocketAddr,
     server_name: &str,
     ca_pem: &str,

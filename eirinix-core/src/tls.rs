@@ -404,10 +404,9 @@ pub(crate) fn server_config_with_client_ca(
 }
 
 /// A client config trusting only the CA certificates in `ca_pem` (used for the readiness self-check).
-pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = pem_certificates(ca_pem)
-        .and_then(root_store)
-        .map_err(|e| e.to_string())?;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = pem_root_store(ca_pem).map_err(|e| e.to_string())?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
@@ -431,8 +430,14 @@ pub enum PemRootsError {
     Refused(String),
 }
 
+/// A root store trusting exactly the `CERTIFICATE` blocks of the PEM bundle `pem` (other blocks
+/// are skipped; at least one is required): for TLS clients that trust a configured CA file.
+pub fn pem_root_store(pem: &str) -> Result<rustls::RootCertStore, PemRootsError> {
+    pem_certificates(pem).and_then(root_store)
+}
+
 /// The `CERTIFICATE` blocks of a PEM bundle, in order (other blocks are skipped); at least one.
-pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemRootsError> {
+pub(crate) fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemRootsError> {
     let certificates: Vec<CertificateDer<'static>> = pem::parse_many(pem)
         .map_err(|e| PemRootsError::Pem(e.to_string()))?
         .into_iter()
@@ -446,7 +451,7 @@ pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemRo
 }
 
 /// A root store trusting exactly `certificates` (from [`pem_certificates`]).
-pub fn root_store(
+pub(crate) fn root_store(
     certificates: Vec<CertificateDer<'static>>,
 ) -> Result<rustls::RootCertStore, PemRootsError> {
     let mut roots = rustls::RootCertStore::empty();

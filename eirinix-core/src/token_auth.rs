@@ -327,10 +327,10 @@ impl TokenVerifier {
     }
 }
 
-impl crate::metrics::Collector for TokenVerifier {
-    fn encode(&self, mut e: crate::metrics::DescriptorEncoder) -> std::fmt::Result {
-        crate::metrics::counter_family(
-            &mut e,
+impl prometheus_client::collector::Collector for TokenVerifier {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::Encode as _;
+        e.counter_family(
             "eirinix_webhook_token_refusals_total",
             "Webhook calls refused for their token, by reason.",
             "reason",
@@ -339,8 +339,7 @@ impl crate::metrics::Collector for TokenVerifier {
                 .zip(&self.refusals)
                 .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed))),
         )?;
-        crate::metrics::counter(
-            &mut e,
+        e.counter(
             "eirinix_webhook_token_accepted_total",
             "Webhook calls with a valid token.",
             self.accepted.load(Ordering::Relaxed),

@@ -54,7 +54,7 @@ impl Extension for Sticky {
         _: &Request,
         pod: &Pod,
     ) -> Result<Mutation, ExtensionError> {
-        if patch::is_marked(pod, "sticky") {
+        if PodPatch::is_marked(pod, "sticky") {
             return Ok(Mutation::unchanged());
         }
         let mut p = PodPatch::new(pod);
@@ -385,7 +385,7 @@ fn pod_patch_creates_missing_maps_and_arrays_and_escapes_keys() {
             "/metadata/annotations"
         ]
     );
-    let out = patch::apply(&pod, &built).unwrap();
+    let out = PodPatch::apply(&pod, &built).unwrap();
     let spec = out.spec.unwrap();
     assert_eq!(spec.volumes.unwrap().len(), 2);
     assert_eq!(spec.containers[1].env.as_ref().unwrap().len(), 2);
@@ -402,13 +402,13 @@ fn diff_fallback_ignores_managed_fields() {
     let mut mutated = pod.clone();
     mutated.metadata.managed_fields = None;
     mutated.spec.as_mut().unwrap().containers[0].image = Some("app:2".into());
-    let d = patch::diff(&pod, &mutated).unwrap();
+    let d = PodPatch::diff(&pod, &mutated).unwrap();
     let ops = serde_json::to_value(&d).unwrap();
     assert_eq!(
         ops,
         json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "app:2"}])
     );
-    let applied = patch::apply(&pod, &d).unwrap();
+    let applied = PodPatch::apply(&pod, &d).unwrap();
     assert_eq!(
         applied.spec.unwrap().containers[0].image.as_deref(),
         Some("app:2")

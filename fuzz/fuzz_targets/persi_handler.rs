@@ -98,7 +98,7 @@ fn assert_all_mounted(persi: &Persi, after: &Pod) {
 
 fn run(persi: &Persi, pod: &Pod, operation: Operation, namespace: Option<String>) {
     let create = operation == Operation::Create;
-    let marked = eirinix_core::patch::is_marked(pod, eirinix_persi::NAME);
+    let marked = eirinix_core::PodPatch::is_marked(pod, eirinix_persi::NAME);
     let req = request(pod, operation, namespace, true);
     if let Some((_, after)) = check_extension(persi, &req, pod)
         && create

@@ -74,7 +74,7 @@ fn run(injector: &SshInjector, pod: &Pod, namespace: Option<String>, dry_run: bo
         "key material in the patch"
     );
     assert!(
-        eirinix_core::patch::is_marked(&after, "ssh"),
+        eirinix_core::PodPatch::is_marked(&after, "ssh"),
         "patched pod not marked"
     );
     let options = injector.options();

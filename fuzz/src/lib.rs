@@ -98,7 +98,7 @@ pub fn check_patch_with(
     patch: &json_patch::Patch,
     validity: bool,
 ) -> Pod {
-    let patched = match eirinix_core::patch::apply(pod, patch) {
+    let patched = match eirinix_core::PodPatch::apply(pod, patch) {
         Ok(p) => p,
         Err(e) => panic!(
             "{extension}: patch does not apply: {e}\n  pod:   {}\n  patch: {}",

@@ -444,7 +444,7 @@ async fn register_then_unregister_removes_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_hands_over_on_release_and_on_expiry() {
-    use eirinix_core::leader::{LeaseLock, run_while_leader};
+    use eirinix_core::leader::LeaseLock;
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
@@ -458,8 +458,7 @@ async fn leader_election_hands_over_on_release_and_on_expiry() {
     let (a_tx, a_rx) = watch::channel(false);
     let (b_tx, b_rx) = watch::channel(false);
     let (a_cancel, b_cancel) = (CancellationToken::new(), CancellationToken::new());
-    let a = tokio::spawn(run_while_leader(
-        lock("a"),
+    let a = tokio::spawn(lock("a").run_while_leader(
         a_cancel.clone(),
         Some(a_tx),
         |t| async move { t.cancelled().await },
@@ -468,8 +467,7 @@ async fn leader_election_hands_over_on_release_and_on_expiry() {
         a_rx.borrow().then_some(())
     })
     .await;
-    let b = tokio::spawn(run_while_leader(
-        lock("b"),
+    let b = tokio::spawn(lock("b").run_while_leader(
         b_cancel.clone(),
         Some(b_tx),
         |t| async move { t.cancelled().await },
@@ -489,8 +487,7 @@ async fn leader_election_hands_over_on_release_and_on_expiry() {
     b.abort();
     let (c_tx, c_rx) = watch::channel(false);
     let c_cancel = CancellationToken::new();
-    let c = tokio::spawn(run_while_leader(
-        lock("c"),
+    let c = tokio::spawn(lock("c").run_while_leader(
         c_cancel.clone(),
         Some(c_tx),
         |t| async move { t.cancelled().await },

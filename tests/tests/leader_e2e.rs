@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use eirinix_core::leader::{
-    Election, HANDOVER_ANNOTATION, LeaseLock, Led, lead_once, run_while_leader,
-};
+use eirinix_core::leader::{Election, HANDOVER_ANNOTATION, LeaseLock, Led};
 use eirinix_core::reconciler::Reconciler;
 use eirinix_core::{Context, ExtensionError, Manager, async_trait};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -180,7 +178,7 @@ fn candidate(
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let lock = LeaseLock::new(client.clone(), ns, name, who).lease_duration(LEASE);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_while_leader(lock, cancel.clone(), None, log.work(who)));
+    let task = tokio::spawn(lock.run_while_leader(cancel.clone(), None, log.work(who)));
     (cancel, task)
 }
 
@@ -310,7 +308,7 @@ async fn a_one_shot_run_takes_over_from_a_live_leader_and_gives_back() {
     let asked = Instant::now();
     let once = tokio::spawn({
         let (log, finish) = (log.clone(), finish.clone());
-        lead_once(hook, Duration::from_secs(20), move |token| async move {
+        hook.lead_once(Duration::from_secs(20), move |token| async move {
             let i = log.start("hook");
             tokio::select! {
                 _ = finish.notified() => {}

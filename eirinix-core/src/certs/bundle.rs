@@ -154,7 +154,7 @@ impl CertBundle {
             Renewal::PromoteNextCa => {
                 let Some(new_ca) = self.next_ca.clone() else {
                     return Err(CertError::NotApplicable {
-                        action: *action,
+                        action: action.to_string(),
                         reason: "no next CA is staged",
                     });
                 };
@@ -168,7 +168,7 @@ impl CertBundle {
             Renewal::DropPreviousCa => {
                 if self.previous_ca_pem.is_none() {
                     return Err(CertError::NotApplicable {
-                        action: *action,
+                        action: action.to_string(),
                         reason: "there is no previous CA",
                     });
                 }

@@ -90,8 +90,8 @@ pub enum CertError {
     /// `CertBundle::apply` was given an action that does not fit the bundle's state.
     #[error("cannot {action}: {reason}")]
     NotApplicable {
-        /// The action.
-        action: Renewal,
+        /// The action, as words ("promote the next CA").
+        action: String,
         /// Why it does not apply.
         reason: &'static str,
     },

@@ -52,7 +52,8 @@ mod x509;
 
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) use bundle::*;
-pub use clock::*;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use clock::*;
 pub use error::*;
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) use files::*;
@@ -61,7 +62,8 @@ pub(crate) use issue::*;
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) use names::*;
 pub use policy::*;
-pub use renewal::*;
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use renewal::*;
 use x509::*;
 
 use std::collections::BTreeMap;

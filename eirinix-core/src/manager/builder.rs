@@ -14,14 +14,15 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::{CertPolicy, Clock, SystemClock};
 use crate::extension::{Context, Extension, Mutator, Validator};
 use crate::hooks::{Hook, MutatorHook, ValidatorHook};
-use crate::leader::{Election, run_while_leader};
-use crate::metrics::{Collector, SharedCollector};
+use crate::leader::Election;
+use crate::metrics::SharedCollector;
 use crate::names::is_dns_label;
 use crate::options::{
     CertSource, Endpoint, FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects,
 };
 use crate::reconciler::{Reconciler, run_reconciler};
 use crate::watcher::PodWatcher;
+use prometheus_client::collector::Collector;
 
 use super::{ConfigError, Manager};
 
@@ -245,7 +246,8 @@ impl ManagerBuilder {
     }
 
     /// Use `clock` for certificate decisions (tests).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
+    pub(crate) fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -328,7 +330,8 @@ impl ManagerBuilder {
                 }
             };
             let lock = election.lock(client, &ctx.settings().webhook_namespace);
-            run_while_leader(lock, cancel, None, move |token| task(ctx.clone(), token)).await;
+            lock.run_while_leader(cancel, None, move |token| task(ctx.clone(), token))
+                .await;
         })
     }
 

@@ -3,9 +3,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use eirinix_core::metrics::{
-    Collector, DescriptorEncoder, counter, counter_family, gauge, gauge_family,
-};
+use eirinix_core::deps::prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+use eirinix_core::metrics::Encode as _;
 
 use crate::buffer::BoundedBuffer;
 
@@ -122,110 +121,91 @@ impl LogsMetrics {
 impl Collector for LogsMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_lines_read_total",
             "Log lines read from the Kubernetes API.",
             l(&self.lines_read),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_records_forwarded_total",
             "Records handed to the sinks.",
             l(&self.records_forwarded),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_duplicates_skipped_total",
             "Lines skipped as already forwarded after a resume.",
             l(&self.duplicates_skipped),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_streams_opened_total",
             "Log streams opened.",
             l(&self.streams_opened),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_stream_errors_total",
             "Log requests that failed.",
             l(&self.stream_errors),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_instances_missed_total",
             "Container instances whose logs could not be read.",
             l(&self.instances_missed),
         )?;
-        counter(
-            &mut e,
-            "eirinix_logs_log_gaps_total",
+        e.counter("eirinix_logs_log_gaps_total",
             "Resumes that found the node no longer had the log after the last forwarded line (lines lost).",
             l(&self.log_gaps),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_checkpoints_written_total",
             "Checkpoint writes.",
             l(&self.checkpoints_written),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_checkpoint_errors_total",
             "Failed checkpoint writes.",
             l(&self.checkpoint_errors),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_followers",
             "Containers followed now.",
             self.followers.load(Ordering::Relaxed),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_leader",
             "1 while this replica leads.",
             self.leader.load(Ordering::Relaxed),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_split_streams",
             "1 while stdout and stderr are followed apart, 0 when merged (stream unknown).",
             self.split_streams.load(Ordering::Relaxed),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_member_slot",
             "Sharded replicas: this replica's member slot (-1: none).",
             self.member_slot.load(Ordering::Relaxed),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_members",
             "Sharded replicas: members of the view followed for.",
             self.members.load(Ordering::Relaxed),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_owned_pods",
             "Sharded replicas: pods this replica owns in that view.",
             self.owned_pods.load(Ordering::Relaxed),
         )?;
-        counter(
-            &mut e,
+        e.counter(
             "eirinix_logs_rebalances_total",
             "Sharded replicas: views taken over (members came or went).",
             l(&self.rebalances),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_last_rebalance_milliseconds",
             "Sharded replicas: time from a membership change to following the new share.",
             self.last_rebalance_ms.load(Ordering::Relaxed),
         )?;
-        gauge(
-            &mut e,
+        e.gauge(
             "eirinix_logs_foreign_positions",
             "Sharded replicas: positions kept for other members until they hold them.",
             self.foreign_positions.load(Ordering::Relaxed),
@@ -240,44 +220,37 @@ impl Collector for LogsMetrics {
                 .iter()
                 .map(move |(name, m, b)| (name.as_str(), f(m, b)))
         };
-        counter_family(
-            &mut e,
+        e.counter_family(
             "eirinix_logs_sink_sent_total",
             "Records delivered by the sink.",
             "sink",
             per_sink(|m, _| m.sent.load(Ordering::Relaxed)),
         )?;
-        counter_family(
-            &mut e,
+        e.counter_family(
             "eirinix_logs_sink_errors_total",
             "Failed sends.",
             "sink",
             per_sink(|m, _| m.errors.load(Ordering::Relaxed)),
         )?;
-        counter_family(
-            &mut e,
+        e.counter_family(
             "eirinix_logs_sink_recoveries_total",
             "Sends that succeeded after failures.",
             "sink",
             per_sink(|m, _| m.connects.load(Ordering::Relaxed)),
         )?;
-        gauge_family(
-            &mut e,
+        e.gauge_family(
             "eirinix_logs_sink_buffered_records",
             "Records waiting in the sink buffer.",
             "sink",
             per_sink(|_, b| b.len() as u64).map(as_gauge),
         )?;
-        gauge_family(
-            &mut e,
+        e.gauge_family(
             "eirinix_logs_sink_buffered_bytes",
             "Bytes waiting in the sink buffer.",
             "sink",
             per_sink(|_, b| b.bytes() as u64).map(as_gauge),
         )?;
-        counter_family(
-            &mut e,
-            "eirinix_logs_sink_flow_control_waits_total",
+        e.counter_family("eirinix_logs_sink_flow_control_waits_total",
             "Times reading paused because the sink was slower than the logs or down (buffer half full).",
             "sink",
             per_sink(|_, b| b.waits()),

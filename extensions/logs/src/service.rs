@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eirinix_core::Context;
-use eirinix_core::leader::{LeaseLock, default_identity, run_while_leader};
+use eirinix_core::leader::LeaseLock;
 use eirinix_core::options::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,7 @@ impl LogsService {
                 .identity
                 .clone()
                 .filter(|i| !i.is_empty())
-                .unwrap_or_else(default_identity);
+                .unwrap_or_else(LeaseLock::default_identity);
             let lock = LeaseLock::new(
                 client,
                 &scope.state_namespace,
@@ -116,7 +116,7 @@ impl LogsService {
             )
             .lease_duration(Duration::from_secs(options.replicas.lease_duration_secs));
             let outer = cancel.clone();
-            run_while_leader(lock, cancel.clone(), None, move |token| {
+            lock.run_while_leader(cancel.clone(), None, move |token| {
                 term(shared.clone(), token, outer.clone())
             })
             .await;

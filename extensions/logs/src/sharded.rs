@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use eirinix_core::leader::{LeaseLock, default_identity, run_while_leader};
+use eirinix_core::leader::LeaseLock;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -342,7 +342,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         .identity
         .clone()
         .filter(|i| !i.is_empty())
-        .unwrap_or_else(default_identity);
+        .unwrap_or_else(LeaseLock::default_identity);
     let names = Names {
         lease: r.lease_name.clone(),
         checkpoint: r.checkpoint_name.clone(),
@@ -380,7 +380,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 )
             }
         };
-        let hold = run_while_leader(lock, held.clone(), Some(tx), work);
+        let hold = lock.run_while_leader(held.clone(), Some(tx), work);
         tokio::pin!(hold);
         // A slot lost and taken by another replica is given up: find another.
         let mut lost_since: Option<Instant> = Some(Instant::now());

@@ -19,9 +19,7 @@ pub(crate) fn tls_client_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, L
     let roots = std::fs::read_to_string(&tls.ca_file)
         .map_err(|e| file_err(&tls.ca_file, &e))
         .and_then(|pem| {
-            eirinix_core::tls::pem_certificates(&pem)
-                .and_then(eirinix_core::tls::root_store)
-                .map_err(|e| file_err(&tls.ca_file, &e))
+            eirinix_core::tls::pem_root_store(&pem).map_err(|e| file_err(&tls.ca_file, &e))
         })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)

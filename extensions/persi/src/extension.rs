@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use eirinix_core::patch::{self, PatchError};
+use eirinix_core::patch::PatchError;
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, PodPatch,
     Request, WebhookOverrides, async_trait,
@@ -550,7 +550,7 @@ impl Extension for Persi {
     ) -> Result<Mutation, ExtensionError> {
         // Volumes and mounts of a pod cannot change after creation: an UPDATE patch would
         // make the apiserver reject the update, so only CREATE is ever mutated.
-        if request.operation != AdmissionOperation::Create || patch::is_marked(pod, NAME) {
+        if request.operation != AdmissionOperation::Create || PodPatch::is_marked(pod, NAME) {
             return Ok(Mutation::unchanged());
         }
         let (containers, refs, errors) = self.requests_of(pod);

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use eirinix_core::leader::{LeaseLock, Led, default_identity, lead_once};
+use eirinix_core::leader::{LeaseLock, Led};
 
 use crate::error::RootfsError;
 use crate::execute::{EventType, Executor, RollOutcome};
@@ -531,10 +531,10 @@ pub async fn roll_once_with_state(
     let identity = opts
         .reporter_instance
         .clone()
-        .unwrap_or_else(default_identity);
+        .unwrap_or_else(LeaseLock::default_identity);
     let lock = LeaseLock::new(client.clone(), &lease.namespace, &lease.name, identity)
         .lease_duration(opts.lease_duration);
-    match lead_once(lock, opts.once_deadline, once).await {
+    match lock.lead_once(opts.once_deadline, once).await {
         Ok(Led::Done(report)) => report,
         Ok(Led::Lost(report)) => {
             let mut report = report.transpose()?.unwrap_or_default();

@@ -37,7 +37,7 @@ pub use webhook::RootfsWebhook;
 
 /// Long-running mode: follow the ConfigMap and roll app StatefulSets until `cancel` fires.
 ///
-/// No leader election here: wrap it in [`eirinix_core::leader::run_while_leader`] (or use
+/// No leader election here: wrap it in [`eirinix_core::leader::LeaseLock::run_while_leader`] (or use
 /// [`install`]) when more than one replica runs.
 pub async fn run(
     options: RootfsOptions,

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use eirinix_core::metrics::{self, Collector, DescriptorEncoder};
+use eirinix_core::deps::prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+use eirinix_core::metrics::Encode as _;
 
 use crate::plan::Plan;
 
@@ -38,7 +39,7 @@ struct Gauges {
 }
 
 /// Rootfs metrics: desired version, apps per version, rolls in progress, failures (a
-/// [`Collector`]: render them with [`metrics::render`]).
+/// [`Collector`]: render them with [`eirinix_core::metrics::render`]).
 #[derive(Debug, Default)]
 pub struct RootfsMetrics {
     gauges: Mutex<Gauges>,
@@ -129,15 +130,13 @@ impl RootfsMetrics {
 impl Collector for RootfsMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let g = self.gauges();
-        metrics::gauge_family(
-            &mut e,
+        e.gauge_family(
             "eirinix_rootfs_desired_version_info",
             "The desired rootfs version.",
             "version",
             g.desired.as_deref().map(|v| (v, 1)),
         )?;
-        metrics::gauge_family(
-            &mut e,
+        e.gauge_family(
             "eirinix_rootfs_apps",
             "App StatefulSets by rootfs version of their pod template.",
             "version",
@@ -170,30 +169,26 @@ impl Collector for RootfsMetrics {
                 gate,
             ),
         ] {
-            metrics::gauge(&mut e, name, help, value)?;
+            e.gauge(name, help, value)?;
         }
         drop(g);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metrics::counter(
-            &mut e,
+        e.counter(
             "eirinix_rootfs_rolls_started_total",
             "Rolls started.",
             l(&self.started),
         )?;
-        metrics::counter(
-            &mut e,
+        e.counter(
             "eirinix_rootfs_rolls_completed_total",
             "Rolls finished with all replicas updated and ready.",
             l(&self.completed),
         )?;
-        metrics::counter(
-            &mut e,
+        e.counter(
             "eirinix_rootfs_patch_conflicts_total",
             "Patches refused because the StatefulSet changed meanwhile (retried).",
             l(&self.conflicts),
         )?;
-        metrics::counter_family(
-            &mut e,
+        e.counter_family(
             "eirinix_rootfs_roll_failures_total",
             "Failed rolls by reason.",
             "reason",
@@ -202,14 +197,12 @@ impl Collector for RootfsMetrics {
                 (FailureReason::Patch.as_str(), l(&self.patch_failures)),
             ],
         )?;
-        metrics::counter(
-            &mut e,
+        e.counter(
             "eirinix_rootfs_config_errors_total",
             "Unusable values in the rootfs ConfigMap.",
             l(&self.config_errors),
         )?;
-        metrics::counter(
-            &mut e,
+        e.counter(
             "eirinix_rootfs_webhook_mutations_total",
             "App pods given the desired rootfs by the webhook.",
             l(&self.webhook_mutations),
@@ -244,7 +237,7 @@ mod tests {
         m.roll_started();
         m.failure(FailureReason::Timeout);
         m.set_gate(false);
-        let text = metrics::render(m);
+        let text = eirinix_core::metrics::render(m);
         for line in [
             "eirinix_rootfs_desired_version_info{version=\"2.0\"} 1",
             "eirinix_rootfs_apps{version=\"1.0\"} 2",

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use eirinix_core::patch::{self, ContainerRef, PodPatch};
+use eirinix_core::deps::prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+use eirinix_core::metrics::Encode as _;
+use eirinix_core::patch::{ContainerRef, PodPatch};
 use eirinix_core::{Context, Extension, ExtensionError, Mutation, Request, WebhookOverrides};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
@@ -22,7 +24,7 @@ use crate::options::{GUID_LABEL, NAME, SshOptions};
 /// Name of the extension (webhook path `/ssh`, idempotency annotation `eirinix.org/ssh`).
 pub const EXTENSION_NAME: &str = "ssh";
 
-/// Counters of the ssh webhook (a [`Collector`](eirinix_core::metrics::Collector): render them
+/// Counters of the ssh webhook (a [`Collector`]: render them
 /// with [`eirinix_core::metrics::render`]).
 #[derive(Debug, Default)]
 pub struct SshMetrics {
@@ -77,8 +79,8 @@ impl SshMetrics {
 }
 
 /// Exposes the counters (Prometheus names `eirinix_ssh_*_total`) to a metrics registry.
-impl eirinix_core::metrics::Collector for SshMetrics {
-    fn encode(&self, mut e: eirinix_core::metrics::DescriptorEncoder) -> std::fmt::Result {
+impl Collector for SshMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         for (name, help, value) in [
             (
                 "eirinix_ssh_injected_total",
@@ -126,7 +128,7 @@ impl eirinix_core::metrics::Collector for SshMetrics {
                 self.foreign_secrets(),
             ),
         ] {
-            eirinix_core::metrics::counter(&mut e, name, help, value)?;
+            e.counter(name, help, value)?;
         }
         Ok(())
     }
@@ -566,7 +568,7 @@ impl Extension for SshInjector {
         request: &Request,
         pod: &Pod,
     ) -> Result<Mutation, ExtensionError> {
-        if request.operation != Operation::Create || patch::is_marked(pod, EXTENSION_NAME) {
+        if request.operation != Operation::Create || PodPatch::is_marked(pod, EXTENSION_NAME) {
             return Ok(Mutation::unchanged());
         }
         let Some(guid) = pod

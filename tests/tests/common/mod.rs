@@ -9,7 +9,7 @@ use std::time::Duration;
 use eirinix_core::certs::CertBundle;
 use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, Manager, ManagerBuilder, Mutation, PodPatch,
-    Request, RunningManager, async_trait, patch,
+    Request, RunningManager, async_trait,
 };
 use eirinix_testenv::{ControlPlane, unique_name};
 use k8s_openapi::api::core::v1::{EnvVar, Namespace, Pod, Secret};
@@ -51,7 +51,7 @@ impl Extension for Sticky {
         _: &Request,
         pod: &Pod,
     ) -> Result<Mutation, ExtensionError> {
-        if patch::is_marked(pod, self.name()) {
+        if PodPatch::is_marked(pod, self.name()) {
             return Ok(Mutation::unchanged());
         }
         let env = EnvVar {

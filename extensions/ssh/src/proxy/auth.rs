@@ -52,7 +52,7 @@ impl Authorizer {
     }
 
     async fn review_token(&self, token: &str) -> Result<UserInfo, Refusal> {
-        let review = eirinix_core::compat::token_review(token, &self.audiences).map_err(|e| {
+        let review = token_review(token, &self.audiences).map_err(|e| {
             tracing::warn!(error = %e, "building the TokenReview failed");
             Refusal::Internal
         })?;
@@ -155,6 +155,23 @@ pub(super) fn clean_token(password: &str) -> &str {
         Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => p[7..].trim_start(),
         _ => p,
     }
+}
+
+/// A TokenReview of `token` for `audiences` (the apiserver's default audiences when empty),
+/// built from JSON: `TokenReviewSpec::token` is optional before Kubernetes 1.35, required after.
+fn token_review(
+    token: &str,
+    audiences: &[String],
+) -> Result<k8s_openapi::api::authentication::v1::TokenReview, serde_json::Error> {
+    let mut spec = serde_json::json!({ "token": token });
+    if !audiences.is_empty() {
+        spec["audiences"] = serde_json::json!(audiences);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": spec,
+    }))
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use eirinix_core::metrics::{self, Collector, DescriptorEncoder};
+use eirinix_core::deps::prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+use eirinix_core::metrics::Encode as _;
 
 use crate::listener::ConnectionCounters;
 
-/// Counters of the proxy (a [`Collector`]: render them with [`metrics::render`]).
+/// Counters of the proxy (a [`Collector`]: render them with [`eirinix_core::metrics::render`]).
 #[derive(Debug, Default)]
 pub struct ProxyMetrics {
     /// What the accept loop counts (connections, refusals at accept, login timeouts).
@@ -89,10 +90,9 @@ impl Collector for ProxyMetrics {
                 self.auth_timeouts(),
             ),
         ] {
-            metrics::counter(&mut e, name, help, value)?;
+            e.counter(name, help, value)?;
         }
-        metrics::gauge(
-            &mut e,
+        e.gauge(
             "eirinix_ssh_proxy_unauthenticated_connections",
             "Connections not logged in at the moment.",
             i64::try_from(self.unauthenticated()).unwrap_or(i64::MAX),
@@ -129,7 +129,7 @@ impl Collector for ProxyMetrics {
                 self.too_many_attempts(),
             ),
         ] {
-            metrics::counter(&mut e, name, help, value)?;
+            e.counter(name, help, value)?;
         }
         Ok(())
     }
