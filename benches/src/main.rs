@@ -6,6 +6,7 @@ mod alloc;
 mod baseline;
 mod burst;
 mod latency;
+mod layout;
 mod loadgen;
 mod logs;
 mod peers;

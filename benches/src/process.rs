@@ -140,10 +140,13 @@ pub async fn process(seconds: u64, idle_secs: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
     let (rss_idle, hwm_idle) = rss_of(pid)?;
     let cpu_idle = cpu_of(pid);
+    let pages = crate::layout::resident(pid, &bin)
+        .unwrap_or_else(|e| format!("resident pages not read: {e:#}"));
     println!(
-        "binary: {} ({} KiB on disk)\n",
+        "binary: {} ({} KiB on disk)\n{}\n",
         bin.display(),
-        std::fs::metadata(&bin)?.len() / 1024
+        std::fs::metadata(&bin)?.len() / 1024,
+        crate::layout::describe(&bin).unwrap_or_else(|e| format!("layout not read: {e:#}"))
     );
     println!("| eirinix run, all 4 stock extensions | value |");
     println!("|---|---|");
@@ -169,6 +172,7 @@ pub async fn process(seconds: u64, idle_secs: u64) -> anyhow::Result<()> {
         kib("RssFile:")
     );
     println!("| CPU used until then | {cpu_idle:.2} s |");
+    println!("\n{pages}");
 
     // Admission load against the separate process.
     let cfgs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
