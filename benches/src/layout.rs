@@ -17,10 +17,43 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// One line on the hot functions' layout in `bin`.
-pub fn describe(bin: &Path) -> anyhow::Result<String> {
-    let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-    let file = object::File::parse(&*data).context("parsing the binary")?;
+/// Two lines on `bin`, read once: where its hot functions are, and what of it process `pid`
+/// has resident (each says why when it cannot be told).
+pub struct Layout {
+    /// The hot functions' layout.
+    pub hot: String,
+    /// The resident pages per section.
+    pub resident: String,
+}
+
+impl Layout {
+    fn unread(e: &anyhow::Error) -> Self {
+        let why = format!("layout not read: {e:#}");
+        Self {
+            hot: why.clone(),
+            resident: why,
+        }
+    }
+}
+
+/// Read `bin` and the resident pages of process `pid` running it.
+pub fn read(pid: u32, bin: &Path) -> Layout {
+    let data = match std::fs::read(bin).with_context(|| format!("reading {}", bin.display())) {
+        Ok(data) => data,
+        Err(e) => return Layout::unread(&e),
+    };
+    let file = match object::File::parse(&*data).context("parsing the binary") {
+        Ok(file) => file,
+        Err(e) => return Layout::unread(&e),
+    };
+    Layout {
+        hot: describe(&file).unwrap_or_else(|e| format!("layout not read: {e:#}")),
+        resident: resident(&file, pid, bin)
+            .unwrap_or_else(|e| format!("resident pages not read: {e:#}")),
+    }
+}
+
+fn describe(file: &object::File) -> anyhow::Result<String> {
     let text = file.section_by_name(".text").context("no .text section")?;
     let start = text.address();
     let wanted: HashSet<&str> = HOT_SYMBOLS.lines().collect();
@@ -45,10 +78,8 @@ pub fn describe(bin: &Path) -> anyhow::Result<String> {
 
 /// Resident bytes of process `pid`'s mappings of `bin`, per section, from `/proc/<pid>/pagemap`
 /// (needs root to see the present bits of another process; an error otherwise).
-pub fn resident(pid: u32, bin: &Path) -> anyhow::Result<String> {
+fn resident(file: &object::File, pid: u32, bin: &Path) -> anyhow::Result<String> {
     const PAGE: u64 = 4096;
-    let data = std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-    let file = object::File::parse(&*data).context("parsing the binary")?;
     let bin = std::fs::canonicalize(bin)?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;

@@ -140,13 +140,12 @@ pub async fn process(seconds: u64, idle_secs: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
     let (rss_idle, hwm_idle) = rss_of(pid)?;
     let cpu_idle = cpu_of(pid);
-    let pages = crate::layout::resident(pid, &bin)
-        .unwrap_or_else(|e| format!("resident pages not read: {e:#}"));
+    let layout = crate::layout::read(pid, &bin);
     println!(
         "binary: {} ({} KiB on disk)\n{}\n",
         bin.display(),
         std::fs::metadata(&bin)?.len() / 1024,
-        crate::layout::describe(&bin).unwrap_or_else(|e| format!("layout not read: {e:#}"))
+        layout.hot
     );
     println!("| eirinix run, all 4 stock extensions | value |");
     println!("|---|---|");
@@ -172,7 +171,7 @@ pub async fn process(seconds: u64, idle_secs: u64) -> anyhow::Result<()> {
         kib("RssFile:")
     );
     println!("| CPU used until then | {cpu_idle:.2} s |");
-    println!("\n{pages}");
+    println!("\n{}", layout.resident);
 
     // Admission load against the separate process.
     let cfgs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());

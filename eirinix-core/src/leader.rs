@@ -112,22 +112,6 @@ pub struct LeaseLock {
     observed: Arc<Mutex<Option<Observed>>>,
 }
 
-fn default_identity() -> String {
-    if let Ok(pod) = std::env::var("POD_NAME")
-        && !pod.is_empty()
-    {
-        return pod;
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "eirinix".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{host}-{:x}-{nanos:x}", std::process::id())
-}
-
 fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
@@ -158,7 +142,19 @@ impl LeaseLock {
 
     /// A replica identity: `POD_NAME` when set (in a pod), else the host name plus a random suffix.
     pub fn default_identity() -> String {
-        default_identity()
+        if let Ok(pod) = std::env::var("POD_NAME")
+            && !pod.is_empty()
+        {
+            return pod;
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "eirinix".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        format!("{host}-{:x}-{nanos:x}", std::process::id())
     }
 
     /// Run `work` only while holding this lock: it starts when the lease is acquired and its
@@ -175,14 +171,13 @@ impl LeaseLock {
         F: Fn(CancellationToken) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let lock = self;
-        let retry = lock.retry_period();
+        let retry = self.retry_period();
         let report = |v: bool| {
             if let Some(tx) = &leading {
                 tx.send_replace(v);
             }
         };
-        let lock = Arc::new(lock);
+        let lock = Arc::new(self);
         loop {
             // Follower: try to acquire. A renewal counts from before its request was sent: the
             // others observe the write after that, so their clock for it starts later than ours.
@@ -244,22 +239,21 @@ impl LeaseLock {
         F: FnOnce(CancellationToken) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
-        let lock = self;
         // Polled often: a released lease is left to us only until our request goes stale (a
         // lease duration); 8 times per lease duration, at least once a second.
         let poll =
-            (lock.lease_duration / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            (self.lease_duration / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let deadline = Instant::now() + wait;
         let renewed_at = loop {
             let started = Instant::now();
-            match lock.attempt(false).await {
+            match self.attempt(false).await {
                 Ok(Attempt::Leading) => break started,
-                Ok(_) => lock.request_handover(true).await?,
+                Ok(_) => self.request_handover(true).await?,
                 Err(e) if e.is_forbidden() => return Err(e),
                 Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
             }
             if Instant::now() >= deadline {
-                if let Err(e) = lock.request_handover(false).await {
+                if let Err(e) = self.request_handover(false).await {
                     tracing::warn!(error = %e, "withdrawing the handover request failed");
                 }
                 return Ok(Led::NotAcquired);
@@ -267,7 +261,7 @@ impl LeaseLock {
             tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
         };
         tracing::info!(
-            identity = lock.identity(),
+            identity = self.identity(),
             "acquired leadership for a one-shot run"
         );
         let token = CancellationToken::new();
@@ -275,9 +269,9 @@ impl LeaseLock {
         let work = work(token.clone());
         tokio::pin!(work);
         let renew = hold(
-            &lock,
+            &self,
             renewed_at,
-            lock.retry_period(),
+            self.retry_period(),
             false,
             &stop_renewing,
         );
@@ -285,13 +279,13 @@ impl LeaseLock {
         let led = tokio::select! {
             out = &mut work => Led::Done(out),
             (end, renewed_at) = &mut renew => {
-                tracing::warn!(identity = lock.identity(), ?end, "lost leadership during a one-shot run; stopping it");
+                tracing::warn!(identity = self.identity(), ?end, "lost leadership during a one-shot run; stopping it");
                 token.cancel();
-                Led::Lost(tokio::time::timeout_at(renewed_at + lock.lease_duration, &mut work).await.ok())
+                Led::Lost(tokio::time::timeout_at(renewed_at + self.lease_duration, &mut work).await.ok())
             }
         };
         stop_renewing.cancel();
-        if let Err(e) = lock.release().await {
+        if let Err(e) = self.release().await {
             tracing::warn!(error = %e, "releasing the lease failed");
         }
         Ok(led)
@@ -526,7 +520,10 @@ impl Election {
 
     /// The lock this election uses, its Lease in `default_namespace` unless set.
     pub(crate) fn lock(&self, client: kube::Client, default_namespace: &str) -> LeaseLock {
-        let identity = self.identity.clone().unwrap_or_else(default_identity);
+        let identity = self
+            .identity
+            .clone()
+            .unwrap_or_else(LeaseLock::default_identity);
         LeaseLock::new(
             client,
             self.namespace.as_deref().unwrap_or(default_namespace),

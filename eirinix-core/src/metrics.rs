@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::EncodeMetric as _;
+use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -370,11 +370,12 @@ pub trait Encode {
         series: impl IntoIterator<Item = (&'v str, u64)>,
     ) -> std::fmt::Result {
         let base = name.strip_suffix("_total").unwrap_or(name);
-        let mut family = self.descriptor(base, help, MetricType::Counter)?;
-        for (value, count) in series {
-            ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
-        }
-        Ok(())
+        let counts = series.into_iter().map(|(v, c)| (v, ConstCounter::new(c)));
+        labelled(
+            self.descriptor(base, help, MetricType::Counter)?,
+            label,
+            counts,
+        )
     }
 
     /// Encode a gauge with one label: a series per `(label value, value)`.
@@ -385,12 +386,25 @@ pub trait Encode {
         label: &str,
         series: impl IntoIterator<Item = (&'v str, i64)>,
     ) -> std::fmt::Result {
-        let mut family = self.descriptor(name, help, MetricType::Gauge)?;
-        for (value, v) in series {
-            ConstGauge::new(v).encode(family.encode_family(&[(label, value)])?)?;
-        }
-        Ok(())
+        let values = series.into_iter().map(|(v, g)| (v, ConstGauge::new(g)));
+        labelled(
+            self.descriptor(name, help, MetricType::Gauge)?,
+            label,
+            values,
+        )
     }
+}
+
+/// One series per `(label value, metric)` of a family whose descriptor is written.
+fn labelled<'v, M: EncodeMetric>(
+    mut family: MetricEncoder<'_>,
+    label: &str,
+    series: impl IntoIterator<Item = (&'v str, M)>,
+) -> std::fmt::Result {
+    for (value, metric) in series {
+        metric.encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 impl Encode for DescriptorEncoder<'_> {

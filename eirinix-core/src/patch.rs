@@ -335,12 +335,14 @@ impl PodPatch<'_> {
     /// for [`PodPatch::mark_with`]: a copied pod whose marker carries another digest is stale.
     pub fn digest<T: Serialize>(injected: &T) -> Result<String, PatchError> {
         use sha2::Digest as _;
+        use std::fmt::Write as _;
         let bytes = serde_json::to_vec(injected)?;
         let hash = sha2::Sha256::digest(&bytes);
         let mut out = String::with_capacity(71);
         out.push_str("sha256:");
         for b in hash {
-            out.push_str(&format!("{b:02x}"));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{b:02x}");
         }
         Ok(out)
     }
