@@ -473,7 +473,7 @@ async fn handler(iterations: u32) -> anyhow::Result<()> {
         })
     };
     let decoded = eirinix_core::admission::decode(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pod = decoded.pod.clone().map_err(anyhow::Error::msg)?;
+    let pod = *decoded.pod.clone().map_err(anyhow::Error::msg)?;
     let t = Instant::now();
     for _ in 0..iterations {
         std::hint::black_box(ext.mutate(&ctx, &decoded.request, &pod).await.ok());

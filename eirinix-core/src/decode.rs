@@ -126,7 +126,7 @@ impl<X> RequestIn<X> {
 struct FastReview {
     api_version: String,
     kind: String,
-    request: RequestIn<Pod>,
+    request: RequestIn<Box<Pod>>,
 }
 
 /// Bodies larger than this are decoded by serde_json straight from the body: simd-json's copy of
@@ -157,7 +157,7 @@ fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
         kind: review.kind,
     };
     // No object: the precise decode names the problem.
-    let (request, pod) = req.into_parts(types, |old| old);
+    let (request, pod) = req.into_parts(types, |old| old.map(|p| *p));
     Some(DecodedReview {
         request,
         pod: Ok(pod?),
@@ -170,8 +170,9 @@ fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
 pub(crate) struct DecodedReview {
     /// The request; `object` is left `None` (the pod is in [`DecodedReview::pod`]).
     pub request: Request,
-    /// The pod, or the reason the request carries no usable pod.
-    pub pod: Result<Pod, String>,
+    /// The pod, or the reason the request carries no usable pod. Boxed: a Pod is several
+    /// kilobytes, and the decode moved it through each layer of the review (a memcpy each).
+    pub pod: Result<Box<Pod>, String>,
 }
 
 /// Decode an AdmissionReview v1 body.
@@ -239,7 +240,7 @@ fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
     } else {
         match req.object.filter(|r| r.get() != "null") {
             None => Err(format!("{:?} request carries no object", req.operation)),
-            Some(raw) => decode_raw::<Pod>(raw),
+            Some(raw) => decode_raw::<Pod>(raw).map(Box::new),
         }
     };
     let (request, _) = req.into_parts(types, |old| match old {

@@ -109,23 +109,22 @@ impl<'a> PodPatch<'a> {
     }
 
     /// Append `value` to the array at `path`, creating the array when `exists` is false.
-    fn append(&mut self, path: Vec<String>, exists: bool, value: Value) {
-        let key = path.join("/");
-        let tokens: Vec<&str> = path.iter().map(String::as_str).collect();
-        if exists || self.created.contains(&key) {
-            let mut with_end = tokens.clone();
-            with_end.push("-");
-            self.ops.push(PatchOperation::Add(AddOperation {
-                path: ptr(&with_end),
-                value,
-            }));
-        } else {
-            self.created.insert(key);
-            self.ops.push(PatchOperation::Add(AddOperation {
-                path: ptr(&tokens),
-                value: Value::Array(vec![value]),
-            }));
+    fn append(&mut self, path: &[&str], exists: bool, value: Value) {
+        if !exists {
+            let key = path.join("/");
+            if !self.created.contains(&key) {
+                self.created.insert(key);
+                self.ops.push(PatchOperation::Add(AddOperation {
+                    path: ptr(path),
+                    value: Value::Array(vec![value]),
+                }));
+                return;
+            }
         }
+        self.ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(path.iter().copied().chain(["-"])),
+            value,
+        }));
     }
 
     /// Set `key` in the string map at `path` (labels, annotations), creating the map when absent.
@@ -156,11 +155,7 @@ impl<'a> PodPatch<'a> {
         let exists = self.container(c)?.env.is_some();
         let (list, i, _) = c.list();
         let value = Self::to_value(env)?;
-        self.append(
-            vec!["spec".into(), list.into(), i.to_string(), "env".into()],
-            exists,
-            value,
-        );
+        self.append(&["spec", list, &i.to_string(), "env"], exists, value);
         Ok(self)
     }
 
@@ -174,12 +169,7 @@ impl<'a> PodPatch<'a> {
         let (list, i, _) = c.list();
         let value = Self::to_value(mount)?;
         self.append(
-            vec![
-                "spec".into(),
-                list.into(),
-                i.to_string(),
-                "volumeMounts".into(),
-            ],
+            &["spec", list, &i.to_string(), "volumeMounts"],
             exists,
             value,
         );
@@ -221,7 +211,7 @@ impl<'a> PodPatch<'a> {
     pub fn add_volume(&mut self, volume: &Volume) -> Result<&mut Self, PatchError> {
         let exists = self.pod.spec.as_ref().is_some_and(|s| s.volumes.is_some());
         let value = Self::to_value(volume)?;
-        self.append(vec!["spec".into(), "volumes".into()], exists, value);
+        self.append(&["spec", "volumes"], exists, value);
         Ok(self)
     }
 
@@ -229,7 +219,7 @@ impl<'a> PodPatch<'a> {
     pub fn add_container(&mut self, container: &Container) -> Result<&mut Self, PatchError> {
         let value = Self::to_value(container)?;
         // `containers` is required in a valid pod spec, so it always exists.
-        self.append(vec!["spec".into(), "containers".into()], true, value);
+        self.append(&["spec", "containers"], true, value);
         Ok(self)
     }
 
@@ -241,7 +231,7 @@ impl<'a> PodPatch<'a> {
             .as_ref()
             .is_some_and(|s| s.init_containers.is_some());
         let value = Self::to_value(container)?;
-        self.append(vec!["spec".into(), "initContainers".into()], exists, value);
+        self.append(&["spec", "initContainers"], exists, value);
         Ok(self)
     }
 

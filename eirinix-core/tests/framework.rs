@@ -302,11 +302,11 @@ fn small_and_large_bodies_decode_the_same() {
     assert!(large.len() > 256 * 1024, "{} bytes", large.len());
     let decoded = decode(&large).unwrap();
     let expected: Pod = serde_json::from_value(pod).unwrap();
-    assert_eq!(decoded.pod.unwrap(), expected);
+    assert_eq!(*decoded.pod.unwrap(), expected);
     assert_eq!(decoded.request.uid, "7f0b2891-916f-4ed6-b7cd-27bff1815a8c");
     let small = decode(&body(&review_json(pod_json()))).unwrap();
     assert_eq!(
-        small.pod.unwrap(),
+        *small.pod.unwrap(),
         serde_json::from_value::<Pod>(pod_json()).unwrap()
     );
     // Invalid UTF-8 in a large body is still a named error.

@@ -213,7 +213,7 @@ fn check_against_serde_json(body: &[u8]) -> bool {
         let raw = reference.request.object.expect("a pod without object");
         let expected: Pod = serde_json::from_str(raw.get())
             .unwrap_or_else(|e| panic!("decode read a pod serde_json rejects ({e})"));
-        assert_eq!(pod, &expected, "pod differs from serde_json's");
+        assert_eq!(**pod, expected, "pod differs from serde_json's");
     }
     true
 }

@@ -27,9 +27,19 @@ pub fn short_hash(key: &str) -> String {
 }
 
 fn short_hash_salted(key: &str, salt: u32) -> String {
+    let mut out = String::with_capacity(HASH_HEX);
+    push_hash(&mut out, key, salt);
+    out
+}
+
+/// Append the hash of `key` and `salt`: the top 48 bits of its FNV-1a as 12 lowercase hex digits.
+fn push_hash(out: &mut String, key: &str, salt: u32) {
     let h = fnv1a64(&[key.as_bytes(), &salt.to_be_bytes()]);
-    let hex = format!("{h:016x}");
-    hex[..HASH_HEX].to_owned()
+    for shift in (64 - 4 * HASH_HEX..64).step_by(4).rev() {
+        out.push(char::from(
+            b"0123456789abcdef"[((h >> shift) & 0xf) as usize],
+        ));
+    }
 }
 
 /// `s` lowercased with every run of characters outside `[a-z0-9]` turned into one `-`,
@@ -53,17 +63,20 @@ pub use eirinix_core::names::is_dns_label;
 /// characters. Two different keys give different names unless their 48-bit hashes collide;
 /// callers that must rule that out retry with another `salt`.
 pub fn hashed_label(prefix: &str, key: &str, salt: u32) -> String {
-    let hash = short_hash_salted(key, salt);
     let prefix = sanitize(prefix);
     let budget = MAX_LABEL.saturating_sub(prefix.len() + HASH_HEX + 2);
-    let mut readable = sanitize(key);
-    readable.truncate(budget);
-    let readable = readable.trim_end_matches('-');
-    let parts: Vec<&str> = [prefix.as_str(), readable, hash.as_str()]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect();
-    parts.join("-")
+    let readable = sanitize(key);
+    // `sanitize` gives ASCII, so any byte index is a char boundary.
+    let readable = readable[..readable.len().min(budget)].trim_end_matches('-');
+    let mut out = String::with_capacity(MAX_LABEL);
+    for part in [prefix.as_str(), readable] {
+        if !part.is_empty() {
+            out.push_str(part);
+            out.push('-');
+        }
+    }
+    push_hash(&mut out, key, salt);
+    out
 }
 
 /// The pod volume name persi uses for claim `claim` (`persi-<claim>-<hash>`), with `salt` 0
@@ -107,6 +120,35 @@ pub fn claim_name(instance_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_do_not_change_across_versions() {
+        // Pods and claims carry these names: a new version must give the same ones.
+        for (prefix, key, salt, name) in [
+            ("persi", "my-data", 0, "persi-my-data-5901976269e2"),
+            (
+                "persi",
+                "pvc-data-7f3a",
+                1,
+                "persi-pvc-data-7f3a-8725a22828bb",
+            ),
+            ("persi", "", 0, "persi-ce3a37fc658f"),
+            ("persi", "---", 0, "persi-720f79cb8272"),
+            ("persi", "Data/ÄÖ x", 2, "persi-data-x-1ff57f29f4ec"),
+            ("", "k", 7, "k-f9612c0e4c97"),
+        ] {
+            assert_eq!(hashed_label(prefix, key, salt), name);
+            assert_eq!(
+                &short_hash_salted(key, salt),
+                &name[name.len() - HASH_HEX..]
+            );
+        }
+        let long = format!("{}a", "x".repeat(300));
+        assert_eq!(
+            hashed_label("persi", &long, 0),
+            format!("persi-{}-65bf81a86ad1", "x".repeat(44))
+        );
+    }
 
     #[test]
     fn volume_names_are_valid_and_readable() {
