@@ -45,7 +45,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 # cargo-fuzz passes -Z flags (sanitizer coverage): fine on nightly, needs bootstrap on stable.
-if ! rustc --version | grep -q nightly; then
+if [[ "$(rustc --version)" != *nightly* ]]; then
   export RUSTC_BOOTSTRAP=1
 fi
 unset CARGO_TARGET_DIR

@@ -105,7 +105,9 @@ build_kube() {
 
 build_etcd() {
   local out="$ASSETS/etcd"
-  if [[ -x "$out" ]] && "$out" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}"; then
+  # The output is captured whole: with pipefail, `| grep -q` would fail the check whenever grep
+  # exits before etcd has written its last line (SIGPIPE), and the cached etcd would be rebuilt.
+  if [[ -x "$out" && "$("$out" --version 2>/dev/null)" == *"etcd Version: ${ETCD_VERSION#v}"* ]]; then
     log "etcd $ETCD_VERSION cached at $out"; return
   fi
   local work; work="$(mktemp -d)"
@@ -116,7 +118,7 @@ build_etcd() {
   local ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=eirinix"
   (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$out.tmp" go.etcd.io/etcd/server/v3 >&2)
   mv "$out.tmp" "$out"
-  log "etcd: $("$out" --version | head -1)"
+  log "etcd: $("$out" --version | sed -n 1p)"
 }
 
 # The CustomResourceDefinitions of cert-manager (Certificate, Issuer) and prometheus-operator
@@ -144,7 +146,7 @@ fetch_crds() {
 
 build_helm() {
   local out="$ASSETS/helm"
-  if [[ -x "$out" ]] && "$out" version --short 2>/dev/null | grep -q "$HELM_VERSION"; then
+  if [[ -x "$out" && "$("$out" version --short 2>/dev/null)" == *"$HELM_VERSION"* ]]; then
     log "helm $HELM_VERSION cached at $out"; return
   fi
   local work; work="$(mktemp -d)"
