@@ -161,17 +161,33 @@ async fn issued_token(client: &kube::Client, config: &str, audience: &str) -> St
         }
     }))
     .unwrap();
-    let issued: Value = client
-        .request(
-            http::Request::post(format!(
-                "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"
-            ))
-            .header("content-type", "application/json")
-            .body(request)
-            .unwrap(),
-        )
-        .await
-        .expect("the apiserver issues a webhook-bound token");
+    // The apiserver's RBAC authorizer sees the new binding through its informer: until then the
+    // attestation is refused (403). Wait for it, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let issued: Value = loop {
+        let attempt = client
+            .request(
+                http::Request::post(format!(
+                    "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"
+                ))
+                .header("content-type", "application/json")
+                .body(request.clone())
+                .unwrap(),
+            )
+            .await;
+        match attempt {
+            Err(kube::Error::Api(status))
+                if status.code == 403 && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => {
+                break other.unwrap_or_else(|e| {
+                    panic!("the apiserver issues a webhook-bound token within 60 s of the RBAC binding: {e}")
+                });
+            }
+        }
+    };
     issued["status"]["token"]
         .as_str()
         .expect("token")
