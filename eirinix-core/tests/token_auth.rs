@@ -12,6 +12,7 @@ use eirinix_core::{
     ContainerRef, Context, Extension, ExtensionError, Manager, Mutation, PodPatch, Request,
     RunningManager, async_trait,
 };
+use eirinix_testenv::support::retry_while_forbidden;
 use eirinix_testenv::{ControlPlane, unique_name};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, ServiceAccount};
@@ -162,11 +163,11 @@ async fn issued_token(client: &kube::Client, config: &str, audience: &str) -> St
     }))
     .unwrap();
     // The apiserver's RBAC authorizer sees the new binding through its informer: until then the
-    // attestation is refused (403). Wait for it, bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let issued: Value = loop {
-        let attempt = client
-            .request(
+    // attestation is refused (403).
+    let issued: Value = retry_while_forbidden(
+        "the apiserver issues a webhook-bound token once it sees the RBAC binding",
+        || {
+            client.request(
                 http::Request::post(format!(
                     "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"
                 ))
@@ -174,20 +175,9 @@ async fn issued_token(client: &kube::Client, config: &str, audience: &str) -> St
                 .body(request.clone())
                 .unwrap(),
             )
-            .await;
-        match attempt {
-            Err(kube::Error::Api(status))
-                if status.code == 403 && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => {
-                break other.unwrap_or_else(|e| {
-                    panic!("the apiserver issues a webhook-bound token within 60 s of the RBAC binding: {e}")
-                });
-            }
-        }
-    };
+        },
+    )
+    .await;
     issued["status"]["token"]
         .as_str()
         .expect("token")

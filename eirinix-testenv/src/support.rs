@@ -1,5 +1,6 @@
 //! Small helpers shared by the test suites built on this crate: logging to the test output,
-//! polling a condition against the control plane until it holds, and ServiceAccount tokens.
+//! polling a condition against the control plane until it holds, waiting out RBAC propagation,
+//! and ServiceAccount tokens.
 
 use std::future::Future;
 use std::time::Duration;
@@ -50,6 +51,30 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(period).await;
+    }
+}
+
+/// Run `f` until it succeeds, retrying (every 100 ms, for at most 60 s) while it fails with
+/// HTTP 403: the apiserver's RBAC authorizer sees a new binding only through its informer, so a
+/// caller bound a moment ago is refused for a while. Panics with `what` on any other failure.
+pub async fn retry_while_forbidden<T, E, F, Fut>(what: &str, mut f: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e)
+                if format!("{e:?}").contains("code: 403")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what} (403 is retried for 60 s): {e:?}"),
+        }
     }
 }
 

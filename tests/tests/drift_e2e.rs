@@ -329,20 +329,11 @@ async fn register_restores_owned_entries_with_only_the_patch_verb() {
         .build()
         .unwrap();
     // The apiserver's RBAC authorizer sees the new binding through its informer: until then the
-    // ServiceAccount is refused (403). Retry while it is, bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match manager.register(job.clone()).await {
-            Ok(_) => break,
-            Err(e)
-                if format!("{e:?}").contains("code: 403")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("registering with only the patch verb: {e}"),
-        }
-    }
+    // ServiceAccount is refused (403).
+    eirinix_testenv::support::retry_while_forbidden("registering with only the patch verb", || {
+        manager.register(job.clone())
+    })
+    .await;
     let cfgs = Api::<MutatingWebhookConfiguration>::all(admin.clone());
     let name = config_name(&fp);
     let op = json!([
