@@ -5,6 +5,7 @@
 mod alloc;
 mod baseline;
 mod burst;
+mod ladder;
 mod latency;
 mod layout;
 mod loadgen;
@@ -69,6 +70,12 @@ enum Cmd {
     Peers {
         #[command(flatten)]
         args: peers::Args,
+    },
+    /// Server CPU per review on the pinned server, one step of the persi route added per rung:
+    /// the fixed answer, simd-json's tape, the whole decode, persi's mutate, the real route.
+    Ladder {
+        #[command(flatten)]
+        args: peers::Pinning,
     },
     /// A pod with 1,000 env vars and 20 containers: time and heap per review.
     LargePod,
@@ -135,6 +142,7 @@ enum Cmd {
     All,
 }
 
+/// The constant answer of `/fixed` and of the ladder's rungs.
 const FIXED: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","allowed":true}}"#;
 
 struct TestServer {
@@ -186,7 +194,9 @@ async fn start_server() -> anyhow::Result<TestServer> {
         body_limit,
         request_timeout,
     );
-    let router = eirinix_core::server::router(state, body_limit, request_timeout).merge(fixed);
+    let router = eirinix_core::server::router(state.clone(), body_limit, request_timeout)
+        .merge(fixed)
+        .merge(ladder::routes(state, body_limit, request_timeout));
     let listening = eirinix_core::server::Server::bind(([127, 0, 0, 1], 0).into()).await?;
     let addr = listening.local_addr();
     let cancel = CancellationToken::new();
@@ -661,6 +671,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::ServeBaseline => baseline::serve().await,
         Cmd::Load { args } => peers::load(args).await,
         Cmd::Peers { args } => peers::peers(args).await,
+        Cmd::Ladder { args } => ladder::run(args).await,
         Cmd::LargePod => large_pod().await,
         Cmd::Handler { iterations } => handler(iterations).await,
         Cmd::ApiserverLatency { pods } => latency::apiserver_latency(pods).await,
@@ -673,6 +684,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Process { seconds, idle } => process::process(seconds, idle).await,
         Cmd::All => {
             peers::peers(peers::Args::default()).await?;
+            ladder::run(peers::Pinning::default()).await?;
             admission(8, false).await?;
             handler(20_000).await?;
             large_pod().await?;

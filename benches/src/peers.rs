@@ -19,9 +19,9 @@ use tokio::io::AsyncBufReadExt as _;
 
 use crate::{alloc, loadgen, pods};
 
-/// Options of `peers`.
+/// How servers are pinned and loaded, shared by `peers` and `ladder`.
 #[derive(clap::Args, Clone, Debug)]
-pub struct Args {
+pub struct Pinning {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 6)]
     pub seconds: u64,
@@ -37,13 +37,9 @@ pub struct Args {
     /// The core the load generator is pinned to.
     #[arg(long, default_value_t = 0)]
     pub load_core: usize,
-    /// The controller-runtime peer; built by `benches/peers/build-controller-runtime.sh` when
-    /// absent (default: `target/peers/controller-runtime-persi`).
-    #[arg(long)]
-    pub controller_runtime: Option<PathBuf>,
 }
 
-impl Default for Args {
+impl Default for Pinning {
     fn default() -> Self {
         Self {
             seconds: 6,
@@ -51,9 +47,19 @@ impl Default for Args {
             runs: 3,
             server_core: 1,
             load_core: 0,
-            controller_runtime: None,
         }
     }
+}
+
+/// Options of `peers`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Args {
+    #[command(flatten)]
+    pub pinning: Pinning,
+    /// The controller-runtime peer; built by `benches/peers/build-controller-runtime.sh` when
+    /// absent (default: `target/peers/controller-runtime-persi`).
+    #[arg(long)]
+    pub controller_runtime: Option<PathBuf>,
 }
 
 /// Options of the hidden `load` subcommand: one load run against one server, result as JSON.
@@ -106,7 +112,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 /// A server process under test.
-struct Server {
+pub(crate) struct Server {
     name: String,
     child: tokio::process::Child,
     pid: String,
@@ -127,7 +133,7 @@ impl Server {
         })
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         drop(self.child.stdin.take());
         while let Ok(Some(_)) = self.stdout.next_line().await {}
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
@@ -149,7 +155,7 @@ fn pinned(core: usize, program: &Path) -> tokio::process::Command {
 }
 
 /// A server that prints `{"addr", "ca"}` on its first line (`serve`, `serve-baseline`).
-async fn start_rust(
+pub(crate) async fn start_rust(
     name: &str,
     subcommand: &str,
     core: usize,
@@ -323,17 +329,26 @@ async fn patched_pod(server: &Server) -> anyhow::Result<(Value, usize, usize)> {
     Ok((pod, ops.0.len(), patch.len()))
 }
 
-struct Sample {
-    rate: f64,
-    cpu_us: f64,
+/// One load run against one server route.
+pub(crate) struct Sample {
+    /// Answered reviews per second.
+    pub(crate) rate: f64,
+    /// Server CPU (user + system) per answered review.
+    pub(crate) cpu_us: f64,
     busy: f64,
     load_busy: f64,
     p50: f64,
     p99: f64,
-    errors: u64,
+    /// Failed requests.
+    pub(crate) errors: u64,
 }
 
-async fn measure(server: &Server, path: &str, args: &Args, dir: &Path) -> anyhow::Result<Sample> {
+pub(crate) async fn measure(
+    server: &Server,
+    path: &str,
+    args: &Pinning,
+    dir: &Path,
+) -> anyhow::Result<Sample> {
     let cpu0 = alloc::cpu_seconds_of(&server.pid);
     let out = pinned(args.load_core, &std::env::current_exe()?)
         .arg("load")
@@ -377,7 +392,7 @@ async fn measure(server: &Server, path: &str, args: &Args, dir: &Path) -> anyhow
 }
 
 /// `median (min–max)` of `xs` with `digits` decimals.
-fn spread(mut xs: Vec<f64>, digits: usize) -> String {
+pub(crate) fn spread(mut xs: Vec<f64>, digits: usize) -> String {
     xs.sort_by(f64::total_cmp);
     let (lo, hi) = (xs[0], xs[xs.len() - 1]);
     let mid = xs[xs.len() / 2];
@@ -390,10 +405,11 @@ fn spread(mut xs: Vec<f64>, digits: usize) -> String {
 
 /// `eirinix-bench peers`.
 pub async fn peers(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    let pinning = &args.pinning;
+    anyhow::ensure!(pinning.runs >= 1, "--runs must be at least 1");
     let dir = tempfile::tempdir()?;
     let (cr_binary, cr_version) = controller_runtime_binary(&args)?;
-    let core = args.server_core;
+    let core = pinning.server_core;
     let eirinix = start_rust("eirinix (persi)", "serve", core, dir.path()).await?;
     let baseline = start_rust(
         "hand-written axum + kube-rs",
@@ -408,10 +424,10 @@ pub async fn peers(args: Args) -> anyhow::Result<()> {
     println!(
         "review body: {} bytes; servers pinned to core {core}, load generator (`eirinix-bench load`, {} connections, {} s) to core {}; {} runs\n",
         pods::review(&pods::eirini_app_pod()).len(),
-        args.connections,
-        args.seconds,
-        args.load_core,
-        args.runs
+        pinning.connections,
+        pinning.seconds,
+        pinning.load_core,
+        pinning.runs
     );
     // The same pod from every server.
     let (reference_raw, _, _) = patched_pod(&eirinix).await?;
@@ -453,9 +469,9 @@ pub async fn peers(args: Args) -> anyhow::Result<()> {
         ("hand-written axum + kube-rs persi", &baseline, "/persi"),
     ];
     let mut samples: Vec<Vec<Sample>> = rows.iter().map(|_| Vec::new()).collect();
-    for run in 0..args.runs {
+    for run in 0..pinning.runs {
         for (i, (label, server, path)) in rows.iter().enumerate() {
-            let s = measure(server, path, &args, dir.path()).await?;
+            let s = measure(server, path, pinning, dir.path()).await?;
             eprintln!(
                 "run {}: {label}: {:.0} reviews/s, {:.1} µs server CPU per review, server core {:.0} % busy, load core {:.0} %",
                 run + 1,

@@ -1,0 +1,146 @@
+//! `eirinix-bench ladder`: where the server CPU of a persi review goes, measured on the running
+//! server rather than in a hot loop (a hot loop keeps the decode's code and data in cache; the
+//! server runs TLS, HTTP and the kernel between two reviews).
+//!
+//! One pinned `eirinix-bench serve` process answers every rung. Each rung adds one step of the
+//! persi route to the rung before and answers the same constant as `/fixed`, so the difference
+//! between two rungs is the server CPU of that step. A rung whose step fails answers 500, and
+//! any failed request fails the run.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use eirinix_core::metrics::Outcome;
+use eirinix_core::server::AppState;
+
+use crate::peers::{self, Pinning};
+
+/// The rungs, cheapest first: path and what it adds to the rung before.
+const RUNGS: [(&str, &str); 5] = [
+    (
+        "/fixed",
+        "TLS, HTTP, the webhook layers, the body collected; a constant answer",
+    ),
+    (
+        "/ladder/tape",
+        "the decode's first step: simd-json's structural index and tape of the body, nothing typed",
+    ),
+    (
+        "/ladder/decode",
+        "the whole decode: the review with its typed k8s-openapi Pod (tape included)",
+    ),
+    (
+        "/ladder/mutate",
+        "persi's mutate on the decoded Pod (the patch built, not encoded), within its timeout",
+    ),
+    (
+        "/persi",
+        "the real route: the answer encoded, metrics, tracing span, the larger response",
+    ),
+];
+
+/// The constant answer, or 500 when the rung's step failed (so the load run counts an error).
+fn answer(step_ok: bool) -> Response {
+    if step_ok {
+        ([("content-type", "application/json")], crate::FIXED).into_response()
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    }
+}
+
+/// The ladder's routes (all but `/fixed` and `/persi`), behind the same layers as every
+/// webhook route; `state` holds the persi handler.
+pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> axum::Router {
+    let router = axum::Router::new()
+        .route(
+            "/ladder/tape",
+            post(|uri: http::Uri, body: Bytes| async move {
+                black_box(uri.query().map(str::to_owned));
+                answer(black_box(eirinix_core::admission::tape_only(&body)))
+            }),
+        )
+        .route(
+            "/ladder/decode",
+            post(|uri: http::Uri, body: Bytes| async move {
+                black_box(uri.query().map(str::to_owned));
+                let decoded = eirinix_core::admission::decode(&body);
+                answer(black_box(decoded).is_ok_and(|d| d.pod.is_ok()))
+            }),
+        )
+        .route(
+            "/ladder/mutate",
+            post(move |uri: http::Uri, body: Bytes| async move {
+                black_box(uri.query().map(str::to_owned));
+                let Ok(decoded) = eirinix_core::admission::decode(&body) else {
+                    return answer(false);
+                };
+                let Some(persi) = state.handlers.first() else {
+                    return answer(false);
+                };
+                let (verdict, outcome) = persi.answer(&state.ctx, &decoded).await;
+                black_box(verdict);
+                answer(outcome == Outcome::Patched)
+            }),
+        );
+    eirinix_core::server::with_webhook_layers(router, body_limit, timeout)
+}
+
+/// The median of `xs` (not empty).
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// `eirinix-bench ladder`.
+pub async fn run(args: Pinning) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    let dir = tempfile::tempdir()?;
+    let server =
+        peers::start_rust("eirinix (persi)", "serve", args.server_core, dir.path()).await?;
+    println!(
+        "server pinned to core {}, load generator (`eirinix-bench load`, {} connections, {} s) to core {}; {} runs, rungs measured in turn within each run\n",
+        args.server_core, args.connections, args.seconds, args.load_core, args.runs
+    );
+    let mut cpu: Vec<Vec<f64>> = RUNGS.iter().map(|_| Vec::new()).collect();
+    for run in 0..args.runs {
+        for (i, (path, _)) in RUNGS.iter().enumerate() {
+            let s = peers::measure(&server, path, &args, dir.path()).await?;
+            anyhow::ensure!(
+                s.errors == 0,
+                "{path}: {} requests failed (its step failed, or the route is missing)",
+                s.errors
+            );
+            eprintln!(
+                "run {}: {path}: {:.0} reviews/s, {:.1} µs server CPU per review",
+                run + 1,
+                s.rate,
+                s.cpu_us
+            );
+            cpu[i].push(s.cpu_us);
+        }
+    }
+    server.stop().await;
+    let fixed = median(&cpu[0]);
+    println!(
+        "| rung | adds to the rung before | server CPU µs per review | the step (difference of medians) | times the fixed answer |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut before = None;
+    for ((path, adds), xs) in RUNGS.iter().zip(&cpu) {
+        let m = median(xs);
+        let step = before.map_or("-".to_owned(), |b: f64| format!("{:+.1} µs", m - b));
+        println!(
+            "| `{path}` | {adds} | {} | {step} | {:.2}x |",
+            peers::spread(xs.clone(), 1),
+            m / fixed
+        );
+        before = Some(m);
+    }
+    Ok(())
+}
