@@ -21,7 +21,7 @@ pub(crate) fn tls_client_config(tls: &TlsOptions) -> Result<Arc<ClientConfig>, L
         .and_then(|pem| {
             eirinix_core::tls::pem_root_store(&pem).map_err(|e| file_err(&tls.ca_file, &e))
         })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = eirinix_core::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
