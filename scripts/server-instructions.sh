@@ -8,8 +8,9 @@
 # Uses the dist build in DIST_DIR (default: target/x86_64-unknown-linux-gnu/dist, built if absent).
 # Prints requests answered, instructions per request over the whole run (startup included, a
 # few percent at 20 s), and per request inside the route handler (the review's decode, the
-# extension and the answer's encoding; for /fixed the constant answer). Callgrind counts instructions, not time: the counts repeat on a busy
-# machine, which wall-clock CPU figures do not.
+# extension and the answer's encoding; for /fixed the constant answer). Callgrind counts
+# instructions, not time: the counts repeat on a busy machine, which wall-clock CPU figures do
+# not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 route=${1:?usage: $0 /persi|/fixed [seconds]}

@@ -90,13 +90,6 @@ pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration)
     eirinix_core::server::with_webhook_layers(router, body_limit, timeout)
 }
 
-/// The median of `xs` (not empty).
-fn median(xs: &[f64]) -> f64 {
-    let mut xs = xs.to_vec();
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// `eirinix-bench ladder`.
 pub async fn run(args: Pinning) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
@@ -126,18 +119,18 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         }
     }
     server.stop().await;
-    let fixed = median(&cpu[0]);
+    let fixed = peers::median(&cpu[0]);
     println!(
         "| rung | adds to the rung before | server CPU µs per review | the step (difference of medians) | times the fixed answer |"
     );
     println!("|---|---|---|---|---|");
     let mut before = None;
     for ((path, adds), xs) in RUNGS.iter().zip(&cpu) {
-        let m = median(xs);
+        let m = peers::median(xs);
         let step = before.map_or("-".to_owned(), |b: f64| format!("{:+.1} µs", m - b));
         println!(
             "| `{path}` | {adds} | {} | {step} | {:.2}x |",
-            peers::spread(xs.clone(), 1),
+            peers::spread(xs, 1),
             m / fixed
         );
         before = Some(m);

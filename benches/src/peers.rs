@@ -391,11 +391,18 @@ pub(crate) async fn measure(
     })
 }
 
-/// `median (min–max)` of `xs` with `digits` decimals.
-pub(crate) fn spread(mut xs: Vec<f64>, digits: usize) -> String {
+/// The median of `xs` (not empty).
+pub(crate) fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
     xs.sort_by(f64::total_cmp);
-    let (lo, hi) = (xs[0], xs[xs.len() - 1]);
-    let mid = xs[xs.len() / 2];
+    xs[xs.len() / 2]
+}
+
+/// `median (min–max)` of `xs` with `digits` decimals.
+pub(crate) fn spread(xs: &[f64], digits: usize) -> String {
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mid = median(xs);
     if xs.len() == 1 {
         format!("{mid:.digits$}")
     } else {
@@ -488,7 +495,8 @@ pub async fn peers(args: Args) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for ((label, server, _), s) in rows.iter().zip(&samples) {
-        let col = |f: fn(&Sample) -> f64, digits| spread(s.iter().map(f).collect(), digits);
+        let col =
+            |f: fn(&Sample) -> f64, digits| spread(&s.iter().map(f).collect::<Vec<_>>(), digits);
         let label = if std::ptr::eq(*server, &cr) {
             format!("{label} ({})", cr.name)
         } else {

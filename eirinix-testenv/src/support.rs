@@ -54,28 +54,28 @@ where
     }
 }
 
-/// Run `f` until it succeeds, retrying (every 100 ms, for at most 60 s) while it fails with
-/// HTTP 403: the apiserver's RBAC authorizer sees a new binding only through its informer, so a
-/// caller bound a moment ago is refused for a while. Panics with `what` on any other failure.
+/// Run `f` until it succeeds, retrying (as [`eventually`] polls, for at most 60 s) while it
+/// fails with HTTP 403: the apiserver's RBAC authorizer sees a new binding only through its
+/// informer, so a caller bound a moment ago is refused for a while. Panics with `what` on any
+/// other failure, or when 403 lasts.
 pub async fn retry_while_forbidden<T, E, F, Fut>(what: &str, mut f: F) -> T
 where
     E: std::fmt::Debug,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e)
-                if format!("{e:?}").contains("code: 403")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = format!("{what} (refused with 403 until then)");
+    eventually(Duration::from_secs(60), &waiting, || {
+        let attempt = f();
+        async move {
+            match attempt.await {
+                Ok(v) => Some(v),
+                Err(e) if format!("{e:?}").contains("code: 403") => None,
+                Err(e) => panic!("{what}: {e:?}"),
             }
-            Err(e) => panic!("{what} (403 is retried for 60 s): {e:?}"),
         }
-    }
+    })
+    .await
 }
 
 /// A rule of the core API group allowing `verbs` on `resource` (e.g. `pods`, `pods/exec`), for
