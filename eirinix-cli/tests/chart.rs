@@ -336,6 +336,28 @@ fn every_variant_lints_and_renders() {
     }
 }
 
+#[test]
+fn every_hash_the_templates_write_is_quoted() {
+    // A truncated hex hash is sometimes all digits (or digits around one `e`), which YAML reads
+    // as a number: the apiserver then refused the Deployment (an annotation must be a string),
+    // depending on the values. Every hash must go through `quote`.
+    let mut unquoted = Vec::new();
+    for entry in std::fs::read_dir(format!("{CHART}/templates")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("sha256sum") && !line.contains("| quote }}") {
+                unquoted.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        unquoted.is_empty(),
+        "hashes written unquoted:\n{}",
+        unquoted.join("\n")
+    );
+}
+
 /// cert-manager mode: the caBundle cert-manager injects (the `ca.crt` of the serving certificate's
 /// Secret) must survive a renewal of the serving certificate. With a self-signed issuer each leaf
 /// is its own CA, so every renewal changed the caBundle before the pods reloaded their files. The
