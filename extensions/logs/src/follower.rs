@@ -9,6 +9,11 @@
 //!   for a restart or the pod's deletion;
 //! - otherwise: the stream broke, resume with `sinceTime` and drop the overlap ([`Dedup`]).
 //!
+//! The kubelet may start the next instance before the pod status counts the restart, and then
+//! serves that instance's log as the current one. Before it forwards a line, a read of the
+//! current instance checks the previous log when the two could be confused (`ReplacedCheck`),
+//! and reads the instance it missed first.
+//!
 //! A follower reads one output of the container: stdout or stderr (`stream=Stdout|Stderr`, where
 //! the apiserver offers it) or both merged (the stream is then unknown). An apiserver that does
 //! not offer the parameter answers the first request with an error ([`FollowEnd::SplitUnsupported`]),
@@ -199,6 +204,18 @@ enum ReadEnd {
     Replaced,
 }
 
+/// How a read of the current instance finds out that the kubelet already serves a newer
+/// instance as the current one (it starts the next instance before the pod status says so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplacedCheck {
+    /// A resumed read whose first new line passes the last forwarded line: replaced when the
+    /// previous log holds that line (otherwise the node lost part of the log: a gap).
+    Resumed,
+    /// The first read of an instance whose predecessor was read to its end: replaced when the
+    /// previous log has a line after the last forwarded one (an instance not read yet).
+    Fresh,
+}
+
 /// Whether `e` is the apiserver refusing the `stream` parameter of `pods/log` (its
 /// `PodLogsQuerySplitStreams` feature is off: 422 "stream: Forbidden: may not be specified").
 pub fn split_streams_refused(e: &kube::Error) -> bool {
@@ -240,6 +257,9 @@ pub struct Follower {
     /// The output read: stdout, stderr, or both merged (`None`).
     stream: Option<Stream>,
     line_ts: Option<Timestamp>,
+    /// The instance before the current one was read to its end (or there is none), so the
+    /// first read of the current one can be checked against the previous log.
+    predecessor_read: bool,
 }
 
 impl Follower {
@@ -271,6 +291,7 @@ impl Follower {
             last_instance: start.map(|c| c.instance),
             stream: None,
             line_ts: None,
+            predecessor_read: false,
         }
     }
 
@@ -330,12 +351,16 @@ impl Follower {
                 .instance
                 .filter(|i| *i < current - 1)
                 .map_or(0, |i| current - i - 2 + i32::from(complete != Some(i)));
+            let mut predecessor_read = current == 0 || complete == Some(current - 1);
             if behind {
                 match self.read(cancel, false, true, current - 1, true).await {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
                     ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
-                    ReadEnd::Ended { .. } | ReadEnd::Replaced => previous_failures = 0,
+                    ReadEnd::Ended { .. } | ReadEnd::Replaced => {
+                        previous_failures = 0;
+                        predecessor_read = true;
+                    }
                     ReadEnd::Failed { error, .. } => {
                         previous_failures += 1;
                         if previous_failures < 5 {
@@ -367,6 +392,7 @@ impl Follower {
                     );
                 }
                 self.instance = Some(current);
+                self.predecessor_read = predecessor_read;
                 complete = None;
             }
             if complete == Some(current) {
@@ -499,7 +525,13 @@ impl Follower {
             self.dedup.begin();
         }
         self.line_ts = None;
-        let mut check_replaced = !previous;
+        let mut check = if previous {
+            None
+        } else if self.last_instance == Some(instance) {
+            Some(ReplacedCheck::Resumed)
+        } else {
+            self.predecessor_read.then_some(ReplacedCheck::Fresh)
+        };
         let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
         let mut lines = 0u64;
         let grace = self.config.deleted_grace;
@@ -534,20 +566,21 @@ impl Follower {
                 }
                 p = reader.next_piece() => p,
             };
-            // A resumed read of the current instance that does not repeat the last forwarded
-            // line: either the node lost part of the log, or the kubelet already serves a newer
-            // instance. The previous instance's log tells which, before anything is forwarded.
-            if check_replaced
+            // The log served as the current instance's may already be a newer instance's: a
+            // resumed read that does not repeat the last forwarded line (or the node lost part
+            // of the log), or a first read while the previous log still has unread lines. The
+            // previous instance's log tells which, before anything is forwarded.
+            if let Some(kind) = check
                 && let Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) =
                     piece
                 && let Some((ts, _)) = split_timestamp(reader.data())
-                && self.dedup.would_gap(ts)
+                && (kind == ReplacedCheck::Fresh || self.dedup.would_gap(ts))
             {
-                check_replaced = false;
+                check = None;
                 let replaced = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return ReadEnd::Cancelled,
-                    held = self.previous_holds_last() => held,
+                    replaced = self.previous_shows_replacement(kind) => replaced,
                 };
                 if replaced {
                     return ReadEnd::Replaced;
@@ -600,12 +633,14 @@ impl Follower {
         }
     }
 
-    /// Whether the previous instance's log holds the last forwarded line (so the instance
-    /// that line came from is no longer the current one). A failed request answers no.
-    async fn previous_holds_last(&self) -> bool {
-        let Some(last) = self.dedup.last_timestamp() else {
+    /// Whether the previous instance's log shows that the log read as the current instance's
+    /// belongs to a newer one (see [`ReplacedCheck`]). A failed request (no previous
+    /// instance, for one) answers no.
+    async fn previous_shows_replacement(&self, kind: ReplacedCheck) -> bool {
+        let last = self.dedup.last_timestamp();
+        if last.is_none() && kind == ReplacedCheck::Resumed {
             return false;
-        };
+        }
         let params = self.log_params(false, true);
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         let Ok(stream) = self.log_stream(&params).await else {
@@ -619,10 +654,16 @@ impl Follower {
             ) {
                 continue;
             }
-            match split_timestamp(reader.data()) {
-                Some((ts, _)) if ts == last => return true,
-                Some((ts, _)) if ts > last => return false,
-                _ => {}
+            let Some((ts, _)) = split_timestamp(reader.data()) else {
+                continue;
+            };
+            match (kind, last) {
+                (ReplacedCheck::Resumed, Some(last)) if ts == last => return true,
+                (_, Some(last)) if ts <= last => {}
+                // A line after the last forwarded one (or any line, when none was): the
+                // previous log is of an instance not read yet, and also ends the search for
+                // the last forwarded line.
+                (kind, _) => return kind == ReplacedCheck::Fresh,
             }
         }
         false
