@@ -52,10 +52,11 @@ step "cargo fmt --check and clippy (fuzz crate, its own workspace)"
 # Same target directory as the workspace: the two lock files pin the same versions, so the
 # dependencies' lint builds are shared.
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --quiet -- -D warnings
-step "the library crates compile with k8s-openapi's oldest and newest version features (v1_33, v1_37)"
+step "the library crates alone (no workspace features) are clippy-clean with k8s-openapi's oldest and newest version features (v1_33, v1_37)"
 libs=(-p eirinix-core -p eirinix-testenv -p eirinix-persi -p eirinix-ssh -p eirinix-logs -p eirinix-rootfs)
 for feature in v1_33 v1_37; do
-  cargo check --quiet --lib "${libs[@]}" --features "k8s-openapi/$feature" --target-dir "$cache/k8s-openapi-check"
+  cargo clippy --quiet --lib "${libs[@]}" --features "k8s-openapi/$feature" \
+    --target-dir "$cache/k8s-openapi-check" -- -D warnings
 done
 step "the publishable crates: docs without warnings, cargo package (eirinix-core, eirinix-testenv)"
 K8S_OPENAPI_ENABLED_VERSION=1.37 RUSTDOCFLAGS="-D warnings" \

@@ -1,6 +1,8 @@
 //! Wall clocks: renewal is decided by the wall clock (the system one, or a manual one in tests).
 
 use super::*;
+#[cfg(any(test, feature = "internals"))]
+use std::sync::{Mutex, PoisonError};
 
 /// Source of wall-clock time; injectable so renewal decisions are testable.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -19,11 +21,13 @@ impl Clock for SystemClock {
 }
 
 /// A clock that only moves when told to; for tests of time-dependent behaviour.
+#[cfg(any(test, feature = "internals"))]
 #[derive(Debug)]
 pub struct ManualClock {
     pub(super) now: Mutex<OffsetDateTime>,
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl ManualClock {
     /// A clock stopped at `t`.
     pub fn new(t: OffsetDateTime) -> Self {
@@ -42,6 +46,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner)

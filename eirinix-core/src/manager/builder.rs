@@ -246,6 +246,7 @@ impl ManagerBuilder {
     }
 
     /// Use `clock` for certificate decisions (tests).
+    #[cfg(any(test, feature = "internals"))]
     #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
