@@ -677,6 +677,10 @@ impl Follower {
         instance: i32,
         backoff: &mut Backoff,
     ) -> Result<bool, FollowEnd> {
+        tracing::debug!(
+            pod = %self.pod, container = %self.origin.container, stream = ?self.stream, instance,
+            "the kubelet already serves a newer instance than the pod status names; reading this one to its end as the previous log"
+        );
         let error = match self.read(cancel, false, true, instance, true).await {
             ReadEnd::Cancelled => return Err(FollowEnd::Cancelled),
             ReadEnd::Deleted => return Err(FollowEnd::PodDeleted),
