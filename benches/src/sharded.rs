@@ -163,7 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (proc_rss_kib(apiserver_pid) as f64 - api_rss_before as f64) / args.containers as f64
     );
     println!(
-        "| step | replicas | containers per replica | time to follow every container again | members' own rebalance time, ms | per-replica RSS MiB | per-replica CPU % of a core | kube-apiserver CPU % | load avg | lines repeated so far (containers) | checkpoint, stream, sink errors (live replicas) |"
+        "| step | replicas | containers per replica | time to follow every container again | members' own rebalance time, ms | per-replica RSS MiB (open sockets) | per-replica CPU % of a core | kube-apiserver CPU % | load avg | lines repeated so far (containers) | checkpoint, stream, sink errors (live replicas) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
 
@@ -384,12 +384,34 @@ fn rebalance_ms(members: &[Member]) -> String {
         .join(" / ")
 }
 
+/// Each member's RSS, with its open sockets (about one per follow stream: a request that keeps
+/// an extra connection shows here).
 fn rss(members: &[Member]) -> String {
     members
         .iter()
-        .map(|m| format!("{:.0}", proc_rss_kib(m.fwd.pid()) as f64 / 1024.0))
+        .map(|m| {
+            let pid = m.fwd.pid();
+            format!(
+                "{:.0} ({})",
+                proc_rss_kib(pid) as f64 / 1024.0,
+                sockets(pid).map_or_else(|| "?".to_owned(), |n| n.to_string())
+            )
+        })
         .collect::<Vec<_>>()
         .join(" / ")
+}
+
+/// Open sockets of process `pid`, from `/proc/<pid>/fd` (`None` when it cannot be read).
+fn sockets(pid: u32) -> Option<usize> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.filter_map(Result::ok)
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+            })
+            .count(),
+    )
 }
 
 /// Member checkpoint ConfigMaps (pages) in `ns`: how many, and the bytes of their data.

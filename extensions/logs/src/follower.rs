@@ -504,7 +504,7 @@ impl Follower {
         let stream = tokio::select! {
             biased;
             _ = cancel.cancelled() => return ReadEnd::Cancelled,
-            s = self.log_stream(&params) => s,
+            s = self.log_stream(&params, false) => s,
         };
         let stream = match stream {
             Ok(s) => s,
@@ -643,7 +643,9 @@ impl Follower {
         }
         let params = self.log_params(false, true);
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let Ok(stream) = self.log_stream(&params).await else {
+        // Made while this follower's own stream holds its connection (and at start, while
+        // every follower's does): a pooled connection would linger idle after it.
+        let Ok(stream) = self.log_stream(&params, true).await else {
             return false;
         };
         let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
@@ -714,10 +716,12 @@ impl Follower {
     }
 
     /// Open a `pods/log` stream with `params`, and the `stream` parameter when reading one
-    /// output (kube's `LogParams` has no field for it).
+    /// output (kube's `LogParams` has no field for it); `close`: a one-off request whose
+    /// connection is closed after the response instead of kept in the client's pool.
     async fn log_stream(
         &self,
         params: &LogParams,
+        close: bool,
     ) -> kube::Result<impl futures::io::AsyncBufRead + use<>> {
         let url = self.api.resource_url();
         let mut req = kube::core::Request::new(url)
@@ -728,6 +732,12 @@ impl Follower {
             *req.uri_mut() = uri.parse().map_err(|e: http::uri::InvalidUri| {
                 kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e.into()))
             })?;
+        }
+        if close {
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
         req.extensions_mut().insert("log_stream");
         self.client.request_stream(req).await
