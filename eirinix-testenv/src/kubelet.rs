@@ -83,6 +83,7 @@ struct ContainerState {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     followers: AtomicUsize,
+    previous_requests: AtomicUsize,
 }
 
 struct Inner {
@@ -90,6 +91,8 @@ struct Inner {
     previous: Option<Instance>,
     next_instance: u64,
     break_epoch: u64,
+    /// `previous=true` requests still to answer with a server error.
+    failing_previous: usize,
 }
 
 struct Instance {
@@ -116,9 +119,11 @@ impl ContainerState {
                 previous: None,
                 next_instance: 1,
                 break_epoch: 0,
+                failing_previous: 0,
             }),
             changed: watch::channel(0).0,
             followers: AtomicUsize::new(0),
+            previous_requests: AtomicUsize::new(0),
         }
     }
 
@@ -183,6 +188,17 @@ impl ContainerLog {
     pub fn break_streams(&self) {
         self.state
             .update(|inner| inner.break_epoch = inner.break_epoch.wrapping_add(1));
+    }
+
+    /// Fault injection: the next `n` `previous=true` requests for this container fail with a
+    /// server error (500), as a kubelet or a connection failing mid-request would.
+    pub fn fail_previous(&self, n: usize) {
+        self.state.update(|inner| inner.failing_previous = n);
+    }
+
+    /// `previous=true` requests answered so far (failed ones included).
+    pub fn previous_requests(&self) -> usize {
+        self.state.previous_requests.load(Ordering::SeqCst)
     }
 
     /// Starts a new container instance: the current lines become the `previous=true` log, new
@@ -584,7 +600,19 @@ async fn container_logs(
     if opts.previous || !opts.follow {
         let mut out = BytesMut::new();
         {
-            let inner = lock(&c.inner);
+            let mut inner = lock(&c.inner);
+            if opts.previous {
+                c.previous_requests.fetch_add(1, Ordering::SeqCst);
+                if inner.failing_previous > 0 {
+                    inner.failing_previous -= 1;
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "fake kubelet: injected failure",
+                    )
+                        .into_response();
+                }
+            }
+            let inner = &*inner;
             let instance = if opts.previous {
                 match inner.previous.as_ref() {
                     Some(prev) => prev,

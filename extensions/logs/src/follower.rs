@@ -582,8 +582,11 @@ impl Follower {
                     _ = cancel.cancelled() => return ReadEnd::Cancelled,
                     replaced = self.previous_shows_replacement(kind) => replaced,
                 };
-                if replaced {
-                    return ReadEnd::Replaced;
+                match replaced {
+                    Ok(true) => return ReadEnd::Replaced,
+                    Ok(false) => {}
+                    // Nothing forwarded yet from this response: read it again, checked again.
+                    Err(error) => return ReadEnd::Failed { lines, error },
                 }
             }
             let (record, end) = match piece {
@@ -634,22 +637,41 @@ impl Follower {
     }
 
     /// Whether the previous instance's log shows that the log read as the current instance's
-    /// belongs to a newer one (see [`ReplacedCheck`]). A failed request (no previous
-    /// instance, for one) answers no.
-    async fn previous_shows_replacement(&self, kind: ReplacedCheck) -> bool {
+    /// belongs to a newer one (see [`ReplacedCheck`]). A request refused (4xx: for one, there is
+    /// no previous instance) answers no; one that failed otherwise is an error, since a guess
+    /// either way could drop an instance or report a gap that is none.
+    async fn previous_shows_replacement(&self, kind: ReplacedCheck) -> Result<bool, String> {
         let last = self.dedup.last_timestamp();
         if last.is_none() && kind == ReplacedCheck::Resumed {
-            return false;
+            return Ok(false);
         }
         let params = self.log_params(false, true);
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         // Made while this follower's own stream holds its connection (and at start, while
         // every follower's does): a pooled connection would linger idle after it.
-        let Ok(stream) = self.log_stream(&params, true).await else {
-            return false;
+        let stream = match self.log_stream(&params, true).await {
+            Ok(stream) => stream,
+            // Refused for good; throttled (429) or timed out (408) is a failure to retry.
+            Err(kube::Error::Api(status))
+                if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => {
+                self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("checking the previous log: {e}"));
+            }
         };
         let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
-        while let Ok(Some(piece)) = reader.next_piece().await {
+        loop {
+            let piece = match reader.next_piece().await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(format!("reading the previous log: {e}"));
+                }
+            };
             if !matches!(
                 piece,
                 Piece::Data { first: true, .. } | Piece::Incomplete { first: true }
@@ -660,15 +682,14 @@ impl Follower {
                 continue;
             };
             match (kind, last) {
-                (ReplacedCheck::Resumed, Some(last)) if ts == last => return true,
+                (ReplacedCheck::Resumed, Some(last)) if ts == last => return Ok(true),
                 (_, Some(last)) if ts <= last => {}
                 // A line after the last forwarded one (or any line, when none was): the
                 // previous log is of an instance not read yet, and also ends the search for
                 // the last forwarded line.
-                (kind, _) => return kind == ReplacedCheck::Fresh,
+                (kind, _) => return Ok(kind == ReplacedCheck::Fresh),
             }
         }
-        false
     }
 
     /// Read `instance`, which the kubelet has replaced, to its end as its previous instance;

@@ -338,7 +338,8 @@ async fn an_instance_the_kubelet_replaced_before_the_status_said_so_is_no_gap() 
 /// as the current one is the new instance's. The old instance, now the previous one, is read
 /// first, the new one once the status names it; nothing is lost and the order is kept.
 /// (Without the check the new instance's lines are taken for the old one's, and the old
-/// instance's lines, older than the last forwarded one, are dropped as already read.)
+/// instance's lines, older than the last forwarded one, are dropped as already read.) The
+/// first checks fail (a kubelet error): the follower forwards nothing until one answers.
 #[tokio::test]
 async fn an_instance_replaced_before_its_first_read_is_read_before_the_new_one() {
     let (client, ns, kubelet, rsyslog) = setup("logs-replaced-first").await;
@@ -354,6 +355,7 @@ async fn an_instance_replaced_before_its_first_read_is_read_before_the_new_one()
     for i in 10..20 {
         log.push_line(format!("q-{i}"));
     }
+    log.fail_previous(2);
     let service = start_service(&client, &ns, options(&rsyslog.address(), None));
     rsyslog
         .wait_for(T, "the replaced instance, read as the previous one", |r| {
@@ -366,6 +368,8 @@ async fn an_instance_replaced_before_its_first_read_is_read_before_the_new_one()
     })
     .await;
     assert_sequence(&messages_with(&rsyslog.received(), "q-"), "q-", 10);
+    // Two failed checks, the one that found the old instance, and its read to the end.
+    assert!(log.previous_requests() >= 4, "{}", log.previous_requests());
 
     set_status(&client, &ns, "quick-0", "opi", 1, State::Running).await;
     all_in_order_without_gap(service, &rsyslog, "q-", 20).await;
