@@ -23,12 +23,9 @@ async fn apiserver_restart_resumes_following() {
     let kubelet = FakeKubelet::start(&client, &unique_name("node"))
         .await
         .unwrap();
-    let node = kubelet.node_name().to_owned();
     let rsyslog = Rsyslog::start(None);
 
-    create_pod(&client, &ns, &app_pod("steady-0", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "steady-0", "opi", 0, State::Running).await;
-    let log = kubelet.container(&ns, "steady-0", "opi");
+    let log = running_app(&client, &ns, &kubelet, "steady-0").await;
     let mut opts = options(&rsyslog.address(), None);
     // Long enough that the leader keeps its lease through the restart.
     opts.replicas.lease_duration_secs = 30;
@@ -60,9 +57,7 @@ async fn apiserver_restart_resumes_following() {
     let total = produced.load(Ordering::SeqCst);
 
     // A pod created after the restart is found (the watch came back).
-    create_pod(&client, &ns, &app_pod("late-0", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "late-0", "opi", 0, State::Running).await;
-    let late = kubelet.container(&ns, "late-0", "opi");
+    let late = running_app(&client, &ns, &kubelet, "late-0").await;
     late.push_line("late-line");
 
     log.finish();

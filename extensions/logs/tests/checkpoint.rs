@@ -123,15 +123,12 @@ async fn lowering_and_raising_the_shard_count_keeps_every_entry() {
 #[tokio::test]
 async fn a_service_restarted_with_fewer_shards_resumes_every_container() {
     let (_, client, ns, kubelet) = plane_with_kubelet("logs-reshard").await;
-    let node = kubelet.node_name().to_owned();
     let rsyslog = Rsyslog::start(None);
     let pods = 24;
     let mut logs = Vec::new();
     for p in 0..pods {
         let name = format!("app-{p}");
-        create_pod(&client, &ns, &app_pod(&name, "APP", &["opi"], &node)).await;
-        set_status(&client, &ns, &name, "opi", 0, State::Running).await;
-        let log = kubelet.container(&ns, &name, "opi");
+        let log = running_app(&client, &ns, &kubelet, &name).await;
         for i in 0..10 {
             log.push_line(format!("p{p}-{i}"));
         }

@@ -29,9 +29,7 @@ async fn fast_exit_multiline_non_utf8_and_staging_reach_rsyslog_exactly_once() {
     set_status(&client, &ns, "dora-0", "opi", 0, State::Terminated).await;
 
     // Another instance: multi-line output, bytes that are not UTF-8, an over-long line.
-    create_pod(&client, &ns, &app_pod("dora-1", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "dora-1", "opi", 0, State::Running).await;
-    let ml = kubelet.container(&ns, "dora-1", "opi");
+    let ml = running_app(&client, &ns, &kubelet, "dora-1").await;
     let t0 = SystemTime::now() - Duration::from_secs(5);
     ml.push_line_at(t0, "Exception in thread main");
     ml.push_line_at(t0, "\tat Foo.bar(Foo.java:1)");
@@ -219,10 +217,7 @@ async fn a_log_rotated_past_the_checkpoint_is_counted_as_a_gap() {
 #[tokio::test]
 async fn restarted_container_is_followed_again_exactly_once() {
     let (client, ns, kubelet, rsyslog) = setup("logs-restart").await;
-    let node = kubelet.node_name().to_owned();
-    create_pod(&client, &ns, &app_pod("crashy-0", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "crashy-0", "opi", 0, State::Running).await;
-    let log = kubelet.container(&ns, "crashy-0", "opi");
+    let log = running_app(&client, &ns, &kubelet, "crashy-0").await;
     let service = start_service(&client, &ns, options(&rsyslog.address(), None));
     assert!(
         log.wait_for_followers(1, T).await,
@@ -286,10 +281,7 @@ async fn restarted_container_is_followed_again_exactly_once() {
 #[tokio::test]
 async fn an_instance_the_kubelet_replaced_before_the_status_said_so_is_no_gap() {
     let (client, ns, kubelet, rsyslog) = setup("logs-replaced").await;
-    let node = kubelet.node_name().to_owned();
-    create_pod(&client, &ns, &app_pod("early-0", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "early-0", "opi", 0, State::Running).await;
-    let log = kubelet.container(&ns, "early-0", "opi");
+    let log = running_app(&client, &ns, &kubelet, "early-0").await;
     let service = start_service(&client, &ns, options(&rsyslog.address(), None));
     assert!(
         log.wait_for_followers(1, T).await,
@@ -343,10 +335,7 @@ async fn an_instance_the_kubelet_replaced_before_the_status_said_so_is_no_gap() 
 #[tokio::test]
 async fn an_instance_replaced_before_its_first_read_is_read_before_the_new_one() {
     let (client, ns, kubelet, rsyslog) = setup("logs-replaced-first").await;
-    let node = kubelet.node_name().to_owned();
-    create_pod(&client, &ns, &app_pod("quick-0", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "quick-0", "opi", 0, State::Running).await;
-    let log = kubelet.container(&ns, "quick-0", "opi");
+    let log = running_app(&client, &ns, &kubelet, "quick-0").await;
     for i in 0..10 {
         log.push_line(format!("q-{i}"));
     }
@@ -399,10 +388,7 @@ async fn all_in_order_without_gap(service: Running, rsyslog: &Rsyslog, prefix: &
 #[tokio::test]
 async fn broken_streams_resume_without_gap_or_duplicate() {
     let (client, ns, kubelet, rsyslog) = setup("logs-break").await;
-    let node = kubelet.node_name().to_owned();
-    create_pod(&client, &ns, &app_pod("flaky-0", "APP", &["opi"], &node)).await;
-    set_status(&client, &ns, "flaky-0", "opi", 0, State::Running).await;
-    let log = kubelet.container(&ns, "flaky-0", "opi");
+    let log = running_app(&client, &ns, &kubelet, "flaky-0").await;
     // Many lines share a second, some share the exact timestamp: the resume overlap is real.
     let base = SystemTime::now() - Duration::from_secs(60);
     let at = |i: u64| base + Duration::from_millis(i / 3 * 10);

@@ -75,7 +75,6 @@ async fn memory_per_followed_container_is_small() {
     let kubelet = FakeKubelet::start(&client, &unique_name("node"))
         .await
         .unwrap();
-    let node = kubelet.node_name().to_owned();
     let rsyslog = Rsyslog::start(None);
 
     // The service in its own runtime, every allocation of its threads counted.
@@ -115,9 +114,7 @@ async fn memory_per_followed_container_is_small() {
     for target in [20usize, 120] {
         while logs.len() < target {
             let name = format!("mem-{}", logs.len());
-            create_pod(&client, &ns, &app_pod(&name, "APP", &["opi"], &node)).await;
-            set_status(&client, &ns, &name, "opi", 0, State::Running).await;
-            let log = kubelet.container(&ns, &name, "opi");
+            let log = running_app(&client, &ns, &kubelet, &name).await;
             for i in 0..20 {
                 log.push_line(format!(
                     "{name}/{i} some typical log line of moderate length"

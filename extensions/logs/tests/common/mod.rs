@@ -659,6 +659,24 @@ pub async fn set_status(
         .unwrap();
 }
 
+/// An app pod `name` (one container `opi`) on `kubelet`'s node, reported running as its first
+/// instance, and the handle that scripts the container's log.
+pub async fn running_app(
+    client: &kube::Client,
+    ns: &str,
+    kubelet: &eirinix_testenv::FakeKubelet,
+    name: &str,
+) -> eirinix_testenv::ContainerLog {
+    create_pod(
+        client,
+        ns,
+        &app_pod(name, "APP", &["opi"], kubelet.node_name()),
+    )
+    .await;
+    set_status(client, ns, name, "opi", 0, State::Running).await;
+    kubelet.container(ns, name, "opi")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running the service.
 
