@@ -44,6 +44,13 @@ const RUNGS: [(&str, &str); 5] = [
     ),
 ];
 
+/// Not a rung: the whole persi route again, as lean as an untyped contract could make it
+/// (`lean.rs`), measured in the same runs.
+const LEAN: (&str, &str) = (
+    "/ladder/lean",
+    "persi's whole route with no typed Pod: simd-json's tape into a small borrowed view, persi's VCAP_SERVICES reader, the patch and the answer written as bytes",
+);
+
 /// The constant answer, or 500 when the rung's step failed (so the load run counts an error).
 fn answer(step_ok: bool) -> Response {
     if step_ok {
@@ -70,6 +77,16 @@ pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration)
                 black_box(uri.query().map(str::to_owned));
                 let decoded = eirinix_core::admission::decode(&body);
                 answer(black_box(decoded).is_ok_and(|d| d.pod.is_ok()))
+            }),
+        )
+        .route(
+            "/ladder/lean",
+            post(|uri: http::Uri, body: Bytes| async move {
+                black_box(uri.query().map(str::to_owned));
+                match crate::lean::answer(&body) {
+                    Ok(answer) => ([("content-type", "application/json")], answer).into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
             }),
         )
         .route(
@@ -100,9 +117,13 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         "server pinned to core {}, load generator (`eirinix-bench load`, {} connections, {} s) to core {}; {} runs, rungs measured in turn within each run\n",
         args.server_core, args.connections, args.seconds, args.load_core, args.runs
     );
-    let mut cpu: Vec<Vec<f64>> = RUNGS.iter().map(|_| Vec::new()).collect();
+    // The lean route must give persi's patch, or its figure means nothing.
+    let real = crate::loadgen::request_once(&server.target("/persi")?).await?;
+    let lean = crate::loadgen::request_once(&server.target(LEAN.0)?).await?;
+    crate::lean::check_same_patch(&lean, &real)?;
+    let mut cpu: Vec<Vec<f64>> = RUNGS.iter().chain([&LEAN]).map(|_| Vec::new()).collect();
     for run in 0..args.runs {
-        for (i, (path, _)) in RUNGS.iter().enumerate() {
+        for (i, (path, _)) in RUNGS.iter().chain([&LEAN]).enumerate() {
             let s = peers::measure(&server, path, &args, dir.path()).await?;
             anyhow::ensure!(
                 s.errors == 0,
@@ -134,6 +155,17 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
             m / fixed
         );
         before = Some(m);
+    }
+    if let Some(xs) = cpu.last() {
+        let m = peers::median(xs);
+        println!(
+            "\nNot a rung: `{}`, {}: {} µs server CPU per review, {:+.1} µs over `/fixed`, {:.2}x the fixed answer (its patch equals persi's, checked before the runs)",
+            LEAN.0,
+            LEAN.1,
+            peers::spread(xs, 1),
+            m - fixed,
+            m / fixed
+        );
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod burst;
 mod ladder;
 mod latency;
 mod layout;
+mod lean;
 mod loadgen;
 mod logs;
 mod peers;

@@ -123,7 +123,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn target(&self, path: &str) -> anyhow::Result<loadgen::Target> {
+    pub(crate) fn target(&self, path: &str) -> anyhow::Result<loadgen::Target> {
         Ok(loadgen::Target {
             addr: self.addr,
             ca_pem: std::fs::read_to_string(&self.ca_file)?,
