@@ -11,16 +11,18 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use eirinix_core::admission::ExtensionHandler;
 use eirinix_core::metrics::Outcome;
 use eirinix_core::server::AppState;
 
 use crate::peers::{self, Pinning};
 
-/// The rungs, cheapest first: path and what it adds to the rung before.
+/// The rungs of the typed path, cheapest first: path and what it adds to the rung before.
 const RUNGS: [(&str, &str); 5] = [
     (
         "/fixed",
@@ -39,17 +41,23 @@ const RUNGS: [(&str, &str); 5] = [
         "persi's mutate on the decoded Pod (the patch built, not encoded), within its timeout",
     ),
     (
-        "/persi",
-        "the real route: the answer encoded, metrics, tracing span, the larger response",
+        "/ladder/typed",
+        "the whole route served from a typed Pod: the answer encoded, metrics, tracing span, the larger response",
     ),
 ];
 
-/// Not a rung: the whole persi route again, as lean as an untyped contract could make it
-/// (`lean.rs`), measured in the same runs.
-const LEAN: (&str, &str) = (
-    "/ladder/lean",
-    "persi's whole route with no typed Pod: simd-json's tape into a small borrowed view, persi's VCAP_SERVICES reader, the patch and the answer written as bytes",
-);
+/// Not rungs: the whole persi route as served (from persi's view of the pod, no typed Pod),
+/// and the lean prototype (`lean.rs`), measured in the same runs.
+const ROUTES: [(&str, &str); 2] = [
+    (
+        "/persi",
+        "the route as served: persi's view of the pod decoded from the review, no typed Pod",
+    ),
+    (
+        "/ladder/lean",
+        "persi's whole route as lean as we can write it: simd-json's tape into a small borrowed view, persi's VCAP_SERVICES reader, the patch and the answer written as bytes",
+    ),
+];
 
 /// The constant answer, or 500 when the rung's step failed (so the load run counts an error).
 fn answer(step_ok: bool) -> Response {
@@ -61,8 +69,16 @@ fn answer(step_ok: bool) -> Response {
 }
 
 /// The ladder's routes (all but `/fixed` and `/persi`), behind the same layers as every
-/// webhook route; `state` holds the persi handler.
+/// webhook route; `state` holds the context and metrics of `/persi`.
 pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> axum::Router {
+    // persi served from a typed Pod, as extensions without a view are.
+    let typed = Arc::new(ExtensionHandler::new(
+        Arc::new(eirinix_persi::Persi::default()),
+        eirinix_core::FailurePolicy::Fail,
+        Duration::from_secs(10),
+        0,
+    ));
+    let (typed_mutate, state_mutate) = (typed.clone(), state.clone());
     let router = axum::Router::new()
         .route(
             "/ladder/tape",
@@ -96,12 +112,19 @@ pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration)
                 let Ok(decoded) = eirinix_core::admission::decode(&body) else {
                     return answer(false);
                 };
-                let Some(persi) = state.handlers.first() else {
-                    return answer(false);
-                };
-                let (verdict, outcome) = persi.answer(&state.ctx, &decoded).await;
+                let (verdict, outcome) = typed_mutate.answer(&state_mutate.ctx, &decoded).await;
                 black_box(verdict);
                 answer(outcome == Outcome::Patched)
+            }),
+        )
+        .route(
+            "/ladder/typed",
+            post(move |uri: http::Uri, body: Bytes| async move {
+                black_box(uri.query().map(str::to_owned));
+                match typed.handle_body(&state.ctx, &state.metrics, &body).await {
+                    Ok(answer) => ([("content-type", "application/json")], answer).into_response(),
+                    Err(_) => StatusCode::BAD_REQUEST.into_response(),
+                }
             }),
         );
     eirinix_core::server::with_webhook_layers(router, body_limit, timeout)
@@ -117,13 +140,17 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         "server pinned to core {}, load generator (`eirinix-bench load`, {} connections, {} s) to core {}; {} runs, rungs measured in turn within each run\n",
         args.server_core, args.connections, args.seconds, args.load_core, args.runs
     );
-    // The lean route must give persi's patch, or its figure means nothing.
-    let real = crate::loadgen::request_once(&server.target("/persi")?).await?;
-    let lean = crate::loadgen::request_once(&server.target(LEAN.0)?).await?;
-    crate::lean::check_same_patch(&lean, &real)?;
-    let mut cpu: Vec<Vec<f64>> = RUNGS.iter().chain([&LEAN]).map(|_| Vec::new()).collect();
+    // The typed route and the lean one must give the served route's patch, or their figures
+    // mean nothing.
+    let served = crate::loadgen::request_once(&server.target("/persi")?).await?;
+    for path in ["/ladder/typed", "/ladder/lean"] {
+        let other = crate::loadgen::request_once(&server.target(path)?).await?;
+        crate::lean::check_same_patch(&other, &served).with_context(|| path.to_owned())?;
+    }
+    let all = || RUNGS.iter().chain(&ROUTES);
+    let mut cpu: Vec<Vec<f64>> = all().map(|_| Vec::new()).collect();
     for run in 0..args.runs {
-        for (i, (path, _)) in RUNGS.iter().chain([&LEAN]).enumerate() {
+        for (i, (path, _)) in all().enumerate() {
             let s = peers::measure(&server, path, &args, dir.path()).await?;
             anyhow::ensure!(
                 s.errors == 0,
@@ -156,12 +183,15 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         );
         before = Some(m);
     }
-    if let Some(xs) = cpu.last() {
+    println!("\nNot rungs (their patches equal `/ladder/typed`'s, checked before the runs):\n");
+    println!(
+        "| route | what it is | server CPU µs per review | over `/fixed` | times the fixed answer |"
+    );
+    println!("|---|---|---|---|---|");
+    for ((path, what), xs) in ROUTES.iter().zip(&cpu[RUNGS.len()..]) {
         let m = peers::median(xs);
         println!(
-            "\nNot a rung: `{}`, {}: {} µs server CPU per review, {:+.1} µs over `/fixed`, {:.2}x the fixed answer (its patch equals persi's, checked before the runs)",
-            LEAN.0,
-            LEAN.1,
+            "| `{path}` | {what} | {} | {:+.1} µs | {:.2}x |",
             peers::spread(xs, 1),
             m - fixed,
             m / fixed

@@ -150,7 +150,7 @@ pub async fn apiserver_latency(n: usize) -> anyhow::Result<()> {
         let ns = cp.namespace(&format!("bench-{label}")).await?;
         let builder = local_manager(&format!("bench-{label}"), http2, &sys, &ns);
         let builder = if persi {
-            builder.extension(eirinix_persi::Persi::new(
+            builder.view_extension(eirinix_persi::Persi::new(
                 eirinix_persi::PersiOptions::default(),
             ))
         } else {

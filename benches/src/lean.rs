@@ -425,7 +425,7 @@ pub(crate) fn check_same_patch(lean: &[u8], real: &[u8]) -> anyhow::Result<()> {
     let (lean, real) = (patch_of(lean)?, patch_of(real)?);
     anyhow::ensure!(
         lean == real,
-        "the lean route's patch differs from persi's:\nlean  {lean}\npersi {real}"
+        "the patch differs from persi's:\nthis  {lean}\npersi {real}"
     );
     Ok(())
 }
@@ -442,13 +442,21 @@ mod tests {
     use super::*;
     use crate::pods;
 
+    /// persi's answer as served (from its view of the pod), after checking that serving it
+    /// from a typed Pod gives the same patch.
     async fn persi_answer(body: &[u8]) -> Vec<u8> {
         let persi = Arc::new(eirinix_persi::Persi::default());
-        let handler = ExtensionHandler::new(persi, FailurePolicy::Fail, Duration::from_secs(10), 0);
+        let (policy, timeout) = (FailurePolicy::Fail, Duration::from_secs(10));
+        let typed = ExtensionHandler::new(persi.clone(), policy, timeout, 0);
+        let served = ExtensionHandler::for_view(persi, policy, timeout, 0);
         let ctx = Context::offline(Arc::new(Settings::default()));
         let metrics = Metrics::new(["persi"]);
-        let answer = handler.handle_body(&ctx, &metrics, body).await;
-        answer.expect("persi answers the benchmark review").to_vec()
+        let typed = typed.handle_body(&ctx, &metrics, body).await;
+        let served = served.handle_body(&ctx, &metrics, body).await;
+        let served = served.expect("persi answers the benchmark review");
+        check_same_patch(&typed.expect("persi answers from a typed Pod"), &served)
+            .expect("the same patch from the view and from the typed Pod");
+        served
     }
 
     #[tokio::test]

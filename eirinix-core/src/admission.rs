@@ -186,6 +186,19 @@ impl ExtensionHandler {
         }
     }
 
+    /// A handler serving `extension` from its view of the pod, as the manager serves a
+    /// [`crate::ViewExtension`] (`new` serves the same extension from a typed Pod).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub fn for_view<E: crate::ViewExtension>(
+        extension: Arc<E>,
+        failure_policy: FailurePolicy,
+        timeout: Duration,
+        index: usize,
+    ) -> Self {
+        let hook = Arc::new(crate::hooks::ViewHook(extension));
+        Self::for_hook(hook, failure_policy, timeout, index)
+    }
+
     /// A handler for a webhook of any kind (a [`crate::Mutator`] or [`crate::Validator`]).
     pub(crate) fn for_hook(
         hook: Arc<dyn Hook>,

@@ -122,11 +122,14 @@ impl<X> RequestIn<X> {
 /// (the two-stage decode scans the object three times). Any failure falls back to the
 /// two-stage decode, which names the problem precisely.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FastReview {
+#[serde(
+    rename_all = "camelCase",
+    bound(deserialize = "Option<X>: Deserialize<'de>")
+)]
+struct FastReview<X> {
     api_version: String,
     kind: String,
-    request: RequestIn<Box<Pod>>,
+    request: RequestIn<X>,
 }
 
 /// Bodies larger than this are decoded by serde_json straight from the body: simd-json's copy of
@@ -151,8 +154,14 @@ pub fn tape_only(body: &[u8]) -> bool {
     with_tape(body, |_| Some(())).is_some()
 }
 
-fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
-    let review: FastReview = if body.len() > STREAMING_DECODE_ABOVE {
+/// The single-pass decode of a v1 review of a Pod with a uid and an object, the object as `X`
+/// (a Pod, or an extension's view of one) and the old object through `old`; `None` for
+/// anything else, which the precise decode then names.
+fn decode_fast<X>(body: &[u8], old: impl FnOnce(Option<X>) -> Option<Pod>) -> Option<(Request, X)>
+where
+    Option<X>: for<'de> Deserialize<'de>,
+{
+    let review: FastReview<X> = if body.len() > STREAMING_DECODE_ABOVE {
         // One UTF-8 check of the whole body is much cheaper than serde_json's check per string.
         serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?
     } else {
@@ -171,12 +180,9 @@ fn decode_fast(body: &[u8]) -> Option<DecodedReview> {
         api_version: review.api_version,
         kind: review.kind,
     };
+    let (request, object) = req.into_parts(types, old);
     // No object: the precise decode names the problem.
-    let (request, pod) = req.into_parts(types, |old| old.map(|p| *p));
-    Some(DecodedReview {
-        request,
-        pod: Ok(pod?),
-    })
+    Some((request, object?))
 }
 
 /// A decoded review: the request metadata and the pod (or why it is not one).
@@ -193,10 +199,36 @@ pub(crate) struct DecodedReview {
 /// Decode an AdmissionReview v1 body.
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
-    match decode_fast(body) {
-        Some(decoded) => Ok(decoded),
+    match decode_fast::<Box<Pod>>(body, |old| old.map(|p| *p)) {
+        Some((request, pod)) => Ok(DecodedReview {
+            request,
+            pod: Ok(pod),
+        }),
         None => decode_precise(body),
     }
+}
+
+/// Decode an AdmissionReview v1 body of a Pod as a view `V` of the pod (the fields `V` does not
+/// name are skipped, not typed): the request (no objects in it), and the view or why the object
+/// is not one. Envelope errors are HTTP 400s, as in [`decode`].
+pub(crate) fn decode_view<V: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(Request, Result<V, String>), ReviewError> {
+    // A view is not a Pod: the request carries no old object.
+    if let Some((request, view)) = decode_fast::<V>(body, |_| None) {
+        return Ok((request, Ok(view)));
+    }
+    let (types, req) = decode_envelope(body)?;
+    let view = match kind_problem::<Pod>(&req.kind) {
+        Some(problem) => Err(problem),
+        None => match req.object.filter(|r| r.get() != "null") {
+            None => Err(format!("{:?} request carries no object", req.operation)),
+            Some(raw) => serde_json::from_str::<V>(raw.get())
+                .map_err(|e| format!("object does not decode as a Pod: {e}")),
+        },
+    };
+    let (request, _) = req.into_parts(types, |_| None);
+    Ok((request, view))
 }
 
 /// The envelope of a review, checked (version, kind, request, uid); the objects still raw.

@@ -39,6 +39,28 @@ pub trait Extension: Send + Sync + 'static {
     }
 }
 
+/// A Pod [`Extension`] that also answers from a small view of the pod, decoded straight from the
+/// review: the fields `View` does not name are skipped, not typed, so a review costs a fraction
+/// of building a whole k8s-openapi Pod.
+///
+/// Added with [`crate::ManagerBuilder::view_extension`], it is registered and ordered as any
+/// Pod extension, and the server calls [`ViewExtension::mutate_view`]. [`Extension::mutate`]
+/// stays the typed path (offline review, callers holding a Pod): it should reach the same
+/// decision, for example by turning the Pod into the view and calling `mutate_view`.
+#[async_trait]
+pub trait ViewExtension: Extension {
+    /// What of the pod this extension reads, deserialized from the pod's JSON.
+    type View: DeserializeOwned + Send + Sync + 'static;
+
+    /// Decide what to do with the pod seen through `view` (the request carries no objects).
+    async fn mutate_view(
+        &self,
+        ctx: &Context,
+        request: &Request,
+        view: &Self::View,
+    ) -> Result<Mutation, ExtensionError>;
+}
+
 /// A mutating webhook for objects of any kind `Object` (a StatefulSet, a custom resource...).
 ///
 /// Pods keep their own, faster contract ([`Extension`]); everything else works the same:

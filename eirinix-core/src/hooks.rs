@@ -7,8 +7,10 @@ use futures::future::BoxFuture;
 use kube::core::Resource;
 use kube::core::admission::Operation;
 
-use crate::decode::{ReviewError, decode_as};
-use crate::extension::{Context, ExtensionError, Mutation, Mutator, Validator, WebhookOverrides};
+use crate::decode::{ReviewError, decode_as, decode_view};
+use crate::extension::{
+    Context, ExtensionError, Mutation, Mutator, Validator, ViewExtension, WebhookOverrides,
+};
 
 /// The call a review leads to, ready to run: the extension's answer to come.
 pub(crate) type Call = BoxFuture<'static, Result<Mutation, ExtensionError>>;
@@ -180,5 +182,176 @@ impl<V: Validator> Hook for ValidatorHook<V> {
             name,
             call,
         })
+    }
+}
+
+/// A [`ViewExtension`] as a [`Hook`]: registered as Pod extensions are, answering from its view.
+pub(crate) struct ViewHook<E>(pub(crate) Arc<E>);
+
+impl<E: ViewExtension> Hook for ViewHook<E> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn overrides(&self) -> WebhookOverrides {
+        self.0.webhook()
+    }
+
+    fn rule(&self) -> ResourceRule {
+        ResourceRule::pods()
+    }
+
+    fn hook_type(&self) -> HookType {
+        HookType::Mutating
+    }
+
+    fn prepare(&self, ctx: &Context, body: &[u8]) -> Result<Prepared, ReviewError> {
+        let (request, view) = decode_view::<E::View>(body)?;
+        // The view need not hold the pod's name: logs name the request's.
+        let (uid, namespace, name) = identity(&request);
+        let call = if matches!(request.operation, Operation::Delete | Operation::Connect) {
+            Ok(None)
+        } else {
+            view.map(|view| {
+                let (extension, ctx) = (self.0.clone(), ctx.clone());
+                let call: Call =
+                    Box::pin(async move { extension.mutate_view(&ctx, &request, &view).await });
+                Some(call)
+            })
+        };
+        Ok(Prepared {
+            uid,
+            namespace,
+            name,
+            call,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::admission::ExtensionHandler;
+    use crate::extension::{Extension, Request};
+    use crate::metrics::Metrics;
+    use crate::options::{FailurePolicy, Settings};
+
+    /// Warns with the first container's name: read from the view by the server, from the Pod
+    /// by the typed path (which says so, to tell the paths apart).
+    struct Names;
+
+    #[derive(Deserialize)]
+    struct View {
+        spec: ViewSpec,
+    }
+
+    #[derive(Deserialize)]
+    struct ViewSpec {
+        containers: Vec<Named>,
+    }
+
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+    }
+
+    #[async_trait::async_trait]
+    impl Extension for Names {
+        fn name(&self) -> &str {
+            "names"
+        }
+        async fn mutate(
+            &self,
+            _ctx: &Context,
+            _request: &Request,
+            pod: &Pod,
+        ) -> Result<Mutation, ExtensionError> {
+            let name = pod.spec.as_ref().map(|s| s.containers[0].name.clone());
+            Ok(Mutation::unchanged().with_warning(format!("typed {name:?}")))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ViewExtension for Names {
+        type View = View;
+        async fn mutate_view(
+            &self,
+            _ctx: &Context,
+            request: &Request,
+            view: &View,
+        ) -> Result<Mutation, ExtensionError> {
+            assert!(request.object.is_none() && request.old_object.is_none());
+            let name = &view.spec.containers[0].name;
+            Ok(Mutation::unchanged().with_warning(format!("view {name} {:?}", request.operation)))
+        }
+    }
+
+    async fn answer(operation: &str, object: Value) -> Value {
+        let body = serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "ns", "operation": operation, "userInfo": {},
+                "object": object, "oldObject": object,
+            }
+        }))
+        .unwrap();
+        let handler = ExtensionHandler::for_hook(
+            Arc::new(ViewHook(Arc::new(Names))),
+            FailurePolicy::Fail,
+            Duration::from_secs(1),
+            0,
+        );
+        let ctx = Context::offline(Arc::new(crate::options::Settings::default()));
+        let out = handler
+            .handle_body(&ctx, &Metrics::new(["names"]), &body)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&out).unwrap()["response"].clone()
+    }
+
+    #[tokio::test]
+    async fn a_view_extension_is_served_from_its_view_and_an_unusable_view_is_refused() {
+        let pod = json!({"spec": {"containers": [{"name": "app", "image": 5}], "nodeName": []}});
+        // Fields the view does not name are not typed: an image that is a number passes.
+        let r = answer("CREATE", pod).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert_eq!(r["warnings"][0], "view app Create");
+        let r = answer("UPDATE", json!({"spec": {"containers": [{"name": "app"}]}})).await;
+        assert_eq!(r["warnings"][0], "view app Update");
+        // A deletion is admitted without asking the extension.
+        let r = answer("DELETE", json!({"spec": {"containers": [{"name": "app"}]}})).await;
+        assert_eq!(
+            (r["allowed"].clone(), r.get("warnings")),
+            (json!(true), None)
+        );
+        // The fields it names are typed: a name that is a number is a 400 with the reason.
+        let r = answer("CREATE", json!({"spec": {"containers": [{"name": 5}]}})).await;
+        assert_eq!(r["status"]["code"], 400, "{r}");
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("object does not decode as a Pod: invalid type"),
+            "{message}"
+        );
+        let r = answer("CREATE", Value::Null).await;
+        assert_eq!(r["status"]["message"], "Create request carries no object");
+    }
+
+    #[tokio::test]
+    async fn the_typed_path_stays_for_callers_holding_a_pod() {
+        let pod: Pod =
+            serde_json::from_value(json!({"spec": {"containers": [{"name": "app"}]}})).unwrap();
+        let ctx = Context::offline(Arc::new(Settings::default()));
+        let request = crate::review::create_request(&pod);
+        let m = Names.mutate(&ctx, &request, &pod).await.unwrap();
+        assert_eq!(m.warnings, ["typed Some(\"app\")"]);
+        assert_eq!(ViewHook(Arc::new(Names)).rule(), ResourceRule::pods());
     }
 }

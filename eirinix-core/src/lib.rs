@@ -35,7 +35,7 @@ pub mod watcher;
 pub use async_trait::async_trait;
 pub use extension::{
     Context, Extension, ExtensionError, Mutation, Mutator, Request, Validation, Validator, Verdict,
-    WebhookOverrides,
+    ViewExtension, WebhookOverrides,
 };
 pub use hooks::ResourceRule;
 pub use manager::{Install, Manager, ManagerBuilder, NotReady, RunningManager};

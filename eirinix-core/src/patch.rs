@@ -304,8 +304,9 @@ impl<'a> PodPatch<'a> {
     }
 }
 
-/// The idempotency annotation key of `extension`.
-pub(crate) fn marker_key(extension: &str) -> String {
+/// The idempotency annotation key of `extension` (`eirinix.org/<extension>`), for extensions
+/// that write their marker without a [`PodPatch`] (a [`crate::ViewExtension`]).
+pub fn marker_key(extension: &str) -> String {
     format!("{MARKER_DOMAIN}/{extension}")
 }
 

@@ -546,7 +546,7 @@ catalog:
         let builder = manager(&fp, &sys, &apps)
             .cert_policy(policy)
             .cert_check_interval(Duration::from_millis(500))
-            .extension(eirinix_persi::Persi::new(
+            .view_extension(eirinix_persi::Persi::new(
                 eirinix_persi::PersiOptions::default(),
             ))
             .extension(ssh)

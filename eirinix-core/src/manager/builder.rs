@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertPolicy, Clock, SystemClock};
-use crate::extension::{Context, Extension, Mutator, Validator};
-use crate::hooks::{Hook, MutatorHook, ValidatorHook};
+use crate::extension::{Context, Extension, Mutator, Validator, ViewExtension};
+use crate::hooks::{Hook, MutatorHook, ValidatorHook, ViewHook};
 use crate::leader::Election;
 use crate::metrics::SharedCollector;
 use crate::names::is_dns_label;
@@ -24,7 +24,7 @@ use crate::reconciler::{Reconciler, run_reconciler};
 use crate::watcher::PodWatcher;
 use prometheus_client::collector::Collector;
 
-use super::{ConfigError, Manager};
+use super::{ConfigError, Manager, PodExtension};
 
 /// An extension packaged with everything it needs in a manager (webhooks, background tasks,
 /// metrics), added in one call: `builder.install(extension)?`.
@@ -41,7 +41,7 @@ pub(super) type Task = Box<dyn FnOnce(Context, CancellationToken) -> BoxFuture<'
 /// Configures a [`Manager`]: EiriniX's options plus the modern ones, with safe defaults.
 pub struct ManagerBuilder {
     settings: Settings,
-    extensions: Vec<Arc<dyn Extension>>,
+    extensions: Vec<PodExtension>,
     hooks: Vec<Arc<dyn Hook>>,
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
@@ -255,13 +255,24 @@ impl ManagerBuilder {
 
     /// Add a pod-mutating extension.
     pub fn extension(mut self, extension: impl Extension) -> Self {
-        self.extensions.push(Arc::new(extension));
+        self.extensions
+            .push(PodExtension::typed(Arc::new(extension)));
+        self
+    }
+
+    /// Add a pod-mutating extension served from its view of the pod (see [`ViewExtension`]).
+    pub fn view_extension(mut self, extension: impl ViewExtension) -> Self {
+        let extension = Arc::new(extension);
+        self.extensions.push(PodExtension {
+            extension: extension.clone(),
+            view: Some(Arc::new(ViewHook(extension))),
+        });
         self
     }
 
     /// Add an already shared extension.
     pub fn extension_arc(mut self, extension: Arc<dyn Extension>) -> Self {
-        self.extensions.push(extension);
+        self.extensions.push(PodExtension::typed(extension));
         self
     }
 
@@ -366,7 +377,7 @@ impl ManagerBuilder {
         let named = self
             .extensions
             .iter()
-            .map(|e| (e.name(), e.webhook()))
+            .map(|e| (e.extension.name(), e.extension.webhook()))
             .chain(self.hooks.iter().map(|h| (h.name(), h.overrides())));
         for (name, overrides) in named {
             if !is_dns_label(name) {
@@ -454,5 +465,67 @@ mod tests {
             Manager::builder().install(Packaged("")),
             Err(ConfigError::InvalidName(_))
         ));
+    }
+
+    /// Admits everything; from a view of nothing when added as a view extension.
+    struct Quiet(&'static str);
+
+    #[async_trait::async_trait]
+    impl Extension for Quiet {
+        fn name(&self) -> &str {
+            self.0
+        }
+        async fn mutate(
+            &self,
+            _: &Context,
+            _: &crate::Request,
+            _: &k8s_openapi::api::core::v1::Pod,
+        ) -> Result<crate::Mutation, crate::ExtensionError> {
+            Ok(crate::Mutation::unchanged())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ViewExtension for Quiet {
+        type View = serde::de::IgnoredAny;
+        async fn mutate_view(
+            &self,
+            _: &Context,
+            _: &crate::Request,
+            _: &serde::de::IgnoredAny,
+        ) -> Result<crate::Mutation, crate::ExtensionError> {
+            Ok(crate::Mutation::unchanged())
+        }
+    }
+
+    #[test]
+    fn a_view_extension_is_registered_in_its_place_among_pod_extensions() {
+        let manager = Manager::builder()
+            .extension(Quiet("first"))
+            .view_extension(Quiet("second"))
+            .extension(Quiet("third"))
+            .build()
+            .unwrap();
+        assert_eq!(manager.hook_names(), ["first", "second", "third"]);
+        let specs = manager.specs(crate::hooks::HookType::Mutating);
+        let rules: Vec<_> = specs
+            .iter()
+            .map(|s| (s.name.as_str(), s.rule.clone()))
+            .collect();
+        let pods = crate::hooks::ResourceRule::pods();
+        assert_eq!(
+            rules,
+            [
+                ("first", pods.clone()),
+                ("second", pods.clone()),
+                ("third", pods)
+            ]
+        );
+        let served_from_view: Vec<bool> = manager
+            .extensions
+            .iter()
+            .map(|e| e.view.is_some())
+            .collect();
+        assert_eq!(served_from_view, [false, true, false]);
     }
 }

@@ -41,10 +41,28 @@ pub use error::{ConfigError, ManagerError};
 use start::{Registering, Served};
 use tasks::client_ca_loop;
 
+/// A Pod extension as the manager holds it: registered through `extension`, served through
+/// `view` when it has one (a [`crate::ViewExtension`]), else through `extension`.
+#[derive(Clone)]
+pub(crate) struct PodExtension {
+    pub(crate) extension: Arc<dyn Extension>,
+    pub(crate) view: Option<Arc<dyn Hook>>,
+}
+
+impl PodExtension {
+    /// An extension served from a typed Pod.
+    pub(crate) fn typed(extension: Arc<dyn Extension>) -> Self {
+        Self {
+            extension,
+            view: None,
+        }
+    }
+}
+
 /// A configured set of extensions, watchers and reconcilers, ready to run against a cluster.
 pub struct Manager {
     settings: Arc<Settings>,
-    extensions: Vec<Arc<dyn Extension>>,
+    extensions: Vec<PodExtension>,
     hooks: Vec<Arc<dyn Hook>>,
     watchers: Vec<Arc<dyn PodWatcher>>,
     tasks: Vec<(String, Task)>,
@@ -98,7 +116,7 @@ impl Manager {
             .extensions
             .iter()
             .filter(|_| kind == HookType::Mutating)
-            .map(|e| WebhookSpec::pods(e.name(), e.webhook()));
+            .map(|e| WebhookSpec::pods(e.extension.name(), e.extension.webhook()));
         let others = self
             .hooks
             .iter()
@@ -122,7 +140,7 @@ impl Manager {
     fn hook_names(&self) -> Vec<String> {
         self.extensions
             .iter()
-            .map(|e| e.name().to_owned())
+            .map(|e| e.extension.name().to_owned())
             .chain(self.hooks.iter().map(|h| h.name().to_owned()))
             .collect()
     }

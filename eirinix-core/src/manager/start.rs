@@ -196,8 +196,11 @@ impl Manager {
         let policy = |o: &WebhookOverrides| o.failure_policy.unwrap_or(settings.failure_policy);
         let budget = |o: &WebhookOverrides| crate::admission::answer_budget(registered_timeout(o));
         let pods = self.extensions.iter().enumerate().map(|(i, e)| {
-            let o = e.webhook();
-            ExtensionHandler::new(e.clone(), policy(&o), budget(&o), i)
+            let o = e.extension.webhook();
+            match &e.view {
+                Some(view) => ExtensionHandler::for_hook(view.clone(), policy(&o), budget(&o), i),
+                None => ExtensionHandler::new(e.extension.clone(), policy(&o), budget(&o), i),
+            }
         });
         let others = self.hooks.iter().enumerate().map(|(i, h)| {
             let o = h.overrides();
@@ -208,7 +211,7 @@ impl Manager {
         let request_timeout = self
             .extensions
             .iter()
-            .map(|e| e.webhook())
+            .map(|e| e.extension.webhook())
             .chain(self.hooks.iter().map(|h| h.overrides()))
             .map(|o| registered_timeout(&o))
             .fold(settings.request_timeout, Duration::max);

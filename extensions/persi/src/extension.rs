@@ -2,22 +2,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use eirinix_core::patch::PatchError;
 use eirinix_core::{
-    ContainerRef, Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, PodPatch,
-    Request, WebhookOverrides, async_trait,
+    Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, Request, ViewExtension,
+    WebhookOverrides, async_trait,
 };
 use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::admissionregistration::v1::MatchCondition;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, EnvVar, PersistentVolumeClaimVolumeSource, Pod, Secret, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
 use kube::Api;
 use kube::core::admission::Operation as AdmissionOperation;
 use serde_json::{Value, json};
 
 use crate::names;
 use crate::vcap::{self, BindingRef, Labels, VcapError, VolumeRequest};
+use crate::view::{PersiPod, Spec};
 
 /// The extension's name: webhook path `/persi`, marker annotation `eirinix.org/persi`.
 pub const NAME: &str = "persi";
@@ -106,9 +104,6 @@ pub enum PersiError {
     /// Several of the above, across containers.
     #[error("{}", join(.0))]
     Several(Vec<PersiError>),
-    /// The patch could not be built.
-    #[error(transparent)]
-    Patch(#[from] PatchError),
 }
 
 fn join(errors: &[PersiError]) -> String {
@@ -177,7 +172,7 @@ impl Persi {
     #[allow(clippy::type_complexity)]
     fn requests_of(
         &self,
-        pod: &Pod,
+        pod: &PersiPod,
     ) -> (
         Vec<ContainerRequests>,
         Vec<(usize, EnvVar)>,
@@ -188,12 +183,8 @@ impl Persi {
         let mut errors = Vec::new();
         let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers[..]);
         for (index, c) in containers.iter().enumerate() {
-            // The last definition wins, as in the kubelet.
-            let Some(env) = c
-                .env
-                .as_ref()
-                .and_then(|e| e.iter().rev().find(|v| v.name == vcap::VCAP_SERVICES))
-            else {
+            // The last definition wins, as in the kubelet (the view keeps only that one).
+            let Some(env) = c.vcap.0.as_ref() else {
                 continue;
             };
             match (&env.value, &env.value_from) {
@@ -218,7 +209,7 @@ impl Persi {
         &self,
         ctx: &Context,
         namespace: &str,
-        pod: &Pod,
+        pod: &PersiPod,
         refs: Vec<(usize, EnvVar)>,
         found: &mut Found,
     ) {
@@ -351,7 +342,7 @@ async fn fetch(
 /// Volumes are shared per claim (an existing volume of the claim is reused), mounts already
 /// present are skipped, and nothing is emitted unless every request can be honoured.
 pub fn build_patch(
-    pod: &Pod,
+    pod: &PersiPod,
     containers: &[ContainerRequests],
     options: &PersiOptions,
 ) -> Result<json_patch::Patch, PersiError> {
@@ -371,8 +362,9 @@ pub fn build_patch(
     // even if the pod does not define them (a new volume would silently back those mounts).
     let mut used: HashSet<String> = existing.iter().map(|v| v.name.clone()).collect();
     used.extend(mounted_volume_names(spec));
-    let mut new_volumes: Vec<Volume> = Vec::new();
-    let mut new_mounts: Vec<(usize, VolumeMount)> = Vec::new();
+    // (volume name, claim) of each new volume; (container index, mount as JSON) of each mount.
+    let mut new_volumes: Vec<(String, String)> = Vec::new();
+    let mut new_mounts: Vec<(usize, Value)> = Vec::new();
     let mut errors = Vec::new();
 
     for c in containers {
@@ -412,25 +404,14 @@ pub fn build_patch(
             if known.is_none() {
                 used.insert(volume.clone());
                 claim_volume.insert(req.claim.clone(), volume.clone());
-                new_volumes.push(Volume {
-                    name: volume.clone(),
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: req.claim.clone(),
-                        read_only: None,
-                    }),
-                    ..Default::default()
-                });
+                new_volumes.push((volume.clone(), req.claim.clone()));
             }
             mounted.insert(req.container_dir.clone(), volume.clone());
-            new_mounts.push((
-                c.index,
-                VolumeMount {
-                    name: volume,
-                    mount_path: req.container_dir.clone(),
-                    read_only: req.read_only.then_some(true),
-                    ..Default::default()
-                },
-            ));
+            let mut mount = json!({ "name": volume, "mountPath": req.container_dir });
+            if req.read_only {
+                mount["readOnly"] = Value::Bool(true);
+            }
+            new_mounts.push((c.index, mount));
         }
     }
     PersiError::collect(errors)?;
@@ -438,39 +419,68 @@ pub fn build_patch(
         return Ok(json_patch::Patch(Vec::new()));
     }
 
-    let mut p = PodPatch::new(pod);
-    for v in &new_volumes {
-        p.add_volume(v)?;
+    let mut ops = Vec::new();
+    let mut volumes = spec.volumes.is_some();
+    for (name, claim) in new_volumes {
+        let volume = json!({ "name": name, "persistentVolumeClaim": { "claimName": claim } });
+        append(&mut ops, &["spec", "volumes"], &mut volumes, volume);
     }
-    for (index, m) in &new_mounts {
-        p.add_volume_mount(ContainerRef::App(*index), m)?;
+    let mut mounts: HashMap<usize, bool> = HashMap::new();
+    for (index, mount) in new_mounts {
+        let exists = mounts.entry(index).or_insert_with(|| {
+            spec.containers
+                .get(index)
+                .is_some_and(|c| c.volume_mounts.is_some())
+        });
+        let i = index.to_string();
+        append(
+            &mut ops,
+            &["spec", "containers", &i, "volumeMounts"],
+            exists,
+            mount,
+        );
     }
-    for op in fs_group_ops(pod, containers, options) {
-        p.push(op);
+    ops.extend(fs_group_ops(spec, containers, options));
+    // The marker, as `PodPatch::mark` writes it.
+    let marker = eirinix_core::patch::marker_key(NAME);
+    ops.push(if pod.metadata.annotations.is_some() {
+        add(&["metadata", "annotations", &marker], json!("injected"))
+    } else {
+        add(&["metadata", "annotations"], json!({ marker: "injected" }))
+    });
+    Ok(json_patch::Patch(ops))
+}
+
+/// An add operation of `value` at the path of `tokens`.
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens.iter().copied()),
+        value,
+    })
+}
+
+/// Append `value` to the list at `tokens`, creating the list when `exists` is false (and
+/// noting that it then exists).
+fn append(ops: &mut Vec<PatchOperation>, tokens: &[&str], exists: &mut bool, value: Value) {
+    if *exists {
+        let path = PointerBuf::from_tokens(tokens.iter().copied().chain(["-"]));
+        ops.push(PatchOperation::Add(AddOperation { path, value }));
+    } else {
+        *exists = true;
+        ops.push(add(tokens, Value::Array(vec![value])));
     }
-    p.mark(NAME);
-    Ok(p.build())
 }
 
 /// Every volume name mounted by a container of any kind (app, init, ephemeral).
-fn mounted_volume_names(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-) -> impl Iterator<Item = String> + '_ {
-    let app = spec
-        .containers
+fn mounted_volume_names(spec: &Spec) -> impl Iterator<Item = String> + '_ {
+    let init = spec.init_containers.iter().flatten();
+    let ephemeral = spec.ephemeral_containers.iter().flatten();
+    spec.containers
         .iter()
-        .flat_map(|c| c.volume_mounts.iter().flatten());
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .flat_map(|c| c.volume_mounts.iter().flatten());
-    let ephemeral = spec
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .flat_map(|c| c.volume_mounts.iter().flatten());
-    app.chain(init).chain(ephemeral).map(|m| m.name.clone())
+        .chain(init)
+        .chain(ephemeral)
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .map(|m| m.name.clone())
 }
 
 fn normalized(path: &str) -> String {
@@ -480,11 +490,11 @@ fn normalized(path: &str) -> String {
 
 /// The operations giving the pod an `fsGroup`, unless it has one (or fs groups are off).
 fn fs_group_ops(
-    pod: &Pod,
+    spec: &Spec,
     containers: &[ContainerRequests],
     options: &PersiOptions,
 ) -> Vec<PatchOperation> {
-    let (Some(default), Some(spec)) = (options.fs_group, pod.spec.as_ref()) else {
+    let Some(default) = options.fs_group else {
         return Vec::new();
     };
     let sc = spec.security_context.as_ref();
@@ -509,12 +519,6 @@ fn fs_group_ops(
         .fs_group_change_policy
         .as_ref()
         .filter(|_| sc.is_none_or(|sc| sc.fs_group_change_policy.is_none()));
-    let add = |tokens: &[&str], value: Value| {
-        PatchOperation::Add(AddOperation {
-            path: PointerBuf::from_tokens(tokens.iter().copied()),
-            value,
-        })
-    };
     match sc {
         None => {
             let mut value = json!({ "fsGroup": group });
@@ -542,15 +546,50 @@ impl Extension for Persi {
         NAME
     }
 
+    /// The typed path (offline review, callers holding a Pod): the pod seen as the server sees
+    /// it, then the same decision as [`ViewExtension::mutate_view`].
     async fn mutate(
         &self,
         ctx: &Context,
         request: &Request,
         pod: &Pod,
     ) -> Result<Mutation, ExtensionError> {
+        self.mutate_view(ctx, request, &PersiPod::of(pod)).await
+    }
+
+    fn webhook(&self) -> WebhookOverrides {
+        let match_conditions = if self.options.match_condition {
+            vec![MatchCondition {
+                name: VCAP_MATCH_CONDITION_NAME.into(),
+                expression: VCAP_MATCH_CONDITION.into(),
+            }]
+        } else {
+            Vec::new()
+        };
+        WebhookOverrides {
+            failure_policy: self.options.failure_policy,
+            // Pod volumes are immutable: UPDATE reviews could only fail.
+            operations: Some(vec![Operation::Create]),
+            match_conditions,
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl ViewExtension for Persi {
+    type View = PersiPod;
+
+    async fn mutate_view(
+        &self,
+        ctx: &Context,
+        request: &Request,
+        pod: &PersiPod,
+    ) -> Result<Mutation, ExtensionError> {
         // Volumes and mounts of a pod cannot change after creation: an UPDATE patch would
         // make the apiserver reject the update, so only CREATE is ever mutated.
-        if request.operation != AdmissionOperation::Create || PodPatch::is_marked(pod, NAME) {
+        let marked = pod.metadata.annotations.as_ref().is_some_and(|a| a.marked);
+        if request.operation != AdmissionOperation::Create || marked {
             return Ok(Mutation::unchanged());
         }
         let (containers, refs, errors) = self.requests_of(pod);
@@ -584,23 +623,5 @@ impl Extension for Persi {
         let mut mutation = Mutation::patch(patch);
         mutation.warnings = found.warnings;
         Ok(mutation)
-    }
-
-    fn webhook(&self) -> WebhookOverrides {
-        let match_conditions = if self.options.match_condition {
-            vec![MatchCondition {
-                name: VCAP_MATCH_CONDITION_NAME.into(),
-                expression: VCAP_MATCH_CONDITION.into(),
-            }]
-        } else {
-            Vec::new()
-        };
-        WebhookOverrides {
-            failure_policy: self.options.failure_policy,
-            // Pod volumes are immutable: UPDATE reviews could only fail.
-            operations: Some(vec![Operation::Create]),
-            match_conditions,
-            ..Default::default()
-        }
     }
 }

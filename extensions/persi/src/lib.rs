@@ -12,14 +12,16 @@ pub mod broker;
 mod extension;
 pub mod names;
 pub mod vcap;
+mod view;
 
 pub use broker::{BrokerConfig, broker_router, serve_broker};
 pub use extension::{
     ContainerRequests, NAME, Persi, PersiError, PersiOptions, VCAP_GROUP, VCAP_MATCH_CONDITION,
     VCAP_MATCH_CONDITION_NAME, build_patch,
 };
+pub use view::PersiPod;
 
-/// `builder.install(persi)?`: persi is one webhook; added as every stock extension is.
+/// `builder.install(persi)?`: persi is one webhook, served from its view of the pod ([`PersiPod`]).
 impl eirinix_core::Install for Persi {
     type Error = std::convert::Infallible;
 
@@ -27,6 +29,6 @@ impl eirinix_core::Install for Persi {
         self,
         builder: eirinix_core::ManagerBuilder,
     ) -> Result<eirinix_core::ManagerBuilder, Self::Error> {
-        Ok(builder.extension(self))
+        Ok(builder.view_extension(self))
     }
 }

@@ -421,13 +421,77 @@ async fn answer(persi: Persi, policy: FailurePolicy, p: &Pod) -> Value {
     answer_body(persi, policy, &review_body(p)).await
 }
 
+/// persi's answer to `body` as the manager serves it (from its view of the pod), required to
+/// be byte for byte the answer of the typed path (a whole Pod decoded).
 async fn answer_body(persi: Persi, policy: FailurePolicy, body: &[u8]) -> Value {
-    let ext: Arc<dyn Extension> = Arc::new(persi);
-    let metrics = Metrics::new([ext.name()]);
-    let handler = ExtensionHandler::new(ext, policy, Duration::from_secs(5), 0);
+    let persi = Arc::new(persi);
+    let metrics = Metrics::new([Extension::name(&*persi)]);
     let ctx = Context::offline(Arc::new(Settings::default()));
-    let body = handler.handle_body(&ctx, &metrics, body).await.unwrap();
-    serde_json::from_slice(&body).unwrap()
+    let timeout = Duration::from_secs(5);
+    let typed = ExtensionHandler::new(persi.clone(), policy, timeout, 0);
+    let typed = typed.handle_body(&ctx, &metrics, body).await.unwrap();
+    let served = ExtensionHandler::for_view(persi, policy, timeout, 0);
+    let served = served.handle_body(&ctx, &metrics, body).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&served),
+        String::from_utf8_lossy(&typed),
+        "the served route and the typed path answer differently"
+    );
+    serde_json::from_slice(&served).unwrap()
+}
+
+#[tokio::test]
+async fn the_served_route_answers_every_kind_of_pod_as_the_typed_path() {
+    let v = vcap(&[
+        ("data", "pvc-data", "/var/vcap/data/d", None),
+        ("conf", "pvc-conf", "/conf/", Some("r")),
+    ]);
+    let plain = pod(vec![container("opi", Some(&v)), container("side", None)]);
+    let mut cases = vec![plain.clone()];
+    // Existing lists, a claim volume to reuse, groups, the last of two VCAP_SERVICES entries.
+    let mut p: Value = serde_json::to_value(&plain).unwrap();
+    p["metadata"]["annotations"] = json!({"a": "b"});
+    p["spec"]["volumes"] =
+        json!([{"name": "old", "persistentVolumeClaim": {"claimName": "pvc-conf"}}]);
+    p["spec"]["securityContext"] = json!({"runAsGroup": 7, "fsGroupChangePolicy": "Always"});
+    p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "tmp", "mountPath": "/tmp"}]);
+    p["spec"]["containers"][0]["securityContext"] = json!({"runAsGroup": 9});
+    p["spec"]["containers"][1]["env"] = json!([
+        {"name": "VCAP_SERVICES", "value": "not json"},
+        {"value": v, "name": "VCAP_SERVICES"}
+    ]);
+    p["spec"]["initContainers"] = json!([{"name": "init", "volumeMounts": [{"name": volume_name("pvc-data", 0), "mountPath": "/x"}]}]);
+    cases.push(serde_json::from_value(p.clone()).unwrap());
+    // A path in use, broken VCAP_SERVICES, a reference, a marked pod, no VCAP_SERVICES at all.
+    let mut used = p.clone();
+    used["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "x", "mountPath": "/var/vcap/data/d/"}]);
+    cases.push(serde_json::from_value(used).unwrap());
+    cases.push(pod(vec![container("opi", Some("{\"eirini-persi\": 5}"))]));
+    let mut reference = p.clone();
+    reference["spec"]["containers"][0]["env"] = json!([{"name": "VCAP_SERVICES", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]);
+    cases.push(serde_json::from_value(reference).unwrap());
+    let mut marked = p;
+    marked["metadata"]["annotations"] = json!({"eirinix.org/persi": "injected"});
+    cases.push(serde_json::from_value(marked).unwrap());
+    cases.push(pod(vec![container("opi", None)]));
+    let off = || {
+        Persi::new(PersiOptions {
+            resolve_references: false,
+            fs_group: None,
+            ..Default::default()
+        })
+    };
+    for (i, case) in cases.iter().enumerate() {
+        for policy in [FailurePolicy::Fail, FailurePolicy::Ignore] {
+            let answer = answer(Persi::default(), policy, case).await;
+            assert_eq!(
+                answer["response"]["uid"], "0b5c1e38-2f1c-4a59-8f5e-1a2b3c4d5e6f",
+                "case {i}"
+            );
+            answer_body(off(), policy, &review_body(case)).await;
+        }
+    }
 }
 
 #[tokio::test]

@@ -64,7 +64,7 @@ impl Webhook {
             .namespace(apps)
             .repair_interval(Duration::from_millis(500))
             .shutdown_timeout(Duration::from_secs(2))
-            .extension(Persi::new(options))
+            .view_extension(Persi::new(options))
             .build()
             .expect("valid manager")
             .start(client.clone())

@@ -1,0 +1,338 @@
+//! What persi reads of a pod ([`PersiPod`]), decoded straight from the review's JSON: the server
+//! skips everything else instead of building a k8s-openapi Pod (issue 20: that decode was most
+//! of a review's cost).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod};
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::extension::NAME;
+use crate::vcap::VCAP_SERVICES;
+
+/// The parts of a pod persi reads: whether it carries persi's marker, its namespace, and of its
+/// containers the names, the last `VCAP_SERVICES` variable, the mounts and security contexts;
+/// the volumes and the pod's security context. Every other field is skipped, not typed.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PersiPod {
+    pub(crate) metadata: Metadata,
+    pub(crate) spec: Option<Spec>,
+}
+
+impl PersiPod {
+    /// The view of a typed `pod`: what the server decodes from the pod's JSON (the offline
+    /// tests require both to give the same answers).
+    pub fn of(pod: &Pod) -> Self {
+        let marker = eirinix_core::patch::marker_key(NAME);
+        let metadata = Metadata {
+            namespace: pod.metadata.namespace.clone(),
+            annotations: pod.metadata.annotations.as_ref().map(|a| Annotations {
+                marked: a.contains_key(&marker),
+            }),
+        };
+        let spec = pod.spec.as_ref().map(|s| Spec {
+            containers: s.containers.iter().map(Container::of).collect(),
+            init_containers: s
+                .init_containers
+                .as_ref()
+                .map(|list| list.iter().map(Container::of).collect()),
+            ephemeral_containers: s.ephemeral_containers.as_ref().map(|list| {
+                list.iter()
+                    .map(|e| Container {
+                        name: e.name.clone(),
+                        vcap: Vcap::of(e.env.as_deref()),
+                        volume_mounts: Mount::of(e.volume_mounts.as_deref()),
+                        security_context: e.security_context.as_ref().map(|c| Security {
+                            run_as_group: c.run_as_group,
+                        }),
+                    })
+                    .collect()
+            }),
+            volumes: s.volumes.as_ref().map(|list| {
+                list.iter()
+                    .map(|v| Volume {
+                        name: v.name.clone(),
+                        persistent_volume_claim: v.persistent_volume_claim.as_ref().map(|c| {
+                            Claim {
+                                claim_name: c.claim_name.clone(),
+                            }
+                        }),
+                    })
+                    .collect()
+            }),
+            security_context: s.security_context.as_ref().map(|c| PodSecurity {
+                fs_group: c.fs_group,
+                run_as_group: c.run_as_group,
+                fs_group_change_policy: c.fs_group_change_policy.clone(),
+            }),
+        });
+        Self { metadata, spec }
+    }
+}
+
+impl Container {
+    fn of(c: &k8s_openapi::api::core::v1::Container) -> Self {
+        Self {
+            name: c.name.clone(),
+            vcap: Vcap::of(c.env.as_deref()),
+            volume_mounts: Mount::of(c.volume_mounts.as_deref()),
+            security_context: c.security_context.as_ref().map(|c| Security {
+                run_as_group: c.run_as_group,
+            }),
+        }
+    }
+}
+
+impl Mount {
+    fn of(mounts: Option<&[k8s_openapi::api::core::v1::VolumeMount]>) -> Option<Vec<Self>> {
+        mounts.map(|list| {
+            list.iter()
+                .map(|m| Mount {
+                    name: m.name.clone(),
+                    mount_path: m.mount_path.clone(),
+                })
+                .collect()
+        })
+    }
+}
+
+impl Vcap {
+    fn of(env: Option<&[EnvVar]>) -> Self {
+        Self(env.and_then(|e| e.iter().rev().find(|v| v.name == VCAP_SERVICES).cloned()))
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub(crate) struct Metadata {
+    pub(crate) namespace: Option<String>,
+    pub(crate) annotations: Option<Annotations>,
+}
+
+/// A pod's annotations, of which persi reads only whether its marker is there.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Annotations {
+    pub(crate) marked: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct Spec {
+    pub(crate) containers: Vec<Container>,
+    pub(crate) init_containers: Option<Vec<Container>>,
+    pub(crate) ephemeral_containers: Option<Vec<Container>>,
+    pub(crate) volumes: Option<Vec<Volume>>,
+    pub(crate) security_context: Option<PodSecurity>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct Container {
+    pub(crate) name: String,
+    /// The container's last `VCAP_SERVICES` variable (the kubelet's choice), if any.
+    #[serde(rename = "env")]
+    pub(crate) vcap: Vcap,
+    pub(crate) volume_mounts: Option<Vec<Mount>>,
+    pub(crate) security_context: Option<Security>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Mount {
+    pub(crate) name: String,
+    pub(crate) mount_path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Volume {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) persistent_volume_claim: Option<Claim>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Claim {
+    pub(crate) claim_name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct PodSecurity {
+    pub(crate) fs_group: Option<i64>,
+    pub(crate) run_as_group: Option<i64>,
+    pub(crate) fs_group_change_policy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct Security {
+    pub(crate) run_as_group: Option<i64>,
+}
+
+/// The last `VCAP_SERVICES` entry of an env list. Every entry's name, value and valueFrom are
+/// typed (as the whole decode types them), but only that entry is copied.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Vcap(pub(crate) Option<EnvVar>);
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(AnnotationsVisitor)
+    }
+}
+
+struct AnnotationsVisitor;
+
+impl<'de> Visitor<'de> for AnnotationsVisitor {
+    type Value = Annotations;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+        let marker = eirinix_core::patch::marker_key(NAME);
+        let mut marked = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            map.next_value::<Cow<'de, str>>()?;
+            marked |= key == marker;
+        }
+        Ok(Annotations { marked })
+    }
+}
+
+impl<'de> Deserialize<'de> for Vcap {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_option(EnvVisitor)
+    }
+}
+
+struct EnvVisitor;
+
+impl<'de> Visitor<'de> for EnvVisitor {
+    type Value = Vcap;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of env vars")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Vcap, E> {
+        Ok(Vcap(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Vcap, E> {
+        Ok(Vcap(None))
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Vcap, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vcap, A::Error> {
+        let mut last = None;
+        while let Some(entry) = seq.next_element::<Entry<'de>>()? {
+            if let Some(env) = entry.0 {
+                last = Some(env);
+            }
+        }
+        Ok(Vcap(last))
+    }
+}
+
+/// One env entry: `Some` when it is `VCAP_SERVICES`.
+struct Entry<'a>(Option<EnvVar>, std::marker::PhantomData<&'a ()>);
+
+impl<'de> Deserialize<'de> for Entry<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EntryVisitor)
+    }
+}
+
+struct EntryVisitor;
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = Entry<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an env var")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry<'de>, A::Error> {
+        let mut name: Option<Cow<'de, str>> = None;
+        let mut value: Option<Cow<'de, str>> = None;
+        let mut value_from: Option<EnvVarSource> = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "name" => name = Some(map.next_value()?),
+                // Borrowed where the parser allows: copied only if the entry is kept.
+                "value" => value = map.next_value()?,
+                "valueFrom" => value_from = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        Ok(Entry(
+            (name == VCAP_SERVICES).then(|| EnvVar {
+                name: VCAP_SERVICES.to_owned(),
+                value: value.map(Cow::into_owned),
+                value_from,
+            }),
+            std::marker::PhantomData,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn view(pod: serde_json::Value) -> Result<PersiPod, serde_json::Error> {
+        serde_json::from_str(&pod.to_string())
+    }
+
+    #[test]
+    fn the_last_vcap_services_entry_is_kept_and_fields_persi_does_not_read_are_not_typed() {
+        let pod = json!({"metadata": {"annotations": {"eirinix.org/persi": "injected", "a": "b"}},
+            "spec": {"containers": [{"name": "app", "image": 5, "env": [
+                {"name": "VCAP_SERVICES", "value": "first"},
+                {"name": "OTHER", "value": "7", "valueFrom": {"fieldRef": {"fieldPath": "x"}}, "extra": [1]},
+                {"value": "last", "name": "VCAP_SERVICES"}
+            ]}, {"name": "side", "env": null}]}});
+        let v = view(pod).unwrap();
+        assert_eq!(v.metadata.annotations, Some(Annotations { marked: true }));
+        let spec = v.spec.unwrap();
+        let kept = spec.containers[0].vcap.0.as_ref().unwrap();
+        assert_eq!(
+            (kept.name.as_str(), kept.value.as_deref()),
+            (VCAP_SERVICES, Some("last"))
+        );
+        assert_eq!(spec.containers[1].vcap, Vcap(None));
+        // Another extension's marker is not persi's.
+        let other = view(json!({"metadata": {"annotations": {"eirinix.org/ssh": "x"}}})).unwrap();
+        assert_eq!(
+            other.metadata.annotations,
+            Some(Annotations { marked: false })
+        );
+    }
+
+    #[test]
+    fn what_persi_reads_is_typed() {
+        for bad in [
+            json!({"spec": {"containers": [{"name": "a", "env": [{"value": "x"}]}]}}),
+            json!({"spec": {"containers": [{"name": "a", "env": [{"name": "VCAP_SERVICES", "value": 5}]}]}}),
+            json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {}}]}}),
+            json!({"spec": {"containers": [{"name": "a", "volumeMounts": [{"name": "v"}]}]}}),
+            json!({"metadata": {"annotations": {"a": 1}}}),
+        ] {
+            assert!(view(bad.clone()).is_err(), "{bad}");
+        }
+    }
+}
