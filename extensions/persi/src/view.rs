@@ -41,13 +41,9 @@ impl PersiPod {
                 .map(|list| list.iter().map(Container::of).collect()),
             ephemeral_containers: s.ephemeral_containers.as_ref().map(|list| {
                 list.iter()
-                    .map(|e| Container {
-                        name: e.name.clone(),
-                        vcap: Vcap::of(e.env.as_deref()),
-                        volume_mounts: Mount::of(e.volume_mounts.as_deref()),
-                        security_context: e.security_context.as_ref().map(|c| Security {
-                            run_as_group: c.run_as_group,
-                        }),
+                    .map(|e| {
+                        let parts = (&e.env, &e.volume_mounts, &e.security_context);
+                        Container::from_parts(&e.name, parts)
                     })
                     .collect()
             }),
@@ -73,13 +69,25 @@ impl PersiPod {
     }
 }
 
+/// The typed fields persi reads of any kind of container: env, mounts, security context.
+type Parts<'c> = (
+    &'c Option<Vec<EnvVar>>,
+    &'c Option<Vec<k8s_openapi::api::core::v1::VolumeMount>>,
+    &'c Option<k8s_openapi::api::core::v1::SecurityContext>,
+);
+
 impl Container {
     fn of(c: &k8s_openapi::api::core::v1::Container) -> Self {
+        Self::from_parts(&c.name, (&c.env, &c.volume_mounts, &c.security_context))
+    }
+
+    /// An app, init or ephemeral container (k8s-openapi types them apart) as persi reads it.
+    fn from_parts(name: &str, (env, mounts, security): Parts<'_>) -> Self {
         Self {
-            name: c.name.clone(),
-            vcap: Vcap::of(c.env.as_deref()),
-            volume_mounts: Mount::of(c.volume_mounts.as_deref()),
-            security_context: c.security_context.as_ref().map(|c| Security {
+            name: name.to_owned(),
+            vcap: Vcap::of(env.as_deref()),
+            volume_mounts: Mount::of(mounts.as_deref()),
+            security_context: security.as_ref().map(|c| Security {
                 run_as_group: c.run_as_group,
             }),
         }
@@ -234,7 +242,7 @@ impl<'de> Visitor<'de> for EnvVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vcap, A::Error> {
         let mut last = None;
-        while let Some(entry) = seq.next_element::<Entry<'de>>()? {
+        while let Some(entry) = seq.next_element::<Entry>()? {
             if let Some(env) = entry.0 {
                 last = Some(env);
             }
@@ -244,9 +252,9 @@ impl<'de> Visitor<'de> for EnvVisitor {
 }
 
 /// One env entry: `Some` when it is `VCAP_SERVICES`.
-struct Entry<'a>(Option<EnvVar>, std::marker::PhantomData<&'a ()>);
+struct Entry(Option<EnvVar>);
 
-impl<'de> Deserialize<'de> for Entry<'de> {
+impl<'de> Deserialize<'de> for Entry {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(EntryVisitor)
     }
@@ -255,13 +263,13 @@ impl<'de> Deserialize<'de> for Entry<'de> {
 struct EntryVisitor;
 
 impl<'de> Visitor<'de> for EntryVisitor {
-    type Value = Entry<'de>;
+    type Value = Entry;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an env var")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
         let mut name: Option<Cow<'de, str>> = None;
         let mut value: Option<Cow<'de, str>> = None;
         let mut value_from: Option<EnvVarSource> = None;
@@ -277,14 +285,11 @@ impl<'de> Visitor<'de> for EntryVisitor {
             }
         }
         let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
-        Ok(Entry(
-            (name == VCAP_SERVICES).then(|| EnvVar {
-                name: VCAP_SERVICES.to_owned(),
-                value: value.map(Cow::into_owned),
-                value_from,
-            }),
-            std::marker::PhantomData,
-        ))
+        Ok(Entry((name == VCAP_SERVICES).then(|| EnvVar {
+            name: VCAP_SERVICES.to_owned(),
+            value: value.map(Cow::into_owned),
+            value_from,
+        })))
     }
 }
 

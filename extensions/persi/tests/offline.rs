@@ -461,6 +461,7 @@ async fn the_served_route_answers_every_kind_of_pod_as_the_typed_path() {
         {"value": v, "name": "VCAP_SERVICES"}
     ]);
     p["spec"]["initContainers"] = json!([{"name": "init", "volumeMounts": [{"name": volume_name("pvc-data", 0), "mountPath": "/x"}]}]);
+    p["spec"]["ephemeralContainers"] = json!([{"name": "debug", "volumeMounts": [{"name": volume_name("pvc-data", 1), "mountPath": "/y"}]}]);
     cases.push(serde_json::from_value(p.clone()).unwrap());
     // A path in use, broken VCAP_SERVICES, a reference, a marked pod, no VCAP_SERVICES at all.
     let mut used = p.clone();
