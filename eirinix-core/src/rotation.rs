@@ -235,6 +235,8 @@ pub struct Rotator {
     restore_deleted: bool,
     /// CAs the configuration trusts already: kept as the previous CA of a fresh bundle.
     previously_trusted: Option<String>,
+    /// Split mode: the staged CA the gate confirmed, and when this replica first saw that.
+    trusted_since: std::sync::Mutex<Option<(String, time::OffsetDateTime)>>,
 }
 
 impl Rotator {
@@ -259,6 +261,7 @@ impl Rotator {
             last: std::sync::Mutex::new(None),
             restore_deleted: false,
             previously_trusted: None,
+            trusted_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -281,7 +284,9 @@ impl Rotator {
     }
 
     /// Promote a staged CA only when `gate` confirms the configuration trusts it (split mode:
-    /// the CA reaches `caBundle` when `register` runs; until then the current CA keeps signing).
+    /// the CA reaches `caBundle` when `register` runs; until then the current CA keeps signing),
+    /// and has done so for the policy's promote delay: the delay counts from then, not from
+    /// staging, so every apiserver has read the new `caBundle` before the CA signs.
     pub fn with_promotion_gate(mut self, gate: PromotionGate) -> Self {
         self.gate = Some(gate);
         self
@@ -334,12 +339,20 @@ impl Rotator {
             if let (Renewal::PromoteNextCa, Some(gate), Some(next)) =
                 (&action, &self.gate, &bundle.next_ca)
             {
-                let expired = bundle.ca.not_after <= self.clock.now();
-                if !expired && !gate(next.cert_pem.clone()).await {
+                let now = self.clock.now();
+                let expired = bundle.ca.not_after <= now;
+                let trusted = expired || gate(next.cert_pem.clone()).await;
+                let settled = expired
+                    || trusted
+                        && self.trusted_for(&next.cert_pem, now) >= self.policy.ca_promote_delay;
+                if !trusted {
+                    *self.trusted_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     tracing::warn!(
                         "a new CA is staged but the webhook configuration does not trust it yet \
                          (run `eirinix register`); the current CA keeps signing"
                     );
+                }
+                if !settled {
                     // Everything else (serving renewals) goes on under the current CA.
                     let waiting = CertPolicy {
                         ca_promote_delay: Duration::from_secs(u64::from(u32::MAX)),
@@ -361,6 +374,19 @@ impl Rotator {
             // Loop: re-read so every replica converges on what the Secret holds.
         }
         Err(RotationError::Contended)
+    }
+
+    /// How long this replica has seen the configuration trust the staged CA `pem` (zero the
+    /// first time: the time starts now).
+    fn trusted_for(&self, pem: &str, now: time::OffsetDateTime) -> Duration {
+        let mut since = self.trusted_since.lock().unwrap_or_else(|p| p.into_inner());
+        match since.as_ref() {
+            Some((seen, at)) if seen == pem => Duration::try_from(now - *at).unwrap_or_default(),
+            _ => {
+                *since = Some((pem.to_owned(), now));
+                Duration::ZERO
+            }
+        }
     }
 
     fn serve(&self, bundle: &CertBundle) -> Result<(), RotationError> {

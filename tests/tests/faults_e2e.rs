@@ -876,7 +876,8 @@ async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
         "promoted before the configuration trusted the new CA"
     );
 
-    // `register` (a helm upgrade) puts the staged CA into caBundle; then it signs.
+    // `register` (a helm upgrade) puts the staged CA into caBundle; it signs only once it has
+    // been trusted there for the promote delay (every apiserver has read the new caBundle).
     builder()
         .extension(Sticky)
         .build()
@@ -884,6 +885,7 @@ async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
         .register(client.clone())
         .await
         .unwrap();
+    let registered = tokio::time::Instant::now();
     bounded(
         Duration::from_secs(15),
         eventually(
@@ -896,6 +898,12 @@ async fn split_mode_ca_rotation_waits_for_register_and_never_breaks_trust() {
         ),
     )
     .await;
+    assert!(
+        registered.elapsed() >= policy.ca_promote_delay,
+        "the staged CA signed {:?} after register, before the {:?} promote delay",
+        registered.elapsed(),
+        policy.ca_promote_delay
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
     assert!(

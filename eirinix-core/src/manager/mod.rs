@@ -231,7 +231,15 @@ impl Manager {
                     publisher,
                     true,
                 )
-                .with_previously_trusted(trusted);
+                .with_previously_trusted(trusted)
+                // A staged CA is promoted by the serving replicas once the configuration this
+                // call writes has trusted it for the promote delay, never here: promoted here,
+                // it would sign before the new caBundle is even written.
+                .with_promotion_gate(tasks::promotion_gate(
+                    client.clone(),
+                    &self.settings,
+                    self.has_validators(),
+                ));
                 rotator.tick().await?.ca_bundle_pem_at(self.clock.now())
             }
             CertSource::Files { cert, key, ca } => {
