@@ -199,13 +199,11 @@ pub(crate) struct DecodedReview {
 /// Decode an AdmissionReview v1 body.
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
-    match decode_fast::<Box<Pod>>(body, |old| old.map(|p| *p)) {
-        Some((request, pod)) => Ok(DecodedReview {
-            request,
-            pod: Ok(pod),
-        }),
-        None => decode_precise(body),
-    }
+    let (request, pod) = match decode_fast::<Box<Pod>>(body, |old| old.map(|p| *p)) {
+        Some((request, pod)) => (request, Ok(pod)),
+        None => decode_precise(body, |old| serde_json::from_str::<Pod>(old.get()).ok())?,
+    };
+    Ok(DecodedReview { request, pod })
 }
 
 /// Decode an AdmissionReview v1 body of a Pod as a view `V` of the pod (the fields `V` does not
@@ -215,20 +213,10 @@ pub(crate) fn decode_view<V: DeserializeOwned>(
     body: &[u8],
 ) -> Result<(Request, Result<V, String>), ReviewError> {
     // A view is not a Pod: the request carries no old object.
-    if let Some((request, view)) = decode_fast::<V>(body, |_| None) {
-        return Ok((request, Ok(view)));
+    match decode_fast::<V>(body, |_| None) {
+        Some((request, view)) => Ok((request, Ok(view))),
+        None => decode_precise(body, |_| None),
     }
-    let (types, req) = decode_envelope(body)?;
-    let view = match kind_problem::<Pod>(&req.kind) {
-        Some(problem) => Err(problem),
-        None => match req.object.filter(|r| r.get() != "null") {
-            None => Err(format!("{:?} request carries no object", req.operation)),
-            Some(raw) => serde_json::from_str::<V>(raw.get())
-                .map_err(|e| format!("object does not decode as a Pod: {e}")),
-        },
-    };
-    let (request, _) = req.into_parts(types, |_| None);
-    Ok((request, view))
 }
 
 /// The envelope of a review, checked (version, kind, request, uid); the objects still raw.
@@ -277,24 +265,29 @@ fn decode_raw<K: Resource<DynamicType = ()> + DeserializeOwned>(
         .map_err(|e| format!("object does not decode as a {}: {e}", K::kind(&())))
 }
 
-/// The two-stage decode: the envelope first, then the object, so every failure is named.
-fn decode_precise(body: &[u8]) -> Result<DecodedReview, ReviewError> {
+/// The two-stage decode of a review of a Pod: the envelope first, then the object as `X` (a
+/// Pod, or a view of one), so every failure is named; a present old object goes through `old`.
+fn decode_precise<X: DeserializeOwned>(
+    body: &[u8],
+    old: impl FnOnce(&RawValue) -> Option<Pod>,
+) -> Result<(Request, Result<X, String>), ReviewError> {
     let (types, req) = decode_envelope(body)?;
     let problem = kind_problem::<Pod>(&req.kind);
     let is_pod = problem.is_none();
-    let pod = if let Some(problem) = problem {
+    let object = if let Some(problem) = problem {
         Err(problem)
     } else {
         match req.object.filter(|r| r.get() != "null") {
             None => Err(format!("{:?} request carries no object", req.operation)),
-            Some(raw) => decode_raw::<Pod>(raw).map(Box::new),
+            Some(raw) => serde_json::from_str::<X>(raw.get())
+                .map_err(|e| format!("object does not decode as a Pod: {e}")),
         }
     };
-    let (request, _) = req.into_parts(types, |old| match old {
-        Some(raw) if is_pod && raw.get() != "null" => serde_json::from_str::<Pod>(raw.get()).ok(),
+    let (request, _) = req.into_parts(types, |raw| match raw {
+        Some(raw) if is_pod && raw.get() != "null" => old(raw),
         _ => None,
     });
-    Ok(DecodedReview { request, pod })
+    Ok((request, object))
 }
 
 /// A review decoded for kind `K`: the request with `object` and `old_object` set when present,
