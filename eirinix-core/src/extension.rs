@@ -59,6 +59,13 @@ pub trait ViewExtension: Extension {
         request: &Request,
         view: &Self::View,
     ) -> Result<Mutation, ExtensionError>;
+
+    /// The pod's name, or its generateName, as `view` holds it: logs name the pod by it, since
+    /// a review's own `name` is empty for a generated name. `None` (the default): the request's.
+    fn pod_name<'v>(&self, view: &'v Self::View) -> Option<&'v str> {
+        let _ = view;
+        None
+    }
 }
 
 /// A mutating webhook for objects of any kind `Object` (a StatefulSet, a custom resource...).

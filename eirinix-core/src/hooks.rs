@@ -207,8 +207,12 @@ impl<E: ViewExtension> Hook for ViewHook<E> {
 
     fn prepare(&self, ctx: &Context, body: &[u8]) -> Result<Prepared, ReviewError> {
         let (request, view) = decode_view::<E::View>(body)?;
-        // The view need not hold the pod's name: logs name the request's.
         let (uid, namespace, name) = identity(&request);
+        // Logs name the pod as the typed path does, if the view holds its name.
+        let name = match view.as_ref().map(|v| self.0.pod_name(v)) {
+            Ok(Some(pod_name)) => pod_name.to_owned(),
+            _ => name,
+        };
         let call = if matches!(request.operation, Operation::Delete | Operation::Connect) {
             Ok(None)
         } else {
@@ -249,6 +253,14 @@ mod tests {
     #[derive(Deserialize)]
     struct View {
         spec: ViewSpec,
+        #[serde(default)]
+        metadata: ViewMeta,
+    }
+
+    #[derive(Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ViewMeta {
+        generate_name: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -290,19 +302,26 @@ mod tests {
             let name = &view.spec.containers[0].name;
             Ok(Mutation::unchanged().with_warning(format!("view {name} {:?}", request.operation)))
         }
+        fn pod_name<'v>(&self, view: &'v View) -> Option<&'v str> {
+            view.metadata.generate_name.as_deref()
+        }
     }
 
-    async fn answer(operation: &str, object: Value) -> Value {
-        let body = serde_json::to_vec(&json!({
+    fn review(operation: &str, name: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {
                 "uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "ns", "operation": operation, "userInfo": {},
+                "name": name, "namespace": "ns", "operation": operation, "userInfo": {},
                 "object": object, "oldObject": object,
             }
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn answer(operation: &str, object: Value) -> Value {
+        let body = review(operation, "", object);
         let handler = ExtensionHandler::for_hook(
             Arc::new(ViewHook(Arc::new(Names))),
             FailurePolicy::Fail,
@@ -342,6 +361,23 @@ mod tests {
         );
         let r = answer("CREATE", Value::Null).await;
         assert_eq!(r["status"]["message"], "Create request carries no object");
+    }
+
+    #[test]
+    fn logs_name_the_pod_by_the_name_its_view_holds_else_by_the_requests() {
+        let ctx = Context::offline(Arc::new(Settings::default()));
+        let hook = ViewHook(Arc::new(Names));
+        let containers = json!({"containers": [{"name": "app"}]});
+        let generated = json!({"metadata": {"generateName": "web-"}, "spec": containers});
+        let prepared = hook
+            .prepare(&ctx, &review("CREATE", "", generated))
+            .unwrap();
+        assert_eq!(prepared.name, "web-");
+        let named = json!({"spec": containers});
+        let prepared = hook
+            .prepare(&ctx, &review("CREATE", "web-0", named))
+            .unwrap();
+        assert_eq!(prepared.name, "web-0");
     }
 
     #[tokio::test]

@@ -624,4 +624,9 @@ impl ViewExtension for Persi {
         mutation.warnings = found.warnings;
         Ok(mutation)
     }
+
+    fn pod_name<'v>(&self, pod: &'v PersiPod) -> Option<&'v str> {
+        let meta = &pod.metadata;
+        meta.name.as_deref().or(meta.generate_name.as_deref())
+    }
 }

@@ -28,6 +28,8 @@ impl PersiPod {
     pub fn of(pod: &Pod) -> Self {
         let marker = eirinix_core::patch::marker_key(NAME);
         let metadata = Metadata {
+            name: pod.metadata.name.clone(),
+            generate_name: pod.metadata.generate_name.clone(),
             namespace: pod.metadata.namespace.clone(),
             annotations: pod.metadata.annotations.as_ref().map(|a| Annotations {
                 marked: a.contains_key(&marker),
@@ -114,8 +116,11 @@ impl Vcap {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub(crate) struct Metadata {
+    /// The pod's name, or its generateName: only for logs.
+    pub(crate) name: Option<String>,
+    pub(crate) generate_name: Option<String>,
     pub(crate) namespace: Option<String>,
     pub(crate) annotations: Option<Annotations>,
 }
@@ -247,12 +252,14 @@ impl<'de> Visitor<'de> for EnvVisitor {
                 last = Some(env);
             }
         }
-        Ok(Vcap(last))
+        Ok(Vcap(last.map(|env| *env)))
     }
 }
 
-/// One env entry: `Some` when it is `VCAP_SERVICES`.
-struct Entry(Option<EnvVar>);
+/// One env entry: `Some` when it is `VCAP_SERVICES`. Boxed, as is its `valueFrom` while it is
+/// read: an `EnvVar` is ~400 bytes, and moving one through every entry of every env list cost
+/// more than typing the entries (issue 20, BENCHMARKS §18).
+struct Entry(Option<Box<EnvVar>>);
 
 impl<'de> Deserialize<'de> for Entry {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -272,7 +279,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
         let mut name: Option<Cow<'de, str>> = None;
         let mut value: Option<Cow<'de, str>> = None;
-        let mut value_from: Option<EnvVarSource> = None;
+        let mut value_from: Option<Box<EnvVarSource>> = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match &*key {
                 "name" => name = Some(map.next_value()?),
@@ -285,10 +292,12 @@ impl<'de> Visitor<'de> for EntryVisitor {
             }
         }
         let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
-        Ok(Entry((name == VCAP_SERVICES).then(|| EnvVar {
-            name: VCAP_SERVICES.to_owned(),
-            value: value.map(Cow::into_owned),
-            value_from,
+        Ok(Entry((name == VCAP_SERVICES).then(|| {
+            Box::new(EnvVar {
+                name: VCAP_SERVICES.to_owned(),
+                value: value.map(Cow::into_owned),
+                value_from: value_from.map(|source| *source),
+            })
         })))
     }
 }
@@ -326,6 +335,19 @@ mod tests {
             other.metadata.annotations,
             Some(Annotations { marked: false })
         );
+    }
+
+    #[test]
+    fn logs_name_the_pod_by_its_name_else_its_generate_name() {
+        use eirinix_core::ViewExtension as _;
+        let persi = crate::Persi::default();
+        let generated = view(json!({"metadata": {"generateName": "web-"}})).unwrap();
+        assert_eq!(persi.pod_name(&generated), Some("web-"));
+        let named = view(json!({"metadata": {"name": "web-0", "generateName": "web-"}})).unwrap();
+        assert_eq!(persi.pod_name(&named), Some("web-0"));
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"generateName": "web-"}})).unwrap();
+        assert_eq!(persi.pod_name(&PersiPod::of(&pod)), Some("web-"));
     }
 
     #[test]
