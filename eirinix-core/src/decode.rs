@@ -213,10 +213,46 @@ pub(crate) fn decode_view<V: DeserializeOwned>(
     body: &[u8],
 ) -> Result<(Request, Result<V, String>), ReviewError> {
     // A view is not a Pod: the request carries no old object.
-    match decode_fast::<V>(body, |_| None) {
-        Some((request, view)) => Ok((request, Ok(view))),
-        None => decode_precise(body, |_| None),
+    if let Some((request, ObjectView(view))) = decode_fast::<ObjectView<V>>(body, |_| None) {
+        return Ok((request, Ok(view)));
     }
+    let (request, view) = decode_precise::<ObjectView<V>>(body, |_| None)?;
+    Ok((
+        request,
+        view.map(|ObjectView(view)| view)
+            .or_else(|reason| view_of_pod(body).ok_or(reason)),
+    ))
+}
+
+/// A view read only from a JSON object, as a Pod is: serde's derive also reads a struct from an
+/// array (its fields by position), which would make a view of what is no Pod.
+struct ObjectView<V>(V);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for ObjectView<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Only<V> {
+            type Value = ObjectView<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Pod (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                V::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectView)
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
+/// The view as read from the review's Pod re-encoded, for a pod the view cannot read but the
+/// typed decode can: JSON the apiserver never sends, such as a field given twice (k8s-openapi
+/// keeps the last, serde's derive refuses it). The served answer is then the typed path's.
+fn view_of_pod<V: DeserializeOwned>(body: &[u8]) -> Option<V> {
+    let pod = decode(body).ok()?.pod.ok()?;
+    serde_json::from_value(serde_json::to_value(&*pod).ok()?).ok()
 }
 
 /// The envelope of a review, checked (version, kind, request, uid); the objects still raw.

@@ -7,7 +7,8 @@
 //! answer is an `admission.k8s.io/v1` AdmissionReview response echoing the request uid; DELETE
 //! and CONNECT are admitted unpatched; a request whose object is not a usable Pod is denied with
 //! 400; a denial carries a status code; and a patch is base64 JSONPatch that applies cleanly to
-//! the request's pod, giving a Pod.
+//! the request's pod, giving a Pod. persi served from its view of the pod (as the server
+//! serves it) answers every body as persi from a typed Pod does, wherever the pod decodes.
 //!
 //! Note: libfuzzer-sys aborts on any panic, so a panic inside an extension is found here even
 //! though the handler would turn it into a 500 answer in production.
@@ -83,6 +84,8 @@ impl Extension for Trivial {
 struct Setup {
     handlers: Vec<ExtensionHandler>,
     metrics: Metrics,
+    /// persi as the server serves it (from its view) and from a typed Pod, under both policies.
+    persi: Vec<(ExtensionHandler, ExtensionHandler)>,
 }
 
 fn setup() -> &'static Setup {
@@ -119,9 +122,20 @@ fn setup() -> &'static Setup {
             .enumerate()
             .map(|(i, (e, policy))| ExtensionHandler::new(e, policy, timeout, i))
             .collect();
+        let persi = [FailurePolicy::Fail, FailurePolicy::Ignore]
+            .into_iter()
+            .map(|policy| {
+                let persi = Arc::new(eirinix_persi::Persi::default());
+                (
+                    ExtensionHandler::for_view(persi.clone(), policy, timeout, 0),
+                    ExtensionHandler::new(persi, policy, timeout, 0),
+                )
+            })
+            .collect();
         Setup {
             handlers,
             metrics: Metrics::new(names.iter().map(String::as_str)),
+            persi,
         }
     })
 }
@@ -218,6 +232,54 @@ fn check_against_serde_json(body: &[u8]) -> bool {
     true
 }
 
+/// persi served from its view answers as its typed path does: the same bodies get a 400, and
+/// wherever the whole pod decodes the answers are equal byte for byte. Where only the view
+/// decodes (a field persi does not read has the wrong type), the served answer is checked as
+/// any answer is, against the object as JSON.
+fn check_view_against_typed(served: &ExtensionHandler, typed: &ExtensionHandler, body: &[u8]) {
+    let setup = setup();
+    let answer = block_on(served.handle_body(offline(), &setup.metrics, body));
+    let expected = block_on(typed.handle_body(offline(), &setup.metrics, body));
+    let (answer, expected) = match (answer, expected) {
+        (Err(_), Err(_)) => return,
+        (Ok(answer), Ok(expected)) => (answer, expected),
+        (answer, expected) => panic!(
+            "served persi and typed persi disagree on the envelope: {:?} vs {:?}",
+            answer.map(String::from_utf8),
+            expected.map(String::from_utf8)
+        ),
+    };
+    let decoded = decode(body).expect("the typed path answered, so decode accepts the body");
+    if decoded.pod.is_ok() {
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            String::from_utf8_lossy(&expected),
+            "served persi answers a pod otherwise than typed persi"
+        );
+        return;
+    }
+    let v: Value = serde_json::from_slice(&answer).expect("the served answer is JSON");
+    let resp = &v["response"];
+    assert_eq!(resp["uid"].as_str(), Some(decoded.request.uid.as_str()));
+    if let Some(patch) = resp.get("patch") {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch.as_str().expect("patch is a string"))
+            .expect("patch is base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("a JSON patch");
+        let reference: RefReview<'_> = serde_json::from_slice(body).expect("a review");
+        let raw = reference
+            .request
+            .object
+            .expect("a patched review has an object");
+        let mut object: Value = serde_json::from_str(raw.get()).expect("the object is JSON");
+        // As the apiserver holds it (and as a typed Pod re-encodes): with metadata.
+        if let Some(fields) = object.as_object_mut() {
+            fields.entry("metadata").or_insert_with(|| serde_json::json!({}));
+        }
+        json_patch::patch(&mut object, &patch).expect("the served patch applies to the object");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let accepted = check_against_serde_json(data);
     let setup = setup();
@@ -230,5 +292,8 @@ fuzz_target!(|data: &[u8]| {
                 handler.name()
             ),
         }
+    }
+    for (served, typed) in &setup.persi {
+        check_view_against_typed(served, typed, data);
     }
 });
