@@ -274,7 +274,9 @@ fn check_view_against_typed(served: &ExtensionHandler, typed: &ExtensionHandler,
         let mut object: Value = serde_json::from_str(raw.get()).expect("the object is JSON");
         // As the apiserver holds it (and as a typed Pod re-encodes): with metadata.
         if let Some(fields) = object.as_object_mut() {
-            fields.entry("metadata").or_insert_with(|| serde_json::json!({}));
+            fields
+                .entry("metadata")
+                .or_insert_with(|| serde_json::json!({}));
         }
         json_patch::patch(&mut object, &patch).expect("the served patch applies to the object");
     }
