@@ -3,7 +3,7 @@
 # serve` pinned to core 1 as `ladder` pins it, loaded by `eirinix-bench load` at 64 connections
 # on core 0, sampled by `perf record` (DWARF call stacks) for SECONDS after a 2 s warm-up.
 #
-#   scripts/server-profile.sh /persi [SECONDS]     # or /fixed, /ladder/typed, /ladder/lean
+#   scripts/server-profile.sh /persi [SECONDS]     # or /fixed, /ladder/typed, /ladder/lean, /ladder/spin, /ladder/churn
 #   REST_LEAVES=20 scripts/server-profile.sh /persi  # also the top functions of "the rest"
 #
 # Uses the dist build in DIST_DIR (default: target/x86_64-unknown-linux-gnu/dist, built if
@@ -49,6 +49,8 @@ parts = [
     ("decode (simd-json tape, typing the view or the Pod)",
      ["Hook>::prepare+", "Hook>::prepare (", "eirinix_core::decode::", "simd_json::", "k8s_openapi::"]),
     ("the lean prototype: its own code (benches/src/lean.rs)", ["eirinix_bench::lean::"]),
+    ("the spin or churn of /ladder/spin and /ladder/churn (benches/src/ladder.rs)",
+     ["eirinix_bench::ladder::spin", "eirinix_bench::ladder::churn"]),
     ("receive: TCP and TLS", ["TokioIo<T> as hyper::rt::io::Read>::poll_read"]),
     ("send: TLS, TCP and loopback delivery to the client", ["__writev"]),
     ("the rest: HTTP, routing, layers, metrics, runtime", [""]),

@@ -46,9 +46,10 @@ const RUNGS: [(&str, &str); 5] = [
     ),
 ];
 
-/// Not rungs: the whole persi route as served (from persi's view of the pod, no typed Pod),
-/// and the lean prototype (`lean.rs`), measured in the same runs.
-const ROUTES: [(&str, &str); 2] = [
+/// Not rungs, measured in the same runs: the whole persi route as served (from persi's view of
+/// the pod, no typed Pod), the lean prototype (`lean.rs`), and the fixed answer after a spin of
+/// pure computation or after the tape's memory traffic.
+const ROUTES: [(&str, &str); 5] = [
     (
         "/persi",
         "the route as served: persi's view of the pod decoded from the review, no typed Pod",
@@ -57,7 +58,64 @@ const ROUTES: [(&str, &str); 2] = [
         "/ladder/lean",
         "persi's whole route as lean as we can write it: simd-json's tape into a small borrowed view, persi's VCAP_SERVICES reader, the patch and the answer written as bytes",
     ),
+    (
+        "/ladder/spin?us=10",
+        "the fixed answer after 10 µs of pure computation (no memory touched, nothing sent): what a route's own time costs the server beyond itself",
+    ),
+    (
+        "/ladder/spin?us=30",
+        "the same after 30 µs, about persi's own work on the server",
+    ),
+    (
+        "/ladder/churn",
+        "the fixed answer after writing and freeing CHURN of fresh heap, the tape's peak for this review (nothing parsed): what the decode's memory traffic costs the server",
+    ),
 ];
+
+/// How long `/ladder/spin?us=N` computes before answering: N µs (at most a millisecond).
+fn spin_time(query: Option<&str>) -> Option<Duration> {
+    let us: u64 = query?.strip_prefix("us=")?.parse().ok()?;
+    (us <= 1000).then(|| Duration::from_micros(us))
+}
+
+/// The heap one review's tape takes at its peak (counted by the benchmark's allocator).
+fn tape_peak_bytes() -> usize {
+    let body = crate::pods::review(&crate::pods::eirini_app_pod());
+    crate::alloc::enable(true);
+    let before = crate::alloc::reset_peak();
+    black_box(eirinix_core::admission::tape_only(&body));
+    let peak = crate::alloc::peak().saturating_sub(before);
+    crate::alloc::enable(false);
+    peak
+}
+
+/// Write `bytes` of fresh heap and free it: the tape's memory traffic without its parse.
+/// Never inlined, so that `scripts/server-profile.sh` finds it on the stack.
+#[inline(never)]
+fn churn(bytes: usize) -> bool {
+    let buffer = black_box(vec![1u8; bytes]);
+    buffer
+        .iter()
+        .step_by(64)
+        .map(|&b| u64::from(b))
+        .sum::<u64>()
+        > 0
+}
+
+/// Compute for `time` without touching memory: a stand-in for a route's own work that leaves
+/// the caches as they were. Never inlined, so that `scripts/server-profile.sh` finds it.
+#[inline(never)]
+fn spin(time: Duration) -> u64 {
+    let start = std::time::Instant::now();
+    let mut turns = 0u64;
+    // At least one turn, even if the thread was preempted before the first look at the clock.
+    loop {
+        turns = black_box(turns.wrapping_add(1));
+        if start.elapsed() >= time {
+            return turns;
+        }
+    }
+}
 
 /// The constant answer, or 500 when the rung's step failed (so the load run counts an error).
 fn answer(step_ok: bool) -> Response {
@@ -79,6 +137,7 @@ pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration)
         0,
     ));
     let (typed_mutate, state_mutate) = (typed.clone(), state.clone());
+    let churn_bytes = tape_peak_bytes();
     let router = axum::Router::new()
         .route(
             "/ladder/tape",
@@ -103,6 +162,24 @@ pub(crate) fn routes(state: Arc<AppState>, body_limit: usize, timeout: Duration)
                     Ok(answer) => ([("content-type", "application/json")], answer).into_response(),
                     Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                 }
+            }),
+        )
+        .route(
+            "/ladder/spin",
+            post(|uri: http::Uri, body: Bytes| async move {
+                black_box(&body);
+                match spin_time(uri.query()) {
+                    Some(time) => answer(black_box(spin(time)) > 0),
+                    None => StatusCode::BAD_REQUEST.into_response(),
+                }
+            }),
+        )
+        .route(
+            "/ladder/churn",
+            post(move |uri: http::Uri, body: Bytes| async move {
+                black_box(uri.query().map(str::to_owned));
+                black_box(&body);
+                answer(churn(churn_bytes))
             }),
         )
         .route(
@@ -158,16 +235,19 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
                 s.errors
             );
             eprintln!(
-                "run {}: {path}: {:.0} reviews/s, {:.1} µs server CPU per review",
+                "run {}: {path}: {:.0} reviews/s, {:.1} µs server CPU per review, server core {:.0} % busy, load generator {:.0} %",
                 run + 1,
                 s.rate,
-                s.cpu_us
+                s.cpu_us,
+                s.busy * 100.0,
+                s.load_busy * 100.0
             );
             cpu[i].push(s.cpu_us);
         }
     }
     server.stop().await;
     let fixed = peers::median(&cpu[0]);
+    let churn_kib = tape_peak_bytes() as f64 / 1024.0;
     println!(
         "| rung | adds to the rung before | server CPU µs per review | the step (difference of medians) | times the fixed answer |"
     );
@@ -183,13 +263,16 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         );
         before = Some(m);
     }
-    println!("\nNot rungs (their patches equal `/ladder/typed`'s, checked before the runs):\n");
+    println!(
+        "\nNot rungs (`/persi` and `/ladder/lean` give `/ladder/typed`'s patch, checked before the runs; `/ladder/spin` answers as `/fixed`):\n"
+    );
     println!(
         "| route | what it is | server CPU µs per review | over `/fixed` | times the fixed answer |"
     );
     println!("|---|---|---|---|---|");
     for ((path, what), xs) in ROUTES.iter().zip(&cpu[RUNGS.len()..]) {
         let m = peers::median(xs);
+        let what = what.replace("CHURN", &format!("{:.1} KiB", churn_kib));
         println!(
             "| `{path}` | {what} | {} | {:+.1} µs | {:.2}x |",
             peers::spread(xs, 1),
@@ -198,4 +281,43 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spin_takes_its_time_from_the_query() {
+        assert_eq!(spin_time(Some("us=30")), Some(Duration::from_micros(30)));
+        for bad in [
+            None,
+            Some(""),
+            Some("us="),
+            Some("us=x"),
+            Some("ms=3"),
+            Some("us=1001"),
+        ] {
+            assert_eq!(spin_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_spin_computes_for_at_least_its_time() {
+        let time = Duration::from_millis(2);
+        let start = std::time::Instant::now();
+        assert!(spin(time) > 0, "the spin never turned");
+        assert!(start.elapsed() >= time, "the spin stopped early");
+    }
+
+    #[test]
+    fn the_churn_is_sized_by_the_tapes_heap_and_reads_back_what_it_wrote() {
+        let bytes = tape_peak_bytes();
+        // simd-json copies the 6.7 KB body and builds its index, tape and strings beside it.
+        assert!(
+            bytes > 6_000,
+            "the tape's peak was counted as {bytes} bytes"
+        );
+        assert!(churn(bytes), "the churn read back no byte it wrote");
+    }
 }

@@ -335,8 +335,10 @@ pub(crate) struct Sample {
     pub(crate) rate: f64,
     /// Server CPU (user + system) per answered review.
     pub(crate) cpu_us: f64,
-    busy: f64,
-    load_busy: f64,
+    /// Share of its core the server used.
+    pub(crate) busy: f64,
+    /// Share of its core the load generator used.
+    pub(crate) load_busy: f64,
     p50: f64,
     p99: f64,
     /// Failed requests.
