@@ -264,7 +264,7 @@ pub async fn run(args: Pinning) -> anyhow::Result<()> {
         before = Some(m);
     }
     println!(
-        "\nNot rungs (`/persi` and `/ladder/lean` give `/ladder/typed`'s patch, checked before the runs; `/ladder/spin` answers as `/fixed`):\n"
+        "\nNot rungs (`/persi` and `/ladder/lean` give `/ladder/typed`'s patch, checked before the runs; `/ladder/spin` and `/ladder/churn` answer as `/fixed`):\n"
     );
     println!(
         "| route | what it is | server CPU µs per review | over `/fixed` | times the fixed answer |"
