@@ -460,8 +460,10 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
                 return r;
             }
             if Instant::now() >= deadline {
+                // Up to 100 messages: their texts, in order, say which lines are missing.
+                let texts: Vec<String> = r.iter().take(100).map(Received::text).collect();
                 panic!(
-                    "timed out after {timeout:?} waiting for {what}; rsyslog received {} messages; last: {:?}",
+                    "timed out after {timeout:?} waiting for {what}; rsyslog received {} messages; last: {:?}; the first 100 texts: {texts:?}",
                     r.len(),
                     r.last()
                 );
