@@ -93,6 +93,8 @@ struct Inner {
     break_epoch: u64,
     /// `previous=true` requests still to answer with a server error.
     failing_previous: usize,
+    /// The current instance exited and waits out a back-off: it is also the previous log.
+    backing_off: bool,
 }
 
 struct Instance {
@@ -120,6 +122,7 @@ impl ContainerState {
                 next_instance: 1,
                 break_epoch: 0,
                 failing_previous: 0,
+                backing_off: false,
             }),
             changed: watch::channel(0).0,
             followers: AtomicUsize::new(0),
@@ -183,6 +186,16 @@ impl ContainerLog {
         self.state.update(|inner| inner.current.finished = true);
     }
 
+    /// The current instance exits and the kubelet waits before starting the next one (a crash
+    /// loop's back-off): like the real kubelet (its `lastState`), it then serves this instance
+    /// as both the current and the `previous=true` log, until [`restart`](Self::restart).
+    pub fn back_off(&self) {
+        self.state.update(|inner| {
+            inner.current.finished = true;
+            inner.backing_off = true;
+        });
+    }
+
     /// Fault injection: abruptly cuts every open follow stream of this container (the
     /// connection to the apiserver is aborted; the apiserver then ends its response).
     pub fn break_streams(&self) {
@@ -217,6 +230,7 @@ impl ContainerLog {
             );
             old.finished = true;
             inner.previous = Some(old);
+            inner.backing_off = false;
         });
     }
 
@@ -613,7 +627,7 @@ async fn container_logs(
                 }
             }
             let inner = &*inner;
-            let instance = if opts.previous {
+            let instance = if opts.previous && !inner.backing_off {
                 match inner.previous.as_ref() {
                     Some(prev) => prev,
                     None => {

@@ -14,6 +14,13 @@
 //! current instance checks the previous log when the two could be confused (`ReplacedCheck`),
 //! and reads the instance it missed first.
 //!
+//! `previous=true` is the kubelet's `lastState`, which is not always the instance before the
+//! current one: while a crash-looping container waits out its back-off, the kubelet serves its
+//! last instance as both the current and the previous log, and the one before is out of reach.
+//! A read of the previous log is therefore bounded by the first line of a newer instance when
+//! one is known: reaching it shows the wanted instance is gone, which is counted and reported
+//! (`instances_missed`), never mistaken for that instance.
+//!
 //! A follower reads one output of the container: stdout or stderr (`stream=Stdout|Stderr`, where
 //! the apiserver offers it) or both merged (the stream is then unknown). An apiserver that does
 //! not offer the parameter answers the first request with an error ([`FollowEnd::SplitUnsupported`]),
@@ -198,10 +205,25 @@ enum ReadEnd {
     Deleted,
     /// The `stream` parameter was refused.
     Unsupported,
-    /// The log served as the current instance's belongs to a newer instance: the kubelet has
-    /// started it before the pod status said so, and the instance read until now is its
-    /// previous one (which still holds the last forwarded line).
-    Replaced,
+    /// The log served as the current instance's belongs to a newer instance (`newer` is its
+    /// first line): the kubelet has started it before the pod status said so, and the instance
+    /// read until now is its previous one (which still holds the last forwarded line).
+    Replaced {
+        newer: Timestamp,
+    },
+    /// A read of the previous log reached the first line of a newer instance: the kubelet
+    /// serves that instance as the previous one (its back-off), and the one wanted is gone.
+    Newer,
+}
+
+/// Which log a read asks for.
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    /// The instance the kubelet serves as the current one.
+    Current,
+    /// `previous=true`; `newer`: the first line of a newer instance, when known, which every
+    /// line of the wanted instance precedes.
+    Previous { newer: Option<Timestamp> },
 }
 
 /// How a read of the current instance finds out that the kubelet already serves a newer
@@ -353,11 +375,29 @@ impl Follower {
                 .map_or(0, |i| current - i - 2 + i32::from(complete != Some(i)));
             let mut predecessor_read = current == 0 || complete == Some(current - 1);
             if behind {
-                match self.read(cancel, false, true, current - 1, true).await {
+                // The current log's first line bounds the read of the previous one.
+                let newer = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return FollowEnd::Cancelled,
+                    first = self.first_current_line() => first,
+                };
+                let end = match newer {
+                    Ok(newer) => {
+                        let which = Which::Previous { newer };
+                        self.read(cancel, false, which, current - 1, true).await
+                    }
+                    Err(error) => ReadEnd::Failed { lines: 0, error },
+                };
+                match end {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
                     ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
-                    ReadEnd::Ended { .. } | ReadEnd::Replaced => {
+                    ReadEnd::Ended { .. } | ReadEnd::Replaced { .. } => {
+                        previous_failures = 0;
+                        predecessor_read = true;
+                    }
+                    ReadEnd::Newer => {
+                        self.instance_gone(current - 1);
                         previous_failures = 0;
                         predecessor_read = true;
                     }
@@ -403,7 +443,9 @@ impl Follower {
             }
 
             // Follow the current instance.
-            let outcome = self.read(cancel, true, false, current, false).await;
+            let outcome = self
+                .read(cancel, true, Which::Current, current, false)
+                .await;
             let lines = match outcome {
                 ReadEnd::Cancelled => return FollowEnd::Cancelled,
                 ReadEnd::Deleted => return FollowEnd::PodDeleted,
@@ -413,8 +455,13 @@ impl Follower {
                     tracing::debug!(pod = %self.pod, container = %name, %error, "log stream failed; resuming");
                     lines
                 }
-                ReadEnd::Replaced => {
-                    match self.finish_replaced(cancel, current, &mut backoff).await {
+                // Only reads of the previous log are bounded.
+                ReadEnd::Newer => 0,
+                ReadEnd::Replaced { newer } => {
+                    match self
+                        .finish_replaced(cancel, current, newer, &mut backoff)
+                        .await
+                    {
                         Err(end) => return end,
                         Ok(done) => complete = done.then_some(current),
                     }
@@ -431,18 +478,31 @@ impl Follower {
             if cs.restart_count > current {
                 continue;
             }
-            if cs.state == ContainerState::Terminated {
-                // Exited: read everything up to the end once more, without follow.
-                match self.read(cancel, false, false, current, true).await {
+            // Exited (terminated, or waiting to be started again: a crash loop's back-off, in
+            // which the kubelet serves this instance as the current log).
+            let exited = match cs.state {
+                ContainerState::Terminated => true,
+                ContainerState::Waiting { has_previous } => has_previous,
+                ContainerState::Unknown | ContainerState::Running => false,
+            };
+            if exited {
+                // Read everything up to the end once more, without follow.
+                match self
+                    .read(cancel, false, Which::Current, current, true)
+                    .await
+                {
                     ReadEnd::Cancelled => return FollowEnd::Cancelled,
                     ReadEnd::Deleted => return FollowEnd::PodDeleted,
                     ReadEnd::Unsupported => return FollowEnd::SplitUnsupported,
-                    ReadEnd::Ended { .. } => {
+                    ReadEnd::Ended { .. } | ReadEnd::Newer => {
                         complete = Some(current);
                         backoff.reset();
                     }
-                    ReadEnd::Replaced => {
-                        match self.finish_replaced(cancel, current, &mut backoff).await {
+                    ReadEnd::Replaced { newer } => {
+                        match self
+                            .finish_replaced(cancel, current, newer, &mut backoff)
+                            .await
+                        {
                             Err(end) => return end,
                             Ok(done) => complete = done.then_some(current),
                         }
@@ -490,16 +550,26 @@ impl Follower {
         }
     }
 
-    /// One log request. `final_read`: an unterminated last line counts (the container exited).
+    /// One log request, of the log `which`. `final_read`: an unterminated last line counts (the
+    /// container exited).
     async fn read(
         &mut self,
         cancel: &CancellationToken,
         follow: bool,
-        previous: bool,
+        which: Which,
         instance: i32,
         final_read: bool,
     ) -> ReadEnd {
+        let (previous, newer) = match which {
+            Which::Current => (false, None),
+            Which::Previous { newer } => (true, newer),
+        };
         let params = self.log_params(follow, previous);
+        tracing::debug!(
+            pod = %self.pod, container = %self.origin.container, stream = ?self.stream, instance,
+            follow, previous, since = ?params.since_time,
+            "reading the log"
+        );
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         let stream = tokio::select! {
             biased;
@@ -580,14 +650,23 @@ impl Follower {
                 let replaced = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return ReadEnd::Cancelled,
-                    replaced = self.previous_shows_replacement(kind) => replaced,
+                    replaced = self.previous_shows_replacement(kind, ts) => replaced,
                 };
                 match replaced {
-                    Ok(true) => return ReadEnd::Replaced,
+                    Ok(true) => return ReadEnd::Replaced { newer: ts },
                     Ok(false) => {}
                     // Nothing forwarded yet from this response: read it again, checked again.
                     Err(error) => return ReadEnd::Failed { lines, error },
                 }
+            }
+            // A read of the previous log that reaches a newer instance's first line is that
+            // instance's log: nothing of it is forwarded as the wanted one's.
+            if let Some(newer) = newer
+                && let Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) =
+                    piece
+                && split_timestamp(reader.data()).is_some_and(|(ts, _)| ts >= newer)
+            {
+                return ReadEnd::Newer;
             }
             let (record, end) = match piece {
                 Ok(None) => return ReadEnd::Ended { lines },
@@ -637,50 +716,29 @@ impl Follower {
     }
 
     /// Whether the previous instance's log shows that the log read as the current instance's
-    /// belongs to a newer one (see [`ReplacedCheck`]). A request refused (4xx: for one, there is
-    /// no previous instance) answers no; one that failed otherwise is an error, since a guess
-    /// either way could drop an instance or report a gap that is none.
-    async fn previous_shows_replacement(&self, kind: ReplacedCheck) -> Result<bool, String> {
+    /// (whose first new line is at `first`) belongs to a newer one (see [`ReplacedCheck`]). A
+    /// request refused (4xx: for one, there is no previous instance) answers no; one that failed
+    /// otherwise is an error, since a guess either way could drop an instance or report a gap
+    /// that is none.
+    async fn previous_shows_replacement(
+        &self,
+        kind: ReplacedCheck,
+        first: Timestamp,
+    ) -> Result<bool, String> {
         let last = self.dedup.last_timestamp();
         if last.is_none() && kind == ReplacedCheck::Resumed {
             return Ok(false);
         }
-        let params = self.log_params(false, true);
-        self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
-        // Made while this follower's own stream holds its connection (and at start, while
-        // every follower's does): a pooled connection would linger idle after it.
-        let stream = match self.log_stream(&params, true).await {
-            Ok(stream) => stream,
-            // Refused for good; throttled (429) or timed out (408) is a failure to retry.
-            Err(kube::Error::Api(status))
-                if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
-            {
+        let Some(mut starts) = self.one_off(true, "checking the previous log").await? else {
+            return Ok(false);
+        };
+        while let Some(ts) = starts.next().await? {
+            // The previous log reached the current one's first new line: it is that same log
+            // (a kubelet waiting out a back-off serves its last instance as both) or a newer
+            // one, so no instance lies unread between.
+            if ts >= first {
                 return Ok(false);
             }
-            Err(e) => {
-                self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(format!("checking the previous log: {e}"));
-            }
-        };
-        let mut reader = LineReader::new(Box::pin(stream), self.config.max_line_bytes);
-        loop {
-            let piece = match reader.next_piece().await {
-                Ok(Some(piece)) => piece,
-                Ok(None) => return Ok(false),
-                Err(e) => {
-                    self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(format!("reading the previous log: {e}"));
-                }
-            };
-            if !matches!(
-                piece,
-                Piece::Data { first: true, .. } | Piece::Incomplete { first: true }
-            ) {
-                continue;
-            }
-            let Some((ts, _)) = split_timestamp(reader.data()) else {
-                continue;
-            };
             match (kind, last) {
                 (ReplacedCheck::Resumed, Some(last)) if ts == last => return Ok(true),
                 (_, Some(last)) if ts <= last => {}
@@ -690,21 +748,33 @@ impl Follower {
                 (kind, _) => return Ok(kind == ReplacedCheck::Fresh),
             }
         }
+        Ok(false)
     }
 
-    /// Read `instance`, which the kubelet has replaced, to its end as its previous instance;
-    /// `Ok(true)` when that read ended, `Ok(false)` after a failure and a back-off wait.
+    /// Read `instance`, which the kubelet has replaced by the instance whose first line is at
+    /// `newer`, to its end as its previous instance; `Ok(true)` when that read ended (or found
+    /// the instance gone), `Ok(false)` after a failure and a back-off wait.
     async fn finish_replaced(
         &mut self,
         cancel: &CancellationToken,
         instance: i32,
+        newer: Timestamp,
         backoff: &mut Backoff,
     ) -> Result<bool, FollowEnd> {
         tracing::debug!(
             pod = %self.pod, container = %self.origin.container, stream = ?self.stream, instance,
             "the kubelet already serves a newer instance than the pod status names; reading this one to its end as the previous log"
         );
-        let error = match self.read(cancel, false, true, instance, true).await {
+        let error = match self
+            .read(
+                cancel,
+                false,
+                Which::Previous { newer: Some(newer) },
+                instance,
+                true,
+            )
+            .await
+        {
             ReadEnd::Cancelled => return Err(FollowEnd::Cancelled),
             ReadEnd::Deleted => return Err(FollowEnd::PodDeleted),
             ReadEnd::Unsupported => return Err(FollowEnd::SplitUnsupported),
@@ -712,14 +782,79 @@ impl Follower {
                 backoff.reset();
                 return Ok(true);
             }
+            ReadEnd::Newer => {
+                self.instance_gone(instance);
+                backoff.reset();
+                return Ok(true);
+            }
             ReadEnd::Failed { error, .. } => error,
             // Only reads of the current instance are checked for a replacement.
-            ReadEnd::Replaced => String::from("replaced twice"),
+            ReadEnd::Replaced { .. } => String::from("replaced twice"),
         };
         tracing::debug!(pod = %self.pod, container = %self.origin.container, %error, "reading the replaced instance failed; retrying");
         match self.wait_change(cancel, Some(backoff.next_delay())).await {
             Some(end) => Err(end),
             None => Ok(false),
+        }
+    }
+
+    /// The wanted `instance` is no longer served (the kubelet serves a newer one as the previous
+    /// log): what of it was not read is lost, and said so.
+    fn instance_gone(&self, instance: i32) {
+        self.metrics
+            .instances_missed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            pod = %self.pod, container = %self.origin.container, stream = ?self.stream, instance,
+            "the kubelet no longer serves this instance's log (a newer instance is served as the previous one, as in a crash loop's back-off); its unread lines are gone"
+        );
+    }
+
+    /// The timestamp of the current log's first line after the last forwarded one, which a
+    /// line of an earlier instance precedes; `None` when it has no such line yet. Refused (4xx)
+    /// answers `None` too; a failure is an error.
+    async fn first_current_line(&self) -> Result<Option<Timestamp>, String> {
+        let last = self.dedup.last_timestamp();
+        let Some(mut starts) = self
+            .one_off(false, "reading the current log's first line")
+            .await?
+        else {
+            return Ok(None);
+        };
+        while let Some(ts) = starts.next().await? {
+            if last.is_none_or(|last| ts > last) {
+                return Ok(Some(ts));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A one-off read of the previous or the current log for a check, its connection closed
+    /// after it (made while this follower's own stream holds its connection, and at start while
+    /// every follower's does, a pooled connection would linger idle); `None` when refused for
+    /// good (a 4xx other than a timeout or throttling), an error (named after `what`) otherwise.
+    async fn one_off(
+        &self,
+        previous: bool,
+        what: &'static str,
+    ) -> Result<Option<LineStarts>, String> {
+        let params = self.log_params(false, previous);
+        self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
+        match self.log_stream(&params, true).await {
+            Ok(stream) => Ok(Some(LineStarts {
+                reader: LineReader::new(Box::pin(stream), self.config.max_line_bytes),
+                metrics: self.metrics.clone(),
+                what,
+            })),
+            Err(kube::Error::Api(status))
+                if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
+            {
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!("{what}: {e}"))
+            }
         }
     }
 
@@ -820,6 +955,34 @@ impl Follower {
             partial: !last,
             ack: Some((self.progress.clone(), Cursor { ts, n, instance })),
         }))
+    }
+}
+
+/// The timestamps of the line starts of a one-off read ([`Follower::one_off`]).
+struct LineStarts {
+    reader: LineReader<std::pin::Pin<Box<dyn futures::io::AsyncBufRead + Send>>>,
+    metrics: Arc<LogsMetrics>,
+    what: &'static str,
+}
+
+impl LineStarts {
+    /// The timestamp of the next line start that has one; `None` at the end of the log.
+    async fn next(&mut self) -> Result<Option<Timestamp>, String> {
+        loop {
+            match self.reader.next_piece().await {
+                Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) => {
+                    if let Some((ts, _)) = split_timestamp(self.reader.data()) {
+                        return Ok(Some(ts));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(format!("{}: {e}", self.what));
+                }
+            }
+        }
     }
 }
 

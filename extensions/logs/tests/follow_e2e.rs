@@ -364,6 +364,83 @@ async fn an_instance_replaced_before_its_first_read_is_read_before_the_new_one()
     all_in_order_without_gap(service, &rsyslog, "q-", 20).await;
 }
 
+/// A crash-looping container: each instance exits at once and the kubelet waits out a back-off
+/// before the next start. While it waits, the real kubelet serves the last instance as both the
+/// current and the previous log (`lastState`). The follower reads an exited instance once and
+/// then waits for the next start (it does not read the same log again and again). Told of two
+/// restarts at once, it finds the instance between them out of reach: that instance is counted
+/// and reported as missed, and the last one's lines are never taken for it.
+#[tokio::test]
+async fn a_crash_loop_back_off_is_waited_out_and_an_instance_out_of_reach_is_reported() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-backoff").await;
+    let log = running_app(&client, &ns, &kubelet, "loop-0").await;
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    assert!(
+        log.wait_for_followers(1, T).await,
+        "the container is followed"
+    );
+    for i in 0..5 {
+        log.push_line(format!("c-{i}"));
+    }
+    rsyslog
+        .wait_for(T, "the first instance", |r| {
+            messages_with(r, "c-").len() >= 5
+        })
+        .await;
+
+    // Instance 0 exits and waits out a back-off: read to its end once, then nothing.
+    log.back_off();
+    set_status(&client, &ns, "loop-0", "opi", 0, State::BackOff).await;
+    let opened = || service.metrics.streams_opened.load(Ordering::Relaxed);
+    let quiet = Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + T;
+    let (mut seen, mut since) = (opened(), tokio::time::Instant::now());
+    while since.elapsed() < quiet || log.followers() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower of a container in back-off never went quiet: {} streams opened",
+            opened()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if opened() != seen {
+            (seen, since) = (opened(), tokio::time::Instant::now());
+        }
+    }
+
+    // Two more instances run and exit while the status still names instance 0; the second
+    // waits out its back-off, so the previous log is its own: instance 1 is out of reach.
+    log.restart();
+    for i in 0..5 {
+        log.push_line(format!("d-{i}"));
+    }
+    log.back_off();
+    log.restart();
+    for i in 0..5 {
+        log.push_line(format!("e-{i}"));
+    }
+    log.back_off();
+    set_status(&client, &ns, "loop-0", "opi", 2, State::BackOff).await;
+    rsyslog
+        .wait_for(T, "the last instance", |r| {
+            messages_with(r, "e-").len() >= 5
+        })
+        .await;
+    let sink = format!("syslog:{}", rsyslog.address());
+    eventually(T, "every forwarded record delivered", || {
+        service.metrics.sent(&sink) == service.metrics.records_forwarded.load(Ordering::Relaxed)
+    })
+    .await;
+    let missed = service.metrics.instances_missed.load(Ordering::Relaxed);
+    let gaps = service.metrics.log_gaps.load(Ordering::Relaxed);
+    service.stop().await;
+    let got = rsyslog.received();
+    assert_sequence(&messages_with(&got, "c-"), "c-", 5);
+    assert_sequence(&messages_with(&got, "e-"), "e-", 5);
+    assert!(messages_with(&got, "d-").is_empty(), "{got:?}");
+    assert_eq!(missed, 1, "the instance out of reach is reported");
+    assert_eq!(gaps, 0);
+}
+
 /// Waits until `prefix0 .. prefix{n-1}` reached rsyslog and everything forwarded was delivered,
 /// checks they arrived in order, once each, with no gap and no missed instance, and stops.
 async fn all_in_order_without_gap(service: Running, rsyslog: &Rsyslog, prefix: &str, n: usize) {

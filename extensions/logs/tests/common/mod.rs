@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use eirinix_logs::{LogsOptions, SinkOptions, SyslogOptions, TlsOptions};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus,
-    Pod, PodSpec, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodSpec, PodStatus,
 };
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::{
@@ -25,7 +25,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,eirinix_logs=info".into()),
+                .unwrap_or_else(|_| "warn,eirinix_logs=info,eirinix_logs::follower=debug".into()),
         )
         .with_test_writer()
         .try_init();
@@ -615,6 +615,8 @@ pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) {
 pub enum State {
     Running,
     Terminated,
+    /// Exited and waiting to be started again (`CrashLoopBackOff`, the exit as `lastState`).
+    BackOff,
 }
 
 /// Patch the status of `container` (as a kubelet would report it).
@@ -631,15 +633,24 @@ pub async fn set_status(
     let status = current.status.get_or_insert_with(PodStatus::default);
     let statuses = status.container_statuses.get_or_insert_with(Vec::new);
     statuses.retain(|s| s.name != container);
+    let terminated = ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: 0,
+            ..ContainerStateTerminated::default()
+        }),
+        ..ContainerState::default()
+    };
+    let last_state = matches!(state, State::BackOff).then(|| terminated.clone());
     let state = match state {
         State::Running => ContainerState {
             running: Some(ContainerStateRunning::default()),
             ..ContainerState::default()
         },
-        State::Terminated => ContainerState {
-            terminated: Some(ContainerStateTerminated {
-                exit_code: 0,
-                ..ContainerStateTerminated::default()
+        State::Terminated => terminated,
+        State::BackOff => ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+                ..ContainerStateWaiting::default()
             }),
             ..ContainerState::default()
         },
@@ -651,6 +662,7 @@ pub async fn set_status(
         ready: state.running.is_some(),
         restart_count: restarts,
         state: Some(state),
+        last_state,
         ..ContainerStatus::default()
     });
     status.phase = Some("Running".into());
