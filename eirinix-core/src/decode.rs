@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::extension::Request;
+use crate::object::ObjectOnly;
 
 /// The only AdmissionReview version served.
 #[cfg_attr(feature = "internals", visibility::make(pub))]
@@ -213,38 +214,15 @@ pub(crate) fn decode_view<V: DeserializeOwned>(
     body: &[u8],
 ) -> Result<(Request, Result<V, String>), ReviewError> {
     // A view is not a Pod: the request carries no old object.
-    if let Some((request, ObjectView(view))) = decode_fast::<ObjectView<V>>(body, |_| None) {
+    if let Some((request, ObjectOnly(view))) = decode_fast::<ObjectOnly<V>>(body, |_| None) {
         return Ok((request, Ok(view)));
     }
-    let (request, view) = decode_precise::<ObjectView<V>>(body, |_| None)?;
+    let (request, view) = decode_precise::<ObjectOnly<V>>(body, |_| None)?;
     Ok((
         request,
-        view.map(|ObjectView(view)| view)
+        view.map(|ObjectOnly(view)| view)
             .or_else(|reason| view_of_pod(body).ok_or(reason)),
     ))
-}
-
-/// A view read only from a JSON object, as a Pod is: serde's derive also reads a struct from an
-/// array (its fields by position), which would make a view of what is no Pod.
-struct ObjectView<V>(V);
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for ObjectView<V> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Only<V>(std::marker::PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Only<V> {
-            type Value = ObjectView<V>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a Pod (a JSON object)")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
-                V::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectView)
-            }
-        }
-        d.deserialize_map(Only(std::marker::PhantomData))
-    }
 }
 
 /// The view as read from the review's Pod re-encoded, for a pod the view cannot read but the

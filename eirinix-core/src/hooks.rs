@@ -367,7 +367,7 @@ mod tests {
         // serde's derive reads a struct from an array too; a view is read only from an object.
         let r = answer("CREATE", json!([{"containers": [{"name": "app"}]}])).await;
         let message = r["status"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains("expected a Pod (a JSON object)"), "{r}");
+        assert!(message.contains("expected a JSON object"), "{r}");
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod names;
+mod object;
 pub mod options;
 pub mod patch;
 mod publish;
@@ -39,6 +40,7 @@ pub use extension::{
 };
 pub use hooks::ResourceRule;
 pub use manager::{Install, Manager, ManagerBuilder, NotReady, RunningManager};
+pub use object::ObjectOnly;
 pub use options::{FailurePolicy, Operation, ReinvocationPolicy, Settings, SideEffects};
 pub use patch::{ContainerRef, PodPatch};
 pub use publish::Published;

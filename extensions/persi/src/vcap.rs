@@ -355,6 +355,7 @@ mod fast {
     use std::borrow::Cow;
     use std::collections::BTreeMap;
 
+    use eirinix_core::ObjectOnly;
     use serde::Deserialize;
 
     use super::{BindingProblem, BindingRef, Labels, VcapError, VolumeRequest, normalize_dir};
@@ -368,9 +369,9 @@ mod fast {
         #[serde(borrow, default)]
         instance_name: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
-        credentials: Option<Obj<VolumeId<'a>>>,
+        credentials: Option<ObjectOnly<VolumeId<'a>>>,
         #[serde(borrow, default)]
-        volume_mounts: Option<Vec<Obj<Mount<'a>>>>,
+        volume_mounts: Option<Vec<ObjectOnly<Mount<'a>>>>,
     }
 
     #[derive(Deserialize)]
@@ -386,34 +387,11 @@ mod fast {
         #[serde(borrow, default)]
         mode: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
-        device: Option<Obj<VolumeId<'a>>>,
-    }
-
-    /// A `T` read only from a JSON object: serde's derived structs also take an array (their
-    /// fields by position), which the `Value` reading refuses.
-    struct Obj<T>(T);
-
-    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Only<T>(std::marker::PhantomData<T>);
-            impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
-                type Value = Obj<T>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    map: A,
-                ) -> Result<Obj<T>, A::Error> {
-                    T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
-                }
-            }
-            d.deserialize_map(Only(std::marker::PhantomData))
-        }
+        device: Option<ObjectOnly<VolumeId<'a>>>,
     }
 
     /// Labels to their bindings (null: none); a label given twice keeps its last list.
-    type Services<'a> = BTreeMap<String, Option<Vec<Obj<Binding<'a>>>>>;
+    type Services<'a> = BTreeMap<String, Option<Vec<ObjectOnly<Binding<'a>>>>>;
 
     pub(super) fn volume_requests(
         container: &str,
@@ -427,7 +405,7 @@ mod fast {
             if !labels.accepts(label) {
                 continue;
             }
-            for (index, Obj(binding)) in bindings.iter().flatten().enumerate() {
+            for (index, ObjectOnly(binding)) in bindings.iter().flatten().enumerate() {
                 let binding_ref = BindingRef {
                     label: label.clone(),
                     index,
@@ -450,7 +428,7 @@ mod fast {
                     .iter()
                     .flatten()
                     .enumerate()
-                    .map(|(index, Obj(mount))| request(binding, mount, index, &binding_ref))
+                    .map(|(index, ObjectOnly(mount))| request(binding, mount, index, &binding_ref))
                     .collect();
                 let requests = match requests {
                     Ok(requests) => requests,
