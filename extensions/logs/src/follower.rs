@@ -839,6 +839,10 @@ impl Follower {
         what: &'static str,
     ) -> Result<Option<LineStarts>, String> {
         let params = self.log_params(false, previous);
+        tracing::debug!(
+            pod = %self.pod, container = %self.origin.container, stream = ?self.stream, previous,
+            since = ?params.since_time, "{what}"
+        );
         self.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         match self.log_stream(&params, true).await {
             Ok(stream) => Ok(Some(LineStarts {

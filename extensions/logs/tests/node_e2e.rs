@@ -235,10 +235,15 @@ async fn a_crash_looping_app_that_exits_at_once_has_every_run_read_once() {
     // second: it may serve run 2's log as the current one before the pod status counts the
     // restart) and then after its 10 s back-off (run 3).
     let got = rsyslog
-        .wait_for(T, "three runs", |r| {
-            !messages_with(r, &format!("run-{runs}-err-2")).is_empty()
-                && !messages_with(r, &format!("run-{runs}-out-2")).is_empty()
-        })
+        .wait_for_with(
+            T,
+            "three runs",
+            |r| {
+                !messages_with(r, &format!("run-{runs}-err-2")).is_empty()
+                    && !messages_with(r, &format!("run-{runs}-out-2")).is_empty()
+            },
+            || service.counters(),
+        )
         .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let status = pods.get_status(&pod).await.unwrap().status.unwrap();

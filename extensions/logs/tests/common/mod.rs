@@ -453,6 +453,18 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
         what: &str,
         done: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
+        self.wait_for_with(timeout, what, done, String::new).await
+    }
+
+    /// Like [`Rsyslog::wait_for`]; a timeout's message also carries `context()` (for one, the
+    /// service's counters, [`Running::counters`]).
+    pub async fn wait_for_with(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+        context: impl Fn() -> String,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
         loop {
             let r = self.received();
@@ -463,9 +475,10 @@ ruleset(name="r" queue.type="Direct") {{ action(type="omfile" file="{d}/out.log"
                 // Up to 100 messages: their texts, in order, say which lines are missing.
                 let texts: Vec<String> = r.iter().take(100).map(Received::text).collect();
                 panic!(
-                    "timed out after {timeout:?} waiting for {what}; rsyslog received {} messages; last: {:?}; the first 100 texts: {texts:?}",
+                    "timed out after {timeout:?} waiting for {what}; rsyslog received {} messages; last: {:?}; the first 100 texts: {texts:?}{}",
                     r.len(),
-                    r.last()
+                    r.last(),
+                    context()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -702,6 +715,22 @@ pub struct Running {
 }
 
 impl Running {
+    /// The follower's counters, for a failure message.
+    pub fn counters(&self) -> String {
+        let m = &self.metrics;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "; counters: lines read {}, forwarded {}, duplicates skipped {}, streams opened {}, stream errors {}, instances missed {}, gaps {}",
+            get(&m.lines_read),
+            get(&m.records_forwarded),
+            get(&m.duplicates_skipped),
+            get(&m.streams_opened),
+            get(&m.stream_errors),
+            get(&m.instances_missed),
+            get(&m.log_gaps)
+        )
+    }
+
     /// Graceful stop: drain, final checkpoint, lease released.
     pub async fn stop(self) {
         self.cancel.cancel();
