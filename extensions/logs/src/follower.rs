@@ -192,7 +192,7 @@ impl Default for FollowerConfig {
 }
 
 enum ReadEnd {
-    /// The response ended; `lines` pieces were read.
+    /// The response ended; `lines` new records (pieces not read before) were forwarded.
     Ended {
         lines: u64,
     },
@@ -518,7 +518,9 @@ impl Follower {
                 }
                 continue;
             }
-            // Still running (or its status lags): the stream broke; resume.
+            // Still running (or its status lags): the stream broke; resume at once when it
+            // brought something new, else after a back-off (an exited instance whose status
+            // still says running gives only lines already forwarded).
             if lines > 0 {
                 backoff.reset();
             } else if let Some(end) = self.wait_change(cancel, Some(backoff.next_delay())).await {
@@ -671,14 +673,12 @@ impl Follower {
             let (record, end) = match piece {
                 Ok(None) => return ReadEnd::Ended { lines },
                 Ok(Some(Piece::Data { first, last })) => {
-                    lines += 1;
                     let data = Bytes::copy_from_slice(reader.data());
                     (self.emit(&data, first, last, instance), None)
                 }
                 Ok(Some(Piece::Incomplete { first })) => {
                     // Cut inside a line: when following, the line is read again on resume.
                     let record = if final_read {
-                        lines += 1;
                         let data = Bytes::copy_from_slice(reader.data());
                         self.emit(&data, first, true, instance)
                     } else {
@@ -695,6 +695,7 @@ impl Follower {
                 }
             };
             if let Some(record) = record {
+                lines += 1;
                 let waited = Instant::now();
                 for (i, out) in outputs.iter().enumerate() {
                     tokio::select! {

@@ -391,21 +391,7 @@ async fn a_crash_loop_back_off_is_waited_out_and_an_instance_out_of_reach_is_rep
     // Instance 0 exits and waits out a back-off: read to its end once, then nothing.
     log.back_off();
     set_status(&client, &ns, "loop-0", "opi", 0, State::BackOff).await;
-    let opened = || service.metrics.streams_opened.load(Ordering::Relaxed);
-    let quiet = Duration::from_millis(500);
-    let deadline = tokio::time::Instant::now() + T;
-    let (mut seen, mut since) = (opened(), tokio::time::Instant::now());
-    while since.elapsed() < quiet || log.followers() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the follower of a container in back-off never went quiet: {} streams opened",
-            opened()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if opened() != seen {
-            (seen, since) = (opened(), tokio::time::Instant::now());
-        }
-    }
+    until_quiet(&service, &log, "a container in back-off").await;
 
     // Two more instances run and exit while the status still names instance 0; the second
     // waits out its back-off, so the previous log is its own: instance 1 is out of reach.
@@ -439,6 +425,49 @@ async fn a_crash_loop_back_off_is_waited_out_and_an_instance_out_of_reach_is_rep
     assert!(messages_with(&got, "d-").is_empty(), "{got:?}");
     assert_eq!(missed, 1, "the instance out of reach is reported");
     assert_eq!(gaps, 0);
+}
+
+/// An instance that exited while its status still says running (the kubelet reports the exit a
+/// second or more later): every read of its log ends at once with lines already forwarded. The
+/// follower reads it again after a growing back-off, not in a tight loop, and takes the exit
+/// once the status reports it.
+#[tokio::test]
+async fn an_exit_the_status_has_not_reported_yet_is_read_again_after_a_back_off() {
+    let (client, ns, kubelet, rsyslog) = setup("logs-lag").await;
+    let log = running_app(&client, &ns, &kubelet, "lag-0").await;
+    let service = start_service(&client, &ns, options(&rsyslog.address(), None));
+    assert!(log.wait_for_followers(1, T).await);
+    for i in 0..5 {
+        log.push_line(format!("g-{i}"));
+    }
+    rsyslog
+        .wait_for(T, "the lines", |r| messages_with(r, "g-").len() >= 5)
+        .await;
+    log.finish();
+    // A tight loop never pauses for 500 ms; a back-off grows past it.
+    until_quiet(&service, &log, "an exited instance reported running").await;
+    set_status(&client, &ns, "lag-0", "opi", 0, State::Terminated).await;
+    all_in_order_without_gap(service, &rsyslog, "g-", 5).await;
+}
+
+/// Waits until the follower has opened no stream for 500 ms and follows nothing (it waits for
+/// the status to change); panics, naming `what`, if that never happens (it reads in a loop).
+async fn until_quiet(service: &Running, log: &eirinix_testenv::ContainerLog, what: &str) {
+    let opened = || service.metrics.streams_opened.load(Ordering::Relaxed);
+    let quiet = Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + T;
+    let (mut seen, mut since) = (opened(), tokio::time::Instant::now());
+    while since.elapsed() < quiet || log.followers() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower of {what} never went quiet: {} streams opened",
+            opened()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if opened() != seen {
+            (seen, since) = (opened(), tokio::time::Instant::now());
+        }
+    }
 }
 
 /// Waits until `prefix0 .. prefix{n-1}` reached rsyslog and everything forwarded was delivered,
