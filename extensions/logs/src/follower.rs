@@ -638,14 +638,16 @@ impl Follower {
                 }
                 p = reader.next_piece() => p,
             };
+            let start = match &piece {
+                Ok(Some(piece)) => line_start(*piece, reader.data()),
+                _ => None,
+            };
             // The log served as the current instance's may already be a newer instance's: a
             // resumed read that does not repeat the last forwarded line (or the node lost part
             // of the log), or a first read while the previous log still has unread lines. The
             // previous instance's log tells which, before anything is forwarded.
             if let Some(kind) = check
-                && let Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) =
-                    piece
-                && let Some((ts, _)) = split_timestamp(reader.data())
+                && let Some(ts) = start
                 && (kind == ReplacedCheck::Fresh || self.dedup.would_gap(ts))
             {
                 check = None;
@@ -664,9 +666,7 @@ impl Follower {
             // A read of the previous log that reaches a newer instance's first line is that
             // instance's log: nothing of it is forwarded as the wanted one's.
             if let Some(newer) = newer
-                && let Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) =
-                    piece
-                && split_timestamp(reader.data()).is_some_and(|(ts, _)| ts >= newer)
+                && start.is_some_and(|ts| ts >= newer)
             {
                 return ReadEnd::Newer;
             }
@@ -975,12 +975,11 @@ impl LineStarts {
     async fn next(&mut self) -> Result<Option<Timestamp>, String> {
         loop {
             match self.reader.next_piece().await {
-                Ok(Some(Piece::Data { first: true, .. } | Piece::Incomplete { first: true })) => {
-                    if let Some((ts, _)) = split_timestamp(self.reader.data()) {
+                Ok(Some(piece)) => {
+                    if let Some(ts) = line_start(piece, self.reader.data()) {
                         return Ok(Some(ts));
                     }
                 }
-                Ok(Some(_)) => {}
                 Ok(None) => return Ok(None),
                 Err(e) => {
                     self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
@@ -988,6 +987,16 @@ impl LineStarts {
                 }
             }
         }
+    }
+}
+
+/// The timestamp of `piece` (its bytes `data`) when it starts a line that carries one.
+fn line_start(piece: Piece, data: &[u8]) -> Option<Timestamp> {
+    match piece {
+        Piece::Data { first: true, .. } | Piece::Incomplete { first: true } => {
+            split_timestamp(data).map(|(ts, _)| ts)
+        }
+        _ => None,
     }
 }
 
