@@ -193,10 +193,11 @@ impl<'de> Visitor<'de> for EntryVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut entry = VcapEntry::default();
         let mut value = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
-                "name" => entry.found = map.next_value::<Cow<'de, str>>()? == vcap::VCAP_SERVICES,
-                "value" => value = map.next_value::<Option<Cow<'de, str>>>()?,
+        // Borrowed: simd-json lends every string (serde's `Cow<str>` would copy each one).
+        while let Some(key) = map.next_key::<&'de str>()? {
+            match key {
+                "name" => entry.found = map.next_value::<&'de str>()? == vcap::VCAP_SERVICES,
+                "value" => value = map.next_value::<Option<&'de str>>()?.map(Cow::Borrowed),
                 "valueFrom" => {
                     map.next_value::<IgnoredAny>()?;
                     entry.from_reference = true;

@@ -1,12 +1,14 @@
 //! The persi webhook: mount the PVCs that `VCAP_SERVICES` volume bindings name.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use eirinix_core::{
     Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, Request, ViewExtension,
     WebhookOverrides, async_trait,
 };
-use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+use json_patch::jsonptr::{Pointer, PointerBuf};
+use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::admissionregistration::v1::MatchCondition;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
 use kube::Api;
@@ -350,20 +352,26 @@ pub fn build_patch(
         return Ok(json_patch::Patch(Vec::new()));
     };
     let existing = spec.volumes.as_deref().unwrap_or(&[]);
-    let mut claim_volume: HashMap<String, String> = existing
+    // Small maps keyed by what the view and the requests already hold (no copies, no hashing):
+    // a pod has a handful of volumes and mounts (issue 20).
+    let mut claim_volume: BTreeMap<&str, Cow<'_, str>> = existing
         .iter()
         .filter_map(|v| {
             v.persistent_volume_claim
                 .as_ref()
-                .map(|pvc| (pvc.claim_name.clone(), v.name.clone()))
+                .map(|pvc| (pvc.claim_name.as_str(), Cow::Borrowed(v.name.as_str())))
         })
         .collect();
     // Names a new volume must not take: the pod's volumes, and volumes its containers mount
     // even if the pod does not define them (a new volume would silently back those mounts).
-    let mut used: HashSet<String> = existing.iter().map(|v| v.name.clone()).collect();
-    used.extend(mounted_volume_names(spec));
+    let mut used: BTreeSet<Cow<'_, str>> = existing
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(mounted_volume_names(spec))
+        .map(Cow::Borrowed)
+        .collect();
     // (volume name, claim) of each new volume; (container index, mount as JSON) of each mount.
-    let mut new_volumes: Vec<(String, String)> = Vec::new();
+    let mut new_volumes: Vec<(String, &str)> = Vec::new();
     let mut new_mounts: Vec<(usize, Value)> = Vec::new();
     let mut errors = Vec::new();
 
@@ -371,22 +379,16 @@ pub fn build_patch(
         let Some(container) = spec.containers.get(c.index) else {
             continue;
         };
-        let mut mounted: HashMap<String, String> = container
+        let mut mounted: BTreeMap<&str, Cow<'_, str>> = container
             .volume_mounts
             .as_deref()
             .unwrap_or(&[])
             .iter()
-            .map(|m| (normalized(&m.mount_path), m.name.clone()))
+            .map(|m| (normalized(&m.mount_path), Cow::Borrowed(m.name.as_str())))
             .collect();
         for req in &c.requests {
-            let known = claim_volume.get(&req.claim).cloned();
-            let volume = known.clone().unwrap_or_else(|| {
-                (0u32..)
-                    .map(|salt| names::volume_name(&req.claim, salt))
-                    .find(|n| !used.contains(n))
-                    .unwrap_or_default()
-            });
-            match mounted.get(&req.container_dir) {
+            let known = claim_volume.get(req.claim.as_str()).cloned();
+            match mounted.get(req.container_dir.as_str()) {
                 // Already mounted from a volume of the claim (a mount of the name alone, with
                 // no such volume in the pod, does not count).
                 Some(v) if known.as_ref() == Some(v) => continue,
@@ -395,22 +397,30 @@ pub fn build_patch(
                         container: c.name.clone(),
                         binding: Box::new(req.binding.clone()),
                         dir: req.container_dir.clone(),
-                        volume: v.clone(),
+                        volume: v.to_string(),
                     });
                     continue;
                 }
                 None => {}
             }
-            if known.is_none() {
-                used.insert(volume.clone());
-                claim_volume.insert(req.claim.clone(), volume.clone());
-                new_volumes.push((volume.clone(), req.claim.clone()));
-            }
-            mounted.insert(req.container_dir.clone(), volume.clone());
+            let volume = match known {
+                Some(volume) => volume,
+                None => {
+                    let volume = (0u32..)
+                        .map(|salt| names::volume_name(&req.claim, salt))
+                        .find(|n| !used.contains(n.as_str()))
+                        .unwrap_or_default();
+                    used.insert(Cow::Owned(volume.clone()));
+                    claim_volume.insert(&req.claim, Cow::Owned(volume.clone()));
+                    new_volumes.push((volume.clone(), &req.claim));
+                    Cow::Owned(volume)
+                }
+            };
             let mut mount = json!({ "name": volume, "mountPath": req.container_dir });
             if req.read_only {
                 mount["readOnly"] = Value::Bool(true);
             }
+            mounted.insert(&req.container_dir, volume);
             new_mounts.push((c.index, mount));
         }
     }
@@ -419,60 +429,67 @@ pub fn build_patch(
         return Ok(json_patch::Patch(Vec::new()));
     }
 
-    let mut ops = Vec::new();
+    let mut ops = Vec::with_capacity(new_volumes.len() + new_mounts.len() + 3);
     let mut volumes = spec.volumes.is_some();
     for (name, claim) in new_volumes {
         let volume = json!({ "name": name, "persistentVolumeClaim": { "claimName": claim } });
-        append(&mut ops, &["spec", "volumes"], &mut volumes, volume);
+        append(&mut ops, "/spec/volumes".to_owned(), &mut volumes, volume);
     }
-    let mut mounts: HashMap<usize, bool> = HashMap::new();
+    let mut mounts: BTreeMap<usize, bool> = BTreeMap::new();
     for (index, mount) in new_mounts {
         let exists = mounts.entry(index).or_insert_with(|| {
             spec.containers
                 .get(index)
                 .is_some_and(|c| c.volume_mounts.is_some())
         });
-        let i = index.to_string();
-        append(
-            &mut ops,
-            &["spec", "containers", &i, "volumeMounts"],
-            exists,
-            mount,
-        );
+        let path = format!("/spec/containers/{index}/volumeMounts");
+        append(&mut ops, path, exists, mount);
     }
     ops.extend(fs_group_ops(spec, containers, options));
     // The marker, as `PodPatch::mark` writes it.
     let marker = eirinix_core::patch::marker_key(NAME);
     ops.push(if pod.metadata.annotations.is_some() {
-        add(&["metadata", "annotations", &marker], json!("injected"))
+        add(
+            PointerBuf::from_tokens(["metadata", "annotations", &marker]),
+            json!("injected"),
+        )
     } else {
-        add(&["metadata", "annotations"], json!({ marker: "injected" }))
+        add(
+            PointerBuf::from_tokens(["metadata", "annotations"]),
+            json!({ marker: "injected" }),
+        )
     });
     Ok(json_patch::Patch(ops))
 }
 
-/// An add operation of `value` at the path of `tokens`.
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(tokens.iter().copied()),
-        value,
-    })
+/// An add operation of `value` at `path`.
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
 }
 
-/// Append `value` to the list at `tokens`, creating the list when `exists` is false (and
-/// noting that it then exists).
-fn append(ops: &mut Vec<PatchOperation>, tokens: &[&str], exists: &mut bool, value: Value) {
+/// A pointer to `path`, one of persi's own paths (plain tokens, valid as written; were one
+/// not, its tokens are escaped instead). Parsed rather than built token by token (issue 20).
+fn own_path(path: &str) -> PointerBuf {
+    Pointer::parse(path).map_or_else(
+        |_| PointerBuf::from_tokens(path.split('/').skip(1)),
+        Pointer::to_buf,
+    )
+}
+
+/// Append `value` to the list at `path` (one of persi's own paths), creating the list when
+/// `exists` is false (and noting that it then exists).
+fn append(ops: &mut Vec<PatchOperation>, mut path: String, exists: &mut bool, value: Value) {
     if *exists {
-        let path = PointerBuf::from_tokens(tokens.iter().copied().chain(["-"]));
-        ops.push(PatchOperation::Add(AddOperation { path, value }));
+        path.push_str("/-");
+        ops.push(add(own_path(&path), value));
     } else {
         *exists = true;
-        ops.push(add(tokens, Value::Array(vec![value])));
+        ops.push(add(own_path(&path), Value::Array(vec![value])));
     }
 }
 
 /// Every volume name mounted by a container of any kind (app, init, ephemeral).
-fn mounted_volume_names(spec: &Spec) -> impl Iterator<Item = String> + '_ {
+fn mounted_volume_names(spec: &Spec) -> impl Iterator<Item = &str> + '_ {
     let init = spec.init_containers.iter().flatten();
     let ephemeral = spec.ephemeral_containers.iter().flatten();
     spec.containers
@@ -480,12 +497,13 @@ fn mounted_volume_names(spec: &Spec) -> impl Iterator<Item = String> + '_ {
         .chain(init)
         .chain(ephemeral)
         .flat_map(|c| c.volume_mounts.iter().flatten())
-        .map(|m| m.name.clone())
+        .map(|m| m.name.as_str())
 }
 
-fn normalized(path: &str) -> String {
+/// A mount path without its trailing slashes (`/` stays `/`).
+fn normalized(path: &str) -> &str {
     let t = path.trim_end_matches('/');
-    if t.is_empty() { "/".into() } else { t.into() }
+    if t.is_empty() { "/" } else { t }
 }
 
 /// The operations giving the pod an `fsGroup`, unless it has one (or fs groups are off).
@@ -502,7 +520,7 @@ fn fs_group_ops(
         return Vec::new();
     }
     // Prefer the group the app already runs as: the pod's, else the one all mounting containers share.
-    let container_groups: HashSet<Option<i64>> = containers
+    let container_groups: BTreeSet<Option<i64>> = containers
         .iter()
         .filter_map(|c| spec.containers.get(c.index))
         .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_group))
@@ -525,13 +543,13 @@ fn fs_group_ops(
             if let Some(policy) = policy {
                 value["fsGroupChangePolicy"] = Value::String(policy.clone());
             }
-            vec![add(&["spec", "securityContext"], value)]
+            vec![add(own_path("/spec/securityContext"), value)]
         }
         Some(_) => {
-            let mut ops = vec![add(&["spec", "securityContext", "fsGroup"], json!(group))];
+            let mut ops = vec![add(own_path("/spec/securityContext/fsGroup"), json!(group))];
             if let Some(policy) = policy {
                 ops.push(add(
-                    &["spec", "securityContext", "fsGroupChangePolicy"],
+                    own_path("/spec/securityContext/fsGroupChangePolicy"),
                     Value::String(policy.clone()),
                 ));
             }
@@ -628,5 +646,32 @@ impl ViewExtension for Persi {
     fn pod_name<'v>(&self, pod: &'v PersiPod) -> Option<&'v str> {
         let meta = &pod.metadata;
         meta.name.as_deref().or(meta.generate_name.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persis_own_paths_are_the_pointers_their_tokens_make() {
+        for (path, tokens) in [
+            ("/spec/volumes/-", &["spec", "volumes", "-"][..]),
+            (
+                "/spec/containers/12/volumeMounts",
+                &["spec", "containers", "12", "volumeMounts"],
+            ),
+            (
+                "/spec/securityContext/fsGroupChangePolicy",
+                &["spec", "securityContext", "fsGroupChangePolicy"],
+            ),
+        ] {
+            assert_eq!(
+                own_path(path),
+                PointerBuf::from_tokens(tokens.iter().copied())
+            );
+        }
+        // A path that is not a valid pointer as written is escaped token by token.
+        assert_eq!(own_path("/a/b~c").as_str(), "/a/b~0c");
     }
 }

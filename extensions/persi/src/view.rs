@@ -210,8 +210,8 @@ impl<'de> Visitor<'de> for AnnotationsVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
         let marker = eirinix_core::patch::marker_key(NAME);
         let mut marked = false;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            map.next_value::<Cow<'de, str>>()?;
+        while let Some(Text(key)) = map.next_key()? {
+            map.next_value::<Text<'de>>()?;
             marked |= key == marker;
         }
         Ok(Annotations { marked })
@@ -277,10 +277,10 @@ impl<'de> Visitor<'de> for EntryVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
-        let mut name: Option<Cow<'de, str>> = None;
-        let mut value: Option<Cow<'de, str>> = None;
+        let mut name: Option<Text<'de>> = None;
+        let mut value: Option<Text<'de>> = None;
         let mut value_from: Option<Box<EnvVarSource>> = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Text(key)) = map.next_key()? {
             match &*key {
                 "name" => name = Some(map.next_value()?),
                 // Borrowed where the parser allows: copied only if the entry is kept.
@@ -291,14 +291,47 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 }
             }
         }
-        let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        let Text(name) = name.ok_or_else(|| de::Error::missing_field("name"))?;
         Ok(Entry((name == VCAP_SERVICES).then(|| {
             Box::new(EnvVar {
                 name: VCAP_SERVICES.to_owned(),
-                value: value.map(Cow::into_owned),
+                value: value.map(|Text(v)| v.into_owned()),
                 value_from: value_from.map(|source| *source),
             })
         })))
+    }
+}
+
+/// A JSON string borrowed from the input when the parser can lend it (no escapes), else
+/// copied. serde's own `Cow<str>` always copies: that was a heap string for every key, name and
+/// value of every env entry (issue 20).
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Owned(s)))
     }
 }
 
@@ -320,6 +353,12 @@ mod tests {
                 {"name": "OTHER", "value": "7", "valueFrom": {"fieldRef": {"fieldPath": "x"}}, "extra": [1]},
                 {"value": "last", "name": "VCAP_SERVICES"}
             ]}, {"name": "side", "env": null}]}});
+        // Escaped keys and values (which the parser cannot lend) are read as well.
+        let escaped = r#"{"spec": {"containers": [{"name": "a", "env": [
+            {"na\u006de": "VCAP_SERVICES", "value": "\"quoted\""}, {"name": "X", "v\u0061lue": "y"}]}]}}"#;
+        let v: PersiPod = serde_json::from_str(escaped).unwrap();
+        let kept = v.spec.unwrap().containers[0].vcap.0.clone().unwrap();
+        assert_eq!(kept.value.as_deref(), Some("\"quoted\""));
         let v = view(pod).unwrap();
         assert_eq!(v.metadata.annotations, Some(Annotations { marked: true }));
         let spec = v.spec.unwrap();
