@@ -11,11 +11,16 @@
 #
 # Names are symbol names of the dist build (hashes included): functions whose names change
 # (new dependency versions, renamed code) simply lose their place until this is run again.
+# The hashes also depend on the features each crate is built with, so the `eirinix` binary is
+# built alone, exactly as the Dockerfile and scripts/build-image.sh build it: built in one cargo
+# invocation with eirinix-bench, eirinix-core gets the bench's `internals` feature and a third
+# of the names differ (BENCHMARKS.md §20). The benchmark is built in a second invocation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 if [[ -z "${DIST_DIR:-}" ]]; then
-  cargo build --profile dist -p eirinix-cli -p eirinix-bench
+  cargo build --locked --profile dist -p eirinix-cli --bin eirinix
+  cargo build --locked --profile dist -p eirinix-bench
   DIST_DIR=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/dist
 fi
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
