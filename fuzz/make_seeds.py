@@ -317,7 +317,7 @@ def write(target, name, data):
 
 
 def main():
-    for target in ["admission_decode", "persi_handler", "rootfs_webhook", "ssh_injector", "logs_format"]:
+    for target in ["admission_decode", "json_scan", "persi_handler", "rootfs_webhook", "ssh_injector", "logs_format"]:
         shutil.rmtree(os.path.join(CORPUS, target), ignore_errors=True)
     for name, pod in pods():
         for target in ["persi_handler", "rootfs_webhook", "ssh_injector"]:
@@ -337,6 +337,14 @@ def main():
     write("admission_decode", "deep", b"[" * 300 + b"]" * 300)
     for name, data in logs():
         write("logs_format", name, data)
+    # The scanner: the reviews, and JSON with every escape, number form and nesting.
+    for name, r in reviews()[:6]:
+        write("json_scan", name, r)
+    write("json_scan", "escapes", '{"name":"q\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00","labels":{"k\\"":"v"}}'.encode())
+    write("json_scan", "numbers", b'{"count":-12,"items":[0,1.5,-0,1e9,18446744073709551615,-9223372036854775808,2E-3],"flag":true}')
+    write("json_scan", "deep", b'{"items":' + b"[" * 120 + b"]" * 120 + b"}")
+    # Found by json_scan: a struct read from a list asks past its end once per defaulted field.
+    write("json_scan", "regression-past-the-end-of-a-list", b"[]]]]]")
 
 
 if __name__ == "__main__":

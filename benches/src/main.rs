@@ -73,7 +73,7 @@ enum Cmd {
         args: peers::Args,
     },
     /// Server CPU per review on the pinned server, one step of the persi route added per rung:
-    /// the fixed answer, simd-json's tape, the whole decode, persi's mutate, the real route.
+    /// the fixed answer, the decode's scan, the whole decode, persi's mutate, the real route.
     Ladder {
         #[command(flatten)]
         args: peers::Pinning,

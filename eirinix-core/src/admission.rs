@@ -13,7 +13,7 @@ use serde::Serialize;
 use tracing::Instrument as _;
 
 #[cfg(feature = "internals")]
-pub use crate::decode::tape_only;
+pub use crate::decode::scan_only;
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) use crate::decode::{API_VERSION, DecodedReview, ReviewError, decode};
 use crate::extension::{Context, Extension, Mutation, Verdict};

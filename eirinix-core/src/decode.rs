@@ -1,9 +1,9 @@
 //! Decoding an AdmissionReview v1: the envelope, then the object as the handler's kind.
 //!
-//! Pods take a single-pass fast path; anything that fails it, and every other kind, goes
-//! through the two-stage decode (the envelope first, a failure is an HTTP 400; then the object,
-//! a failure is a denial carrying the request uid and the reason; an object that does not decode
-//! is never passed on empty).
+//! Pods take a single-pass fast path, read by the scanner (`crate::scan`); anything that fails
+//! it, and every other kind, goes through the two-stage decode (the envelope first, a failure is
+//! an HTTP 400; then the object, a failure is a denial carrying the request uid and the reason;
+//! an object that does not decode is never passed on empty).
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::core::v1::Pod;
@@ -133,26 +133,11 @@ struct FastReview<X> {
     request: RequestIn<X>,
 }
 
-/// Bodies larger than this are decoded by serde_json straight from the body: simd-json's copy of
-/// the input, its tape and its string buffer cost about five bytes per body byte on top of the
-/// Pod, which matters for the rare huge pod (memory per review) and not for the typical one.
-const STREAMING_DECODE_ABOVE: usize = 128 * 1024;
-
-/// Run `f` on simd-json's deserializer of a copy of `body` (simd-json parses in place; the copy
-/// is a memcpy, cheap next to the parse); `None`: not JSON, or `f` gave up.
-fn with_tape<T>(
-    body: &[u8],
-    f: impl for<'de> FnOnce(&mut simd_json::Deserializer<'de>) -> Option<T>,
-) -> Option<T> {
-    let mut copy = body.to_vec();
-    f(&mut simd_json::Deserializer::from_slice(&mut copy).ok()?)
-}
-
-/// Whether `body` is JSON, checked as the fast decode does it (simd-json's index and tape) and
-/// nothing typed: the first step of [`decode`] for bodies up to 128 KiB, for benchmarks.
+/// Whether `body` is JSON, checked as the fast decode checks it (the scanner, every value
+/// skipped) and nothing typed: the first step of [`decode`], for benchmarks.
 #[cfg(feature = "internals")]
-pub fn tape_only(body: &[u8]) -> bool {
-    with_tape(body, |_| Some(())).is_some()
+pub fn scan_only(body: &[u8]) -> bool {
+    crate::scan::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// The single-pass decode of a v1 review of a Pod with a uid and an object, the object as `X`
@@ -162,12 +147,7 @@ fn decode_fast<X>(body: &[u8], old: impl FnOnce(Option<X>) -> Option<Pod>) -> Op
 where
     Option<X>: for<'de> Deserialize<'de>,
 {
-    let review: FastReview<X> = if body.len() > STREAMING_DECODE_ABOVE {
-        // One UTF-8 check of the whole body is much cheaper than serde_json's check per string.
-        serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?
-    } else {
-        with_tape(body, |de| FastReview::deserialize(de).ok())?
-    };
+    let review: FastReview<X> = crate::scan::from_slice(body).ok()?;
     let req = review.request;
     let acceptable = review.api_version == API_VERSION
         && review.kind == "AdmissionReview"
@@ -333,4 +313,90 @@ pub(crate) fn decode_as<K: Resource<DynamicType = ()> + DeserializeOwned>(
         }
     };
     Ok((request, usable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A review as the apiserver sends it for an Eirini app pod: every part the fast path
+    /// must read (quantities, int-or-string ports, times, managed fields, escapes, an old
+    /// object, options).
+    fn review() -> Vec<u8> {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "app-0", "generateName": "app-", "namespace": "eirini",
+                "creationTimestamp": "2026-12-06T06:00:00Z",
+                "labels": {"cloudfoundry.org/source_type": "APP", "guid": "3f1a"},
+                "annotations": {"last": "{\"a\":\"<b> & \\u2028\"}", "é": "ünï 😀"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "name": "app", "uid": "u-1", "controller": true, "blockOwnerDeletion": true}],
+                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
+                    "apiVersion": "v1", "time": "2026-12-06T06:00:00Z", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:guid": {}}}}}]
+            },
+            "spec": {
+                "containers": [{
+                    "name": "opi", "image": "eirini/app@sha256:0f", "command": ["/lifecycle/launch"],
+                    "env": [{"name": "VCAP_SERVICES", "value": "{\"eirini-persi\":[]}"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "resources": {"limits": {"memory": "1Gi", "ephemeral-storage": "2G"}, "requests": {"cpu": "100m", "memory": "1Gi"}},
+                    "livenessProbe": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 1, "failureThreshold": 4},
+                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
+                    "securityContext": {"runAsUser": 2000, "allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets", "readOnly": true}]
+                }],
+                "volumes": [{"name": "kube-api-access", "projected": {"defaultMode": 420,
+                    "sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                    "effect": "NoExecute", "tolerationSeconds": 300}],
+                "terminationGracePeriodSeconds": 30, "enableServiceLinks": false, "priority": 0
+            },
+            "status": {"phase": "Pending", "qosClass": "Burstable"}
+        });
+        let review = json!({
+            "apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "request": {
+                "uid": "7f0b2891", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "app-0", "namespace": "eirini", "operation": "UPDATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:statefulset-controller",
+                    "uid": "u", "groups": ["system:serviceaccounts", "system:authenticated"],
+                    "extra": {"authentication.kubernetes.io/pod-name": ["kcm-0"]}},
+                "object": pod, "oldObject": pod, "dryRun": false,
+                "options": {"kind": "UpdateOptions", "apiVersion": "meta.k8s.io/v1", "fieldManager": "kcm"}
+            }
+        });
+        // As Go writes it: some characters escaped.
+        let text = serde_json::to_string(&review).expect("a review");
+        text.replace("ünï 😀", "\\u00fcn\\u00ef \\ud83d\\ude00")
+            .replace('<', "\\u003c")
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_scanner_reads_a_review_as_the_apiserver_sends_it_as_serde_json_does() {
+        let body = review();
+        // Not the precise decode: a review the scanner refused would still decode, slowly.
+        let (request, pod) =
+            decode_fast::<Box<Pod>>(&body, |old| old.map(|p| *p)).expect("the fast path reads it");
+        let (precise, expected) =
+            decode_precise::<Box<Pod>>(&body, |raw| serde_json::from_str(raw.get()).ok())
+                .expect("the precise decode reads it");
+        assert_eq!(pod, expected.expect("a pod"));
+        assert_eq!(request.old_object, precise.old_object);
+        assert!(request.old_object.is_some());
+        assert_eq!(request.user_info, precise.user_info);
+        assert_eq!(request.options, precise.options);
+        assert_eq!(request.operation, Operation::Update);
+        let annotations = pod.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations["last"], "{\"a\":\"<b> & \\u2028\"}");
+        assert_eq!(annotations["é"], "ünï 😀");
+    }
 }

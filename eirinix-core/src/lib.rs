@@ -28,6 +28,7 @@ pub mod reconciler;
 pub mod registration;
 pub mod review;
 mod rotation;
+pub mod scan;
 pub mod server;
 pub mod tls;
 mod token_auth;

@@ -347,10 +347,10 @@ fn binding_requests(
     Ok(out)
 }
 
-/// One borrowing pass over well-typed `VCAP_SERVICES`: the fields persi reads as strings
-/// (escaped ones copied), everything else skipped. `None` when the input is not of that shape
-/// (not an object of lists of objects, a field of another type, a key given twice in a binding):
-/// the caller then reads it by value.
+/// One borrowing pass of eirinix's scanner over well-typed `VCAP_SERVICES`: the fields persi
+/// reads as strings (escaped ones copied), everything else skipped. `None` when the input is not
+/// of that shape (not an object of lists of objects, a field of another type, a key given twice
+/// in a binding) or is JSON the scanner leaves to serde_json: the caller then reads it by value.
 mod fast {
     use std::borrow::Cow;
     use std::collections::BTreeMap;
@@ -398,7 +398,7 @@ mod fast {
         vcap: &str,
         labels: Labels<'_>,
     ) -> Option<Result<Vec<VolumeRequest>, VcapError>> {
-        let services: Services<'_> = serde_json::from_str(vcap).ok()?;
+        let services: Services<'_> = eirinix_core::scan::from_str(vcap).ok()?;
         let mut out = Vec::new();
         let mut dirs: BTreeMap<String, BindingRef> = BTreeMap::new();
         for (label, bindings) in &services {

@@ -1,0 +1,47 @@
+//! A JSON scanner for hot paths: one pass over the text, no tape and no copy, strings lent to
+//! the visitors, and every value a visitor ignores skipped unread. The review decode reads every
+//! Pod review with it first; extensions can read their own JSON (persi its `VCAP_SERVICES`) the
+//! same way with [`from_str`], then serde_json for the error if it gives up.
+//!
+//! It accepts only JSON serde_json accepts, and gives what serde_json gives for it. Whatever it
+//! does not read the way serde_json does (a fraction or an exponent where a visitor wants a
+//! number, a lone surrogate, bytes, an enum written as an object, nesting past 100) it refuses
+//! with [`Unread`], and callers then decode with serde_json, which names any problem. Why not a
+//! crate: simd-json builds a tape of every value before typing any (the tape alone cost a fifth
+//! of a served review), and serde_json checks strings a byte at a time (BENCHMARKS §14, §21).
+
+mod de;
+mod read;
+
+use serde::Deserialize;
+
+/// The scanner gave up: the body is not JSON, or not JSON it reads (serde_json then decides).
+/// It carries no message; the decode that follows names the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("not read by the fast JSON scanner")]
+pub struct Unread;
+
+impl serde::de::Error for Unread {
+    fn custom<T: std::fmt::Display>(_msg: T) -> Self {
+        Unread
+    }
+}
+
+/// `body` as a `T`, read by the scanner, or [`Unread`] (also for a body that is not UTF-8).
+pub fn from_slice<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, Unread> {
+    from_str(std::str::from_utf8(body).map_err(|_| Unread)?)
+}
+
+/// `text` as a `T`, read by the scanner, or [`Unread`]: then read it with serde_json, which
+/// names the problem (or reads what the scanner leaves to it).
+pub fn from_str<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, Unread> {
+    let mut de = de::Deserializer::new(text);
+    let value = T::deserialize(&mut de)?;
+    if !de.reader.at_end() {
+        return Err(Unread);
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests;
