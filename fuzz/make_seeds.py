@@ -14,6 +14,8 @@ import shutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
+# Inputs the fuzzers found, kept as they were found (minimised): copied into the corpus as seeds.
+FOUND = os.path.join(HERE, "found")
 
 GUID = "4e7c8f2a-9d1b-4f3e-8a6c-2b5d7e9f1a3c"
 
@@ -343,8 +345,20 @@ def main():
     write("json_scan", "escapes", '{"name":"q\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00","labels":{"k\\"":"v"}}'.encode())
     write("json_scan", "numbers", b'{"count":-12,"items":[0,1.5,-0,1e9,18446744073709551615,-9223372036854775808,2E-3],"flag":true}')
     write("json_scan", "deep", b'{"items":' + b"[" * 120 + b"]" * 120 + b"}")
+    write("json_scan", "skipped-strings", b'{"skipped":["plain","q\\" \\u00e9",null,"\\ud83d\\ude00"],"name":"x"}')
     # Found by json_scan: a struct read from a list asks past its end once per defaulted field.
     write("json_scan", "regression-past-the-end-of-a-list", b"[]]]]]")
+    # An env entry named twice (persi's view skips the value of an entry named otherwise, so it
+    # must refuse the second name and let the typed Pod decide).
+    app = json.dumps(review(dict(pods())["app-two-bindings"]), separators=(",", ":"))
+    port = '{"name":"PORT","value":"8080"}'
+    assert port in app
+    twice = '{"name":"PORT","value":%s,"name":"VCAP_SERVICES"}' % json.dumps(vcap(binding("d", "pvc-d", "/data")))
+    write("admission_decode", "persi-env-named-twice", app.replace(port, twice).encode())
+    for target in os.listdir(FOUND):
+        for name in os.listdir(os.path.join(FOUND, target)):
+            with open(os.path.join(FOUND, target, name), "rb") as f:
+                write(target, name, f.read())
 
 
 if __name__ == "__main__":

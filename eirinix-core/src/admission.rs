@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use futures::FutureExt as _;
 use kube::core::admission::Operation;
-use serde::Serialize;
 use tracing::Instrument as _;
 
 #[cfg(feature = "internals")]
@@ -18,6 +17,7 @@ pub use crate::decode::scan_only;
 pub(crate) use crate::decode::{API_VERSION, DecodedReview, ReviewError, decode};
 use crate::extension::{Context, Extension, Mutation, Verdict};
 use crate::hooks::Hook;
+use crate::json_write;
 use crate::metrics::{Metrics, Outcome};
 use crate::options::FailurePolicy;
 
@@ -56,17 +56,16 @@ impl Answer {
 
     /// Encode as an AdmissionReview v1 response for request `uid` (patch base64-encoded, as the apiserver expects).
     ///
-    /// Written field by field into one buffer: the patch is serialized once and base64-encoded
-    /// in place, and only the strings that can need escaping (uid, message, warnings) go through
-    /// serde_json's string escaping. The output is byte for byte what serializing the response
-    /// struct with serde_json gave (tested against it).
+    /// Written field by field into one buffer by `json_write` (strings escaped as serde_json
+    /// escapes them, the patch written once and base64-encoded in place). The output is byte
+    /// for byte what serializing the response struct with serde_json gave (tested against it).
     pub fn encode(&self, uid: &str) -> Vec<u8> {
         use base64::engine::general_purpose::STANDARD;
-        // Serializing a json_patch::Patch cannot fail: it is plain JSON values.
-        let patch = self
-            .patch
-            .as_ref()
-            .map(|p| serde_json::to_vec(p).unwrap_or_default());
+        let patch = self.patch.as_ref().map(|p| {
+            let mut json = Vec::with_capacity(512);
+            json_write::patch(&mut json, p);
+            json
+        });
         let patch_len = patch
             .as_ref()
             .and_then(|p| base64::encoded_len(p.len(), true))
@@ -75,7 +74,7 @@ impl Answer {
         out.extend_from_slice(
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
         );
-        write_json(&mut out, uid);
+        json_write::string(&mut out, uid);
         out.extend_from_slice(if self.allowed {
             b",\"allowed\":true"
         } else {
@@ -85,7 +84,7 @@ impl Answer {
             out.extend_from_slice(br#","status":{"status":"Failure","code":"#);
             out.extend_from_slice(code.to_string().as_bytes());
             out.extend_from_slice(br#","message":"#);
-            write_json(&mut out, message);
+            json_write::string(&mut out, message);
             out.push(b'}');
         }
         if let Some(patch) = patch {
@@ -99,17 +98,11 @@ impl Answer {
         }
         if !self.warnings.is_empty() {
             out.extend_from_slice(br#","warnings":"#);
-            write_json(&mut out, &self.warnings);
+            json_write::strings(&mut out, &self.warnings);
         }
         out.extend_from_slice(b"}}");
         out
     }
-}
-
-/// Append `value` as JSON (strings escaped as serde_json escapes them).
-fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    // Writing strings or string lists into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, value);
 }
 
 /// How long an extension may take in-process when its caller (the apiserver) waits `timeout`
@@ -420,6 +413,8 @@ impl ExtensionHandler {
 
 #[cfg(test)]
 mod tests {
+    use serde::Serialize;
+
     use super::*;
 
     #[derive(Serialize)]

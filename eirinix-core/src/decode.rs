@@ -92,12 +92,14 @@ struct RequestIn<X> {
 
 impl<X> RequestIn<X> {
     /// The request (its `object` left `None`) and the object; `old` decodes the old object.
+    /// Boxed: a request of Pods is 5 KiB (two `Option<Pod>` in place), and each move through
+    /// the decode and into the extension's call was a copy of all of it (issue 20).
     fn into_parts<K: Resource>(
         self,
         types: TypeMeta,
         old: impl FnOnce(Option<X>) -> Option<K>,
-    ) -> (AdmissionRequest<K>, Option<X>) {
-        let request = AdmissionRequest {
+    ) -> (Box<AdmissionRequest<K>>, Option<X>) {
+        let request = Box::new(AdmissionRequest {
             types,
             uid: self.uid,
             kind: self.kind,
@@ -114,7 +116,7 @@ impl<X> RequestIn<X> {
             old_object: old(self.old_object),
             dry_run: self.dry_run,
             options: self.options,
-        };
+        });
         (request, self.object)
     }
 }
@@ -143,7 +145,10 @@ pub fn scan_only(body: &[u8]) -> bool {
 /// The single-pass decode of a v1 review of a Pod with a uid and an object, the object as `X`
 /// (a Pod, or an extension's view of one) and the old object through `old`; `None` for
 /// anything else, which the precise decode then names.
-fn decode_fast<X>(body: &[u8], old: impl FnOnce(Option<X>) -> Option<Pod>) -> Option<(Request, X)>
+fn decode_fast<X>(
+    body: &[u8],
+    old: impl FnOnce(Option<X>) -> Option<Pod>,
+) -> Option<(Box<Request>, X)>
 where
     Option<X>: for<'de> Deserialize<'de>,
 {
@@ -184,7 +189,10 @@ pub(crate) fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
         Some((request, pod)) => (request, Ok(pod)),
         None => decode_precise(body, |old| serde_json::from_str::<Pod>(old.get()).ok())?,
     };
-    Ok(DecodedReview { request, pod })
+    Ok(DecodedReview {
+        request: *request,
+        pod,
+    })
 }
 
 /// Decode an AdmissionReview v1 body of a Pod as a view `V` of the pod (the fields `V` does not
@@ -192,7 +200,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<DecodedReview, ReviewError> {
 /// is not one. Envelope errors are HTTP 400s, as in [`decode`].
 pub(crate) fn decode_view<V: DeserializeOwned>(
     body: &[u8],
-) -> Result<(Request, Result<V, String>), ReviewError> {
+) -> Result<(Box<Request>, Result<V, String>), ReviewError> {
     // A view is not a Pod: the request carries no old object.
     if let Some((request, ObjectOnly(view))) = decode_fast::<ObjectOnly<V>>(body, |_| None) {
         return Ok((request, Ok(view)));
@@ -264,7 +272,7 @@ fn decode_raw<K: Resource<DynamicType = ()> + DeserializeOwned>(
 fn decode_precise<X: DeserializeOwned>(
     body: &[u8],
     old: impl FnOnce(&RawValue) -> Option<Pod>,
-) -> Result<(Request, Result<X, String>), ReviewError> {
+) -> Result<(Box<Request>, Result<X, String>), ReviewError> {
     let (types, req) = decode_envelope(body)?;
     let problem = kind_problem::<Pod>(&req.kind);
     let is_pod = problem.is_none();
@@ -292,7 +300,7 @@ pub(crate) fn decode_as<K: Resource<DynamicType = ()> + DeserializeOwned>(
     let (types, req) = decode_envelope(body)?;
     if let Some(problem) = kind_problem::<K>(&req.kind) {
         let (request, _) = req.into_parts(types, |_| None);
-        return Ok((request, Err(problem)));
+        return Ok((*request, Err(problem)));
     }
     let mut old_problem = None;
     let (mut request, object) = req.into_parts(types, |old| {
@@ -312,7 +320,7 @@ pub(crate) fn decode_as<K: Resource<DynamicType = ()> + DeserializeOwned>(
             Ok(())
         }
     };
-    Ok((request, usable))
+    Ok((*request, usable))
 }
 
 #[cfg(test)]

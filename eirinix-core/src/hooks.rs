@@ -207,7 +207,7 @@ impl<E: ViewExtension> Hook for ViewHook<E> {
 
     fn prepare(&self, ctx: &Context, body: &[u8]) -> Result<Prepared, ReviewError> {
         let (request, view) = decode_view::<E::View>(body)?;
-        let (uid, namespace, name) = identity(&request);
+        let (uid, namespace, name) = identity(&*request);
         // Logs name the pod as the typed path does, if the view holds its name.
         let name = match view.as_ref().map(|v| self.0.pod_name(v)) {
             Ok(Some(pod_name)) => pod_name.to_owned(),

@@ -16,6 +16,7 @@ mod decode;
 pub mod extension;
 pub mod health;
 mod hooks;
+mod json_write;
 pub mod leader;
 pub mod manager;
 pub mod metrics;

@@ -1,8 +1,9 @@
 //! The JSON scanner (`eirinix_core::scan`) against serde_json on arbitrary bytes.
 //!
 //! Asserts: whatever the scanner reads, serde_json reads too and gives the same, read as a
-//! `Value`, skipped whole (`IgnoredAny`), and as a struct that reads a few fields, borrows
-//! strings and skips the rest (as the review decode and persi's `VCAP_SERVICES` reader do). The
+//! `Value`, skipped whole (`IgnoredAny`), as a struct that reads a few fields, borrows strings
+//! and skips the rest (as the review decode and persi's `VCAP_SERVICES` reader do), and as a
+//! list of strings checked and dropped (`SkippedStr`, as persi's view skips env values). The
 //! scanner may refuse what serde_json reads (callers then use serde_json), never the reverse.
 
 #![no_main]
@@ -30,6 +31,8 @@ struct Partial<'a> {
     items: Option<Vec<Value>>,
     #[serde(default)]
     flag: Option<bool>,
+    #[serde(default)]
+    skipped: Option<Vec<Option<scan::SkippedStr>>>,
 }
 
 /// If the scanner reads `data` as a `T`, serde_json reads the same `T`.
@@ -47,4 +50,5 @@ fuzz_target!(|data: &[u8]| {
     agrees::<IgnoredAny>(data, "skipped");
     agrees::<Value>(data, "value");
     agrees::<Partial<'_>>(data, "partial");
+    agrees::<Vec<scan::SkippedStr>>(data, "skipped strings");
 });

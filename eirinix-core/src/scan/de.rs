@@ -98,11 +98,17 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         }
     }
 
+    /// A [`super::SkippedStr`] is a string skipped, checked but not unescaped or copied.
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Unread> {
+        if name == super::SKIPPED_STR {
+            self.reader.expect(b'"')?;
+            self.reader.skip_string()?;
+            return visitor.visit_unit();
+        }
         visitor.visit_newtype_struct(self)
     }
 

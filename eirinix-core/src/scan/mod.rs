@@ -15,6 +15,8 @@ mod read;
 
 use serde::Deserialize;
 
+pub(crate) use read::find_special;
+
 /// The scanner gave up: the body is not JSON, or not JSON it reads (serde_json then decides).
 /// It carries no message; the decode that follows names the problem.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,50 @@ pub struct Unread;
 impl serde::de::Error for Unread {
     fn custom<T: std::fmt::Display>(_msg: T) -> Self {
         Unread
+    }
+}
+
+/// A JSON string, checked and dropped. The scanner skips it without unescaping or copying it;
+/// any other deserializer reads it as a string and drops it: for a view that must refuse what
+/// the typed decode refuses, without paying for strings it discards (persi's env values).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkippedStr;
+
+/// The newtype name by which [`SkippedStr`] asks the scanner to skip a string (serde_json's
+/// `RawValue` asks for its raw text the same way).
+const SKIPPED_STR: &str = "$eirinix::scan::SkippedStr";
+
+impl<'de> Deserialize<'de> for SkippedStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_newtype_struct(SKIPPED_STR, SkippedVisitor)
+    }
+}
+
+/// Reads a [`SkippedStr`]: as a unit from the scanner (which checked the string), else as a
+/// string.
+struct SkippedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SkippedVisitor {
+    type Value = SkippedStr;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<SkippedStr, D::Error> {
+        d.deserialize_str(self)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _s: &str) -> Result<SkippedStr, E> {
+        Ok(SkippedStr)
+    }
+
+    /// The scanner's answer once it has skipped the string.
+    fn visit_unit<E: serde::de::Error>(self) -> Result<SkippedStr, E> {
+        Ok(SkippedStr)
     }
 }
 

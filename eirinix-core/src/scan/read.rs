@@ -38,12 +38,11 @@ fn block_specials(block: &[u8; 16]) -> u32 {
 #[inline]
 fn block_specials_sse2(block: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x,
+        __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8, _mm_xor_si128,
     };
-    let (low, high) = block.split_at(8);
-    let half = |b: &[u8]| b.first_chunk::<8>().map_or(0, |w| i64::from_le_bytes(*w));
-    let v = _mm_set_epi64x(half(high), half(low));
+    // SAFETY: `block` is 16 readable bytes, and the load is unaligned.
+    let v = unsafe { _mm_loadu_si128(block.as_ptr().cast::<__m128i>()) };
     let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
     let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
     // Unsigned `< 0x20` as a signed compare, both sides shifted by 0x80.
@@ -55,7 +54,7 @@ fn block_specials_sse2(block: &[u8; 16]) -> u32 {
 /// The index of the first quote, backslash or control byte of `bytes` at or after `at`: sixteen
 /// bytes a step on x86-64, eight elsewhere and in the tail (strings are most of a pod's bytes).
 #[inline]
-fn find_special(bytes: &[u8], mut at: usize) -> Option<usize> {
+pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> Option<usize> {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     while let Some(block) = bytes.get(at..).and_then(<[u8]>::first_chunk::<16>) {
         let found = block_specials(block);
@@ -102,6 +101,25 @@ fn copy_run(bytes: &[u8], mut at: usize, out: &mut Vec<u8>) -> Option<usize> {
     out.extend_from_slice(bytes.get(at..end)?);
     Some(end)
 }
+
+/// The byte a two-character escape `\\<b>` stands for; `None` for `\\u` and invalid escapes.
+#[inline]
+fn short_escape(b: u8) -> Option<u8> {
+    Some(match b {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'/' => b'/',
+        b'b' => 0x08,
+        b'f' => 0x0c,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        _ => return None,
+    })
+}
+
+/// Bytes the scratch buffer holds before its first escaped string is unescaped.
+const SCRATCH_START: usize = 1024;
 
 /// A string read from the input: borrowed when it has no escapes, else unescaped into the
 /// scanner's scratch buffer.
@@ -257,6 +275,9 @@ impl<'de> Reader<'de> {
             return self.text.get(start..at).map(Text::Borrowed).ok_or(Unread);
         }
         scratch.clear();
+        // Escaped strings of a pod are mostly small JSON documents (`VCAP_SERVICES`): room for
+        // one up front instead of doubling from nothing (the scratch is new for each body).
+        scratch.reserve(SCRATCH_START);
         scratch.extend_from_slice(&bytes[start..at]);
         self.pos = at;
         self.unescape(scratch)?;
@@ -276,11 +297,12 @@ impl<'de> Reader<'de> {
                     return Ok(());
                 }
                 Some(b'\\') => {
-                    self.pos += 1;
-                    let c = self.escape()?;
-                    if c.is_ascii() {
-                        out.push(c as u8);
+                    if let Some(c) = bytes.get(self.pos + 1).and_then(|&b| short_escape(b)) {
+                        self.pos += 2;
+                        out.push(c);
                     } else {
+                        self.pos += 1;
+                        let c = self.escape()?;
                         out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                     }
                 }
@@ -291,14 +313,23 @@ impl<'de> Reader<'de> {
     }
 
     /// Skip the string whose opening quote was just consumed, checking it as [`Self::string`].
-    fn skip_string(&mut self) -> Result<(), Unread> {
+    pub(super) fn skip_string(&mut self) -> Result<(), Unread> {
         loop {
             let at = find_special(self.bytes(), self.pos).ok_or(Unread)?;
             self.pos = at + 1;
             match self.bytes()[at] {
                 b'"' => return Ok(()),
                 b'\\' => {
-                    self.escape()?;
+                    if self
+                        .bytes()
+                        .get(self.pos)
+                        .and_then(|&b| short_escape(b))
+                        .is_some()
+                    {
+                        self.pos += 1;
+                    } else {
+                        self.escape()?;
+                    }
                 }
                 _ => return Err(Unread),
             }
@@ -310,33 +341,22 @@ impl<'de> Reader<'de> {
     fn escape(&mut self) -> Result<char, Unread> {
         let b = *self.bytes().get(self.pos).ok_or(Unread)?;
         self.pos += 1;
-        let c = match b {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let unit = self.hex4()?;
-                let code = match unit {
-                    0xD800..=0xDBFF => {
-                        self.literal(b"\\u")?;
-                        let low = self.hex4()?;
-                        if !(0xDC00..=0xDFFF).contains(&low) {
-                            return Err(Unread);
-                        }
-                        0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
-                    }
-                    _ => unit,
-                };
-                return char::from_u32(code).ok_or(Unread);
+        if b != b'u' {
+            return short_escape(b).map(char::from).ok_or(Unread);
+        }
+        let unit = self.hex4()?;
+        let code = match unit {
+            0xD800..=0xDBFF => {
+                self.literal(b"\\u")?;
+                let low = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return Err(Unread);
+                }
+                0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
             }
-            _ => return Err(Unread),
+            _ => unit,
         };
-        Ok(c)
+        char::from_u32(code).ok_or(Unread)
     }
 
     /// Four hex digits of a `\u` escape.

@@ -247,3 +247,44 @@ fn asking_past_the_end_of_a_list_reads_no_further() {
     assert!(same_as_serde_json::<Defaults>(b"[1]").is_some());
     assert!(same_as_serde_json::<Defaults>(b"[]").is_some());
 }
+
+#[test]
+fn a_skipped_string_is_checked_as_a_string_is_by_both_readers() {
+    use super::SkippedStr;
+    // Strings, with and without escapes, are skipped by the scanner and read by serde_json.
+    for doc in [
+        r#""""#,
+        r#""plain""#,
+        r#""q\" \\ \u00e9 \uD83D\uDE00""#,
+        " \"x\" ",
+    ] {
+        assert_eq!(
+            same_as_serde_json::<SkippedStr>(doc.as_bytes()),
+            Some(SkippedStr)
+        );
+        let list = format!("[{doc}, {doc}]");
+        assert_eq!(
+            same_as_serde_json::<Vec<SkippedStr>>(list.as_bytes()),
+            Some(vec![SkippedStr; 2])
+        );
+    }
+    // Anything else, and any string serde_json refuses, is refused by both.
+    for doc in [
+        "1",
+        "null",
+        "[]",
+        "{}",
+        "true",
+        r#""bad \x""#,
+        "\"tab\t\"",
+        r#""\uD800""#,
+    ] {
+        assert!(from_slice::<SkippedStr>(doc.as_bytes()).is_err(), "{doc}");
+        assert!(serde_json::from_str::<SkippedStr>(doc).is_err(), "{doc}");
+    }
+    // `null` is a `None` where the string is optional.
+    assert_eq!(
+        same_as_serde_json::<Option<SkippedStr>>(b"null"),
+        Some(None)
+    );
+}

@@ -46,15 +46,28 @@ fn push_hash(out: &mut String, key: &str, salt: u32) {
 /// trimmed of `-` at both ends.
 pub fn sanitize(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    push_sanitized(&mut out, s, usize::MAX);
+    out
+}
+
+/// Append [`sanitize`]`(s)` cut to at most `limit` bytes and trimmed of a `-` the cut leaves at
+/// its end, written straight into `out` (names are made on the path of every review).
+fn push_sanitized(out: &mut String, s: &str, limit: usize) {
+    let start = out.len();
     for c in s.chars() {
+        if out.len() - start >= limit {
+            break;
+        }
         let c = c.to_ascii_lowercase();
         if c.is_ascii_lowercase() || c.is_ascii_digit() {
             out.push(c);
-        } else if !out.ends_with('-') {
+        } else if out.len() > start && !out.ends_with('-') {
             out.push('-');
         }
     }
-    out.trim_matches('-').to_owned()
+    if out.len() > start && out.ends_with('-') {
+        out.pop();
+    }
 }
 
 pub use eirinix_core::names::is_dns_label;
@@ -63,17 +76,16 @@ pub use eirinix_core::names::is_dns_label;
 /// characters. Two different keys give different names unless their 48-bit hashes collide;
 /// callers that must rule that out retry with another `salt`.
 pub fn hashed_label(prefix: &str, key: &str, salt: u32) -> String {
-    let prefix = sanitize(prefix);
-    let budget = MAX_LABEL.saturating_sub(prefix.len() + HASH_HEX + 2);
-    let readable = sanitize(key);
-    // `sanitize` gives ASCII, so any byte index is a char boundary.
-    let readable = readable[..readable.len().min(budget)].trim_end_matches('-');
     let mut out = String::with_capacity(MAX_LABEL);
-    for part in [prefix.as_str(), readable] {
-        if !part.is_empty() {
-            out.push_str(part);
-            out.push('-');
-        }
+    push_sanitized(&mut out, prefix, usize::MAX);
+    let budget = MAX_LABEL.saturating_sub(out.len() + HASH_HEX + 2);
+    if !out.is_empty() {
+        out.push('-');
+    }
+    let before = out.len();
+    push_sanitized(&mut out, key, budget);
+    if out.len() > before {
+        out.push('-');
     }
     push_hash(&mut out, key, salt);
     out
@@ -147,6 +159,14 @@ mod tests {
         assert_eq!(
             hashed_label("persi", &long, 0),
             format!("persi-{}-65bf81a86ad1", "x".repeat(44))
+        );
+        assert_eq!(
+            hashed_label("", &long, 0),
+            format!("{}-65bf81a86ad1", "x".repeat(49))
+        );
+        assert_eq!(
+            hashed_label("--P--", "-a--b-", 0),
+            format!("p-a-b-{}", short_hash_salted("-a--b-", 0))
         );
     }
 

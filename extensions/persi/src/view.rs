@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use eirinix_core::scan::SkippedStr;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -282,8 +283,17 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let mut value_from: Option<Box<EnvVarSource>> = None;
         while let Some(Text(key)) = map.next_key()? {
             match &*key {
+                // Refused, as serde's derive refuses it: a value skipped under the first name
+                // could belong to a second one. The decode then reads the view from the typed
+                // Pod (the apiserver never writes a field twice).
+                "name" if name.is_some() => return Err(de::Error::duplicate_field("name")),
                 "name" => name = Some(map.next_value()?),
-                // Borrowed where the parser allows: copied only if the entry is kept.
+                // The value of an entry already named otherwise is checked but not read (the
+                // apiserver writes `name` first); else borrowed where the parser allows, and
+                // copied only if the entry is kept.
+                "value" if name.as_ref().is_some_and(|Text(n)| n != VCAP_SERVICES) => {
+                    map.next_value::<Option<SkippedStr>>()?;
+                }
                 "value" => value = map.next_value()?,
                 "valueFrom" => value_from = map.next_value()?,
                 _ => {
@@ -394,6 +404,7 @@ mod tests {
         for bad in [
             json!({"spec": {"containers": [{"name": "a", "env": [{"value": "x"}]}]}}),
             json!({"spec": {"containers": [{"name": "a", "env": [{"name": "VCAP_SERVICES", "value": 5}]}]}}),
+            json!({"spec": {"containers": [{"name": "a", "env": [{"name": "PORT", "value": 5}]}]}}),
             json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {}}]}}),
             json!({"spec": {"containers": [{"name": "a", "volumeMounts": [{"name": "v"}]}]}}),
             json!({"metadata": {"annotations": {"a": 1}}}),

@@ -493,6 +493,27 @@ async fn the_served_route_answers_every_kind_of_pod_as_the_typed_path() {
             answer_body(off(), policy, &review_body(case)).await;
         }
     }
+    // An env entry named twice, JSON the apiserver never writes: the typed decode keeps the last
+    // name with the value read under the first; the served route (which skips the values of
+    // entries named otherwise) must answer the same, so it mounts the volume.
+    let body = String::from_utf8(review_body(&pod(vec![container("opi", None)]))).unwrap();
+    let port = r#"{"name":"PORT","value":"8080"}"#;
+    assert!(body.contains(port), "{body}");
+    let twice = format!(
+        r#"{{"name":"PORT","value":{},"name":"VCAP_SERVICES"}}"#,
+        serde_json::to_string(&v).unwrap()
+    );
+    let answer = answer_body(
+        Persi::default(),
+        FailurePolicy::Fail,
+        body.replace(port, &twice).as_bytes(),
+    )
+    .await;
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+    // A value that is not a string is refused in any entry, as the typed decode refuses it.
+    let number = body.replace(port, r#"{"name":"PORT","value":8080}"#);
+    let answer = answer_body(Persi::default(), FailurePolicy::Fail, number.as_bytes()).await;
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
 }
 
 #[tokio::test]
