@@ -102,7 +102,7 @@ fn copy_run(bytes: &[u8], mut at: usize, out: &mut Vec<u8>) -> Option<usize> {
     Some(end)
 }
 
-/// The byte a two-character escape `\\<b>` stands for; `None` for `\\u` and invalid escapes.
+/// The byte a two-character escape `\<b>` stands for; `None` for `\u` and invalid escapes.
 #[inline]
 fn short_escape(b: u8) -> Option<u8> {
     Some(match b {
