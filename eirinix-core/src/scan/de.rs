@@ -21,17 +21,7 @@ impl<'de> Deserializer<'de> {
             scratch: Vec::new(),
         }
     }
-}
 
-/// Hand `text` to `visitor`: borrowed if it is a slice of the body.
-fn visit_text<'de, V: Visitor<'de>>(text: Text<'de, '_>, visitor: V) -> Result<V::Value, Unread> {
-    match text {
-        Text::Borrowed(s) => visitor.visit_borrowed_str(s),
-        Text::Copied(s) => visitor.visit_str(s),
-    }
-}
-
-impl<'de> Deserializer<'de> {
     /// A list or map whose opening bracket was consumed, read by `visit` (which may stop
     /// before the end; then only the end `close` may follow, as serde_json requires: read on,
     /// the rest could pass for items of the enclosing list or map).
@@ -48,6 +38,14 @@ impl<'de> Deserializer<'de> {
         }
         self.reader.leave();
         Ok(value)
+    }
+}
+
+/// Hand `text` to `visitor`: borrowed if it is a slice of the body.
+fn visit_text<'de, V: Visitor<'de>>(text: Text<'de, '_>, visitor: V) -> Result<V::Value, Unread> {
+    match text {
+        Text::Borrowed(s) => visitor.visit_borrowed_str(s),
+        Text::Copied(s) => visitor.visit_str(s),
     }
 }
 
