@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
+
+pub use crate::patch_text::{JsonList, JsonObject, JsonValue, PatchText};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Volume, VolumeMount};
 use serde::Serialize;
 use serde_json::Value;

@@ -126,7 +126,7 @@ pub async fn review_with(
         .await
         .map_err(|e| OfflineError::Extension(e.message()))?;
     let patched = match mutation.as_patch() {
-        Some(p) => crate::PodPatch::apply(pod, p)?,
+        Some(p) => crate::PodPatch::apply(pod, &p)?,
         None => pod.clone(),
     };
     Ok(Reviewed {

@@ -68,7 +68,7 @@ fn run(injector: &SshInjector, pod: &Pod, namespace: Option<String>, dry_run: bo
     let Some(patch) = mutation.as_patch() else {
         return;
     };
-    let text = serde_json::to_string(patch).unwrap_or_default();
+    let text = serde_json::to_string(&patch).unwrap_or_default();
     assert!(
         !text.contains("PRIVATE KEY") && !text.contains("ssh-ed25519"),
         "key material in the patch"

@@ -75,6 +75,13 @@ fn json(v: &impl serde::Serialize) -> String {
 pub fn check_mutation(extension: &str, pod: &Pod, mutation: &Mutation) -> Pod {
     match &mutation.verdict {
         Verdict::Patch(patch) => check_patch(extension, pod, patch),
+        Verdict::PatchText(text) => match text.to_patch() {
+            Ok(patch) => check_patch(extension, pod, &patch),
+            Err(e) => panic!(
+                "{extension}: the patch text is not a patch: {e}\n  text: {}",
+                String::from_utf8_lossy(text.as_bytes())
+            ),
+        },
         Verdict::Unchanged => pod.clone(),
         Verdict::Deny { code, message } => {
             assert!(
@@ -201,6 +208,7 @@ pub fn check_extension(
         let what = match &result {
             Ok(m) => match &m.verdict {
                 Verdict::Patch(p) => format!("patch of {} operations", p.0.len()),
+                Verdict::PatchText(p) => format!("patch (text) of {} operations", p.len()),
                 Verdict::Unchanged => "unchanged".to_owned(),
                 Verdict::Deny { code, .. } => format!("denied ({code})"),
             },
@@ -222,8 +230,8 @@ pub fn check_extension(
                 panic!(
                     "{name}: not idempotent: a second review patches again\n  pod:    {}\n  first:  {}\n  second: {}",
                     json(pod),
-                    json(mutation.as_patch().unwrap()),
-                    json(p)
+                    json(&mutation.as_patch()),
+                    json(&p)
                 );
             }
         }

@@ -102,7 +102,8 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Unread> {
-        if name == super::SKIPPED_STR {
+        // The same static in one binary: the address decides before the bytes are compared.
+        if std::ptr::eq(name, super::SKIPPED_STR) || name == super::SKIPPED_STR {
             self.reader.expect(b'"')?;
             self.reader.skip_string()?;
             return visitor.visit_unit();

@@ -74,8 +74,10 @@ impl<'de> serde::de::Visitor<'de> for SkippedVisitor {
 }
 
 /// `body` as a `T`, read by the scanner, or [`Unread`] (also for a body that is not UTF-8).
+/// The body is checked by simdutf8 (runtime-detected SIMD), a fifth of std's cost on a pod's
+/// mostly-ASCII JSON (issue 20).
 pub fn from_slice<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, Unread> {
-    from_str(std::str::from_utf8(body).map_err(|_| Unread)?)
+    from_str(simdutf8::basic::from_utf8(body).map_err(|_| Unread)?)
 }
 
 /// `text` as a `T`, read by the scanner, or [`Unread`]: then read it with serde_json, which

@@ -3,17 +3,16 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use eirinix_core::patch::JsonValue;
 use eirinix_core::{
-    Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, Request, ViewExtension,
-    WebhookOverrides, async_trait,
+    Context, Extension, ExtensionError, FailurePolicy, Mutation, Operation, PatchText, Request,
+    ViewExtension, WebhookOverrides, async_trait,
 };
 use json_patch::jsonptr::{Pointer, PointerBuf};
-use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::admissionregistration::v1::MatchCondition;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
 use kube::Api;
 use kube::core::admission::Operation as AdmissionOperation;
-use serde_json::{Value, json};
 
 use crate::names;
 use crate::vcap::{self, BindingRef, Labels, VcapError, VolumeRequest};
@@ -342,14 +341,15 @@ async fn fetch(
 /// The patch mounting what `containers` ask for into `pod` (empty when everything is there).
 ///
 /// Volumes are shared per claim (an existing volume of the claim is reused), mounts already
-/// present are skipped, and nothing is emitted unless every request can be honoured.
+/// present are skipped, and nothing is emitted unless every request can be honoured. The patch
+/// is written as JSON text as it is built (issue 20: a tree of values cost more than the rest).
 pub fn build_patch(
     pod: &PersiPod,
     containers: &[ContainerRequests],
     options: &PersiOptions,
-) -> Result<json_patch::Patch, PersiError> {
+) -> Result<PatchText, PersiError> {
     let Some(spec) = pod.spec.as_ref() else {
-        return Ok(json_patch::Patch(Vec::new()));
+        return Ok(PatchText::new());
     };
     let existing = spec.volumes.as_deref().unwrap_or(&[]);
     // Small maps keyed by what the view and the requests already hold (no copies, no hashing):
@@ -370,9 +370,9 @@ pub fn build_patch(
         .chain(mounted_volume_names(spec))
         .map(Cow::Borrowed)
         .collect();
-    // (volume name, claim) of each new volume; (container index, mount as JSON) of each mount.
-    let mut new_volumes: Vec<(String, &str)> = Vec::new();
-    let mut new_mounts: Vec<(usize, Value)> = Vec::new();
+    // (volume name, claim) of each new volume; (container index, mount) of each mount.
+    let mut new_volumes: Vec<NewVolume<'_>> = Vec::new();
+    let mut new_mounts: Vec<(usize, NewMount<'_>)> = Vec::new();
     let mut errors = Vec::new();
 
     for c in containers {
@@ -412,79 +412,134 @@ pub fn build_patch(
                         .unwrap_or_default();
                     used.insert(Cow::Owned(volume.clone()));
                     claim_volume.insert(&req.claim, Cow::Owned(volume.clone()));
-                    new_volumes.push((volume.clone(), &req.claim));
+                    new_volumes.push(NewVolume {
+                        name: Cow::Owned(volume.clone()),
+                        claim: &req.claim,
+                    });
                     Cow::Owned(volume)
                 }
             };
-            let mut mount = json!({ "name": volume, "mountPath": req.container_dir });
-            if req.read_only {
-                mount["readOnly"] = Value::Bool(true);
-            }
-            mounted.insert(&req.container_dir, volume);
-            new_mounts.push((c.index, mount));
+            mounted.insert(&req.container_dir, volume.clone());
+            new_mounts.push((
+                c.index,
+                NewMount {
+                    name: volume,
+                    mount_path: &req.container_dir,
+                    read_only: req.read_only,
+                },
+            ));
         }
     }
     PersiError::collect(errors)?;
+    let mut patch = PatchText::new();
     if new_mounts.is_empty() {
-        return Ok(json_patch::Patch(Vec::new()));
+        return Ok(patch);
     }
 
-    let mut ops = Vec::with_capacity(new_volumes.len() + new_mounts.len() + 3);
     let mut volumes = spec.volumes.is_some();
-    for (name, claim) in new_volumes {
-        let volume = json!({ "name": name, "persistentVolumeClaim": { "claimName": claim } });
-        append(&mut ops, "/spec/volumes".to_owned(), &mut volumes, volume);
+    for volume in &new_volumes {
+        append(&mut patch, VOLUMES, &mut volumes, |v| volume.write(v));
     }
     let mut mounts: BTreeMap<usize, bool> = BTreeMap::new();
-    for (index, mount) in new_mounts {
-        let exists = mounts.entry(index).or_insert_with(|| {
+    let mut path = String::new();
+    for (index, mount) in &new_mounts {
+        let exists = mounts.entry(*index).or_insert_with(|| {
             spec.containers
-                .get(index)
+                .get(*index)
                 .is_some_and(|c| c.volume_mounts.is_some())
         });
-        let path = format!("/spec/containers/{index}/volumeMounts");
-        append(&mut ops, path, exists, mount);
+        path.clear();
+        path.push_str("/spec/containers/");
+        path.push_str(itoa::Buffer::new().format(*index));
+        path.push_str("/volumeMounts/-");
+        let (list, item) = (own_path(&path[..path.len() - 2]), own_path(&path));
+        append(&mut patch, (&list, &item), exists, |v| mount.write(v));
     }
-    ops.extend(fs_group_ops(spec, containers, options));
-    // The marker, as `PodPatch::mark` writes it.
-    let marker = eirinix_core::patch::marker_key(NAME);
-    ops.push(if pod.metadata.annotations.is_some() {
-        add(
-            PointerBuf::from_tokens(["metadata", "annotations", &marker]),
-            json!("injected"),
-        )
+    fs_group_ops(&mut patch, spec, containers, options);
+    if pod.metadata.annotations.is_some() {
+        patch.add_with(MARKER_PATH, |v| v.str(MARKER_VALUE));
     } else {
-        add(
-            PointerBuf::from_tokens(["metadata", "annotations"]),
-            json!({ marker: "injected" }),
-        )
-    });
-    Ok(json_patch::Patch(ops))
+        patch.add_with(ANNOTATIONS, |v| {
+            v.object(|o| o.field(MARKER).str(MARKER_VALUE))
+        });
+    }
+    Ok(patch)
 }
 
-/// An add operation of `value` at `path`.
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+/// persi's marker annotation, `eirinix_core::patch::marker_key(NAME)` (a test checks it),
+/// its path, and its value, as `PodPatch::mark` writes them.
+const MARKER: &str = "eirinix.org/persi";
+const MARKER_PATH: &Pointer = Pointer::from_static("/metadata/annotations/eirinix.org~1persi");
+const MARKER_VALUE: &str = "injected";
+
+/// persi's fixed paths, checked when persi is built (`from_static` is a `const fn`).
+const ANNOTATIONS: &Pointer = Pointer::from_static("/metadata/annotations");
+const VOLUMES: (&Pointer, &Pointer) = (
+    Pointer::from_static("/spec/volumes"),
+    Pointer::from_static("/spec/volumes/-"),
+);
+const SECURITY_CONTEXT: &Pointer = Pointer::from_static("/spec/securityContext");
+const FS_GROUP: &Pointer = Pointer::from_static("/spec/securityContext/fsGroup");
+const FS_GROUP_CHANGE_POLICY: &Pointer =
+    Pointer::from_static("/spec/securityContext/fsGroupChangePolicy");
+
+/// A new volume of the patch: a claim's.
+struct NewVolume<'a> {
+    name: Cow<'a, str>,
+    claim: &'a str,
+}
+
+impl NewVolume<'_> {
+    fn write(&self, value: JsonValue<'_>) {
+        value.object(|o| {
+            o.field("name").str(&self.name);
+            o.field("persistentVolumeClaim")
+                .object(|c| c.field("claimName").str(self.claim));
+        });
+    }
+}
+
+/// A new mount of the patch; `readOnly` only when set.
+struct NewMount<'a> {
+    name: Cow<'a, str>,
+    mount_path: &'a str,
+    read_only: bool,
+}
+
+impl NewMount<'_> {
+    fn write(&self, value: JsonValue<'_>) {
+        value.object(|o| {
+            o.field("name").str(&self.name);
+            o.field("mountPath").str(self.mount_path);
+            if self.read_only {
+                o.field("readOnly").bool(true);
+            }
+        });
+    }
 }
 
 /// A pointer to `path`, one of persi's own paths (plain tokens, valid as written; were one
-/// not, its tokens are escaped instead). Parsed rather than built token by token (issue 20).
-fn own_path(path: &str) -> PointerBuf {
+/// not, its tokens are escaped instead). Parsed, not built token by token (issue 20).
+fn own_path(path: &str) -> Cow<'_, Pointer> {
     Pointer::parse(path).map_or_else(
-        |_| PointerBuf::from_tokens(path.split('/').skip(1)),
-        Pointer::to_buf,
+        |_| Cow::Owned(PointerBuf::from_tokens(path.split('/').skip(1))),
+        Cow::Borrowed,
     )
 }
 
-/// Append `value` to the list at `path` (one of persi's own paths), creating the list when
-/// `exists` is false (and noting that it then exists).
-fn append(ops: &mut Vec<PatchOperation>, mut path: String, exists: &mut bool, value: Value) {
+/// Append the value `write` writes to the list at `list` (whose end is `item`), creating the
+/// list when `exists` is false (and noting that it then exists).
+fn append(
+    patch: &mut PatchText,
+    (list, item): (&Pointer, &Pointer),
+    exists: &mut bool,
+    write: impl Fn(JsonValue<'_>),
+) {
     if *exists {
-        path.push_str("/-");
-        ops.push(add(own_path(&path), value));
+        patch.add_with(item, write);
     } else {
         *exists = true;
-        ops.push(add(own_path(&path), Value::Array(vec![value])));
+        patch.add_with(list, |v| v.list(|items| write(items.item())));
     }
 }
 
@@ -508,16 +563,17 @@ fn normalized(path: &str) -> &str {
 
 /// The operations giving the pod an `fsGroup`, unless it has one (or fs groups are off).
 fn fs_group_ops(
+    patch: &mut PatchText,
     spec: &Spec,
     containers: &[ContainerRequests],
     options: &PersiOptions,
-) -> Vec<PatchOperation> {
+) {
     let Some(default) = options.fs_group else {
-        return Vec::new();
+        return;
     };
     let sc = spec.security_context.as_ref();
     if sc.is_some_and(|sc| sc.fs_group.is_some()) {
-        return Vec::new();
+        return;
     }
     // Prefer the group the app already runs as: the pod's, else the one all mounting containers share.
     let container_groups: BTreeSet<Option<i64>> = containers
@@ -535,25 +591,24 @@ fn fs_group_ops(
         .unwrap_or(default);
     let policy = options
         .fs_group_change_policy
-        .as_ref()
+        .as_deref()
         .filter(|_| sc.is_none_or(|sc| sc.fs_group_change_policy.is_none()));
     match sc {
         None => {
-            let mut value = json!({ "fsGroup": group });
-            if let Some(policy) = policy {
-                value["fsGroupChangePolicy"] = Value::String(policy.clone());
-            }
-            vec![add(own_path("/spec/securityContext"), value)]
+            patch.add_with(SECURITY_CONTEXT, |v| {
+                v.object(|o| {
+                    o.field("fsGroup").int(group);
+                    if let Some(policy) = policy {
+                        o.field("fsGroupChangePolicy").str(policy);
+                    }
+                })
+            });
         }
         Some(_) => {
-            let mut ops = vec![add(own_path("/spec/securityContext/fsGroup"), json!(group))];
+            patch.add_with(FS_GROUP, |v| v.int(group));
             if let Some(policy) = policy {
-                ops.push(add(
-                    own_path("/spec/securityContext/fsGroupChangePolicy"),
-                    Value::String(policy.clone()),
-                ));
+                patch.add_with(FS_GROUP_CHANGE_POLICY, |v| v.str(policy));
             }
-            ops
         }
     }
 }
@@ -638,7 +693,7 @@ impl ViewExtension for Persi {
         // Bad input is the pod's fault: a 400 denial (under Fail), not an internal error.
         PersiError::collect(found.errors).map_err(|e| ExtensionError::invalid(e.to_string()))?;
         let patch = build_patch(pod, &found.containers, &self.options)?;
-        let mut mutation = Mutation::patch(patch);
+        let mut mutation = Mutation::patch_text(patch);
         mutation.warnings = found.warnings;
         Ok(mutation)
     }
@@ -654,6 +709,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_marker_is_the_frameworks_marker_of_persi() {
+        let marker = eirinix_core::patch::marker_key(NAME);
+        assert_eq!(MARKER, marker);
+        let path = PointerBuf::from_tokens(["metadata", "annotations", &marker]);
+        assert_eq!(MARKER_PATH, &*path);
+    }
+
+    #[test]
     fn persis_own_paths_are_the_pointers_their_tokens_make() {
         for (path, tokens) in [
             ("/spec/volumes/-", &["spec", "volumes", "-"][..]),
@@ -667,8 +730,8 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                own_path(path),
-                PointerBuf::from_tokens(tokens.iter().copied())
+                *own_path(path),
+                *PointerBuf::from_tokens(tokens.iter().copied())
             );
         }
         // A path that is not a valid pointer as written is escaped token by token.

@@ -399,8 +399,9 @@ mod fast {
         labels: Labels<'_>,
     ) -> Option<Result<Vec<VolumeRequest>, VcapError>> {
         let services: Services<'_> = eirinix_core::scan::from_str(vcap).ok()?;
-        let mut out = Vec::new();
-        let mut dirs: BTreeMap<String, BindingRef> = BTreeMap::new();
+        let mut out: Vec<VolumeRequest> = Vec::new();
+        // Normalized container_dir -> the request in `out` that mounts there first.
+        let mut dirs: BTreeMap<String, usize> = BTreeMap::new();
         for (label, bindings) in &services {
             if !labels.accepts(label) {
                 continue;
@@ -435,14 +436,14 @@ mod fast {
                     Err(problem) => return Some(Err(fail(problem))),
                 };
                 for (index, req) in requests.into_iter().enumerate() {
-                    if let Some(other) = dirs.get(&req.container_dir) {
+                    if let Some(&other) = dirs.get(&req.container_dir) {
                         return Some(Err(fail(BindingProblem::DuplicateContainerDir {
                             index,
                             dir: req.container_dir,
-                            other: other.to_string(),
+                            other: out[other].binding.to_string(),
                         })));
                     }
-                    dirs.insert(req.container_dir.clone(), binding_ref.clone());
+                    dirs.insert(req.container_dir.clone(), out.len());
                     out.push(req);
                 }
             }

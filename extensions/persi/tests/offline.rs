@@ -553,8 +553,12 @@ async fn failure_policy_decides_between_denial_and_admission_with_warning() {
 
 #[tokio::test]
 async fn patch_applies_on_a_pod_with_existing_lists() {
-    // Existing volumes, mounts and security context: appends, no replacement of existing data.
-    let v = vcap(&[("data", "pvc-data", "/data", None)]);
+    // Existing volumes, mounts and security context: appends, no replacement of existing data;
+    // two bindings, so each list is appended to twice.
+    let v = vcap(&[
+        ("data", "pvc-data", "/data", None),
+        ("config", "pvc-config", "/config", Some("r")),
+    ]);
     let mut p = pod(vec![container("opi", Some(&v))]);
     let spec = p.spec.as_mut().unwrap();
     spec.volumes = Some(serde_json::from_value(json!([{"name": "tmp", "emptyDir": {}}])).unwrap());
@@ -568,12 +572,23 @@ async fn patch_applies_on_a_pod_with_existing_lists() {
     )
     .await
     .unwrap();
-    let vol = volume_name("pvc-data", 0);
+    let (data, config) = (volume_name("pvc-data", 0), volume_name("pvc-config", 0));
     assert_eq!(
         mounts(&out.pod, 0),
-        json!([{"name": "tmp", "mountPath": "/tmp"}, {"name": vol, "mountPath": "/data"}])
+        json!([
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": data, "mountPath": "/data"},
+            {"name": config, "mountPath": "/config", "readOnly": true},
+        ])
     );
-    assert_eq!(volumes(&out.pod).as_array().unwrap().len(), 2);
+    assert_eq!(
+        volumes(&out.pod),
+        json!([
+            {"name": "tmp", "emptyDir": {}},
+            {"name": data, "persistentVolumeClaim": {"claimName": "pvc-data"}},
+            {"name": config, "persistentVolumeClaim": {"claimName": "pvc-config"}},
+        ])
+    );
     assert_eq!(
         security(&out.pod),
         json!({"runAsNonRoot": true, "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"})
