@@ -274,8 +274,8 @@ impl<'de> Reader<'de> {
         if found == 0 {
             return None;
         }
-        let at = self.pos + found.trailing_zeros() as usize;
-        (block[found.trailing_zeros() as usize] == b'"').then_some(at)
+        let first = found.trailing_zeros() as usize;
+        (block[first] == b'"').then_some(self.pos + first)
     }
 
     /// Elsewhere every string takes the general path.
@@ -286,8 +286,8 @@ impl<'de> Reader<'de> {
     }
 
     /// The string whose opening quote was just consumed, up to and past its closing quote.
-    /// A short plain string is read inline (issue 20: the call cost a third of reading one);
-    /// the rest out of line.
+    /// A short plain string is read inline (issue 20: the call was most of its cost,
+    /// BENCHMARKS §23); the rest out of line.
     #[inline]
     pub(super) fn string<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Result<Text<'de, 's>, Unread> {
         if let Some(end) = self.short_plain_end() {
