@@ -29,7 +29,7 @@ impl PatchText {
         path: &Pointer,
         value: &T,
     ) -> Result<&mut Self, serde_json::Error> {
-        self.push("add", path, Some(value))
+        self.push("add", path, value)
     }
 
     /// Add a `replace` operation of `value` at `path`. On an error of `value`'s `Serialize` the
@@ -39,7 +39,7 @@ impl PatchText {
         path: &Pointer,
         value: &T,
     ) -> Result<&mut Self, serde_json::Error> {
-        self.push("replace", path, Some(value))
+        self.push("replace", path, value)
     }
 
     /// Add an `add` operation of the value `write` writes: the fast form (no serde calls, no
@@ -53,9 +53,8 @@ impl PatchText {
 
     /// Add a `remove` operation of `path`.
     pub fn remove(&mut self, path: &Pointer) -> &mut Self {
-        // Nothing is serialized, so nothing can fail.
-        let _ = self.push::<()>("remove", path, None);
-        self
+        self.begin("remove", path);
+        self.end()
     }
 
     /// The number of operations.
@@ -83,24 +82,22 @@ impl PatchText {
         serde_json::from_slice(self.as_bytes())
     }
 
-    /// One operation appended, its value (if any) written by serde_json. An error of `value`
-    /// restores the text.
+    /// One operation appended, its value written by serde_json. An error of `value` restores
+    /// the text.
     fn push<T: Serialize + ?Sized>(
         &mut self,
         op: &str,
         path: &Pointer,
-        value: Option<&T>,
+        value: &T,
     ) -> Result<&mut Self, serde_json::Error> {
         let end = self.begin(op, path);
-        if let Some(value) = value {
-            self.text.extend_from_slice(b",\"value\":");
-            if let Err(e) = serde_json::to_writer(&mut self.text, value) {
-                self.text.truncate(end);
-                if let Some(close) = self.text.last_mut() {
-                    *close = b']';
-                }
-                return Err(e);
+        self.text.extend_from_slice(b",\"value\":");
+        if let Err(e) = serde_json::to_writer(&mut self.text, value) {
+            self.text.truncate(end);
+            if let Some(close) = self.text.last_mut() {
+                *close = b']';
             }
+            return Err(e);
         }
         Ok(self.end())
     }
