@@ -9,7 +9,7 @@
 use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
-use crate::scan::find_special;
+use crate::scan::{find_special, is_plain};
 
 /// The lowercase hex digits serde_json writes in `\u00XX` escapes.
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -19,6 +19,12 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // Most strings need no escape: one test, one copy.
+    if is_plain(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut at = 0;
     while let Some(special) = find_special(bytes, at) {
         out.extend_from_slice(&bytes[at..special]);

@@ -15,7 +15,7 @@ mod read;
 
 use serde::Deserialize;
 
-pub(crate) use read::find_special;
+pub(crate) use read::{find_special, is_plain};
 
 /// The scanner gave up: the body is not JSON, or not JSON it reads (serde_json then decides).
 /// It carries no message; the decode that follows names the problem.

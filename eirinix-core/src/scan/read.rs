@@ -71,6 +71,27 @@ pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> Option<usize> {
     (found != 0).then(|| at + found.trailing_zeros() as usize)
 }
 
+/// Whether `bytes` hold no quote, backslash or control byte: a string written as it is. The
+/// last block or word overlaps the one before it instead of being copied into a padded one
+/// (the answer's and the patch's strings are short: the copy was most of their cost).
+#[inline]
+pub(crate) fn is_plain(bytes: &[u8]) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if let Some(last) = bytes.last_chunk::<16>() {
+        let mut blocks = bytes.chunks_exact(16);
+        return blocks.all(|b| {
+            b.first_chunk::<16>()
+                .is_some_and(|b| block_specials(b) == 0)
+        }) && block_specials(last) == 0;
+    }
+    if let Some(last) = bytes.last_chunk::<8>() {
+        let mut words = bytes.chunks_exact(8);
+        let plain = |w: &[u8; 8]| specials(u64::from_le_bytes(*w)) == 0;
+        return words.all(|w| w.first_chunk::<8>().is_some_and(plain)) && plain(last);
+    }
+    !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
 /// [`find_special`] without SSE2.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 #[inline]
@@ -289,23 +310,35 @@ impl<'de> Reader<'de> {
 
     /// The closing quote of a string without escapes that ends within the 16 bytes at the
     /// cursor (most keys and values of a pod): one block test, inlined where strings are read.
+    /// Else (`Err`) how many bytes at the cursor that test found plain: the general path starts
+    /// after them instead of testing them again.
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     #[inline(always)]
-    fn short_plain_end(&self) -> Option<usize> {
-        let block = self.bytes().get(self.pos..)?.first_chunk::<16>()?;
+    fn short_plain_end(&self) -> Result<usize, usize> {
+        let Some(block) = self
+            .bytes()
+            .get(self.pos..)
+            .and_then(<[u8]>::first_chunk::<16>)
+        else {
+            return Err(0);
+        };
         let found = block_specials(block);
         if found == 0 {
-            return None;
+            return Err(16);
         }
         let first = found.trailing_zeros() as usize;
-        (block[first] == b'"').then_some(self.pos + first)
+        if block[first] == b'"' {
+            Ok(self.pos + first)
+        } else {
+            Err(first)
+        }
     }
 
     /// Elsewhere every string takes the general path.
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
     #[inline(always)]
-    fn short_plain_end(&self) -> Option<usize> {
-        None
+    fn short_plain_end(&self) -> Result<usize, usize> {
+        Err(0)
     }
 
     /// The string whose opening quote was just consumed, up to and past its closing quote.
@@ -313,20 +346,27 @@ impl<'de> Reader<'de> {
     /// BENCHMARKS §23); the rest out of line.
     #[inline]
     pub(super) fn string<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Result<Text<'de, 's>, Unread> {
-        if let Some(end) = self.short_plain_end() {
-            let start = self.pos;
-            self.pos = end + 1;
-            return self.text.get(start..end).map(Text::Borrowed).ok_or(Unread);
+        match self.short_plain_end() {
+            Ok(end) => {
+                let start = self.pos;
+                self.pos = end + 1;
+                self.text.get(start..end).map(Text::Borrowed).ok_or(Unread)
+            }
+            Err(plain) => self.long_string(plain, scratch),
         }
-        self.long_string(scratch)
     }
 
-    /// [`Self::string`] past its first 16 bytes, or with escapes.
+    /// [`Self::string`] past its first 16 bytes, or with escapes; its first `plain` bytes are
+    /// known to be plain.
     #[inline(never)]
-    fn long_string<'s>(&mut self, scratch: &'s mut Vec<u8>) -> Result<Text<'de, 's>, Unread> {
+    fn long_string<'s>(
+        &mut self,
+        plain: usize,
+        scratch: &'s mut Vec<u8>,
+    ) -> Result<Text<'de, 's>, Unread> {
         let start = self.pos;
         let bytes = self.bytes();
-        let at = find_special(bytes, start).ok_or(Unread)?;
+        let at = find_special(bytes, start + plain).ok_or(Unread)?;
         if bytes[at] == b'"' {
             self.pos = at + 1;
             return self.text.get(start..at).map(Text::Borrowed).ok_or(Unread);
@@ -373,16 +413,20 @@ impl<'de> Reader<'de> {
     /// a short plain string inline, the rest out of line.
     #[inline]
     pub(super) fn skip_string(&mut self) -> Result<(), Unread> {
-        if let Some(end) = self.short_plain_end() {
-            self.pos = end + 1;
-            return Ok(());
+        match self.short_plain_end() {
+            Ok(end) => {
+                self.pos = end + 1;
+                Ok(())
+            }
+            Err(plain) => self.skip_long_string(plain),
         }
-        self.skip_long_string()
     }
 
-    /// [`Self::skip_string`] past its first 16 bytes, or with escapes.
+    /// [`Self::skip_string`] past its first 16 bytes, or with escapes; its first `plain` bytes
+    /// are known to be plain.
     #[inline(never)]
-    fn skip_long_string(&mut self) -> Result<(), Unread> {
+    fn skip_long_string(&mut self, plain: usize) -> Result<(), Unread> {
+        self.pos += plain;
         loop {
             let at = find_special(self.bytes(), self.pos).ok_or(Unread)?;
             self.pos = at + 1;
@@ -574,6 +618,10 @@ mod tests {
                     }
                     assert_eq!(find_special(&bytes, 0), Some(at), "{bytes:?}");
                     assert_eq!(find_special_in_words(&bytes, 0), Some(at), "{bytes:?}");
+                    // Alone too: no later special byte to find it by.
+                    let mut alone = vec![b'a'; len];
+                    alone[at] = special;
+                    assert!(!is_plain(&alone), "{alone:?}");
                 }
             }
             let plain: Vec<u8> = (0..len)
@@ -581,6 +629,7 @@ mod tests {
                 .collect();
             assert_eq!(find_special(&plain, 0), None, "{plain:?}");
             assert_eq!(find_special_in_words(&plain, 0), None, "{plain:?}");
+            assert!(is_plain(&plain), "{plain:?}");
         }
     }
 }

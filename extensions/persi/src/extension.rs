@@ -468,7 +468,7 @@ pub fn build_patch(
 
 /// persi's marker annotation, `eirinix_core::patch::marker_key(NAME)` (a test checks it),
 /// its path, and its value, as `PodPatch::mark` writes them.
-const MARKER: &str = "eirinix.org/persi";
+pub(crate) const MARKER: &str = "eirinix.org/persi";
 const MARKER_PATH: &Pointer = Pointer::from_static("/metadata/annotations/eirinix.org~1persi");
 const MARKER_VALUE: &str = "injected";
 

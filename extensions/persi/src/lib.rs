@@ -11,6 +11,7 @@
 pub mod broker;
 mod extension;
 pub mod names;
+mod text;
 pub mod vcap;
 mod view;
 

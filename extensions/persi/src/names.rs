@@ -52,20 +52,26 @@ pub fn sanitize(s: &str) -> String {
 
 /// Append [`sanitize`]`(s)` cut to at most `limit` bytes and trimmed of a `-` the cut leaves at
 /// its end, written straight into `out` (names are made on the path of every review).
+/// Byte by byte: the bytes of a character outside ASCII are all outside `[a-z0-9]`, so they
+/// collapse into one `-` as the character does.
 fn push_sanitized(out: &mut String, s: &str, limit: usize) {
     let start = out.len();
-    for c in s.chars() {
+    // Whether the last byte written is a `-` (written only after a kept byte).
+    let mut dash = false;
+    for b in s.bytes() {
         if out.len() - start >= limit {
             break;
         }
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if out.len() > start && !out.ends_with('-') {
+        let b = b.to_ascii_lowercase();
+        if b.is_ascii_lowercase() || b.is_ascii_digit() {
+            out.push(char::from(b));
+            dash = false;
+        } else if out.len() > start && !dash {
             out.push('-');
+            dash = true;
         }
     }
-    if out.len() > start && out.ends_with('-') {
+    if dash {
         out.pop();
     }
 }

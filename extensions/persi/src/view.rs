@@ -2,7 +2,6 @@
 //! skips everything else instead of building a k8s-openapi Pod (issue 20: that decode was most
 //! of a review's cost).
 
-use std::borrow::Cow;
 use std::fmt;
 
 use eirinix_core::scan::SkippedStr;
@@ -10,7 +9,8 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::extension::NAME;
+use crate::extension::MARKER;
+use crate::text::Text;
 use crate::vcap::VCAP_SERVICES;
 
 /// The parts of a pod persi reads: whether it carries persi's marker, its namespace, and of its
@@ -27,13 +27,12 @@ impl PersiPod {
     /// The view of a typed `pod`: what the server decodes from the pod's JSON (the offline
     /// tests require both to give the same answers).
     pub fn of(pod: &Pod) -> Self {
-        let marker = eirinix_core::patch::marker_key(NAME);
         let metadata = Metadata {
             name: pod.metadata.name.clone(),
             generate_name: pod.metadata.generate_name.clone(),
             namespace: pod.metadata.namespace.clone(),
             annotations: pod.metadata.annotations.as_ref().map(|a| Annotations {
-                marked: a.contains_key(&marker),
+                marked: a.contains_key(MARKER),
             }),
         };
         let spec = pod.spec.as_ref().map(|s| Spec {
@@ -209,11 +208,10 @@ impl<'de> Visitor<'de> for AnnotationsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
-        let marker = eirinix_core::patch::marker_key(NAME);
         let mut marked = false;
         while let Some(Text(key)) = map.next_key()? {
             map.next_value::<Text<'de>>()?;
-            marked |= key == marker;
+            marked |= key == MARKER;
         }
         Ok(Annotations { marked })
     }
@@ -278,31 +276,33 @@ impl<'de> Visitor<'de> for EntryVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
-        let mut name: Option<Text<'de>> = None;
+        let mut name: Option<IsVcap> = None;
         let mut value: Option<Text<'de>> = None;
         let mut value_from: Option<Box<EnvVarSource>> = None;
-        while let Some(Text(key)) = map.next_key()? {
-            match &*key {
+        while let Some(key) = map.next_key::<EntryKey>()? {
+            match key {
                 // Refused, as serde's derive refuses it: a value skipped under the first name
                 // could belong to a second one. The decode then reads the view from the typed
                 // Pod (the apiserver never writes a field twice).
-                "name" if name.is_some() => return Err(de::Error::duplicate_field("name")),
-                "name" => name = Some(map.next_value()?),
+                EntryKey::Name if name.is_some() => {
+                    return Err(de::Error::duplicate_field("name"));
+                }
+                EntryKey::Name => name = Some(map.next_value()?),
                 // The value of an entry already named otherwise is checked but not read (the
                 // apiserver writes `name` first); else borrowed where the parser allows, and
                 // copied only if the entry is kept.
-                "value" if name.as_ref().is_some_and(|Text(n)| n != VCAP_SERVICES) => {
+                EntryKey::Value if name == Some(IsVcap(false)) => {
                     map.next_value::<Option<SkippedStr>>()?;
                 }
-                "value" => value = map.next_value()?,
-                "valueFrom" => value_from = map.next_value()?,
-                _ => {
+                EntryKey::Value => value = map.next_value()?,
+                EntryKey::ValueFrom => value_from = map.next_value()?,
+                EntryKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        let Text(name) = name.ok_or_else(|| de::Error::missing_field("name"))?;
-        Ok(Entry((name == VCAP_SERVICES).then(|| {
+        let IsVcap(vcap) = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        Ok(Entry(vcap.then(|| {
             Box::new(EnvVar {
                 name: VCAP_SERVICES.to_owned(),
                 value: value.map(|Text(v)| v.into_owned()),
@@ -312,36 +312,63 @@ impl<'de> Visitor<'de> for EntryVisitor {
     }
 }
 
-/// A JSON string borrowed from the input when the parser can lend it (no escapes), else
-/// copied. serde's own `Cow<str>` always copies: that was a heap string for every key, name and
-/// value of every env entry (issue 20).
-struct Text<'de>(Cow<'de, str>);
+/// An env entry's name as persi reads it: whether it is `VCAP_SERVICES` (the name is checked to
+/// be a string, and not kept).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IsVcap(bool);
 
-impl<'de> Deserialize<'de> for Text<'de> {
+impl<'de> Deserialize<'de> for IsVcap {
+    #[inline]
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(TextVisitor)
+        d.deserialize_str(IsVcapVisitor)
     }
 }
 
-struct TextVisitor;
+struct IsVcapVisitor;
 
-impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Text<'de>;
+impl Visitor<'_> for IsVcapVisitor {
+    type Value = IsVcap;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string")
     }
 
-    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Borrowed(s)))
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<IsVcap, E> {
+        Ok(IsVcap(name == VCAP_SERVICES))
+    }
+}
+
+/// A key of an env entry: one persi reads, or another. Read as an identifier, as serde's derive
+/// reads field names: no string is made of it (issue 20).
+enum EntryKey {
+    Name,
+    Value,
+    ValueFrom,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for EntryKey {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_identifier(EntryKeyVisitor)
+    }
+}
+
+struct EntryKeyVisitor;
+
+impl Visitor<'_> for EntryKeyVisitor {
+    type Value = EntryKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(s.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(s)))
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<EntryKey, E> {
+        Ok(match key {
+            "name" => EntryKey::Name,
+            "value" => EntryKey::Value,
+            "valueFrom" => EntryKey::ValueFrom,
+            _ => EntryKey::Other,
+        })
     }
 }
 

@@ -569,12 +569,14 @@ fn bind_target(
             )));
         }
     };
-    let container_dir = crate::vcap::normalize_dir(&mount, 0).map_err(|p| {
-        bad_request(format!(
-            "parameter mount {mount:?} is not usable: {}",
-            p.to_string().trim_start_matches("volume_mounts[0]: ")
-        ))
-    })?;
+    let container_dir = crate::vcap::normalize_dir(&mount, 0)
+        .map_err(|p| {
+            bad_request(format!(
+                "parameter mount {mount:?} is not usable: {}",
+                p.to_string().trim_start_matches("volume_mounts[0]: ")
+            ))
+        })?
+        .to_owned();
     let mode = match params.remove("mode") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) if m == "r" || m == "rw" => Some(m),
