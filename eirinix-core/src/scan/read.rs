@@ -89,7 +89,13 @@ pub(crate) fn is_plain(bytes: &[u8]) -> bool {
         let plain = |w: &[u8; 8]| specials(u64::from_le_bytes(*w)) == 0;
         return words.all(|w| w.first_chunk::<8>().is_some_and(plain)) && plain(last);
     }
-    !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    !bytes.iter().copied().any(is_special)
+}
+
+/// Whether `b` ends a run of plain string bytes: a quote, a backslash or a control byte.
+#[inline]
+fn is_special(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
 }
 
 /// [`find_special`] without SSE2.
@@ -115,9 +121,7 @@ fn find_special_in_words(bytes: &[u8], mut at: usize) -> Option<usize> {
         at += 8;
     }
     let tail = bytes.get(at..)?;
-    let i = tail
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let i = tail.iter().copied().position(is_special)?;
     Some(at + i)
 }
 

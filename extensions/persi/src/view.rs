@@ -340,36 +340,14 @@ impl Visitor<'_> for IsVcapVisitor {
 
 /// A key of an env entry: one persi reads, or another. Read as an identifier, as serde's derive
 /// reads field names: no string is made of it (issue 20).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
 enum EntryKey {
     Name,
     Value,
     ValueFrom,
+    #[serde(other)]
     Other,
-}
-
-impl<'de> Deserialize<'de> for EntryKey {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_identifier(EntryKeyVisitor)
-    }
-}
-
-struct EntryKeyVisitor;
-
-impl Visitor<'_> for EntryKeyVisitor {
-    type Value = EntryKey;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<EntryKey, E> {
-        Ok(match key {
-            "name" => EntryKey::Name,
-            "value" => EntryKey::Value,
-            "valueFrom" => EntryKey::ValueFrom,
-            _ => EntryKey::Other,
-        })
-    }
 }
 
 #[cfg(test)]
